@@ -1,0 +1,53 @@
+//! What the SFU needs from the server's configuration.
+//! Plain values, so the media crate needs no config library.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct MediaConfig {
+    /// Address the media port binds to (UDP and ICE-TCP).
+    pub bind: IpAddr,
+    /// The one port every session uses. 0 picks a free port (tests).
+    pub port: u16,
+    /// Addresses advertised as host candidates.
+    pub advertised_ips: Vec<IpAddr>,
+    /// Worker threads, each with its own socket; 0 = one per core.
+    pub workers: usize,
+    pub max_sessions: usize,
+    pub max_viewers_per_stream: usize,
+    pub ice_tcp: bool,
+    /// Packets queued from one worker to another before media is dropped.
+    pub worker_queue_packets: usize,
+    pub pli_interval: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            bind: IpAddr::from([127, 0, 0, 1]),
+            port: 0,
+            advertised_ips: vec![IpAddr::from([127, 0, 0, 1])],
+            workers: 0,
+            max_sessions: 2000,
+            max_viewers_per_stream: 1000,
+            ice_tcp: true,
+            worker_queue_packets: 512,
+            pli_interval: Duration::from_millis(500),
+            idle_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl MediaConfig {
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! Errors of session requests, each naming what was wrong so the HTTP layer
+//! can answer with the right status and a message the client can act on.
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum MediaError {
+    /// The offer (or fragment) cannot be parsed or lacks something required.
+    #[error("malformed SDP: {0}")]
+    BadSdp(String),
+    /// Nothing in the offer can be forwarded (no common codec, no media section).
+    #[error("no usable media in the offer: {0}")]
+    NoCommonCodec(String),
+    /// A publisher is already live on this stream.
+    #[error("stream '{0}' already has a live publisher")]
+    StreamBusy(String),
+    #[error("no such session")]
+    UnknownSession,
+    /// A configured limit was reached.
+    #[error("at capacity: {0}")]
+    AtCapacity(String),
+    /// The server is shutting down.
+    #[error("the media server is shutting down")]
+    ShuttingDown,
+    #[error("internal media error: {0}")]
+    Internal(String),
+}

@@ -1,0 +1,362 @@
+//! Who is asking: identity JWTs from the platform, tandem's own media/room tokens,
+//! and the service key. Tokens are scoped, expire, and are never logged.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::http::HeaderMap;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::error::AppError;
+
+/// Longest lifetime a media token may have.
+pub const MAX_MEDIA_TOKEN_TTL_SECS: u64 = 24 * 3600;
+/// Default media token lifetime (API.md: 6 h).
+pub const DEFAULT_MEDIA_TOKEN_TTL_SECS: u64 = 6 * 3600;
+const MEDIA_AUDIENCE: &str = "tandem-media";
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Grants {
+    #[serde(default)]
+    pub publish: bool,
+    #[serde(default)]
+    pub subscribe: bool,
+    #[serde(default)]
+    pub chat: bool,
+    #[serde(default)]
+    pub moderate: bool,
+}
+
+/// Claims of a tandem media token (WHIP/WHEP) or room token (sync WebSocket).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MediaClaims {
+    pub sub: String,
+    /// Stream the token is for (WHIP/WHEP), `*` for any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
+    /// Room the token is for (sync WebSocket), `*` for any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<String>,
+    pub grants: Grants,
+    /// Display name, for rooms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Platform role of the user (`user`, `instructor`, `admin`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    pub aud: String,
+    pub iat: u64,
+    pub exp: u64,
+    pub jti: String,
+}
+
+impl MediaClaims {
+    pub fn allows_stream(&self, stream: &str) -> bool {
+        matches!(self.stream.as_deref(), Some(s) if s == stream || s == "*")
+    }
+    pub fn allows_room(&self, room: &str) -> bool {
+        matches!(self.room.as_deref(), Some(r) if r == room || r == "*")
+    }
+}
+
+/// What a caller wants a new media token to carry.
+#[derive(Debug, Clone, Default)]
+pub struct TokenRequest {
+    pub user: String,
+    pub stream: Option<String>,
+    pub room: Option<String>,
+    pub grants: Grants,
+    pub name: Option<String>,
+    pub role: Option<String>,
+    pub ttl_secs: u64,
+}
+
+/// Signs and verifies tandem media tokens with the server's HS256 key.
+#[derive(Clone)]
+pub struct MediaTokens {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+}
+
+impl std::fmt::Debug for MediaTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MediaTokens(<secret>)")
+    }
+}
+
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl MediaTokens {
+    pub fn new(secret: &[u8]) -> Self {
+        Self {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+        }
+    }
+
+    /// The configured secret, or the one kept in `data_dir/media-token.key`
+    /// (created on first use), so `tandem token` and the server agree.
+    pub fn from_config(configured: &str, data_dir: &Path) -> std::io::Result<Self> {
+        if !configured.is_empty() {
+            return Ok(Self::new(configured.as_bytes()));
+        }
+        std::fs::create_dir_all(data_dir)?;
+        let path = data_dir.join("media-token.key");
+        let secret = match std::fs::read_to_string(&path) {
+            Ok(s) if s.trim().len() >= 32 => s.trim().to_string(),
+            _ => {
+                let bytes: [u8; 32] = rand::random();
+                let s = hex::encode(bytes);
+                write_private(&path, &s)?;
+                s
+            }
+        };
+        Ok(Self::new(secret.as_bytes()))
+    }
+
+    /// Mints a token; the lifetime is capped at 24 h.
+    pub fn mint(&self, req: &TokenRequest) -> (String, MediaClaims) {
+        let iat = now_secs();
+        let ttl = req.ttl_secs.clamp(1, MAX_MEDIA_TOKEN_TTL_SECS);
+        let claims = MediaClaims {
+            sub: req.user.clone(),
+            stream: req.stream.clone(),
+            room: req.room.clone(),
+            grants: req.grants,
+            name: req.name.clone(),
+            role: req.role.clone(),
+            aud: MEDIA_AUDIENCE.into(),
+            iat,
+            exp: iat + ttl,
+            jti: uuid::Uuid::new_v4().to_string(),
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .expect("HS256 signing with an in-memory key cannot fail");
+        (token, claims)
+    }
+
+    /// Verifies signature, audience and expiry (no leeway: an expired token is expired).
+    pub fn verify(&self, token: &str) -> Result<MediaClaims, AppError> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_audience(&[MEDIA_AUDIENCE]);
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp", "aud", "sub"]);
+        let data = jsonwebtoken::decode::<MediaClaims>(token, &self.decoding, &validation)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
+                    AppError::unauthorized("the media token has expired; request a new one")
+                }
+                _ => AppError::unauthorized("the media token is not valid"),
+            })?;
+        if data.claims.exp > data.claims.iat + MAX_MEDIA_TOKEN_TTL_SECS {
+            return Err(AppError::unauthorized(
+                "the media token lives longer than 24 h",
+            ));
+        }
+        Ok(data.claims)
+    }
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(path)?.write_all(contents.as_bytes())
+}
+
+/// A platform user, from a verified identity JWT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub user: String,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    User,
+    Instructor,
+    Admin,
+}
+
+impl Role {
+    fn parse(s: &str) -> Option<Role> {
+        match s {
+            "user" => Some(Role::User),
+            "instructor" => Some(Role::Instructor),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Instructor => "instructor",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct IdentityClaims {
+    sub: String,
+    #[serde(default)]
+    role: Option<String>,
+    #[serde(default)]
+    app_metadata: Option<AppMetadata>,
+}
+
+#[derive(Deserialize)]
+struct AppMetadata {
+    #[serde(default)]
+    role: Option<String>,
+}
+
+/// Verifies identity JWTs issued by the platform (HS256, Supabase-compatible claims).
+#[derive(Clone)]
+pub struct IdentityVerifier {
+    key: Option<DecodingKey>,
+}
+
+impl IdentityVerifier {
+    pub fn new(secret: &str) -> Self {
+        Self {
+            key: (!secret.is_empty()).then(|| DecodingKey::from_secret(secret.as_bytes())),
+        }
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Identity, AppError> {
+        let key = self.key.as_ref().ok_or_else(|| {
+            AppError::unauthorized("identity tokens are not accepted: jwt_secret is not configured")
+        })?;
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.validate_aud = false;
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        let data =
+            jsonwebtoken::decode::<IdentityClaims>(token, key, &validation).map_err(|e| match e
+                .kind()
+            {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
+                    AppError::unauthorized("the identity token has expired")
+                }
+                _ => AppError::unauthorized("the identity token is not valid"),
+            })?;
+        let claims = data.claims;
+        // Supabase puts the platform role in app_metadata; its top-level `role` is
+        // usually "authenticated", which is not one of ours.
+        let role = claims
+            .app_metadata
+            .and_then(|m| m.role)
+            .and_then(|r| Role::parse(&r))
+            .or_else(|| claims.role.as_deref().and_then(Role::parse))
+            .unwrap_or(Role::User);
+        Ok(Identity {
+            user: claims.sub,
+            role,
+        })
+    }
+}
+
+/// The bearer token of a request, from `Authorization: Bearer …`.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// Constant-time comparison, so a service key cannot be guessed byte by byte.
+pub fn secrets_equal(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_token_round_trip_and_scope() {
+        let tokens = MediaTokens::new(b"0123456789abcdef0123456789abcdef");
+        let (t, _) = tokens.mint(&TokenRequest {
+            user: "u1".into(),
+            stream: Some("s1".into()),
+            grants: Grants {
+                subscribe: true,
+                ..Default::default()
+            },
+            ttl_secs: 60,
+            ..Default::default()
+        });
+        let c = tokens.verify(&t).unwrap();
+        assert!(c.allows_stream("s1"));
+        assert!(!c.allows_stream("s2"));
+        assert!(c.grants.subscribe && !c.grants.publish);
+    }
+
+    #[test]
+    fn media_token_ttl_is_capped_at_24h() {
+        let tokens = MediaTokens::new(b"k");
+        let (_, c) = tokens.mint(&TokenRequest {
+            user: "u".into(),
+            ttl_secs: 999_999,
+            ..Default::default()
+        });
+        assert_eq!(c.exp - c.iat, MAX_MEDIA_TOKEN_TTL_SECS);
+    }
+
+    #[test]
+    fn token_from_another_key_is_rejected() {
+        let (t, _) = MediaTokens::new(b"a").mint(&TokenRequest {
+            user: "u".into(),
+            ttl_secs: 60,
+            ..Default::default()
+        });
+        assert!(MediaTokens::new(b"b").verify(&t).is_err());
+    }
+
+    #[test]
+    fn identity_role_from_app_metadata_wins() {
+        let secret = "s3cret";
+        let claims = serde_json::json!({
+            "sub": "u9", "role": "authenticated", "exp": now_secs() + 60,
+            "app_metadata": {"role": "instructor"}
+        });
+        let t = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap();
+        let id = IdentityVerifier::new(secret).verify(&t).unwrap();
+        assert_eq!(id.role, Role::Instructor);
+        assert_eq!(id.user, "u9");
+    }
+
+    #[test]
+    fn constant_time_compare() {
+        assert!(secrets_equal("abc", "abc"));
+        assert!(!secrets_equal("abc", "abd"));
+        assert!(!secrets_equal("abc", "ab"));
+    }
+}

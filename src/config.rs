@@ -1,0 +1,234 @@
+//! Server configuration: embedded defaults, an optional file, `TANDEM_*` env vars.
+//! Also the derived values (database URL, advertised addresses) every part reads.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The embedded defaults; `tandem` runs with no other configuration at all.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    pub http_addr: SocketAddr,
+    pub public_url: String,
+    pub media_port: u16,
+    pub media_bind: IpAddr,
+    pub public_ip: String,
+    pub nat_1to1_ips: Vec<IpAddr>,
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    pub jwt_secret: String,
+    pub service_key: String,
+    pub media_token_secret: String,
+    pub demo: bool,
+    pub cors_origins: Vec<String>,
+    pub shutdown_grace_seconds: u64,
+    pub media: MediaSection,
+    #[serde(default)]
+    pub ice_servers: Vec<IceServer>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct MediaSection {
+    pub workers: usize,
+    pub max_sessions: usize,
+    pub max_viewers_per_stream: usize,
+    pub ice_tcp: bool,
+    pub viewer_queue_packets: usize,
+    pub pli_interval_ms: u64,
+    pub idle_timeout_seconds: u64,
+    pub max_sdp_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub credential: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads defaults, then `file` (if any), then `TANDEM_*` variables from the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with_env(file, std::env::vars())
+    }
+
+    /// Like [`Config::load`] with an explicit environment, so tests need not touch the process's.
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ));
+        if let Some(path) = file {
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        let env_map: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("TANDEM_"))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix("TANDEM")
+                .prefix_separator("_")
+                .separator("__")
+                .list_separator(",")
+                .with_list_parse_key("nat_1to1_ips")
+                .with_list_parse_key("cors_origins")
+                .try_parsing(true)
+                .source(Some(env_map)),
+        );
+        let config: Config = builder.build()?.try_deserialize()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.media.max_sdp_bytes == 0 || self.media.viewer_queue_packets == 0 {
+            return Err(ConfigError::Invalid(
+                "media.max_sdp_bytes and media.viewer_queue_packets must be > 0".into(),
+            ));
+        }
+        if !self.public_ip.is_empty() {
+            for ip in self.public_ip.split(',') {
+                ip.trim().parse::<IpAddr>().map_err(|_| {
+                    ConfigError::Invalid(format!(
+                        "public_ip: '{ip}' is not an IP address (use e.g. 203.0.113.7)"
+                    ))
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The database URL, defaulting to a SQLite file in the data directory.
+    pub fn database_url(&self) -> String {
+        if self.database_url.is_empty() {
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("tandem.db").display()
+            )
+        } else {
+            self.database_url.clone()
+        }
+    }
+
+    /// The base URL printed in links and returned in `whip_url`/`whep_url` fields.
+    pub fn public_url(&self, bound: SocketAddr) -> String {
+        if !self.public_url.is_empty() {
+            return self.public_url.trim_end_matches('/').to_string();
+        }
+        let host = if bound.ip().is_unspecified() {
+            "127.0.0.1".to_string()
+        } else {
+            bound.ip().to_string()
+        };
+        match bound {
+            SocketAddr::V6(_) if !bound.ip().is_unspecified() => {
+                format!("http://[{host}]:{}", bound.port())
+            }
+            _ => format!("http://{host}:{}", bound.port()),
+        }
+    }
+
+    /// Addresses to advertise as host candidates.
+    pub fn advertised_ips(&self) -> Vec<IpAddr> {
+        if !self.nat_1to1_ips.is_empty() {
+            return self.nat_1to1_ips.clone();
+        }
+        if !self.public_ip.is_empty() {
+            return self
+                .public_ip
+                .split(',')
+                .filter_map(|s| s.trim().parse().ok())
+                .collect();
+        }
+        if !self.media_bind.is_unspecified() {
+            return vec![self.media_bind];
+        }
+        if self.http_addr.ip().is_loopback() {
+            return vec![IpAddr::from([127, 0, 0, 1])];
+        }
+        let found = local_interface_ips();
+        if found.is_empty() {
+            vec![IpAddr::from([127, 0, 0, 1])]
+        } else {
+            found
+        }
+    }
+}
+
+/// Non-loopback IPv4 addresses of this host, found by asking the kernel which
+/// source address it would use for an outside destination (no packet is sent).
+fn local_interface_ips() -> Vec<IpAddr> {
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.connect("192.0.2.1:9").map(|_| s))
+        .and_then(|s| s.local_addr());
+    match probe {
+        Ok(addr) if !addr.ip().is_unspecified() && !addr.ip().is_loopback() => vec![addr.ip()],
+        _ => vec![],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn embedded_defaults_load() {
+        let c = Config::load_with_env(None, env(&[])).unwrap();
+        assert_eq!(c.http_addr, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.media_port, 8443);
+        assert!(c.database_url().starts_with("sqlite://"));
+        assert_eq!(c.advertised_ips(), vec![IpAddr::from([127, 0, 0, 1])]);
+    }
+
+    #[test]
+    fn env_overrides_top_level_and_nested_keys() {
+        let c = Config::load_with_env(
+            None,
+            env(&[
+                ("TANDEM_HTTP_ADDR", "0.0.0.0:9000"),
+                ("TANDEM_MEDIA_PORT", "9443"),
+                ("TANDEM_PUBLIC_IP", "203.0.113.7"),
+                ("TANDEM_DATABASE_URL", "postgres://localhost/x"),
+                ("TANDEM_MEDIA__MAX_SESSIONS", "3"),
+                ("TANDEM_NAT_1TO1_IPS", "198.51.100.1,198.51.100.2"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.http_addr.port(), 9000);
+        assert_eq!(c.media_port, 9443);
+        assert_eq!(c.media.max_sessions, 3);
+        assert_eq!(c.database_url(), "postgres://localhost/x");
+        assert_eq!(c.advertised_ips().len(), 2);
+    }
+
+    #[test]
+    fn bad_public_ip_is_a_clear_error() {
+        let err = Config::load_with_env(None, env(&[("TANDEM_PUBLIC_IP", "not-an-ip")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("public_ip"), "{err}");
+    }
+}

@@ -1,0 +1,67 @@
+//! The demo pages and browser assets under `web/`, embedded in the binary so the
+//! server needs no files beside it.
+
+use axum::Router;
+use axum::extract::Path;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use crate::server::AppState;
+
+/// (file name, content type, contents) of every asset served under `/web/`.
+const ASSETS: &[(&str, &str, &str)] = &[
+    (
+        "index.html",
+        "text/html; charset=utf-8",
+        include_str!("../web/index.html"),
+    ),
+    (
+        "broadcast.html",
+        "text/html; charset=utf-8",
+        include_str!("../web/broadcast.html"),
+    ),
+    (
+        "watch.html",
+        "text/html; charset=utf-8",
+        include_str!("../web/watch.html"),
+    ),
+    (
+        "whip-whep.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../web/whip-whep.js"),
+    ),
+    (
+        "style.css",
+        "text/css; charset=utf-8",
+        include_str!("../web/style.css"),
+    ),
+];
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/", get(|| async { asset("index.html") }))
+        .route(
+            "/broadcast/{stream}",
+            get(|| async { asset("broadcast.html") }),
+        )
+        .route("/watch/{stream}", get(|| async { asset("watch.html") }))
+        .route(
+            "/web/{file}",
+            get(|Path(file): Path<String>| async move { asset(&file) }),
+        )
+}
+
+fn asset(name: &str) -> Response {
+    match ASSETS.iter().find(|(n, _, _)| *n == name) {
+        Some((_, content_type, body)) => (
+            [
+                (header::CONTENT_TYPE, *content_type),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            *body,
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "no such file").into_response(),
+    }
+}

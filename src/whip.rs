@@ -1,0 +1,395 @@
+//! WHIP ingest and WHEP egress (RFC 9725 and its WHEP sibling) over the SFU:
+//! token checks, content types, size limits, ETag/If-Match, CORS and ICE server links.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{options, post};
+use tandem_media::{MediaError, PatchOutcome, SessionKind, SessionSummary};
+use tokio::sync::mpsc;
+
+use crate::auth::{MediaClaims, bearer};
+use crate::config::IceServer;
+use crate::error::{AppError, AppResult};
+use crate::server::AppState;
+use crate::storage::Db;
+
+const SDP: &str = "application/sdp";
+const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/v1/whip/{stream}",
+            post(whip_post).options(endpoint_options),
+        )
+        .route(
+            "/v1/whep/{stream}",
+            post(whep_post).options(endpoint_options),
+        )
+        .route(
+            "/v1/whip/{stream}/{session}",
+            options(session_options)
+                .patch(session_patch)
+                .delete(session_delete),
+        )
+        .route(
+            "/v1/whep/{stream}/{session}",
+            options(session_options)
+                .patch(session_patch)
+                .delete(session_delete),
+        )
+}
+
+/// Stream names: what a URL path segment and a Discord instance id can hold.
+pub fn valid_stream_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+}
+
+fn media_error(err: MediaError) -> AppError {
+    match err {
+        MediaError::BadSdp(m) => AppError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_sdp",
+            format!("malformed SDP offer: {m}"),
+        ),
+        MediaError::NoCommonCodec(m) => AppError::new(
+            StatusCode::NOT_ACCEPTABLE,
+            "no_common_codec",
+            format!("nothing in the offer can be used: {m}"),
+        ),
+        MediaError::StreamBusy(s) => AppError::conflict(
+            "stream_busy",
+            format!("stream '{s}' already has a live publisher; DELETE its session first"),
+        ),
+        MediaError::UnknownSession => {
+            AppError::not_found("no such session (ended or never existed)")
+        }
+        MediaError::AtCapacity(m) => {
+            let mut e = AppError::unavailable(format!("server at capacity: {m}; retry later"));
+            e.retry_after_secs = Some(5);
+            e
+        }
+        MediaError::ShuttingDown => {
+            let mut e = AppError::unavailable("the server is shutting down; retry on another node");
+            e.retry_after_secs = Some(5);
+            e
+        }
+        MediaError::Internal(m) => {
+            tracing::error!(error = %m, "media error");
+            AppError::internal()
+        }
+    }
+}
+
+fn require_content_type(headers: &HeaderMap, expected: &str) -> AppResult<()> {
+    let got = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = got.split(';').next().unwrap_or("").trim();
+    if mime.eq_ignore_ascii_case(expected) {
+        Ok(())
+    } else {
+        Err(AppError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "Content-Type must be {expected} (got '{}')",
+                if got.is_empty() { "none" } else { got }
+            ),
+        ))
+    }
+}
+
+async fn read_body(body: Body, limit: usize) -> AppResult<String> {
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        AppError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("body larger than {limit} bytes"),
+        )
+    })?;
+    String::from_utf8(bytes.to_vec())
+        .map_err(|_| AppError::new(StatusCode::BAD_REQUEST, "bad_sdp", "body is not UTF-8"))
+}
+
+/// Verifies the bearer media token and its grant for this stream.
+fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+    stream: &str,
+    kind: SessionKind,
+) -> AppResult<MediaClaims> {
+    let token = bearer(headers).ok_or_else(|| {
+        AppError::unauthorized("missing media token: send Authorization: Bearer <token>")
+    })?;
+    let claims = state.tokens.verify(token)?;
+    if !claims.allows_stream(stream) {
+        return Err(AppError::forbidden(format!(
+            "the token is not valid for stream '{stream}'"
+        )));
+    }
+    let granted = match kind {
+        SessionKind::Publisher => claims.grants.publish,
+        SessionKind::Viewer => claims.grants.subscribe,
+    };
+    if !granted {
+        return Err(AppError::forbidden(match kind {
+            SessionKind::Publisher => "the token does not grant publish",
+            SessionKind::Viewer => "the token does not grant subscribe",
+        }));
+    }
+    Ok(claims)
+}
+
+fn path_prefix(kind: SessionKind) -> &'static str {
+    match kind {
+        SessionKind::Publisher => "/v1/whip",
+        SessionKind::Viewer => "/v1/whep",
+    }
+}
+
+async fn whip_post(
+    state: State<AppState>,
+    Path(stream): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    create_session(state, stream, headers, body, SessionKind::Publisher)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn whep_post(
+    state: State<AppState>,
+    Path(stream): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    create_session(state, stream, headers, body, SessionKind::Viewer)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn create_session(
+    State(state): State<AppState>,
+    stream: String,
+    headers: HeaderMap,
+    body: Body,
+    kind: SessionKind,
+) -> AppResult<Response> {
+    if !valid_stream_name(&stream) {
+        return Err(AppError::not_found(
+            "unknown stream: names are 1-128 characters of A-Z a-z 0-9 _ . : -",
+        ));
+    }
+    require_content_type(&headers, SDP)?;
+    let offer = read_body(body, state.config.media.max_sdp_bytes).await?;
+    let claims = authorize(&state, &headers, &stream, kind)?;
+    let answer = match kind {
+        SessionKind::Publisher => state.sfu.publish(&stream, &offer, &claims.sub).await,
+        SessionKind::Viewer => state.sfu.subscribe(&stream, &offer, &claims.sub).await,
+    }
+    .map_err(media_error)?;
+
+    let location = format!("{}/{}/{}", path_prefix(kind), stream, answer.session_id);
+    let mut resp = (StatusCode::CREATED, answer.sdp).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(SDP));
+    h.insert(header::LOCATION, header_value(&location));
+    h.insert(header::ETAG, header_value(&quote_etag(&answer.etag)));
+    h.insert("accept-patch", HeaderValue::from_static(SDPFRAG));
+    add_ice_server_links(h, &state.config.ice_servers);
+    Ok(resp)
+}
+
+fn header_value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+fn quote_etag(tag: &str) -> String {
+    format!("\"{tag}\"")
+}
+
+/// `Link: <url>; rel="ice-server"` per configured ICE server URL (RFC 9725 §4.6).
+fn add_ice_server_links(headers: &mut HeaderMap, servers: &[IceServer]) {
+    for server in servers {
+        for url in &server.urls {
+            let mut link = format!("<{url}>; rel=\"ice-server\"");
+            if let (Some(user), Some(cred)) = (&server.username, &server.credential) {
+                link.push_str(&format!(
+                    "; username=\"{user}\"; credential=\"{cred}\"; credential-type=\"password\""
+                ));
+            }
+            if let Ok(v) = HeaderValue::from_str(&link) {
+                headers.append(header::LINK, v);
+            }
+        }
+    }
+}
+
+async fn endpoint_options(State(state): State<AppState>) -> Response {
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    let h = resp.headers_mut();
+    h.insert("accept-post", HeaderValue::from_static(SDP));
+    h.insert(header::ALLOW, HeaderValue::from_static("OPTIONS, POST"));
+    add_ice_server_links(h, &state.config.ice_servers);
+    resp
+}
+
+async fn session_options() -> Response {
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    let h = resp.headers_mut();
+    h.insert("accept-patch", HeaderValue::from_static(SDPFRAG));
+    h.insert(
+        header::ALLOW,
+        HeaderValue::from_static("OPTIONS, PATCH, DELETE"),
+    );
+    resp
+}
+
+/// The session URL is an unguessable capability (RFC 9725 §4.3); a token, when the
+/// client sends one, must still be valid for the stream.
+fn session_for(
+    state: &AppState,
+    headers: &HeaderMap,
+    stream: &str,
+    session: &str,
+) -> AppResult<SessionSummary> {
+    let summary = state
+        .sfu
+        .session(session)
+        .filter(|s| &*s.stream == stream)
+        .ok_or_else(|| media_error(MediaError::UnknownSession))?;
+    if bearer(headers).is_some() {
+        let claims = state.tokens.verify(bearer(headers).unwrap_or_default())?;
+        if !claims.allows_stream(stream) {
+            return Err(AppError::forbidden(format!(
+                "the token is not valid for stream '{stream}'"
+            )));
+        }
+    }
+    Ok(summary)
+}
+
+async fn session_patch(
+    State(state): State<AppState>,
+    Path((stream, session)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> AppResult<Response> {
+    let summary = session_for(&state, &headers, &stream, &session)?;
+    require_content_type(&headers, SDPFRAG)?;
+    // Some clients send their entity-tag as `ETag` instead of `If-Match` (see TESTING.md).
+    let tag = headers
+        .get(header::IF_MATCH)
+        .or_else(|| headers.get(header::ETAG))
+        .and_then(|v| v.to_str().ok());
+    if let Some(tag) = tag {
+        let tag = tag.trim();
+        if tag != "*" && tag.trim_matches('"') != summary.etag {
+            return Err(AppError::new(
+                StatusCode::PRECONDITION_FAILED,
+                "etag_mismatch",
+                "If-Match does not match the session's current entity-tag; the session was restarted",
+            ));
+        }
+    }
+    let frag = read_body(body, state.config.media.max_sdp_bytes).await?;
+    match state
+        .sfu
+        .patch(&session, &frag)
+        .await
+        .map_err(media_error)?
+    {
+        PatchOutcome::Trickled => Ok(StatusCode::NO_CONTENT.into_response()),
+        PatchOutcome::Restarted { sdpfrag, etag } => {
+            let mut resp = (StatusCode::OK, sdpfrag).into_response();
+            let h = resp.headers_mut();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(SDPFRAG));
+            h.insert(header::ETAG, header_value(&quote_etag(&etag)));
+            Ok(resp)
+        }
+    }
+}
+
+async fn session_delete(
+    State(state): State<AppState>,
+    Path((stream, session)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> AppResult<StatusCode> {
+    session_for(&state, &headers, &stream, &session)?;
+    state.sfu.end(&session).await.map_err(media_error)?;
+    Ok(StatusCode::OK)
+}
+
+/// Writes each session's start and end to `media_sessions`, off the media threads.
+pub struct SessionRecorder {
+    tx: mpsc::UnboundedSender<SessionEvent>,
+}
+
+enum SessionEvent {
+    Started(SessionSummary),
+    Ended(SessionSummary),
+}
+
+impl SessionRecorder {
+    pub fn spawn(db: Db) -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<SessionEvent>();
+        tokio::spawn(async move {
+            while let Some(event) = rx.recv().await {
+                let result = match &event {
+                    SessionEvent::Started(s) => sqlx::query(
+                        "INSERT INTO media_sessions (id, stream, kind, user_id, started_at) VALUES ($1, $2, $3, $4, $5)",
+                    )
+                    .bind(s.id.to_string())
+                    .bind(s.stream.to_string())
+                    .bind(s.kind.as_str())
+                    .bind(s.user.to_string())
+                    .bind(s.started_at_ms)
+                    .execute(&db.pool)
+                    .await,
+                    SessionEvent::Ended(s) => {
+                        sqlx::query("UPDATE media_sessions SET ended_at = $1 WHERE id = $2")
+                            .bind(crate::whip::now_ms())
+                            .bind(s.id.to_string())
+                            .execute(&db.pool)
+                            .await
+                    }
+                };
+                if let Err(err) = result {
+                    tracing::warn!(error = %err, "recording media session");
+                }
+            }
+        });
+        Self { tx }
+    }
+}
+
+impl tandem_media::sfu::SessionObserver for SessionRecorder {
+    fn session_started(&self, session: &SessionSummary) {
+        let _ = self.tx.send(SessionEvent::Started(session.clone()));
+    }
+    fn session_ended(&self, session: &SessionSummary) {
+        let _ = self.tx.send(SessionEvent::Ended(session.clone()));
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync(_: Arc<SessionRecorder>) {}
