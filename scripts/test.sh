@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# tandem's test command: installs what the real-peer tests need (when missing)
+# and runs the whole test suite.
+#
+#   scripts/test.sh                 # everything
+#   scripts/test.sh --test whip_protocol   # extra arguments go to `cargo test`
+#
+# For a fresh Debian 12 machine running as root. Idempotent: when Chromium,
+# ffmpeg, the Python venv (.venv with aiortc + aiohttp) and the Node peers
+# (tests/peers/node_modules) are already there, it goes straight to the tests.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+
+# --- system packages (Debian) -------------------------------------------------
+missing=()
+for pkg in chromium ffmpeg; do
+    have_pkg "$pkg" || missing+=("$pkg")
+done
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+PYTHON="${PYTHON:-python3}"
+if ! command -v "$PYTHON" >/dev/null 2>&1; then
+    missing+=(python3 python3-venv)
+elif [ ! -x .venv/bin/python ] && ! "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    missing+=(python3-venv)
+fi
+if [ "${#missing[@]}" -gt 0 ]; then
+    log "installing ${missing[*]} (apt)"
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "scripts/test.sh: need root to apt-get install ${missing[*]}" >&2
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update
+    apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+
+# --- Python venv with aiortc -------------------------------------------------
+if ! .venv/bin/python -c 'import aiortc, aiohttp' >/dev/null 2>&1; then
+    log "creating .venv with aiortc and aiohttp (PyPI)"
+    rm -rf .venv
+    "$PYTHON" -m venv .venv
+    .venv/bin/pip install --quiet --disable-pip-version-check aiortc aiohttp
+fi
+
+# --- Node peers (playwright-core driving Debian's chromium) -----------------
+PEERS="tests/peers"
+stamp="$PEERS/node_modules/.tandem-lock.sha256"
+want="$( (cat "$PEERS/package.json" "$PEERS/package-lock.json" 2>/dev/null || true) | sha256sum | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    log "installing Node test peers (npm)"
+    export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
+    if [ -f "$PEERS/package-lock.json" ]; then
+        (cd "$PEERS" && npm ci --no-audit --no-fund --loglevel=error)
+    else
+        (cd "$PEERS" && npm install --no-audit --no-fund --loglevel=error)
+    fi
+    echo "$want" >"$stamp"
+fi
+
+# --- the tests ---------------------------------------------------------------
+export TANDEM_CHROMIUM="${TANDEM_CHROMIUM:-/usr/bin/chromium}"
+log "cargo test --workspace --no-fail-fast $*"
+cargo test --workspace --no-fail-fast "$@"
