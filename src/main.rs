@@ -8,6 +8,10 @@ use tandem::auth::{DEFAULT_MEDIA_TOKEN_TTL_SECS, Grants, MediaTokens, TokenReque
 use tandem::config::Config;
 use tracing_subscriber::EnvFilter;
 
+/// webrtc-rs logs every handshake detail at info/warn; operators want ours.
+const DEFAULT_LOG_FILTER: &str =
+    "info,rtc=warn,rtc_ice=warn,rtc_dtls=error,rtc_srtp=warn,rtc_interceptor=warn";
+
 #[derive(Parser)]
 #[command(
     name = "tandem",
@@ -114,7 +118,8 @@ fn print_token(config: &Config, args: TokenArgs) -> std::process::ExitCode {
 fn serve(config: Config) -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER)),
         )
         .init();
     let runtime = match tokio::runtime::Runtime::new() {

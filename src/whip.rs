@@ -1,8 +1,6 @@
 //! WHIP ingest and WHEP egress (RFC 9725 and its WHEP sibling) over the SFU:
 //! token checks, content types, size limits, ETag/If-Match, CORS and ICE server links.
 
-use std::sync::Arc;
-
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -195,11 +193,13 @@ async fn create_session(
     require_content_type(&headers, SDP)?;
     let offer = read_body(body, state.config.media.max_sdp_bytes).await?;
     let claims = authorize(&state, &headers, &stream, kind)?;
+    crate::api::access::check_session(&state, &claims, &stream, kind).await?;
     let answer = match kind {
         SessionKind::Publisher => state.sfu.publish(&stream, &offer, &claims.sub).await,
         SessionKind::Viewer => state.sfu.subscribe(&stream, &offer, &claims.sub).await,
     }
     .map_err(media_error)?;
+    crate::api::access::session_started(&state, &claims, &stream, kind).await;
 
     let location = format!("{}/{}/{}", path_prefix(kind), stream, answer.session_id);
     let mut resp = (StatusCode::CREATED, answer.sdp).into_response();
@@ -391,5 +391,3 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-#[allow(dead_code)]
-fn _assert_send_sync(_: Arc<SessionRecorder>) {}

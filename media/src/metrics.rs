@@ -1,0 +1,126 @@
+//! Prometheus instruments of the packet path, resolved to label children once at
+//! start so the hot path only touches atomics.
+
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+#[derive(Clone)]
+pub struct MediaMetrics {
+    pub streams_live: IntGauge,
+    pub publishers: IntGauge,
+    pub viewers: IntGauge,
+    pub packets_in: IntCounter,
+    pub packets_out: IntCounter,
+    pub bytes_in: IntCounter,
+    pub bytes_out: IntCounter,
+    pub nacks: IntCounter,
+    pub plis: IntCounter,
+    pub firs: IntCounter,
+    pub plis_sent: IntCounter,
+    pub retransmitted: IntCounter,
+    pub dropped: DropCounters,
+    pub forwarding_delay: Histogram,
+}
+
+/// `tandem_dropped_packets_total{reason}`; one child per reason.
+#[derive(Clone)]
+pub struct DropCounters {
+    /// A worker's queue from another worker was full.
+    pub worker_queue_full: IntCounter,
+    /// The socket's send buffer was full (a viewer's share of the uplink is exhausted).
+    pub socket_full: IntCounter,
+    /// The viewer did not negotiate the publisher's codec.
+    pub codec_mismatch: IntCounter,
+    /// Datagram from an address no session knows.
+    pub unknown_source: IntCounter,
+    /// The peer connection refused the packet (not yet connected, closed).
+    pub session_not_ready: IntCounter,
+}
+
+impl MediaMetrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let streams_live =
+            IntGauge::new("tandem_streams_live", "Streams with a connected publisher")?;
+        let sessions = IntGaugeVec::new(
+            Opts::new("tandem_sessions", "Live WebRTC sessions by kind"),
+            &["kind"],
+        )?;
+        let packets = IntCounterVec::new(
+            Opts::new(
+                "tandem_packets_forwarded_total",
+                "RTP packets received from publishers (in) and sent to viewers (out)",
+            ),
+            &["direction"],
+        )?;
+        let bytes = IntCounterVec::new(
+            Opts::new(
+                "tandem_bytes_forwarded_total",
+                "RTP payload bytes received from publishers (in) and sent to viewers (out)",
+            ),
+            &["direction"],
+        )?;
+        let feedback = IntCounterVec::new(
+            Opts::new(
+                "tandem_rtcp_feedback_total",
+                "RTCP feedback received from viewers, by type",
+            ),
+            &["type"],
+        )?;
+        let plis_sent = IntCounter::new(
+            "tandem_keyframe_requests_sent_total",
+            "PLIs sent to publishers (viewer joins and forwarded viewer requests, rate limited)",
+        )?;
+        let retransmitted = IntCounter::new(
+            "tandem_retransmitted_packets_total",
+            "Packets retransmitted to viewers in answer to their NACKs",
+        )?;
+        let dropped = IntCounterVec::new(
+            Opts::new(
+                "tandem_dropped_packets_total",
+                "Packets dropped by the SFU, by reason",
+            ),
+            &["reason"],
+        )?;
+        let forwarding_delay = Histogram::with_opts(
+            HistogramOpts::new(
+                "tandem_forwarding_delay_seconds",
+                "Time from a packet's arrival at the socket to its last send on a worker",
+            )
+            .buckets(vec![
+                0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1,
+            ]),
+        )?;
+        registry.register(Box::new(streams_live.clone()))?;
+        registry.register(Box::new(sessions.clone()))?;
+        registry.register(Box::new(packets.clone()))?;
+        registry.register(Box::new(bytes.clone()))?;
+        registry.register(Box::new(feedback.clone()))?;
+        registry.register(Box::new(plis_sent.clone()))?;
+        registry.register(Box::new(retransmitted.clone()))?;
+        registry.register(Box::new(dropped.clone()))?;
+        registry.register(Box::new(forwarding_delay.clone()))?;
+        Ok(Self {
+            streams_live,
+            publishers: sessions.with_label_values(&["publisher"]),
+            viewers: sessions.with_label_values(&["viewer"]),
+            packets_in: packets.with_label_values(&["in"]),
+            packets_out: packets.with_label_values(&["out"]),
+            bytes_in: bytes.with_label_values(&["in"]),
+            bytes_out: bytes.with_label_values(&["out"]),
+            nacks: feedback.with_label_values(&["nack"]),
+            plis: feedback.with_label_values(&["pli"]),
+            firs: feedback.with_label_values(&["fir"]),
+            plis_sent,
+            retransmitted,
+            dropped: DropCounters {
+                worker_queue_full: dropped.with_label_values(&["worker_queue_full"]),
+                socket_full: dropped.with_label_values(&["socket_full"]),
+                codec_mismatch: dropped.with_label_values(&["codec_mismatch"]),
+                unknown_source: dropped.with_label_values(&["unknown_source"]),
+                session_not_ready: dropped.with_label_values(&["session_not_ready"]),
+            },
+            forwarding_delay,
+        })
+    }
+}

@@ -1,0 +1,407 @@
+//! SDP checks made before any state exists (so a bad offer changes nothing), the
+//! codecs tandem forwards, and trickle-ICE / ICE-restart fragments (RFC 8840).
+
+use crate::MediaError;
+use crate::sfu::SessionKind;
+
+/// Codecs forwarded end to end (H.264 only in packetization-mode 1).
+pub const FORWARDED_CODECS: &[&str] = &["opus", "vp8", "vp9", "h264", "av1"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaKind {
+    Audio,
+    Video,
+}
+
+impl MediaKind {
+    pub fn index(self) -> usize {
+        match self {
+            MediaKind::Audio => 0,
+            MediaKind::Video => 1,
+        }
+    }
+}
+
+/// One `m=` section of an offer, as far as the SFU cares.
+#[derive(Debug, Clone)]
+pub struct OfferedMedia {
+    pub kind: MediaKind,
+    pub mid: Option<String>,
+    pub direction: Direction,
+    /// Lower-case codec names from `a=rtpmap`, in offer order.
+    pub codecs: Vec<String>,
+    pub rejected: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    SendRecv,
+    SendOnly,
+    RecvOnly,
+    Inactive,
+}
+
+impl Direction {
+    fn client_sends(self) -> bool {
+        matches!(self, Direction::SendRecv | Direction::SendOnly)
+    }
+    fn client_receives(self) -> bool {
+        matches!(self, Direction::SendRecv | Direction::RecvOnly)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CheckedOffer {
+    pub media: Vec<OfferedMedia>,
+}
+
+impl CheckedOffer {
+    pub fn has(&self, kind: MediaKind) -> bool {
+        self.media.iter().any(|m| m.kind == kind && !m.rejected)
+    }
+}
+
+/// Validates an offer for a publisher or viewer; the error names what is wrong.
+pub fn check_offer(sdp: &str, kind: SessionKind) -> Result<CheckedOffer, MediaError> {
+    let sdp = sdp.trim_start_matches('\u{feff}');
+    if sdp.trim().is_empty() {
+        return Err(MediaError::BadSdp(
+            "the body is empty; send the SDP offer".into(),
+        ));
+    }
+    if !sdp.starts_with("v=0") {
+        return Err(MediaError::BadSdp("an SDP offer starts with 'v=0'".into()));
+    }
+    let mut session_ufrag = false;
+    let mut session_pwd = false;
+    let mut session_fingerprint = false;
+    let mut media: Vec<OfferedMedia> = Vec::new();
+    let mut media_ufrag: Vec<bool> = Vec::new();
+    let mut media_pwd: Vec<bool> = Vec::new();
+    let mut media_fingerprint: Vec<bool> = Vec::new();
+    let mut others = 0usize;
+    let mut in_other = false;
+    for (n, raw) in sdp.lines().enumerate() {
+        let line = raw.trim_end_matches('\r');
+        if line.is_empty() {
+            continue;
+        }
+        let bytes = line.as_bytes();
+        if bytes.len() < 2 || bytes[1] != b'=' || !bytes[0].is_ascii_lowercase() {
+            return Err(MediaError::BadSdp(format!(
+                "line {} is not '<letter>=<value>': '{}'",
+                n + 1,
+                truncate(line, 40)
+            )));
+        }
+        let value = &line[2..];
+        match bytes[0] {
+            b'm' => {
+                let mut parts = value.split_whitespace();
+                let kind = parts.next().unwrap_or("");
+                let port = parts.next().unwrap_or("");
+                if parts.next().is_none() {
+                    return Err(MediaError::BadSdp(format!(
+                        "line {}: m= needs '<media> <port> <proto> <fmt>...'",
+                        n + 1
+                    )));
+                }
+                let kind = match kind {
+                    "audio" => Some(MediaKind::Audio),
+                    "video" => Some(MediaKind::Video),
+                    _ => None,
+                };
+                match kind {
+                    Some(kind) => {
+                        in_other = false;
+                        media.push(OfferedMedia {
+                            kind,
+                            mid: None,
+                            direction: Direction::SendRecv,
+                            codecs: Vec::new(),
+                            rejected: port == "0" && !sdp.contains("a=bundle-only"),
+                        });
+                        media_ufrag.push(false);
+                        media_pwd.push(false);
+                        media_fingerprint.push(false);
+                    }
+                    None => {
+                        in_other = true;
+                        others += 1;
+                    }
+                }
+            }
+            b'a' => {
+                let (attr, arg) = value.split_once(':').unwrap_or((value, ""));
+                let current = (!in_other).then(|| media.len().checked_sub(1)).flatten();
+                match (attr, current) {
+                    ("ice-ufrag", None) if !in_other => session_ufrag = true,
+                    ("ice-pwd", None) if !in_other => session_pwd = true,
+                    ("fingerprint", None) if !in_other => session_fingerprint = true,
+                    ("ice-ufrag", Some(i)) => media_ufrag[i] = true,
+                    ("ice-pwd", Some(i)) => media_pwd[i] = true,
+                    ("fingerprint", Some(i)) => media_fingerprint[i] = true,
+                    ("mid", Some(i)) => media[i].mid = Some(arg.to_string()),
+                    ("sendrecv", Some(i)) => media[i].direction = Direction::SendRecv,
+                    ("sendonly", Some(i)) => media[i].direction = Direction::SendOnly,
+                    ("recvonly", Some(i)) => media[i].direction = Direction::RecvOnly,
+                    ("inactive", Some(i)) => media[i].direction = Direction::Inactive,
+                    ("rtpmap", Some(i)) => {
+                        let name = arg
+                            .split_whitespace()
+                            .nth(1)
+                            .and_then(|enc| enc.split('/').next())
+                            .unwrap_or("")
+                            .to_ascii_lowercase();
+                        if name.is_empty() {
+                            return Err(MediaError::BadSdp(format!(
+                                "line {}: a=rtpmap needs '<pt> <name>/<clock>'",
+                                n + 1
+                            )));
+                        }
+                        media[i].codecs.push(name);
+                    }
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+    if media.is_empty() {
+        return Err(if others > 0 {
+            MediaError::NoCommonCodec("the offer has no audio or video section".into())
+        } else {
+            MediaError::BadSdp("the offer has no media section (m=)".into())
+        });
+    }
+    for i in 0..media.len() {
+        if !(session_ufrag || media_ufrag[i]) || !(session_pwd || media_pwd[i]) {
+            return Err(MediaError::BadSdp(
+                "missing a=ice-ufrag/a=ice-pwd: ICE credentials are required".into(),
+            ));
+        }
+        if !(session_fingerprint || media_fingerprint[i]) {
+            return Err(MediaError::BadSdp(
+                "missing a=fingerprint: DTLS-SRTP is required".into(),
+            ));
+        }
+    }
+    let wanted = |m: &OfferedMedia| match kind {
+        SessionKind::Publisher => m.direction.client_sends(),
+        SessionKind::Viewer => m.direction.client_receives(),
+    };
+    if !media.iter().any(|m| !m.rejected && wanted(m)) {
+        return Err(MediaError::NoCommonCodec(match kind {
+            SessionKind::Publisher => {
+                "no audio/video section is sendonly or sendrecv (WHIP publishes)".into()
+            }
+            SessionKind::Viewer => {
+                "no audio/video section is recvonly or sendrecv (WHEP receives)".into()
+            }
+        }));
+    }
+    let usable = media.iter().any(|m| {
+        !m.rejected
+            && wanted(m)
+            && m.codecs
+                .iter()
+                .any(|c| FORWARDED_CODECS.contains(&c.as_str()))
+    });
+    if !usable {
+        let offered: Vec<&str> = media
+            .iter()
+            .flat_map(|m| m.codecs.iter().map(String::as_str))
+            .collect();
+        return Err(MediaError::NoCommonCodec(format!(
+            "offered codecs [{}]; tandem forwards opus, VP8, VP9, H264 (packetization-mode=1), AV1",
+            offered.join(", ")
+        )));
+    }
+    Ok(CheckedOffer { media })
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// A trickle-ICE fragment (`application/trickle-ice-sdpfrag`, RFC 8840).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct IceFragment {
+    pub ufrag: Option<String>,
+    pub pwd: Option<String>,
+    /// `(mid, candidate-attribute-value)` pairs.
+    pub candidates: Vec<(Option<String>, String)>,
+    pub end_of_candidates: bool,
+}
+
+pub fn parse_fragment(frag: &str) -> Result<IceFragment, MediaError> {
+    let mut out = IceFragment::default();
+    let mut mid: Option<String> = None;
+    let mut lines = 0;
+    for (n, raw) in frag.lines().enumerate() {
+        let line = raw.trim_end_matches('\r').trim();
+        if line.is_empty() {
+            continue;
+        }
+        lines += 1;
+        if line.len() < 2 || &line[1..2] != "=" {
+            return Err(MediaError::BadSdp(format!(
+                "fragment line {} is not '<letter>=<value>'",
+                n + 1
+            )));
+        }
+        if let Some(rest) = line.strip_prefix("a=") {
+            let (attr, arg) = rest.split_once(':').unwrap_or((rest, ""));
+            match attr {
+                "ice-ufrag" => out.ufrag = Some(arg.trim().to_string()),
+                "ice-pwd" => out.pwd = Some(arg.trim().to_string()),
+                "mid" => mid = Some(arg.trim().to_string()),
+                "candidate" => {
+                    if arg.split_whitespace().count() < 8 {
+                        return Err(MediaError::BadSdp(format!(
+                            "fragment line {}: a=candidate needs 8 fields",
+                            n + 1
+                        )));
+                    }
+                    out.candidates.push((mid.clone(), arg.trim().to_string()));
+                }
+                "end-of-candidates" => out.end_of_candidates = true,
+                _ => {}
+            }
+        }
+    }
+    if lines == 0 {
+        return Err(MediaError::BadSdp("the fragment is empty".into()));
+    }
+    if out.ufrag.is_some() != out.pwd.is_some() {
+        return Err(MediaError::BadSdp(
+            "an ICE restart fragment needs both a=ice-ufrag and a=ice-pwd".into(),
+        ));
+    }
+    Ok(out)
+}
+
+/// The offer with its ICE credentials replaced: what the client's ICE restart
+/// means for the full description the peer connection negotiates.
+pub fn with_credentials(offer: &str, ufrag: &str, pwd: &str) -> String {
+    let mut out = String::with_capacity(offer.len() + 16);
+    for line in offer.split_inclusive('\n') {
+        let trimmed = line.trim_end_matches(['\r', '\n']);
+        let ending = &line[trimmed.len()..];
+        if trimmed.starts_with("a=ice-ufrag:") {
+            out.push_str("a=ice-ufrag:");
+            out.push_str(ufrag);
+            out.push_str(ending);
+        } else if trimmed.starts_with("a=ice-pwd:") {
+            out.push_str("a=ice-pwd:");
+            out.push_str(pwd);
+            out.push_str(ending);
+        } else {
+            out.push_str(line);
+        }
+    }
+    out
+}
+
+/// The first value of `a=<attr>:` in a description.
+pub fn attribute<'a>(sdp: &'a str, attr: &str) -> Option<&'a str> {
+    sdp.lines().find_map(|l| {
+        l.trim_end_matches('\r')
+            .strip_prefix("a=")
+            .and_then(|rest| rest.strip_prefix(attr))
+            .and_then(|rest| rest.strip_prefix(':'))
+    })
+}
+
+/// The server's answer to an ICE restart (RFC 9725 §4.4.2): new credentials, then each
+/// media section's mid with the server's candidates.
+pub fn restart_answer_fragment(answer: &str) -> String {
+    let mut out = String::new();
+    if answer.contains("a=ice-lite") {
+        out.push_str("a=ice-lite\r\n");
+    }
+    if let Some(u) = attribute(answer, "ice-ufrag") {
+        out.push_str(&format!("a=ice-ufrag:{u}\r\n"));
+    }
+    if let Some(p) = attribute(answer, "ice-pwd") {
+        out.push_str(&format!("a=ice-pwd:{p}\r\n"));
+    }
+    for line in answer.lines().map(|l| l.trim_end_matches('\r')) {
+        if line.starts_with("m=") || line.starts_with("a=mid:") || line.starts_with("a=candidate:")
+        {
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+    }
+    out.push_str("a=end-of-candidates\r\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OFFER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n\
+a=fingerprint:sha-256 AA:BB\r\na=ice-ufrag:abcd\r\na=ice-pwd:0123456789abcdef0123456789\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=sendonly\r\na=rtpmap:111 opus/48000/2\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\na=sendonly\r\na=rtpmap:96 VP8/90000\r\n";
+
+    #[test]
+    fn accepts_a_publisher_offer() {
+        let offer = check_offer(OFFER, SessionKind::Publisher).unwrap();
+        assert!(offer.has(MediaKind::Audio) && offer.has(MediaKind::Video));
+        assert_eq!(offer.media[1].codecs, vec!["vp8"]);
+    }
+
+    #[test]
+    fn sendonly_offer_cannot_view() {
+        let err = check_offer(OFFER, SessionKind::Viewer).unwrap_err();
+        assert!(matches!(err, MediaError::NoCommonCodec(_)), "{err}");
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let e = check_offer("", SessionKind::Publisher)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("empty"), "{e}");
+        let e = check_offer("hello", SessionKind::Publisher)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("v=0"), "{e}");
+        let no_fp = OFFER.replace("a=fingerprint:sha-256 AA:BB\r\n", "");
+        let e = check_offer(&no_fp, SessionKind::Publisher)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("fingerprint"), "{e}");
+        let g722 = OFFER
+            .replace("opus/48000/2", "G722/8000")
+            .replace("VP8/90000", "H263/90000");
+        let e = check_offer(&g722, SessionKind::Publisher).unwrap_err();
+        assert!(
+            matches!(e, MediaError::NoCommonCodec(ref m) if m.contains("g722")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn fragments() {
+        let f = parse_fragment("a=ice-ufrag:new1\r\na=ice-pwd:pwdpwdpwdpwdpwdpwdpwdpwd\r\nm=audio 9 RTP/AVP 0\r\na=mid:0\r\na=candidate:1 1 udp 2130706431 127.0.0.1 5000 typ host\r\na=end-of-candidates\r\n").unwrap();
+        assert_eq!(f.ufrag.as_deref(), Some("new1"));
+        assert_eq!(f.candidates.len(), 1);
+        assert_eq!(f.candidates[0].0.as_deref(), Some("0"));
+        assert!(f.end_of_candidates);
+        assert!(parse_fragment("").is_err());
+        assert!(parse_fragment("a=ice-ufrag:x\r\n").is_err());
+    }
+
+    #[test]
+    fn credentials_are_replaced_everywhere() {
+        let o = with_credentials(OFFER, "zz", "yy");
+        assert!(o.contains("a=ice-ufrag:zz\r\n") && o.contains("a=ice-pwd:yy\r\n"));
+        assert!(!o.contains("abcd"));
+    }
+}

@@ -1,0 +1,518 @@
+//! One WebRTC session (a publisher or a viewer): its sans-IO peer connection and
+//! what the SFU tracks about it. Built here, driven by the worker that owns it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rtc::interceptor::Registry;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::peer_connection::RTCPeerConnectionBuilder;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::media_engine::MediaEngine;
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::transport::RTCDtlsRole;
+use rtc::peer_connection::transport::{
+    CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit,
+};
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
+    RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
+use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+
+use crate::MediaError;
+use crate::sdp::{CheckedOffer, MediaKind};
+use crate::sfu::{SessionKind, StreamShared};
+use crate::track::Continuity;
+
+/// Payload-type map entries: not computed yet / the viewer cannot take this codec.
+pub const PT_UNKNOWN: u8 = 255;
+pub const PT_UNSUPPORTED: u8 = 254;
+
+/// A viewer's outgoing track of one kind.
+pub struct ViewerTrack {
+    pub sender: RTCRtpSenderId,
+    pub ssrc: u32,
+    pub rtx_ssrc: Option<u32>,
+    /// The codec the sender was bound with (interceptors key NACK/RTX on it).
+    pub bound_codec: RTCRtpCodec,
+    /// Publisher payload type → this viewer's payload type, valid for `epoch`.
+    pub pt_map: [u8; 128],
+    pub epoch: u32,
+}
+
+/// A publisher's incoming track.
+pub struct PublisherTrack {
+    pub kind: MediaKind,
+    pub receiver: RTCRtpReceiverId,
+    pub media_ssrc: u32,
+}
+
+pub struct Session {
+    pub key: u64,
+    pub id: Arc<str>,
+    pub kind: SessionKind,
+    pub stream: Arc<StreamShared>,
+    pub pc: RTCPeerConnection,
+    /// The client's offer as last applied (ICE restarts rewrite its credentials).
+    pub remote_offer: String,
+    pub local_ufrag: String,
+    /// Addresses (and transport) this session's packets come from.
+    pub addrs: Vec<(SocketAddr, bool)>,
+    pub last_rx: Instant,
+    pub next_timeout: Option<Instant>,
+    pub connected: bool,
+    pub closing: bool,
+    /// In the stream's fan-out on this worker.
+    pub forwarding: bool,
+    // Viewer side.
+    pub viewer_tracks: [Option<ViewerTrack>; 2],
+    pub nack_seen: bool,
+    pub retransmitted_reported: u64,
+    // Publisher side.
+    pub publisher_tracks: HashMap<String, PublisherTrack>,
+    pub continuity: [Continuity; 2],
+    pub last_keyframe_request: Option<Instant>,
+    pub epoch: u32,
+}
+
+/// The codecs tandem negotiates. Payload types only matter for offers we would
+/// create; as answerer the client's numbers are used.
+pub fn register_codecs(engine: &mut MediaEngine) -> Result<(), MediaError> {
+    let fb = |typ: &str, parameter: &str| RTCPFeedback {
+        typ: typ.to_string(),
+        parameter: parameter.to_string(),
+    };
+    let video_fb = vec![fb("ccm", "fir")];
+    let codec =
+        |mime: &str, clock: u32, channels: u16, fmtp: &str, pt: u8, feedback: Vec<RTCPFeedback>| {
+            RTCRtpCodecParameters {
+                rtp_codec: RTCRtpCodec {
+                    mime_type: mime.to_string(),
+                    clock_rate: clock,
+                    channels,
+                    sdp_fmtp_line: fmtp.to_string(),
+                    rtcp_feedback: feedback,
+                },
+                payload_type: pt,
+            }
+        };
+    let internal =
+        |e: rtc::shared::error::Error| MediaError::Internal(format!("codec registration: {e}"));
+    engine
+        .register_codec(
+            codec(
+                "audio/opus",
+                48000,
+                2,
+                "minptime=10;useinbandfec=1;stereo=1;sprop-stereo=1",
+                111,
+                vec![],
+            ),
+            RtpCodecKind::Audio,
+        )
+        .map_err(internal)?;
+    let video: &[(&str, &str, u8)] = &[
+        ("video/VP8", "", 96),
+        ("video/VP9", "profile-id=0", 98),
+        ("video/VP9", "profile-id=2", 100),
+        (
+            "video/H264",
+            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42001f",
+            102,
+        ),
+        (
+            "video/H264",
+            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
+            104,
+        ),
+        (
+            "video/H264",
+            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=4d001f",
+            106,
+        ),
+        (
+            "video/H264",
+            "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=64001f",
+            108,
+        ),
+        ("video/AV1", "", 45),
+    ];
+    for &(mime, fmtp, pt) in video {
+        engine
+            .register_codec(
+                codec(mime, 90000, 0, fmtp, pt, video_fb.clone()),
+                RtpCodecKind::Video,
+            )
+            .map_err(internal)?;
+        engine
+            .register_codec(
+                codec("video/rtx", 90000, 0, &format!("apt={pt}"), pt + 1, vec![]),
+                RtpCodecKind::Video,
+            )
+            .map_err(internal)?;
+    }
+    Ok(())
+}
+
+fn fmtp_param<'a>(fmtp: &'a str, key: &str) -> Option<&'a str> {
+    fmtp.split(';').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        k.trim().eq_ignore_ascii_case(key).then(|| v.trim())
+    })
+}
+
+/// How well a viewer's negotiated codec fits what the publisher sends (0 = not at all).
+pub fn codec_fit(publisher: &RTCRtpCodec, viewer: &RTCRtpCodec) -> u8 {
+    if !publisher.mime_type.eq_ignore_ascii_case(&viewer.mime_type) {
+        return 0;
+    }
+    let (p, v) = (&publisher.sdp_fmtp_line, &viewer.sdp_fmtp_line);
+    if publisher.mime_type.eq_ignore_ascii_case("video/h264") {
+        let pm = |f: &str| {
+            fmtp_param(f, "packetization-mode")
+                .unwrap_or("0")
+                .to_string()
+        };
+        if pm(p) != pm(v) {
+            return 0;
+        }
+        let plid = |f: &str| {
+            fmtp_param(f, "profile-level-id")
+                .unwrap_or("42001f")
+                .to_ascii_lowercase()
+        };
+        let (pp, vp) = (plid(p), plid(v));
+        if pp == vp {
+            3
+        } else if pp.get(..4) == vp.get(..4) {
+            2
+        } else {
+            1
+        }
+    } else if publisher.mime_type.eq_ignore_ascii_case("video/vp9") {
+        let profile = |f: &str| fmtp_param(f, "profile-id").unwrap_or("0").to_string();
+        if profile(p) == profile(v) { 3 } else { 0 }
+    } else {
+        3
+    }
+}
+
+/// Finds the viewer's payload type for a publisher codec.
+pub fn map_payload_type(publisher: &RTCRtpCodec, viewer_codecs: &[RTCRtpCodecParameters]) -> u8 {
+    viewer_codecs
+        .iter()
+        .filter(|c| !c.rtp_codec.mime_type.eq_ignore_ascii_case("video/rtx"))
+        .map(|c| (codec_fit(publisher, &c.rtp_codec), c.payload_type))
+        .filter(|(fit, _)| *fit > 0)
+        .max_by_key(|(fit, _)| *fit)
+        .map(|(_, pt)| pt)
+        .unwrap_or(PT_UNSUPPORTED)
+}
+
+pub struct BuildParams<'a> {
+    pub kind: SessionKind,
+    pub offer_sdp: &'a str,
+    pub offer: &'a CheckedOffer,
+    pub stream_name: &'a str,
+    pub candidates: &'a [(SocketAddr, bool)],
+    /// The publisher's codecs if one is live (viewers bind their tracks to them).
+    pub publisher_codecs: &'a [RTCRtpCodecParameters],
+    pub now: Instant,
+}
+
+pub struct Built {
+    pub pc: RTCPeerConnection,
+    pub answer: String,
+    pub local_ufrag: String,
+    pub viewer_tracks: [Option<ViewerTrack>; 2],
+}
+
+fn pc_error(what: &str) -> impl Fn(rtc::shared::error::Error) -> MediaError + '_ {
+    move |e| MediaError::BadSdp(format!("{what}: {e}"))
+}
+
+fn default_codec(kind: MediaKind) -> RTCRtpCodec {
+    match kind {
+        MediaKind::Audio => RTCRtpCodec {
+            mime_type: "audio/opus".into(),
+            clock_rate: 48000,
+            channels: 2,
+            sdp_fmtp_line: "minptime=10;useinbandfec=1".into(),
+            rtcp_feedback: vec![],
+        },
+        MediaKind::Video => RTCRtpCodec {
+            mime_type: "video/VP8".into(),
+            clock_rate: 90000,
+            channels: 0,
+            sdp_fmtp_line: String::new(),
+            rtcp_feedback: vec![],
+        },
+    }
+}
+
+/// The codec a viewer track should be bound with: the publisher's if one is live.
+pub fn track_codec(kind: MediaKind, publisher_codecs: &[RTCRtpCodecParameters]) -> RTCRtpCodec {
+    let prefix = match kind {
+        MediaKind::Audio => "audio/",
+        MediaKind::Video => "video/",
+    };
+    publisher_codecs
+        .iter()
+        .map(|c| &c.rtp_codec)
+        .find(|c| {
+            c.mime_type.to_ascii_lowercase().starts_with(prefix)
+                && !c.mime_type.eq_ignore_ascii_case("video/rtx")
+        })
+        .cloned()
+        .unwrap_or_else(|| default_codec(kind))
+}
+
+pub fn viewer_track(
+    kind: MediaKind,
+    stream_name: &str,
+    ssrc: u32,
+    rtx_ssrc: Option<u32>,
+    codec: RTCRtpCodec,
+) -> MediaStreamTrack {
+    let (rtp_kind, id) = match kind {
+        MediaKind::Audio => (RtpCodecKind::Audio, "audio"),
+        MediaKind::Video => (RtpCodecKind::Video, "video"),
+    };
+    MediaStreamTrack::new(
+        stream_name.to_string(),
+        format!("{stream_name}-{id}"),
+        id.to_string(),
+        rtp_kind,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                rtx: rtx_ssrc
+                    .map(|ssrc| rtc::rtp_transceiver::rtp_sender::RTCRtpRtxParameters { ssrc }),
+                ..Default::default()
+            },
+            codec,
+            ..Default::default()
+        }],
+    )
+}
+
+/// Builds the peer connection for an offer and produces the answer: ICE-lite,
+/// DTLS server (setup:passive), host candidates on the shared media port.
+pub fn build(params: BuildParams<'_>) -> Result<Built, MediaError> {
+    let mut engine = MediaEngine::default();
+    register_codecs(&mut engine)?;
+    let registry = register_default_interceptors(Registry::new(), &mut engine)
+        .map_err(|e| MediaError::Internal(format!("interceptors: {e}")))?;
+    let settings = SettingEngineBuilder::new()
+        .with_lite(true)
+        .with_answering_dtls_role(RTCDtlsRole::Server)
+        .with_srtp_protection_profiles(vec![
+            rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
+            rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
+        ])
+        .build();
+    let mut pc = RTCPeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_setting_engine(settings)
+        .with_media_engine(engine)
+        .with_interceptor_registry(registry)
+        .build(params.now)
+        .map_err(|e| MediaError::Internal(format!("peer connection: {e}")))?;
+
+    let mut viewer_tracks: [Option<ViewerTrack>; 2] = [None, None];
+    let mut seen = [false; 2];
+    for media in params.offer.media.iter().filter(|m| !m.rejected) {
+        let slot = media.kind.index();
+        match params.kind {
+            SessionKind::Viewer => {
+                if seen[slot] {
+                    continue;
+                }
+                seen[slot] = true;
+                let ssrc: u32 = rand::random();
+                let rtx_ssrc = (media.kind == MediaKind::Video).then(rand::random::<u32>);
+                let codec = track_codec(media.kind, params.publisher_codecs);
+                let sender = pc
+                    .add_track(viewer_track(
+                        media.kind,
+                        params.stream_name,
+                        ssrc,
+                        rtx_ssrc,
+                        codec.clone(),
+                    ))
+                    .map_err(|e| MediaError::Internal(format!("add track: {e}")))?;
+                viewer_tracks[slot] = Some(ViewerTrack {
+                    sender,
+                    ssrc,
+                    rtx_ssrc,
+                    bound_codec: codec,
+                    pt_map: [PT_UNKNOWN; 128],
+                    epoch: u32::MAX,
+                });
+            }
+            SessionKind::Publisher => {
+                let kind = match media.kind {
+                    MediaKind::Audio => RtpCodecKind::Audio,
+                    MediaKind::Video => RtpCodecKind::Video,
+                };
+                pc.add_transceiver_from_kind(
+                    kind,
+                    Some(RTCRtpTransceiverInit {
+                        direction: RTCRtpTransceiverDirection::Recvonly,
+                        streams: vec![],
+                        send_encodings: vec![],
+                    }),
+                )
+                .map_err(|e| MediaError::Internal(format!("add transceiver: {e}")))?;
+            }
+        }
+    }
+
+    let offer =
+        RTCSessionDescription::offer(params.offer_sdp.to_string()).map_err(pc_error("offer"))?;
+    pc.set_remote_description(params.now, offer)
+        .map_err(pc_error("offer rejected"))?;
+    for (addr, tcp) in params.candidates {
+        let candidate = CandidateHostConfig {
+            base_config: CandidateConfig {
+                network: if *tcp { "tcp" } else { "udp" }.to_owned(),
+                address: addr.ip().to_string(),
+                port: addr.port(),
+                component: 1,
+                ..Default::default()
+            },
+            tcp_type: if *tcp {
+                rtc::ice::tcp_type::TcpType::Passive
+            } else {
+                rtc::ice::tcp_type::TcpType::Unspecified
+            },
+        }
+        .new_candidate_host()
+        .map_err(|e| MediaError::Internal(format!("candidate: {e}")))?;
+        let init = RTCIceCandidate::from(&candidate)
+            .to_json()
+            .map_err(|e| MediaError::Internal(format!("candidate: {e}")))?;
+        pc.add_local_candidate(init)
+            .map_err(|e| MediaError::Internal(format!("candidate: {e}")))?;
+    }
+    pc.add_local_candidate(RTCIceCandidateInit::default())
+        .map_err(|e| MediaError::Internal(format!("end of candidates: {e}")))?;
+    let answer = pc
+        .create_answer(None)
+        .map_err(|e| MediaError::NoCommonCodec(format!("cannot answer the offer: {e}")))?;
+    pc.set_local_description(params.now, answer)
+        .map_err(|e| MediaError::Internal(format!("local description: {e}")))?;
+    let answer = pc
+        .local_description()
+        .map(|d| d.sdp)
+        .ok_or_else(|| MediaError::Internal("no local description".into()))?;
+    if !answer_has_media(&answer) {
+        return Err(MediaError::NoCommonCodec(
+            "no offered codec is one tandem forwards (opus, VP8, VP9, H264 packetization-mode=1, AV1)".into(),
+        ));
+    }
+    let local_ufrag = crate::sdp::attribute(&answer, "ice-ufrag")
+        .ok_or_else(|| MediaError::Internal("answer without ice-ufrag".into()))?
+        .to_string();
+    Ok(Built {
+        pc,
+        answer,
+        local_ufrag,
+        viewer_tracks,
+    })
+}
+
+/// True when at least one audio/video section of the answer is active.
+fn answer_has_media(answer: &str) -> bool {
+    let mut active = false;
+    let mut in_av = false;
+    let mut section_ok = false;
+    for line in answer.lines().map(|l| l.trim_end_matches('\r')) {
+        if let Some(m) = line.strip_prefix("m=") {
+            if in_av && section_ok {
+                active = true;
+            }
+            let mut parts = m.split_whitespace();
+            let kind = parts.next().unwrap_or("");
+            let port = parts.next().unwrap_or("0");
+            in_av = kind == "audio" || kind == "video";
+            section_ok = port != "0";
+        } else if in_av && line == "a=inactive" {
+            section_ok = false;
+        }
+    }
+    active || (in_av && section_ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(mime: &str, fmtp: &str) -> RTCRtpCodec {
+        RTCRtpCodec {
+            mime_type: mime.into(),
+            clock_rate: 90000,
+            channels: 0,
+            sdp_fmtp_line: fmtp.into(),
+            rtcp_feedback: vec![],
+        }
+    }
+
+    #[test]
+    fn h264_keeps_profile_and_needs_packetization_mode() {
+        let publisher = c("video/H264", "packetization-mode=1;profile-level-id=42e01f");
+        let viewer = vec![
+            RTCRtpCodecParameters {
+                rtp_codec: c("video/H264", "packetization-mode=0;profile-level-id=42e01f"),
+                payload_type: 100,
+            },
+            RTCRtpCodecParameters {
+                rtp_codec: c("video/H264", "packetization-mode=1;profile-level-id=4d001f"),
+                payload_type: 101,
+            },
+            RTCRtpCodecParameters {
+                rtp_codec: c("video/H264", "packetization-mode=1;profile-level-id=42e01f"),
+                payload_type: 102,
+            },
+            RTCRtpCodecParameters {
+                rtp_codec: c("video/rtx", "apt=102"),
+                payload_type: 103,
+            },
+        ];
+        assert_eq!(map_payload_type(&publisher, &viewer), 102);
+        assert_eq!(map_payload_type(&publisher, &viewer[..1]), PT_UNSUPPORTED);
+    }
+
+    #[test]
+    fn vp8_maps_by_name() {
+        let viewer = vec![RTCRtpCodecParameters {
+            rtp_codec: c("video/vp8", ""),
+            payload_type: 120,
+        }];
+        assert_eq!(map_payload_type(&c("video/VP8", ""), &viewer), 120);
+        assert_eq!(
+            map_payload_type(&c("video/AV1", ""), &viewer),
+            PT_UNSUPPORTED
+        );
+    }
+
+    #[test]
+    fn answers_without_active_media_are_detected() {
+        assert!(answer_has_media(
+            "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=sendonly\r\n"
+        ));
+        assert!(!answer_has_media(
+            "v=0\r\nm=audio 0 UDP/TLS/RTP/SAVPF 0\r\n"
+        ));
+        assert!(!answer_has_media(
+            "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=inactive\r\n"
+        ));
+    }
+}
