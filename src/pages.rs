@@ -41,6 +41,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/", get(|| async { asset("index.html") }))
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route(
             "/broadcast/{stream}",
             get(|| async { asset("broadcast.html") }),
