@@ -28,6 +28,8 @@ pub struct Config {
     pub media: MediaSection,
     #[serde(default)]
     pub ice_servers: Vec<IceServer>,
+    /// Business APIs and their jobs (src/api).
+    pub api: crate::api::ApiConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -9,8 +9,10 @@
 //! - [`metrics`]: the Prometheus registry and `/metrics`.
 //! - [`whip`]: WHIP ingest and WHEP egress routes over [`tandem_media::Sfu`].
 //! - [`pages`]: the demo pages and static files under `web/`.
+//! - [`api`]: business APIs (ledger, streams, enrollment, media access, jobs, OpenAPI).
 //! - [`server`]: [`server::AppState`], the router ([`server::app`]) and [`server::run`].
 
+pub mod api;
 pub mod auth;
 pub mod config;
 pub mod error;

@@ -35,6 +35,7 @@ pub struct AppState {
 pub fn app(state: AppState) -> Router {
     let api = Router::new()
         .merge(crate::whip::routes())
+        .merge(crate::api::routes())
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(crate::metrics::metrics_handler));
@@ -102,12 +103,14 @@ pub struct Running {
     pub state: AppState,
     stop: watch::Sender<bool>,
     served: tokio::task::JoinHandle<()>,
+    jobs: crate::api::jobs::JobsHandle,
 }
 
 impl Running {
     /// Stops accepting requests, closes every media session, and waits for both.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
+        self.jobs.stop().await;
         let grace = Duration::from_secs(self.state.config.shutdown_grace_seconds.max(1));
         self.state.sfu.shutdown(grace).await;
         if tokio::time::timeout(grace, self.served).await.is_err() {
@@ -188,6 +191,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     };
     let (stop, mut stopped) = watch::channel(false);
     let router = app(state.clone());
+    let jobs = crate::api::jobs::spawn(&state);
     let served = tokio::spawn(async move {
         let shutdown = async move {
             let _ = stopped.wait_for(|s| *s).await;
@@ -206,6 +210,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         state,
         stop,
         served,
+        jobs,
     })
 }
 

@@ -1,0 +1,125 @@
+//! The business side of WHIP/WHEP session starts: a viewer token minted for an
+//! enrollment is re-checked against it, and the owner's WHIP may start the stream.
+//!
+//! Called from `whip.rs` after the media token itself was verified. Streams that
+//! are not business streams (demo, calls, rooms) pass through untouched, and so do
+//! operator tokens for any stream (`stream: "*"`).
+
+use axum::http::StatusCode;
+use tandem_media::SessionKind;
+
+use super::enrollment::{EnrollmentRow, enrollment_of, watch_refusal};
+use super::now_ms;
+use super::streams::{self, StreamRow};
+use crate::auth::MediaClaims;
+use crate::error::{AppError, AppResult};
+use crate::server::AppState;
+
+/// Checks a session about to start. Refuses (403) a WHEP viewer whose enrollment
+/// was refunded or whose replay window closed, and (409) publishing to a stream
+/// that ended or was cancelled.
+pub async fn check_session(
+    state: &AppState,
+    claims: &MediaClaims,
+    stream: &str,
+    kind: SessionKind,
+) -> AppResult<()> {
+    let mut conn = state.db.pool.acquire().await?;
+    let row: Option<StreamRow> = sqlx::query_as(&format!(
+        "SELECT {} FROM streams WHERE id = $1",
+        streams::COLUMNS
+    ))
+    .bind(stream)
+    .fetch_optional(&mut *conn)
+    .await?;
+    // A grant recorded by /viewer-token ties the token to its enrollment.
+    let granted: Option<EnrollmentRow> = sqlx::query_as(
+        "SELECT e.id, e.user_id, e.stream_id, e.price_paid, e.status, e.transaction_id, \
+         e.created_at, e.refunded_at FROM media_grants g JOIN enrollments e ON e.id = g.enrollment_id \
+         WHERE g.jti = $1",
+    )
+    .bind(&claims.jti)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else {
+        return Ok(());
+    };
+    let now = now_ms();
+    let wildcard = claims.stream.as_deref() == Some("*");
+    match kind {
+        SessionKind::Viewer => {
+            if row.instructor_id == claims.sub || (wildcard && granted.is_none()) {
+                return Ok(());
+            }
+            let enrollment = match granted {
+                Some(e) => Some(e),
+                None => enrollment_of(&mut conn, &claims.sub, stream).await?,
+            };
+            match watch_refusal(&row, enrollment.as_ref(), now) {
+                Some(err) => Err(err),
+                None => Ok(()),
+            }
+        }
+        SessionKind::Publisher => {
+            if matches!(row.status.as_str(), "ended" | "cancelled") {
+                return Err(AppError::new(
+                    StatusCode::CONFLICT,
+                    "stream_closed",
+                    format!("the stream is {}; it cannot be published again", row.status),
+                ));
+            }
+            let admin = claims.role.as_deref() == Some("admin");
+            if !wildcard && !admin && row.instructor_id != claims.sub {
+                return Err(AppError::forbidden(
+                    "only the stream's instructor may publish it",
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// After a session started: the owner's WHIP turns a scheduled stream live (when
+/// configured); a WHEP viewer may raise the persisted peak viewer count.
+pub async fn session_started(
+    state: &AppState,
+    claims: &MediaClaims,
+    stream: &str,
+    kind: SessionKind,
+) {
+    let result: Result<(), sqlx::Error> = async {
+        let mut conn = state.db.pool.acquire().await?;
+        match kind {
+            SessionKind::Publisher if state.config.api.whip_starts_stream => {
+                let owner: Option<(String,)> =
+                    sqlx::query_as("SELECT instructor_id FROM streams WHERE id = $1")
+                        .bind(stream)
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                if owner.is_some_and(|(o,)| o == claims.sub)
+                    && streams::go_live(&mut conn, stream, now_ms()).await?
+                {
+                    tracing::info!(stream, "owner's WHIP session started the stream");
+                }
+            }
+            SessionKind::Viewer => {
+                let current = streams::live_viewers(state, stream);
+                if current > 0 {
+                    sqlx::query(
+                        "UPDATE streams SET peak_viewers = $1 WHERE id = $2 AND peak_viewers < $1",
+                    )
+                    .bind(current)
+                    .bind(stream)
+                    .execute(&mut *conn)
+                    .await?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(err) = result {
+        tracing::warn!(error = %err, stream, "updating the stream after a session start");
+    }
+}

@@ -1,0 +1,485 @@
+//! Paid enrollment: the deduction, the enrollment row and the ledger row in one
+//! transaction; my enrollments with access flags; viewer tokens; refunds.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::{get, post};
+use serde::Serialize;
+use sqlx::AnyConnection;
+use utoipa::ToSchema;
+
+use super::idempotency::{self, IdemKey, Start};
+use super::ledger::{self, Kind};
+use super::streams::{self, MediaTokenOut, StreamRow};
+use super::{identity, now_ms, rfc3339, rfc3339_opt, service, unique_violation};
+use crate::auth::{Grants, TokenRequest};
+use crate::error::{AppError, AppResult};
+use crate::server::AppState;
+
+pub fn routes() -> axum::Router<AppState> {
+    Router::new()
+        .route("/v1/streams/{id}/enrollments", post(enroll))
+        .route("/v1/me/enrollments", get(mine))
+        .route("/v1/streams/{id}/viewer-token", post(viewer_token))
+        .route("/v1/admin/enrollments/{id}/refund", post(admin_refund))
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct EnrollmentRow {
+    pub id: String,
+    pub user_id: String,
+    pub stream_id: String,
+    pub price_paid: i64,
+    pub status: String,
+    pub transaction_id: Option<i64>,
+    pub created_at: i64,
+    pub refunded_at: Option<i64>,
+}
+
+const COLUMNS: &str =
+    "id, user_id, stream_id, price_paid, status, transaction_id, created_at, refunded_at";
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EnrollmentOut {
+    pub id: String,
+    pub stream_id: String,
+    pub user: String,
+    pub price_paid: i64,
+    /// `active` or `refunded`.
+    pub status: String,
+    pub transaction_id: Option<i64>,
+    pub created_at: String,
+    pub refunded_at: Option<String>,
+}
+
+fn to_out(e: &EnrollmentRow) -> EnrollmentOut {
+    EnrollmentOut {
+        id: e.id.clone(),
+        stream_id: e.stream_id.clone(),
+        user: e.user_id.clone(),
+        price_paid: e.price_paid,
+        status: e.status.clone(),
+        transaction_id: e.transaction_id,
+        created_at: rfc3339(e.created_at),
+        refunded_at: rfc3339_opt(e.refunded_at),
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EnrolledOut {
+    pub enrollment: EnrollmentOut,
+    /// The balance after the deduction.
+    pub balance: i64,
+    /// The ledger row of the deduction; null for a free stream.
+    pub transaction_id: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StreamBrief {
+    pub id: String,
+    pub title: String,
+    pub status: String,
+    pub scheduled_start: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MyEnrollment {
+    #[serde(flatten)]
+    pub enrollment: EnrollmentOut,
+    pub stream: StreamBrief,
+    /// Active enrollment and the stream is scheduled or live.
+    pub can_watch_live: bool,
+    /// Active enrollment, the stream ended and its replay window is open.
+    pub can_watch_replay: bool,
+    pub replay_access_expires_at: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MyEnrollments {
+    pub enrollments: Vec<MyEnrollment>,
+}
+
+/// Enrolls the caller; paid streams deduct the price in the same transaction.
+/// `Idempotency-Key` honoured (a retry after a 402 gets the same 402).
+#[utoipa::path(post, path = "/v1/streams/{id}/enrollments", tag = "enrollment", security(("identity" = [])),
+    params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 201, body = EnrolledOut), (status = 401),
+              (status = 402, description = "insufficient_tokens, with balance and price"),
+              (status = 404),
+              (status = 409, description = "already_enrolled or stream_closed"),
+              (status = 422, description = "idempotency_key_reused")))]
+pub async fn enroll(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> AppResult<Response> {
+    let me = identity(&state, &headers)?;
+    let key = IdemKey::from_headers(
+        &headers,
+        &format!("user:{}", me.user),
+        &format!("enroll:{id}"),
+        &body,
+    )?;
+    let mut tx = match idempotency::start(&state.db, key.as_ref()).await? {
+        Start::Fresh(tx) => tx,
+        Start::Replay(resp) => return Ok(resp),
+    };
+    let now = now_ms();
+    let outcome = enroll_in(&mut tx, &me.user, &id, now).await;
+    idempotency::finish(tx, key.as_ref(), outcome).await
+}
+
+async fn enroll_in(
+    conn: &mut AnyConnection,
+    user: &str,
+    stream_id: &str,
+    now: i64,
+) -> AppResult<(StatusCode, serde_json::Value)> {
+    let stream = streams::load(conn, stream_id).await?;
+    if !stream.open_for_enrollment(now) {
+        return Err(AppError::conflict(
+            "stream_closed",
+            format!(
+                "the stream is {} and can no longer be enrolled in",
+                stream.status
+            ),
+        )
+        .with("status", stream.status));
+    }
+    let existing: Option<(String,)> =
+        sqlx::query_as("SELECT status FROM enrollments WHERE user_id = $1 AND stream_id = $2")
+            .bind(user)
+            .bind(stream_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    if let Some((status,)) = existing {
+        return Err(AppError::conflict(
+            "already_enrolled",
+            "you are already enrolled in this stream",
+        )
+        .with("enrollment_status", status));
+    }
+    let enrollment_id = format!("en_{}", uuid::Uuid::new_v4().simple());
+    let (transaction_id, balance) = if stream.price_tokens > 0 {
+        let reference = format!("stream:{stream_id}");
+        match ledger::deduct(
+            conn,
+            user,
+            stream.price_tokens,
+            Kind::Enrollment,
+            Some(&reference),
+            now,
+        )
+        .await?
+        {
+            Some((tx_id, after)) => (Some(tx_id), after),
+            None => {
+                let balance = ledger::balance_of(conn, user).await?;
+                return Err(AppError::new(
+                    StatusCode::PAYMENT_REQUIRED,
+                    "insufficient_tokens",
+                    format!(
+                        "the stream costs {} tokens; the balance is {balance}",
+                        stream.price_tokens
+                    ),
+                )
+                .with("balance", balance)
+                .with("price", stream.price_tokens));
+            }
+        }
+    } else {
+        (None, ledger::balance_of(conn, user).await?)
+    };
+    let inserted = sqlx::query(
+        "INSERT INTO enrollments (id, user_id, stream_id, price_paid, status, transaction_id, created_at) \
+         VALUES ($1, $2, $3, $4, 'active', $5, $6)",
+    )
+    .bind(&enrollment_id)
+    .bind(user)
+    .bind(stream_id)
+    .bind(stream.price_tokens)
+    .bind(transaction_id)
+    .bind(now)
+    .execute(&mut *conn)
+    .await;
+    match inserted {
+        Ok(_) => {}
+        // A concurrent request by the same user won; the savepoint undoes our deduction.
+        Err(e) if unique_violation(&e) => {
+            return Err(AppError::conflict(
+                "already_enrolled",
+                "you are already enrolled in this stream",
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let row = EnrollmentRow {
+        id: enrollment_id,
+        user_id: user.to_string(),
+        stream_id: stream_id.to_string(),
+        price_paid: stream.price_tokens,
+        status: "active".into(),
+        transaction_id,
+        created_at: now,
+        refunded_at: None,
+    };
+    let out = EnrolledOut {
+        enrollment: to_out(&row),
+        balance,
+        transaction_id,
+    };
+    Ok((
+        StatusCode::CREATED,
+        serde_json::to_value(out).unwrap_or_default(),
+    ))
+}
+
+/// Refunds one active enrollment (a `refund` transaction when it was paid).
+/// Returns false when it was not active.
+pub async fn refund_one(
+    conn: &mut AnyConnection,
+    e: &EnrollmentRow,
+    now: i64,
+) -> Result<bool, sqlx::Error> {
+    let changed = sqlx::query(
+        "UPDATE enrollments SET status = 'refunded', refunded_at = $1 WHERE id = $2 AND status = 'active'",
+    )
+    .bind(now)
+    .bind(&e.id)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if changed == 0 {
+        return Ok(false);
+    }
+    if e.price_paid > 0 {
+        let reference = format!("stream:{}", e.stream_id);
+        ledger::add(
+            conn,
+            &e.user_id,
+            e.price_paid,
+            Kind::Refund,
+            Some(&reference),
+            now,
+        )
+        .await?;
+    }
+    Ok(true)
+}
+
+/// Refunds every active paid enrollment of a stream (cancellation); returns how many.
+pub async fn refund_all(
+    conn: &mut AnyConnection,
+    stream_id: &str,
+    now: i64,
+) -> Result<i64, sqlx::Error> {
+    let rows: Vec<EnrollmentRow> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM enrollments WHERE stream_id = $1 AND status = 'active' AND price_paid > 0"
+    ))
+    .bind(stream_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut n = 0;
+    for e in &rows {
+        if refund_one(conn, e, now).await? {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// The caller's enrollments with what they may watch now.
+#[utoipa::path(get, path = "/v1/me/enrollments", tag = "enrollment", security(("identity" = [])),
+    responses((status = 200, body = MyEnrollments), (status = 401)))]
+pub async fn mine(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> AppResult<axum::Json<MyEnrollments>> {
+    let me = identity(&state, &headers)?;
+    let rows: Vec<EnrollmentRow> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM enrollments WHERE user_id = $1 ORDER BY created_at DESC, id DESC"
+    ))
+    .bind(&me.user)
+    .fetch_all(&state.db.pool)
+    .await?;
+    let now = now_ms();
+    let mut conn = state.db.pool.acquire().await?;
+    let mut enrollments = Vec::with_capacity(rows.len());
+    for e in &rows {
+        let s = streams::load(&mut conn, &e.stream_id).await?;
+        let active = e.status == "active";
+        enrollments.push(MyEnrollment {
+            enrollment: to_out(e),
+            can_watch_live: active && matches!(s.status.as_str(), "scheduled" | "live"),
+            can_watch_replay: active && s.replay_open(now),
+            replay_access_expires_at: if s.status == "ended" {
+                rfc3339_opt(s.replay_expires_at)
+            } else {
+                None
+            },
+            stream: StreamBrief {
+                id: s.id.clone(),
+                title: s.title.clone(),
+                status: s.status.clone(),
+                scheduled_start: rfc3339(s.scheduled_start),
+            },
+        });
+    }
+    Ok(axum::Json(MyEnrollments { enrollments }))
+}
+
+/// Why a user may not watch a stream now, or `None` when they may.
+pub fn watch_refusal(stream: &StreamRow, e: Option<&EnrollmentRow>, now: i64) -> Option<AppError> {
+    let Some(e) = e else {
+        return Some(AppError::new(
+            StatusCode::FORBIDDEN,
+            "not_enrolled",
+            "enroll in the stream first",
+        ));
+    };
+    if e.status != "active" {
+        return Some(AppError::new(
+            StatusCode::FORBIDDEN,
+            "not_enrolled",
+            "the enrollment was refunded",
+        ));
+    }
+    match stream.status.as_str() {
+        "scheduled" | "live" => None,
+        "ended" if stream.replay_open(now) => None,
+        "ended" => Some(
+            AppError::new(
+                StatusCode::FORBIDDEN,
+                "replay_expired",
+                "the replay window of this stream has closed",
+            )
+            .with("replay_expires_at", rfc3339_opt(stream.replay_expires_at)),
+        ),
+        _ => Some(AppError::new(
+            StatusCode::FORBIDDEN,
+            "not_enrolled",
+            "the stream was cancelled",
+        )),
+    }
+}
+
+pub async fn enrollment_of(
+    conn: &mut AnyConnection,
+    user: &str,
+    stream_id: &str,
+) -> Result<Option<EnrollmentRow>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM enrollments WHERE user_id = $1 AND stream_id = $2"
+    ))
+    .bind(user)
+    .bind(stream_id)
+    .fetch_optional(&mut *conn)
+    .await
+}
+
+/// A WHEP token for an enrolled user (or the owner), within their access.
+#[utoipa::path(post, path = "/v1/streams/{id}/viewer-token", tag = "media", security(("identity" = [])),
+    params(("id" = String, Path)),
+    responses((status = 200, body = MediaTokenOut), (status = 401),
+              (status = 403, description = "not_enrolled or replay_expired"), (status = 404)))]
+pub async fn viewer_token(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> AppResult<axum::Json<MediaTokenOut>> {
+    let me = identity(&state, &headers)?;
+    let mut conn = state.db.pool.acquire().await?;
+    let stream = streams::load(&mut conn, &id).await?;
+    let now = now_ms();
+    let owner = stream.instructor_id == me.user;
+    let enrollment = enrollment_of(&mut conn, &me.user, &id).await?;
+    if !owner && let Some(err) = watch_refusal(&stream, enrollment.as_ref(), now) {
+        return Err(err);
+    }
+    let mut ttl = state.config.api.media_token_ttl_seconds;
+    if !owner
+        && stream.status == "ended"
+        && let Some(until) = stream.replay_expires_at
+    {
+        ttl = ttl.min(((until - now) / 1000).max(1) as u64);
+    }
+    let (token, claims) = state.tokens.mint(&TokenRequest {
+        user: me.user.clone(),
+        stream: Some(id.clone()),
+        room: Some(id.clone()),
+        grants: Grants {
+            subscribe: true,
+            chat: true,
+            ..Default::default()
+        },
+        name: None,
+        role: Some(me.role.as_str().into()),
+        ttl_secs: ttl,
+    });
+    if let Some(e) = enrollment.as_ref().filter(|_| !owner) {
+        sqlx::query(
+            "INSERT INTO media_grants (jti, enrollment_id, expires_at) VALUES ($1, $2, $3)",
+        )
+        .bind(&claims.jti)
+        .bind(&e.id)
+        .bind(claims.exp as i64 * 1000)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(axum::Json(MediaTokenOut {
+        token,
+        whip_url: None,
+        whep_url: Some(format!("{}/v1/whep/{}", state.public_url, id)),
+        expires_at: rfc3339(claims.exp as i64 * 1000),
+    }))
+}
+
+/// Refunds one enrollment (support, chargebacks). Service key; `Idempotency-Key` honoured.
+#[utoipa::path(post, path = "/v1/admin/enrollments/{id}/refund", tag = "enrollment",
+    security(("service_key" = [])),
+    params(("id" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 200, body = EnrollmentOut), (status = 401), (status = 403), (status = 404),
+              (status = 409, description = "already_refunded")))]
+pub async fn admin_refund(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> AppResult<Response> {
+    service(&state, &headers)?;
+    let key = IdemKey::from_headers(&headers, "service", &format!("refund:{id}"), &body)?;
+    let mut tx = match idempotency::start(&state.db, key.as_ref()).await? {
+        Start::Fresh(tx) => tx,
+        Start::Replay(resp) => return Ok(resp),
+    };
+    let now = now_ms();
+    let outcome = async {
+        let e: EnrollmentRow =
+            sqlx::query_as(&format!("SELECT {COLUMNS} FROM enrollments WHERE id = $1"))
+                .bind(&id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| AppError::not_found(format!("no enrollment '{id}'")))?;
+        if !refund_one(&mut tx, &e, now).await? {
+            return Err(AppError::conflict(
+                "already_refunded",
+                "the enrollment was already refunded",
+            ));
+        }
+        let e: EnrollmentRow =
+            sqlx::query_as(&format!("SELECT {COLUMNS} FROM enrollments WHERE id = $1"))
+                .bind(&id)
+                .fetch_one(&mut *tx)
+                .await?;
+        Ok((
+            StatusCode::OK,
+            serde_json::to_value(to_out(&e)).unwrap_or_default(),
+        ))
+    }
+    .await;
+    idempotency::finish(tx, key.as_ref(), outcome).await
+}

@@ -1,0 +1,201 @@
+//! The OpenAPI 3.1 document of the HTTP API at `/openapi.json`, generated from
+//! the handlers' `#[utoipa::path]` annotations plus the media and operations routes.
+
+use std::sync::OnceLock;
+
+use axum::Router;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use utoipa::openapi::path::{HttpMethod, OperationBuilder};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{self, ResponseBuilder};
+use utoipa::{Modify, OpenApi};
+
+use super::{enrollment, ledger, streams};
+use crate::server::AppState;
+
+pub fn routes() -> axum::Router<AppState> {
+    Router::new().route("/openapi.json", get(serve))
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "tandem",
+        description = "Realtime media relay (WHIP/WHEP SFU), Watch Together sync, token ledger, \
+                       streams and paid enrollment. Errors are {\"error\":{\"code\",\"message\",...}}.",
+        license(name = "Apache-2.0")
+    ),
+    paths(
+        ledger::balance,
+        ledger::transactions,
+        ledger::credit,
+        streams::create,
+        streams::list,
+        streams::show,
+        streams::edit,
+        streams::remove,
+        streams::start,
+        streams::end,
+        streams::cancel,
+        streams::publish_token,
+        streams::calendar,
+        streams::instructor_list,
+        enrollment::enroll,
+        enrollment::mine,
+        enrollment::viewer_token,
+        enrollment::admin_refund,
+    ),
+    modifiers(&Extras),
+    tags(
+        (name = "ledger", description = "token balances and transactions"),
+        (name = "streams", description = "scheduled live streams"),
+        (name = "enrollment", description = "paid enrollment and access"),
+        (name = "media", description = "media tokens, WHIP and WHEP"),
+        (name = "operations", description = "health and metrics"),
+    )
+)]
+pub struct ApiDoc;
+
+/// Security schemes and the routes implemented outside `src/api`.
+struct Extras;
+
+impl Modify for Extras {
+    fn modify(&self, doc: &mut openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "identity",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some("identity JWT from the platform (sub, role)"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "service_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("the configured service key (server to server)"))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "media_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some("a tandem media token (publish-token / viewer-token)"))
+                    .build(),
+            ),
+        );
+        let op = |tag: &str, summary: &str, codes: &[(&str, &str)]| {
+            let mut b = OperationBuilder::new().tag(tag).summary(Some(summary));
+            for (code, text) in codes {
+                b = b.response(*code, ResponseBuilder::new().description(*text).build());
+            }
+            b.build()
+        };
+        let media_codes: &[(&str, &str)] = &[
+            (
+                "201",
+                "application/sdp answer; Location, ETag, Link rel=ice-server",
+            ),
+            ("400", "malformed SDP"),
+            ("401", "missing or bad media token"),
+            (
+                "403",
+                "token not valid for this stream, refunded enrollment or closed replay",
+            ),
+            ("404", "unknown stream"),
+            ("406", "no common codec"),
+            ("409", "a second publisher, or the stream ended"),
+            ("503", "at capacity"),
+        ];
+        let paths = &mut doc.paths;
+        paths.add_path_operation(
+            "/v1/whip/{stream}",
+            vec![HttpMethod::Post],
+            op(
+                "media",
+                "WHIP ingest: SDP offer in, answer out (publish token)",
+                media_codes,
+            ),
+        );
+        paths.add_path_operation(
+            "/v1/whep/{stream}",
+            vec![HttpMethod::Post],
+            op(
+                "media",
+                "WHEP egress: SDP offer in, answer out (viewer token)",
+                media_codes,
+            ),
+        );
+        for prefix in ["/v1/whip/{stream}/{session}", "/v1/whep/{stream}/{session}"] {
+            paths.add_path_operation(
+                prefix,
+                vec![HttpMethod::Patch],
+                op(
+                    "media",
+                    "trickle ICE or ICE restart (application/trickle-ice-sdpfrag)",
+                    &[
+                        ("204", "candidates added"),
+                        ("200", "ICE restart answer"),
+                        ("412", "If-Match mismatch"),
+                    ],
+                ),
+            );
+            paths.add_path_operation(
+                prefix,
+                vec![HttpMethod::Delete],
+                op(
+                    "media",
+                    "end the session",
+                    &[("200", "ended"), ("404", "no such session")],
+                ),
+            );
+        }
+        paths.add_path_operation(
+            "/healthz",
+            vec![HttpMethod::Get],
+            op("operations", "process up", &[("200", "ok")]),
+        );
+        paths.add_path_operation(
+            "/readyz",
+            vec![HttpMethod::Get],
+            op(
+                "operations",
+                "database reachable and media sockets bound",
+                &[("200", "ready"), ("503", "not ready")],
+            ),
+        );
+        paths.add_path_operation(
+            "/metrics",
+            vec![HttpMethod::Get],
+            op(
+                "operations",
+                "Prometheus text format",
+                &[("200", "metrics")],
+            ),
+        );
+    }
+}
+
+/// The document, built once.
+pub fn document() -> &'static str {
+    static DOC: OnceLock<String> = OnceLock::new();
+    DOC.get_or_init(|| ApiDoc::openapi().to_json().unwrap_or_else(|_| "{}".into()))
+}
+
+async fn serve() -> Response {
+    let mut resp = document().into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
