@@ -427,7 +427,12 @@ impl Worker {
             }
         }
         if became_connected {
-            tracing::info!(session = %s.id, stream = %s.stream.name, kind = s.kind.as_str(), "session connected");
+            let transport = if s.addrs.last().is_some_and(|a| a.1) {
+                "tcp"
+            } else {
+                "udp"
+            };
+            tracing::info!(session = %s.id, stream = %s.stream.name, kind = s.kind.as_str(), transport, "session connected");
             if s.kind == SessionKind::Viewer {
                 s.forwarding = true;
                 let stream = &s.stream;
