@@ -28,6 +28,9 @@ pub struct Config {
     pub media: MediaSection,
     #[serde(default)]
     pub ice_servers: Vec<IceServer>,
+    /// Watch Together rooms: limits, timings, chat policy (tandem-signaling).
+    #[serde(default)]
+    pub rooms: tandem_signaling::RoomsConfig,
     /// Business APIs and their jobs (src/api).
     pub api: crate::api::ApiConfig,
 }
@@ -90,6 +93,7 @@ impl Config {
                 .list_separator(",")
                 .with_list_parse_key("nat_1to1_ips")
                 .with_list_parse_key("cors_origins")
+                .with_list_parse_key("rooms.blocked_words")
                 .try_parsing(true)
                 .source(Some(env_map)),
         );

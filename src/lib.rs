@@ -9,6 +9,7 @@
 //! - [`metrics`]: the Prometheus registry and `/metrics`.
 //! - [`whip`]: WHIP ingest and WHEP egress routes over [`tandem_media::Sfu`].
 //! - [`pages`]: the demo pages and static files under `web/`.
+//! - [`rooms`]: Watch Together WebSocket and room-token routes, the sqlx chat store.
 //! - [`api`]: business APIs (ledger, streams, enrollment, media access, jobs, OpenAPI).
 //! - [`server`]: [`server::AppState`], the router ([`server::app`]) and [`server::run`].
 
@@ -18,6 +19,7 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod pages;
+pub mod rooms;
 pub mod server;
 pub mod storage;
 pub mod whip;

@@ -27,6 +27,8 @@ pub struct AppState {
     pub identity: IdentityVerifier,
     pub db: Db,
     pub registry: Registry,
+    /// Watch Together rooms (tandem-signaling).
+    pub rooms: tandem_signaling::Rooms,
     /// Base URL clients reach this server at (links, `whep_url`).
     pub public_url: Arc<str>,
 }
@@ -35,6 +37,7 @@ pub struct AppState {
 pub fn app(state: AppState) -> Router {
     let api = Router::new()
         .merge(crate::whip::routes())
+        .merge(crate::rooms::routes())
         .merge(crate::api::routes())
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -112,6 +115,7 @@ impl Running {
         let _ = self.stop.send(true);
         self.jobs.stop().await;
         let grace = Duration::from_secs(self.state.config.shutdown_grace_seconds.max(1));
+        self.state.rooms.shutdown(grace).await;
         self.state.sfu.shutdown(grace).await;
         if tokio::time::timeout(grace, self.served).await.is_err() {
             tracing::warn!("HTTP connections still open after the grace period; leaving them");
@@ -166,6 +170,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     HttpMetrics::register(&registry)?;
     let recorder = crate::whip::SessionRecorder::spawn(db.clone());
     let sfu = Sfu::start(media_config(&config), &registry, Arc::new(recorder)).await?;
+    let rooms = crate::rooms::build(&config, &db, &registry)?;
 
     let listener = TcpListener::bind(config.http_addr)
         .await
@@ -187,6 +192,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         tokens,
         db,
         registry,
+        rooms,
         public_url,
     };
     let (stop, mut stopped) = watch::channel(false);

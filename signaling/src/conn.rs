@@ -1,0 +1,356 @@
+//! One WebSocket connection: waits for `hello`, joins the room, then runs a reader
+//! (parse once, forward to the room task) and a writer draining the bounded queue.
+
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::clock::now_ms;
+use crate::room::{JoinRequest, RoomEvent};
+use crate::wire::{self, ClientMsg};
+use crate::{Identity, Rooms};
+
+/// What a connection's writer sends. Broadcasts carry bytes serialised once by the room.
+#[derive(Debug)]
+pub(crate) enum Outbound {
+    Text(Utf8Bytes, Instant),
+    /// Answer to a client ping; `t2` is stamped by the writer just before sending.
+    Pong {
+        id: Value,
+        t0: f64,
+        t1: f64,
+    },
+    /// Server-initiated clock measurement; `t0` is stamped by the writer.
+    Ping {
+        id: u64,
+    },
+    /// Close after everything queued before it (kick, ban).
+    Close(u16, &'static str),
+}
+
+/// Close request for a connection's writer: (close code, reason).
+pub(crate) type Kill = (u16, &'static str);
+
+/// The room's handle on one connection.
+#[derive(Debug)]
+pub(crate) struct ConnHandle {
+    pub id: u64,
+    pub tx: mpsc::Sender<Outbound>,
+    pub kill: Option<oneshot::Sender<Kill>>,
+}
+
+impl ConnHandle {
+    /// Closes after what is already queued has been written (or at once if the queue is full).
+    pub fn close_after_queue(self, code: u16, reason: &'static str) {
+        if self.tx.try_send(Outbound::Close(code, reason)).is_err() {
+            self.close(code, reason);
+        }
+    }
+
+    /// Tells the writer to close the socket with `code` now, dropping what is queued.
+    pub fn close(mut self, code: u16, reason: &'static str) {
+        if let Some(k) = self.kill.take() {
+            let _ = k.send((code, reason));
+        }
+    }
+}
+
+pub(crate) fn text(v: &Value) -> Utf8Bytes {
+    Utf8Bytes::from(v.to_string())
+}
+
+struct ConnGauge(prometheus::IntGauge);
+impl Drop for ConnGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Serves one upgraded socket of an authenticated user until it closes.
+pub(crate) async fn serve(rooms: Rooms, socket: WebSocket, room: String, ident: Identity) {
+    let inner = rooms.inner.clone();
+    let cfg = inner.cfg.clone();
+    inner.metrics.connections.inc();
+    let _gauge = ConnGauge(inner.metrics.connections.clone());
+    let (mut sink, mut stream) = socket.split();
+
+    // 1. hello
+    let hello_deadline = tokio::time::sleep(Duration::from_millis(cfg.hello_timeout_ms));
+    tokio::pin!(hello_deadline);
+    let (resume, user) = loop {
+        let frame = tokio::select! {
+            f = stream.next() => f,
+            _ = &mut hello_deadline => {
+                let _ = send_error_direct(&mut sink, "bad_request", "no hello within the time limit", None).await;
+                let _ = close_direct(&mut sink, 1008, "no hello").await;
+                return;
+            }
+        };
+        match frame {
+            Some(Ok(Message::Text(t))) => {
+                inner.metrics.messages_in.inc();
+                if t.len() > cfg.max_frame_bytes {
+                    let _ = close_direct(&mut sink, 1009, "frame too large").await;
+                    return;
+                }
+                match wire::parse(&t) {
+                    Ok(ClientMsg::Hello { resume, user }) => break (resume, user),
+                    Ok(_) => {
+                        let _ = send_error_direct(
+                            &mut sink,
+                            "bad_request",
+                            "the first message must be hello",
+                            None,
+                        )
+                        .await;
+                    }
+                    Err(e) => {
+                        let _ =
+                            send_error_direct(&mut sink, e.code, &e.message, e.r#ref.as_deref())
+                                .await;
+                    }
+                }
+            }
+            Some(Ok(Message::Binary(_))) => {
+                let _ = send_error_direct(
+                    &mut sink,
+                    "bad_request",
+                    "binary frames are not accepted",
+                    None,
+                )
+                .await;
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            Some(Err(e)) => {
+                if is_capacity(&e) {
+                    let _ = close_direct(&mut sink, 1009, "frame too large").await;
+                }
+                return;
+            }
+            Some(Ok(Message::Close(_))) | None => return,
+        }
+    };
+
+    // 2. join
+    let (tx, rx) = mpsc::channel(cfg.queue_depth.max(1));
+    let (kill_tx, kill_rx) = oneshot::channel();
+    let conn_id = inner.next_conn_id();
+    let req = JoinRequest {
+        conn: ConnHandle {
+            id: conn_id,
+            tx: tx.clone(),
+            kill: Some(kill_tx),
+        },
+        ident,
+        resume,
+        user: user.unwrap_or_default(),
+    };
+    let room_tx = match rooms.join(&room, req).await {
+        Ok(t) => t,
+        Err(refused) => {
+            let _ =
+                send_error_direct(&mut sink, refused.code, &refused.message, Some("hello")).await;
+            let _ = close_direct(&mut sink, refused.close, refused.code).await;
+            return;
+        }
+    };
+
+    // 3. writer + reader
+    let (done_tx, mut done_rx) = oneshot::channel::<()>();
+    let writer = tokio::spawn(write_loop(
+        sink,
+        rx,
+        kill_rx,
+        inner.metrics.clone(),
+        done_tx,
+    ));
+    let mut clean = false;
+    loop {
+        let frame = tokio::select! {
+            biased;
+            _ = &mut done_rx => break,
+            f = stream.next() => f,
+        };
+        match frame {
+            Some(Ok(Message::Text(t))) => {
+                let recv_at = now_ms();
+                inner.metrics.messages_in.inc();
+                if t.len() > cfg.max_frame_bytes {
+                    let _ = room_tx
+                        .send(RoomEvent::Kill {
+                            conn: conn_id,
+                            code: 1009,
+                            reason: "frame too large",
+                        })
+                        .await;
+                    continue;
+                }
+                match wire::parse(&t) {
+                    Ok(ClientMsg::TimePing { id, t0 }) => {
+                        let _ = tx.try_send(Outbound::Pong {
+                            id,
+                            t0,
+                            t1: recv_at,
+                        });
+                    }
+                    Ok(msg) => {
+                        if room_tx
+                            .send(RoomEvent::Msg {
+                                conn: conn_id,
+                                msg,
+                                recv_at,
+                            })
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        inner.metrics.errors.with_label_values(&[e.code]).inc();
+                        let v = wire::error(e.code, &e.message, e.r#ref.as_deref(), None);
+                        let _ = tx.try_send(Outbound::Text(text(&v), Instant::now()));
+                    }
+                }
+            }
+            Some(Ok(Message::Binary(_))) => {
+                let v = wire::error("bad_request", "binary frames are not accepted", None, None);
+                let _ = tx.try_send(Outbound::Text(text(&v), Instant::now()));
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            Some(Ok(Message::Close(frame))) => {
+                clean = frame.is_some_and(|f| f.code == 1000);
+                break;
+            }
+            Some(Err(e)) => {
+                if is_capacity(&e) {
+                    let _ = room_tx
+                        .send(RoomEvent::Kill {
+                            conn: conn_id,
+                            code: 1009,
+                            reason: "frame too large",
+                        })
+                        .await;
+                }
+                break;
+            }
+            None => break,
+        }
+    }
+    let _ = room_tx
+        .send(RoomEvent::Leave {
+            conn: conn_id,
+            clean,
+        })
+        .await;
+    drop(tx);
+    drop(room_tx);
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+}
+
+fn is_capacity(e: &axum::Error) -> bool {
+    let s = e.to_string().to_lowercase();
+    s.contains("capacity") || s.contains("too long") || s.contains("too big") || s.contains("limit")
+}
+
+async fn send_error_direct<S>(
+    sink: &mut S,
+    code: &str,
+    message: &str,
+    r#ref: Option<&str>,
+) -> Result<(), axum::Error>
+where
+    S: futures_util::Sink<Message, Error = axum::Error> + Unpin,
+{
+    let v = wire::error(code, message, r#ref, None);
+    sink.send(Message::Text(text(&v))).await
+}
+
+async fn close_direct<S>(sink: &mut S, code: u16, reason: &str) -> Result<(), axum::Error>
+where
+    S: futures_util::Sink<Message, Error = axum::Error> + Unpin,
+{
+    let r = sink
+        .send(Message::Close(Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from(reason.to_string()),
+        })))
+        .await;
+    let _ = sink.close().await;
+    r
+}
+
+async fn write_loop<S>(
+    mut sink: S,
+    mut rx: mpsc::Receiver<Outbound>,
+    mut kill: oneshot::Receiver<Kill>,
+    metrics: crate::metrics::Metrics,
+    done: oneshot::Sender<()>,
+) where
+    S: futures_util::Sink<Message, Error = axum::Error> + Unpin,
+{
+    let mut armed = true;
+    let close: Option<Kill> = 'outer: loop {
+        let next = tokio::select! {
+            biased;
+            k = &mut kill, if armed => match k {
+                Ok(k) => break 'outer Some(k),
+                Err(_) => { armed = false; continue }
+            },
+            m = rx.recv() => m,
+        };
+        let Some(out) = next else {
+            break Some((1000, "bye"));
+        };
+        let (msg, created) = match out {
+            Outbound::Text(t, created) => (Message::Text(t), Some(created)),
+            Outbound::Pong { id, t0, t1 } => (
+                Message::Text(wire::pong(&id, t0, t1, now_ms()).into()),
+                None,
+            ),
+            Outbound::Close(code, reason) => break Some((code, reason)),
+            Outbound::Ping { id } => (
+                Message::Text(
+                    json!({"type":"time.ping","id":id,"t0":now_ms()})
+                        .to_string()
+                        .into(),
+                ),
+                None,
+            ),
+        };
+        let send = sink.send(msg);
+        tokio::pin!(send);
+        let sent = loop {
+            tokio::select! {
+                biased;
+                k = &mut kill, if armed => match k {
+                    Ok(k) => break 'outer Some(k),
+                    Err(_) => { armed = false; continue }
+                },
+                r = &mut send => break r,
+            }
+        };
+        if sent.is_err() {
+            break None;
+        }
+        metrics.messages_out.inc();
+        if let Some(c) = created {
+            metrics.fanout_delay.observe(c.elapsed().as_secs_f64());
+        }
+    };
+    if let Some((code, reason)) = close {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            sink.send(Message::Close(Some(CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static(reason),
+            }))),
+        )
+        .await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+    let _ = done.send(());
+}

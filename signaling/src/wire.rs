@@ -1,0 +1,288 @@
+//! Wire types of SYNC_PROTOCOL.md v1: client messages parsed once per frame, and
+//! builders for the server's JSON objects (serialised once per broadcast by the room).
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+/// Every client message type this server understands (the protocol's plus extensions).
+pub const CLIENT_TYPES: &[&str] = &[
+    "hello",
+    "playback.command",
+    "playback.report",
+    "host.transfer",
+    "room.settings",
+    "chat.send",
+    "chat.history",
+    "reaction",
+    "chat.delete",
+    "member.mute",
+    "member.unmute",
+    "member.kick",
+    "member.ban",
+    "member.unban",
+    "time.ping",
+    "time.pong",
+    "time.report",
+    "client.visibility",
+];
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Resume {
+    pub session: String,
+    pub last_seq: u64,
+    #[serde(default)]
+    pub resume_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct UserInfo {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub avatar: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Play,
+    Pause,
+    Seek,
+    Rate,
+    Load,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Control {
+    Host,
+    Everyone,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReportState {
+    Playing,
+    Paused,
+    Buffering,
+    Ready,
+    Ended,
+}
+
+/// A chat message id: the protocol sends it as a string, numbers are accepted too.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum IdRef {
+    Num(i64),
+    Str(String),
+}
+
+impl IdRef {
+    pub fn as_i64(&self) -> Option<i64> {
+        match self {
+            IdRef::Num(n) => Some(*n),
+            IdRef::Str(s) => s.parse().ok(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type")]
+pub enum ClientMsg {
+    #[serde(rename = "hello")]
+    Hello {
+        #[serde(default)]
+        resume: Option<Resume>,
+        #[serde(default)]
+        user: Option<UserInfo>,
+    },
+    #[serde(rename = "playback.command")]
+    Command {
+        action: Action,
+        #[serde(default)]
+        position: Option<f64>,
+        #[serde(default)]
+        rate: Option<f64>,
+        #[serde(default)]
+        media: Option<Value>,
+        #[serde(default)]
+        at: Option<f64>,
+        #[serde(default)]
+        client_msg_id: Option<String>,
+    },
+    #[serde(rename = "playback.report")]
+    Report {
+        position: f64,
+        state: ReportState,
+        at: f64,
+        /// Extension: the `seq` of the newest `playback.state` the client has applied.
+        #[serde(default)]
+        seq: Option<u64>,
+    },
+    #[serde(rename = "host.transfer")]
+    HostTransfer { to: String },
+    #[serde(rename = "room.settings")]
+    Settings {
+        #[serde(default)]
+        control: Option<Control>,
+        #[serde(default)]
+        slow_mode_ms: Option<u64>,
+    },
+    #[serde(rename = "chat.send")]
+    ChatSend {
+        text: String,
+        client_msg_id: String,
+        #[serde(default)]
+        media_time: Option<f64>,
+    },
+    #[serde(rename = "chat.history")]
+    ChatHistory {
+        #[serde(default)]
+        before: Option<IdRef>,
+        #[serde(default)]
+        limit: Option<u32>,
+    },
+    #[serde(rename = "reaction")]
+    Reaction {
+        emoji: String,
+        #[serde(default)]
+        media_time: Option<f64>,
+    },
+    #[serde(rename = "chat.delete")]
+    ChatDelete { id: IdRef },
+    #[serde(rename = "member.mute")]
+    Mute { user: String, seconds: f64 },
+    #[serde(rename = "member.unmute")]
+    Unmute { user: String },
+    #[serde(rename = "member.kick")]
+    Kick {
+        user: String,
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    #[serde(rename = "member.ban")]
+    Ban {
+        user: String,
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    #[serde(rename = "member.unban")]
+    Unban { user: String },
+    #[serde(rename = "time.ping")]
+    TimePing { id: Value, t0: f64 },
+    #[serde(rename = "time.pong")]
+    TimePong { id: u64, t0: f64, t1: f64, t2: f64 },
+    #[serde(rename = "time.report")]
+    TimeReport { offset: f64, rtt: f64 },
+    #[serde(rename = "client.visibility")]
+    Visibility { hidden: bool },
+}
+
+/// Why a frame could not be turned into a [`ClientMsg`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParseError {
+    pub code: &'static str,
+    pub message: String,
+    pub r#ref: Option<String>,
+}
+
+/// Parses one text frame: bad JSON and bad fields are `bad_request`, an unknown
+/// `type` is `unknown_type`.
+pub fn parse(text: &str) -> Result<ClientMsg, ParseError> {
+    let value: Value = serde_json::from_str(text).map_err(|e| ParseError {
+        code: "bad_request",
+        message: format!("not valid JSON: {e}"),
+        r#ref: None,
+    })?;
+    let Some(obj) = value.as_object() else {
+        return Err(ParseError {
+            code: "bad_request",
+            message: "a frame must be one JSON object".into(),
+            r#ref: None,
+        });
+    };
+    let Some(ty) = obj.get("type").and_then(Value::as_str) else {
+        return Err(ParseError {
+            code: "bad_request",
+            message: "missing string field \"type\"".into(),
+            r#ref: None,
+        });
+    };
+    if !CLIENT_TYPES.contains(&ty) {
+        return Err(ParseError {
+            code: "unknown_type",
+            message: format!("unknown message type {ty:?}"),
+            r#ref: Some(ty.chars().take(64).collect()),
+        });
+    }
+    let ty = ty.to_string();
+    let r#ref = obj
+        .get("client_msg_id")
+        .and_then(Value::as_str)
+        .map(|s| s.chars().take(128).collect())
+        .or(Some(ty.clone()));
+    serde_json::from_value(value).map_err(|e| ParseError {
+        code: "bad_request",
+        message: format!("{ty}: {e}"),
+        r#ref,
+    })
+}
+
+/// `{"type":"error",...}` for one connection.
+pub fn error(code: &str, message: &str, r#ref: Option<&str>, retry_after_ms: Option<u64>) -> Value {
+    let mut m = Map::new();
+    m.insert("type".into(), "error".into());
+    m.insert("code".into(), code.into());
+    m.insert("message".into(), message.into());
+    if let Some(r) = r#ref {
+        m.insert("ref".into(), r.into());
+    }
+    if let Some(ms) = retry_after_ms {
+        m.insert("retry_after_ms".into(), ms.into());
+    }
+    Value::Object(m)
+}
+
+/// A server-side `time.pong` answering a client's `time.ping`.
+pub fn pong(id: &Value, t0: f64, t1: f64, t2: f64) -> String {
+    json!({"type": "time.pong", "id": id, "t0": t0, "t1": t1, "t2": t2}).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_json_unknown_type_and_bad_fields_are_told_apart() {
+        assert_eq!(parse("{nope").unwrap_err().code, "bad_request");
+        assert_eq!(parse("[1]").unwrap_err().code, "bad_request");
+        assert_eq!(
+            parse(r#"{"type":"dance"}"#).unwrap_err().code,
+            "unknown_type"
+        );
+        let e = parse(r#"{"type":"chat.send","text":1,"client_msg_id":"c1"}"#).unwrap_err();
+        assert_eq!(e.code, "bad_request");
+        assert_eq!(e.r#ref.as_deref(), Some("c1"));
+        assert!(matches!(
+            parse(r#"{"type":"playback.command","action":"seek","position":3,"at":1}"#),
+            Ok(ClientMsg::Command {
+                action: Action::Seek,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn ids_as_string_or_number() {
+        let ClientMsg::ChatDelete { id } = parse(r#"{"type":"chat.delete","id":"17"}"#).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(id.as_i64(), Some(17));
+        let ClientMsg::ChatDelete { id } = parse(r#"{"type":"chat.delete","id":17}"#).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(id.as_i64(), Some(17));
+    }
+}

@@ -1,0 +1,428 @@
+//! Watch Together over HTTP: the room WebSocket upgrade (token checked before it),
+//! room-token minting for platform users, and the sqlx [`ChatStore`] of the rooms.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::HeaderMap;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use prometheus::Registry;
+use serde::Deserialize;
+use serde_json::json;
+use sqlx::Row;
+use tandem_signaling::chat::{
+    BoxFut, ChatRecord, ChatStore, Inserted, Moderation, NewChat, StoreError,
+};
+use tandem_signaling::{Identity, InProcessBroker, Rooms, valid_room_id};
+
+use crate::auth::{DEFAULT_MEDIA_TOKEN_TTL_SECS, Grants, Role, TokenRequest, bearer};
+use crate::config::Config;
+use crate::error::{AppError, AppResult};
+use crate::server::AppState;
+use crate::storage::Db;
+
+/// The rooms of this server, with chat kept in its database.
+pub fn build(config: &Config, db: &Db, registry: &Registry) -> prometheus::Result<Rooms> {
+    Rooms::new(
+        config.rooms.clone(),
+        Arc::new(SqlChatStore { db: db.clone() }),
+        Arc::new(InProcessBroker),
+        registry,
+    )
+}
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v1/rooms/{room}/ws", get(ws))
+        .route("/v1/rooms/{room}/token", post(mint))
+}
+
+/// The WebSocket upgrade, or nothing (so a plain GET gets a JSON 400, not a bare rejection).
+struct MaybeUpgrade(Option<WebSocketUpgrade>);
+
+impl<S: Send + Sync> FromRequestParts<S> for MaybeUpgrade {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Ok(MaybeUpgrade(
+            WebSocketUpgrade::from_request_parts(parts, state)
+                .await
+                .ok(),
+        ))
+    }
+}
+
+async fn ws(
+    State(state): State<AppState>,
+    Path(room): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    upgrade: MaybeUpgrade,
+) -> AppResult<Response> {
+    if !valid_room_id(&room) {
+        return Err(AppError::bad_request(
+            "room: 1–128 characters of [A-Za-z0-9_.:-]",
+        ));
+    }
+    let token = query
+        .get("token")
+        .map(String::as_str)
+        .filter(|t| !t.is_empty())
+        .or_else(|| bearer(&headers))
+        .ok_or_else(|| {
+            AppError::unauthorized("a room token is required (?token= or Authorization: Bearer)")
+        })?;
+    let claims = state.tokens.verify(token)?;
+    if !claims.allows_room(&room) {
+        return Err(AppError::unauthorized("the token is not for this room"));
+    }
+    let Some(upgrade) = upgrade.0 else {
+        return Err(AppError::bad_request(
+            "this route needs a WebSocket upgrade",
+        ));
+    };
+    let ident = Identity {
+        user_id: claims.sub,
+        name: claims.name,
+        moderator: claims.grants.moderate,
+        can_chat: claims.grants.chat,
+    };
+    let rooms = state.rooms.clone();
+    let limit = rooms.config().max_frame_bytes;
+    // Frames a little past the limit are read and answered with 1009 by the room
+    // code; far larger ones are cut off by tungstenite (and also closed with 1009).
+    Ok(upgrade
+        .max_message_size(limit * 4 + 1024)
+        .max_frame_size(limit * 4 + 1024)
+        .on_upgrade(move |socket| async move { rooms.serve(socket, room, ident).await })
+        .into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct MintBody {
+    #[serde(default)]
+    name: Option<String>,
+}
+
+/// `POST /v1/rooms/{room}/token`: a room token for the identity-authenticated caller.
+/// Instructors and admins get the `moderate` grant.
+async fn mint(
+    State(state): State<AppState>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: Option<Json<MintBody>>,
+) -> AppResult<Response> {
+    if !valid_room_id(&room) {
+        return Err(
+            AppError::bad_request("room: 1–128 characters of [A-Za-z0-9_.:-]")
+                .with("field", "room"),
+        );
+    }
+    let token = bearer(&headers)
+        .ok_or_else(|| AppError::unauthorized("Authorization: Bearer <identity JWT> required"))?;
+    let who = state.identity.verify(token)?;
+    let body = body.map(|Json(b)| b).unwrap_or_default();
+    let name = body
+        .name
+        .map(|n| n.trim().chars().take(64).collect::<String>())
+        .filter(|n| !n.is_empty());
+    let (token, claims) = state.tokens.mint(&TokenRequest {
+        user: who.user.clone(),
+        stream: None,
+        room: Some(room.clone()),
+        grants: Grants {
+            chat: true,
+            moderate: matches!(who.role, Role::Instructor | Role::Admin),
+            ..Default::default()
+        },
+        name,
+        role: Some(who.role.as_str().to_string()),
+        ttl_secs: DEFAULT_MEDIA_TOKEN_TTL_SECS,
+    });
+    let ws_base = state
+        .public_url
+        .replacen("https://", "wss://", 1)
+        .replacen("http://", "ws://", 1);
+    Ok(Json(json!({
+        "token": token,
+        "ws_url": format!("{ws_base}/v1/rooms/{room}/ws"),
+        "expires_at": rfc3339(claims.exp),
+    }))
+    .into_response())
+}
+
+/// Unix seconds as RFC 3339 UTC.
+fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
+}
+
+/// Chat, bans and mutes in the server's database (SQLite or PostgreSQL).
+#[derive(Clone)]
+pub struct SqlChatStore {
+    pub db: Db,
+}
+
+const CHAT_COLUMNS: &str =
+    "id, room, user_id, user_name, user_avatar, text, client_msg_id, media_time, created_at";
+
+fn record(row: &sqlx::any::AnyRow) -> Result<ChatRecord, sqlx::Error> {
+    Ok(ChatRecord {
+        id: row.try_get("id")?,
+        room: row.try_get("room")?,
+        user_id: row.try_get("user_id")?,
+        user_name: row.try_get("user_name")?,
+        user_avatar: row.try_get("user_avatar")?,
+        text: row.try_get("text")?,
+        client_msg_id: row.try_get("client_msg_id")?,
+        media_time: row.try_get("media_time")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn store_err(e: sqlx::Error) -> StoreError {
+    StoreError(e.to_string())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl SqlChatStore {
+    async fn find(&self, room: &str, user: &str, cmid: &str) -> Result<ChatRecord, StoreError> {
+        let sql = format!(
+            "SELECT {CHAT_COLUMNS} FROM chat_messages WHERE room = $1 AND user_id = $2 AND client_msg_id = $3"
+        );
+        let row = sqlx::query(&sql)
+            .bind(room)
+            .bind(user)
+            .bind(cmid)
+            .fetch_one(&self.db.pool)
+            .await
+            .map_err(store_err)?;
+        record(&row).map_err(store_err)
+    }
+}
+
+impl ChatStore for SqlChatStore {
+    fn insert(&self, msg: NewChat) -> BoxFut<'_, Result<Inserted, StoreError>> {
+        Box::pin(async move {
+            let row = sqlx::query(
+                "INSERT INTO chat_messages \
+                 (room, user_id, user_name, user_avatar, text, client_msg_id, media_time, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 ON CONFLICT (room, user_id, client_msg_id) DO NOTHING RETURNING id",
+            )
+            .bind(&msg.room)
+            .bind(&msg.user_id)
+            .bind(&msg.user_name)
+            .bind(msg.user_avatar.clone())
+            .bind(&msg.text)
+            .bind(&msg.client_msg_id)
+            .bind(msg.media_time)
+            .bind(msg.created_at)
+            .fetch_optional(&self.db.pool)
+            .await
+            .map_err(store_err)?;
+            match row {
+                Some(row) => Ok(Inserted::New(ChatRecord {
+                    id: row.try_get("id").map_err(store_err)?,
+                    room: msg.room,
+                    user_id: msg.user_id,
+                    user_name: msg.user_name,
+                    user_avatar: msg.user_avatar,
+                    text: msg.text,
+                    client_msg_id: msg.client_msg_id,
+                    media_time: msg.media_time,
+                    created_at: msg.created_at,
+                })),
+                None => Ok(Inserted::Duplicate(
+                    self.find(&msg.room, &msg.user_id, &msg.client_msg_id)
+                        .await?,
+                )),
+            }
+        })
+    }
+
+    fn page(
+        &self,
+        room: String,
+        before: Option<i64>,
+        limit: u32,
+    ) -> BoxFut<'_, Result<Vec<ChatRecord>, StoreError>> {
+        Box::pin(async move {
+            let sql = format!(
+                "SELECT {CHAT_COLUMNS} FROM chat_messages \
+                 WHERE room = $1 AND deleted_at IS NULL AND id < $2 ORDER BY id DESC LIMIT $3"
+            );
+            let rows = sqlx::query(&sql)
+                .bind(&room)
+                .bind(before.unwrap_or(i64::MAX))
+                .bind(i64::from(limit))
+                .fetch_all(&self.db.pool)
+                .await
+                .map_err(store_err)?;
+            rows.iter().map(|r| record(r).map_err(store_err)).collect()
+        })
+    }
+
+    fn get(&self, room: String, id: i64) -> BoxFut<'_, Result<Option<ChatRecord>, StoreError>> {
+        Box::pin(async move {
+            let sql = format!(
+                "SELECT {CHAT_COLUMNS} FROM chat_messages WHERE room = $1 AND id = $2 AND deleted_at IS NULL"
+            );
+            let row = sqlx::query(&sql)
+                .bind(&room)
+                .bind(id)
+                .fetch_optional(&self.db.pool)
+                .await
+                .map_err(store_err)?;
+            row.as_ref().map(record).transpose().map_err(store_err)
+        })
+    }
+
+    fn delete(&self, room: String, id: i64, by: String) -> BoxFut<'_, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let done = sqlx::query(
+                "UPDATE chat_messages SET deleted_at = $1, deleted_by = $2 \
+                 WHERE room = $3 AND id = $4 AND deleted_at IS NULL",
+            )
+            .bind(now_ms())
+            .bind(&by)
+            .bind(&room)
+            .bind(id)
+            .execute(&self.db.pool)
+            .await
+            .map_err(store_err)?;
+            Ok(done.rows_affected() > 0)
+        })
+    }
+
+    fn moderation(&self, room: String) -> BoxFut<'_, Result<Moderation, StoreError>> {
+        Box::pin(async move {
+            let bans = sqlx::query("SELECT user_id FROM room_bans WHERE room = $1")
+                .bind(&room)
+                .fetch_all(&self.db.pool)
+                .await
+                .map_err(store_err)?
+                .iter()
+                .map(|r| r.try_get::<String, _>("user_id"))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(store_err)?;
+            let mutes = sqlx::query(
+                "SELECT user_id, until_ms FROM room_mutes WHERE room = $1 AND until_ms > $2",
+            )
+            .bind(&room)
+            .bind(now_ms())
+            .fetch_all(&self.db.pool)
+            .await
+            .map_err(store_err)?
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<String, _>("user_id")?,
+                    r.try_get::<i64, _>("until_ms")?,
+                ))
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(store_err)?;
+            Ok(Moderation { bans, mutes })
+        })
+    }
+
+    fn set_ban(
+        &self,
+        room: String,
+        user: String,
+        by: String,
+        reason: Option<String>,
+        banned: bool,
+    ) -> BoxFut<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let q = if banned {
+                sqlx::query(
+                    "INSERT INTO room_bans (room, user_id, by_user, reason, created_at) \
+                     VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (room, user_id) DO UPDATE SET by_user = excluded.by_user, \
+                     reason = excluded.reason, created_at = excluded.created_at",
+                )
+                .bind(&room)
+                .bind(&user)
+                .bind(&by)
+                .bind(reason)
+                .bind(now_ms())
+            } else {
+                sqlx::query("DELETE FROM room_bans WHERE room = $1 AND user_id = $2")
+                    .bind(&room)
+                    .bind(&user)
+            };
+            q.execute(&self.db.pool).await.map_err(store_err)?;
+            Ok(())
+        })
+    }
+
+    fn set_mute(
+        &self,
+        room: String,
+        user: String,
+        by: String,
+        until_ms: Option<i64>,
+    ) -> BoxFut<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let q = match until_ms {
+                Some(until) => sqlx::query(
+                    "INSERT INTO room_mutes (room, user_id, by_user, until_ms, created_at) \
+                     VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (room, user_id) DO UPDATE SET by_user = excluded.by_user, \
+                     until_ms = excluded.until_ms, created_at = excluded.created_at",
+                )
+                .bind(&room)
+                .bind(&user)
+                .bind(&by)
+                .bind(until)
+                .bind(now_ms()),
+                None => sqlx::query("DELETE FROM room_mutes WHERE room = $1 AND user_id = $2")
+                    .bind(&room)
+                    .bind(&user),
+            };
+            q.execute(&self.db.pool).await.map_err(store_err)?;
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_732_250_000), "2024-11-22T04:33:20Z");
+    }
+}
