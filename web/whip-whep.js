@@ -182,7 +182,8 @@ export class WhipWhepSession {
       if (this.sentInOffer.has(line)) return;
       this.pending.push(line);
     }
-    if (this.sessionUrl) this._flushCandidates(end);
+    // During an ICE restart the new candidates go in the restart PATCH itself.
+    if (this.sessionUrl && !this.restarting) this._flushCandidates(end);
   }
 
   _flushCandidates(end) {
@@ -198,6 +199,7 @@ export class WhipWhepSession {
         const resp = await fetch(this.sessionUrl, { method: 'PATCH', headers, body: frag });
         if (resp.status === 204 || resp.status === 200) {
           this.patches.trickled += 1;
+          if (resp.headers.get('ETag')) this.etag = resp.headers.get('ETag');
         } else {
           this.patches.failed += 1;
           this.log(`trickle PATCH answered ${resp.status}`);
@@ -217,6 +219,16 @@ export class WhipWhepSession {
   async restartIce() {
     if (!this.sessionUrl) throw new Error('no session');
     const oldUfrag = iceCredentials(this.pc.localDescription.sdp).ufrag;
+    this.restarting = true;
+    try {
+      return await this._restartIce(oldUfrag);
+    } finally {
+      this.restarting = false;
+      if (this.pending.length) this._flushCandidates(this.pc.iceGatheringState === 'complete');
+    }
+  }
+
+  async _restartIce(oldUfrag) {
     this.pc.restartIce();
     const offer = await this.pc.createOffer({ iceRestart: true });
     await this.pc.setLocalDescription(offer);
@@ -225,7 +237,7 @@ export class WhipWhepSession {
     const { ufrag, pwd } = iceCredentials(local);
     const candidates = [...local.matchAll(/^a=(candidate:.+?)\r?$/gm)].map((m) => m[1]);
     candidates.forEach((c) => this.sentInOffer.add(c));
-    this.pending = [];
+    this.pending = this.pending.filter((c) => !this.sentInOffer.has(c));
     const frag = buildSdpFrag({ ufrag, pwd, mid: firstMid(local), candidates, endOfCandidates: true });
     const headers = this._headers('application/trickle-ice-sdpfrag');
     if (this.etag) headers['If-Match'] = this.etag;
@@ -243,8 +255,8 @@ export class WhipWhepSession {
     if (!server.ufrag || !server.pwd) throw new Error('ICE restart answer without ice-ufrag/ice-pwd');
     const fragCandidates = [...answerFrag.matchAll(/^a=(candidate:.+?)\r?$/gm)].map((m) => m[1]);
     let sdp = this.pc.currentRemoteDescription.sdp
-      .replace(/^a=ice-ufrag:.*$/gm, `a=ice-ufrag:${server.ufrag}\r`)
-      .replace(/^a=ice-pwd:.*$/gm, `a=ice-pwd:${server.pwd}\r`);
+      .replace(/^a=ice-ufrag:.*$/gm, `a=ice-ufrag:${server.ufrag}`)
+      .replace(/^a=ice-pwd:.*$/gm, `a=ice-pwd:${server.pwd}`);
     if (fragCandidates.length) {
       // Put the fragment's candidates in place of the old ones in every media section.
       sdp = sdp.replace(/^a=candidate:.*\r?\n/gm, '');

@@ -112,7 +112,12 @@ async function main() {
 
   send({ ready: true, version: browser.version() });
   const rl = readline.createInterface({ input: process.stdin });
-  rl.on('line', async (line) => {
+  // Commands run one after another, in the order they arrive.
+  let queue = Promise.resolve();
+  rl.on('line', (line) => {
+    queue = queue.then(() => run(line));
+  });
+  async function run(line) {
     if (!line.trim()) return;
     let msg;
     try {
@@ -127,8 +132,10 @@ async function main() {
     } catch (e) {
       send({ id: msg.id, ok: false, error: String((e && e.message) || e) });
     }
+  }
+  rl.on('close', () => {
+    queue.then(() => shutdown(0));
   });
-  rl.on('close', () => shutdown(0));
 }
 
 main().catch((e) => {

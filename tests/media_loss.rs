@@ -1,0 +1,214 @@
+//! Issue 2, "Prove it" item 3: loss on a viewer's leg. A UDP relay inside the
+//! test sits between one aiortc viewer and the server and drops 5 % of the media
+//! packets (RTP and RTCP, both directions; ICE and DTLS pass so the call sets up
+//! as usual). The SFU must answer the viewer's NACKs from its packet cache: the
+//! server's `tandem_retransmitted_packets_total` rises and the viewer keeps
+//! decoding without a stall.
+//!
+//! The viewer reaches the relay because it rewrites the candidates of the answer
+//! it receives to the relay's port (`viewer.py --relay`); the server learns the
+//! relay's upstream address from the ICE checks, as it would any NAT's.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use common::*;
+use tokio::net::UdpSocket;
+use tokio::sync::Mutex;
+
+#[derive(Default)]
+struct RelayCounts {
+    down_forwarded: AtomicU64,
+    down_dropped: AtomicU64,
+    up_forwarded: AtomicU64,
+    up_dropped: AtomicU64,
+}
+
+/// A UDP relay: the viewer talks to `front`, the relay talks to the server from
+/// its own `back` socket. Drops `loss` of RTP/RTCP packets (first byte 128–191,
+/// RFC 7983) with a fixed-seed generator, so runs are comparable.
+struct LossyRelay {
+    front_port: u16,
+    counts: Arc<RelayCounts>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl LossyRelay {
+    async fn start(server: SocketAddr, loss: f64) -> LossyRelay {
+        let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let back = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        back.connect(server).await.unwrap();
+        let front_port = front.local_addr().unwrap().port();
+        let counts = Arc::new(RelayCounts::default());
+        let client: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
+        let threshold = (loss * u32::MAX as f64) as u32;
+
+        let up = {
+            let (front, back, counts, client) =
+                (front.clone(), back.clone(), counts.clone(), client.clone());
+            tokio::spawn(async move {
+                let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
+                let mut buf = vec![0u8; 2048];
+                while let Ok((n, from)) = front.recv_from(&mut buf).await {
+                    *client.lock().await = Some(from);
+                    if is_media(&buf[..n]) && rng.next() < threshold {
+                        counts.up_dropped.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    counts.up_forwarded.fetch_add(1, Ordering::Relaxed);
+                    let _ = back.send(&buf[..n]).await;
+                }
+            })
+        };
+        let down = {
+            let (front, back, counts, client) =
+                (front.clone(), back.clone(), counts.clone(), client.clone());
+            tokio::spawn(async move {
+                let mut rng = XorShift(0xD1B5_4A32_D192_ED03);
+                let mut buf = vec![0u8; 2048];
+                loop {
+                    let n = match back.recv(&mut buf).await {
+                        Ok(n) => n,
+                        // ICMP port unreachable from an earlier send: keep going.
+                        Err(_) => continue,
+                    };
+                    let Some(to) = *client.lock().await else {
+                        continue;
+                    };
+                    if is_media(&buf[..n]) && rng.next() < threshold {
+                        counts.down_dropped.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    counts.down_forwarded.fetch_add(1, Ordering::Relaxed);
+                    let _ = front.send_to(&buf[..n], to).await;
+                }
+            })
+        };
+        LossyRelay {
+            front_port,
+            counts,
+            tasks: vec![up, down],
+        }
+    }
+}
+
+impl Drop for LossyRelay {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn is_media(packet: &[u8]) -> bool {
+    matches!(packet.first(), Some(128..=191))
+}
+
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 32) as u32
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_percent_loss_is_repaired_by_retransmission() {
+    let _guard = media_lock().await;
+    let app = spawn_app().await;
+    let server: SocketAddr = format!("127.0.0.1:{}", app.media_port).parse().unwrap();
+    let relay = LossyRelay::start(server, 0.05).await;
+
+    let mut publisher = PyPeer::publisher(&app, "lossy", &["--codec", "VP8"]);
+    publisher
+        .wait_event("connected", Duration::from_secs(30))
+        .await;
+    let retransmitted_before = app.metric("tandem_retransmitted_packets_total", &[]).await;
+    let nacks_before = app
+        .metric("tandem_rtcp_feedback_total", &[("type", "nack")])
+        .await;
+
+    let relay_addr = format!("127.0.0.1:{}", relay.front_port);
+    let mut viewer = PyPeer::viewer(
+        &app,
+        "viewer-behind-relay",
+        "lossy",
+        &[
+            "--relay",
+            &relay_addr,
+            "--frames",
+            "300",
+            "--audio-frames",
+            "200",
+            "--min-seconds",
+            "15",
+            "--duration",
+            "120",
+        ],
+    );
+    let done = viewer.done(Duration::from_secs(150)).await;
+    let retransmitted =
+        app.metric("tandem_retransmitted_packets_total", &[]).await - retransmitted_before;
+    let nacks = app
+        .metric("tandem_rtcp_feedback_total", &[("type", "nack")])
+        .await
+        - nacks_before;
+    let c = &relay.counts;
+    let (down_dropped, down_forwarded) = (
+        c.down_dropped.load(Ordering::Relaxed),
+        c.down_forwarded.load(Ordering::Relaxed),
+    );
+    let report = format!(
+        "viewer {done}\nrelay: down {down_forwarded} forwarded / {down_dropped} dropped, up {} / {}\n\
+         server: {retransmitted} retransmitted, {nacks} NACKs received",
+        c.up_forwarded.load(Ordering::Relaxed),
+        c.up_dropped.load(Ordering::Relaxed),
+    );
+
+    assert_eq!(done["ok"], true, "the viewer reached its goals: {report}");
+    assert!(
+        down_dropped > 20,
+        "the relay really dropped media: {report}"
+    );
+    assert!(
+        nacks > 0.0,
+        "the viewer's NACKs reached the server: {report}"
+    );
+    assert!(
+        retransmitted > 0.0,
+        "tandem_retransmitted_packets_total rises under loss: {report}"
+    );
+    // Continuous decoding: every whole second after the first frame had frames,
+    // and no gap between two decoded frames reached one second.
+    let per_second: Vec<f64> = done["frames_per_second"]
+        .as_array()
+        .map(|a| a.iter().map(num).collect())
+        .unwrap_or_default();
+    let whole = &per_second[..per_second.len().saturating_sub(1)];
+    assert!(
+        whole.len() >= 14,
+        "ran ≥ 15 s after the first frame: {report}"
+    );
+    assert!(
+        whole.iter().all(|&n| n >= 10.0),
+        "at least 10 decoded frames in every second (30 fps source): {per_second:?}\n{report}"
+    );
+    assert!(
+        num(&done["max_gap_s"]) < 1.0,
+        "no decoding stall of a second or more: {report}"
+    );
+    assert_eq!(done["delete_status"], 200, "{report}");
+
+    let done = publisher.stop(Duration::from_secs(30)).await;
+    assert_eq!(done["delete_status"], 200, "{done}");
+    app.wait_sessions(0, Duration::from_secs(10)).await;
+    drop(relay);
+    app.shutdown().await;
+}
