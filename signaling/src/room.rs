@@ -39,6 +39,7 @@ pub struct Refused {
 }
 
 type Apply = Box<dyn FnOnce(&mut Room) + Send>;
+type Job = std::pin::Pin<Box<dyn std::future::Future<Output = Apply> + Send>>;
 
 pub(crate) enum RoomEvent {
     Join(Box<JoinRequest>, oneshot::Sender<JoinReply>),
@@ -107,7 +108,7 @@ pub(crate) struct Room {
     generation: u64,
     inner: Arc<Inner>,
     cfg: Arc<RoomsConfig>,
-    self_tx: mpsc::Sender<RoomEvent>,
+    jobs: mpsc::UnboundedSender<Job>,
     members: Vec<Member>,
     host: Option<String>,
     control: Control,
@@ -145,12 +146,22 @@ impl Room {
     pub(crate) fn spawn(id: &str, generation: u64, inner: Arc<Inner>) -> mpsc::Sender<RoomEvent> {
         let (tx, rx) = mpsc::channel(4096);
         let cfg = inner.cfg.clone();
+        let (jobs, mut jobs_rx) = mpsc::unbounded_channel::<Job>();
+        let apply_tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(job) = jobs_rx.recv().await {
+                let f = job.await;
+                if apply_tx.send(RoomEvent::Apply(f)).await.is_err() {
+                    break;
+                }
+            }
+        });
         let room = Room {
             id: id.into(),
             generation,
             inner,
             cfg,
-            self_tx: tx.clone(),
+            jobs,
             members: Vec::new(),
             host: None,
             control: Control::Host,
@@ -925,15 +936,13 @@ impl Room {
         }
     }
 
+    /// Runs store work off the room task, one job at a time in order (so chat is
+    /// fanned out in the order it was sent), and applies each result on the room task.
     fn spawn_apply<F>(&self, fut: F)
     where
         F: std::future::Future<Output = Apply> + Send + 'static,
     {
-        let tx = self.self_tx.clone();
-        tokio::spawn(async move {
-            let f = fut.await;
-            let _ = tx.send(RoomEvent::Apply(f)).await;
-        });
+        let _ = self.jobs.send(Box::pin(fut));
     }
 
     fn can_moderate(&mut self, idx: usize, what: &str) -> bool {
