@@ -203,7 +203,7 @@ mod tests {
     #[test]
     fn embedded_defaults_load() {
         let c = Config::load_with_env(None, env(&[])).unwrap();
-        assert_eq!(c.http_addr, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.http_addr, "127.0.0.1:8080".parse::<SocketAddr>().unwrap());
         assert_eq!(c.media_port, 8443);
         assert!(c.database_url().starts_with("sqlite://"));
         assert_eq!(c.advertised_ips(), vec![IpAddr::from([127, 0, 0, 1])]);

@@ -8,7 +8,7 @@
 //! - [`enrollment`]: paid enrollment, my enrollments, viewer tokens, refunds.
 //! - [`access`]: the WHIP/WHEP hook (enrollment re-check, WHIP starts a stream).
 //! - [`jobs`]: replay expiry, recording cleanup, catalog migration, key pruning.
-//! - [`openapi`]: `/openapi.json`.
+//! - [`openapi`]: the OpenAPI document served at `/openapi.json`.
 
 pub mod access;
 pub mod enrollment;
