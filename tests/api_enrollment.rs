@@ -382,9 +382,73 @@ async fn whep_refuses_refunded_enrollment(backend: Backend) {
     app.finish().await;
 }
 
+/// Enrollments racing a cancel: none stays paid on the cancelled stream.
+async fn cancel_racing_enrollments(backend: Backend) {
+    let app = std::sync::Arc::new(spawn_app(backend).await);
+    let s = app.create_stream("ines", 4).await;
+    for i in 0..200 {
+        app.credit(&format!("r{i}"), 4).await;
+    }
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(201));
+    let mut tasks = Vec::new();
+    for i in 0..200 {
+        let (app, barrier, s) = (app.clone(), barrier.clone(), s.clone());
+        tasks.push(tokio::spawn(async move {
+            let token = user(&format!("r{i}"));
+            barrier.wait().await;
+            app.post(
+                &format!("/v1/streams/{s}/enrollments"),
+                Some(&token),
+                json!({}),
+            )
+            .await
+            .status
+        }));
+    }
+    let cancel = {
+        let (app, barrier, s) = (app.clone(), barrier.clone(), s.clone());
+        tokio::spawn(async move {
+            barrier.wait().await;
+            app.post(
+                &format!("/v1/streams/{s}/cancel"),
+                Some(&instructor("ines")),
+                json!({}),
+            )
+            .await
+        })
+    };
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    let c = cancel.await.unwrap();
+    assert_eq!(c.status, StatusCode::OK, "{}", c.text);
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == StatusCode::CREATED || *s == StatusCode::CONFLICT),
+        "{statuses:?}"
+    );
+    let (active,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM enrollments WHERE stream_id = $1 AND status = 'active'",
+    )
+    .bind(&s)
+    .fetch_one(app.pool())
+    .await
+    .unwrap();
+    assert_eq!(active, 0, "every paid enrollment was refunded");
+    for i in 0..200 {
+        let u = format!("r{i}");
+        assert_eq!(app.balance_of(&u).await, 4, "{u} has all tokens back");
+        assert_eq!(app.ledger_sum(&u).await, 4);
+    }
+    std::sync::Arc::try_unwrap(app).ok().unwrap().finish().await;
+}
+
 both_backends!(
     enrollment_statuses,
     my_enrollments_and_viewer_tokens,
     cancel_refunds_every_paid_enrollment,
     whep_refuses_refunded_enrollment,
+    cancel_racing_enrollments,
 );

@@ -18,6 +18,7 @@ use super::{identity, now_ms, rfc3339, rfc3339_opt, service, unique_violation};
 use crate::auth::{Grants, TokenRequest};
 use crate::error::{AppError, AppResult};
 use crate::server::AppState;
+use crate::storage::Backend;
 
 pub fn routes() -> axum::Router<AppState> {
     Router::new()
@@ -129,17 +130,32 @@ pub async fn enroll(
         Start::Replay(resp) => return Ok(resp),
     };
     let now = now_ms();
-    let outcome = enroll_in(&mut tx, &me.user, &id, now).await;
+    let outcome = enroll_in(&mut tx, state.db.backend, &me.user, &id, now).await;
     idempotency::finish(tx, key.as_ref(), outcome).await
 }
 
 async fn enroll_in(
     conn: &mut AnyConnection,
+    backend: Backend,
     user: &str,
     stream_id: &str,
     now: i64,
 ) -> AppResult<(StatusCode, serde_json::Value)> {
-    let stream = streams::load(conn, stream_id).await?;
+    // On PostgreSQL the shared row lock orders this enrollment against a concurrent
+    // cancel (which updates the row): either the cancel sees and refunds it, or the
+    // enrollment sees the stream cancelled. SQLite's BEGIN IMMEDIATE already does.
+    let lock = match backend {
+        Backend::Postgres => " FOR SHARE",
+        Backend::Sqlite => "",
+    };
+    let stream: StreamRow = sqlx::query_as(&format!(
+        "SELECT {} FROM streams WHERE id = $1{lock}",
+        streams::COLUMNS
+    ))
+    .bind(stream_id)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or_else(|| AppError::not_found(format!("no stream '{stream_id}'")))?;
     if !stream.open_for_enrollment(now) {
         return Err(AppError::conflict(
             "stream_closed",
