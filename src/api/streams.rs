@@ -561,6 +561,13 @@ pub async fn remove(
 ) -> AppResult<StatusCode> {
     let me = instructor(&state, &headers)?;
     let mut tx = super::begin_write(&state.db).await?;
+    if state.db.backend == crate::storage::Backend::Postgres {
+        // Waits for enrollments holding the row (FOR SHARE), so the check below sees them.
+        sqlx::query("SELECT id FROM streams WHERE id = $1 FOR UPDATE")
+            .bind(&id)
+            .execute(&mut *tx)
+            .await?;
+    }
     let row = load_owned(&mut tx, &id, &me).await?;
     if row.status == "live" {
         return Err(AppError::conflict(

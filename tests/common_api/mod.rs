@@ -86,6 +86,8 @@ pub async fn spawn_app_with(backend: Backend, extra: &[(&str, &str)]) -> TestApp
         ("TANDEM_SERVICE_KEY", SERVICE_KEY),
         ("TANDEM_DEMO", "false"),
         ("TANDEM_API__JOBS_ENABLED", "false"),
+        // These tests open no media sessions; a random UDP port's TCP twin may be taken.
+        ("TANDEM_MEDIA__ICE_TCP", "false"),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
