@@ -275,7 +275,7 @@ async fn thousand_enrollments_one_user(backend: Backend) {
 
 /// Users 0, 27, …, 972 (37 of them) can afford the stream.
 fn rich(i: usize) -> bool {
-    i % 27 == 0 && i < 990
+    i.is_multiple_of(27) && i < 990
 }
 
 /// 1,000 users race for one stream; 37 of them can afford it.
