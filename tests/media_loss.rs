@@ -26,6 +26,11 @@ struct RelayCounts {
     down_dropped: AtomicU64,
     up_forwarded: AtomicU64,
     up_dropped: AtomicU64,
+    /// Generic NACKs (RTCP RTPFB, FMT 1) the viewer sent that the relay passed on;
+    /// the RTCP header stays readable under SRTCP.
+    up_nacks: AtomicU64,
+    /// Downstream RTP packets by payload type (the header stays readable under SRTP).
+    down_payload_types: std::sync::Mutex<std::collections::BTreeMap<u8, u64>>,
 }
 
 /// A UDP relay: the viewer talks to `front`, the relay talks to the server from
@@ -60,6 +65,9 @@ impl LossyRelay {
                         continue;
                     }
                     counts.up_forwarded.fetch_add(1, Ordering::Relaxed);
+                    if n > 1 && buf[1] == 205 && buf[0] & 0x1f == 1 {
+                        counts.up_nacks.fetch_add(1, Ordering::Relaxed);
+                    }
                     let _ = back.send(&buf[..n]).await;
                 }
             })
@@ -84,6 +92,14 @@ impl LossyRelay {
                         continue;
                     }
                     counts.down_forwarded.fetch_add(1, Ordering::Relaxed);
+                    if is_media(&buf[..n]) && n > 12 && !(192..=223).contains(&buf[1]) {
+                        *counts
+                            .down_payload_types
+                            .lock()
+                            .unwrap()
+                            .entry(buf[1] & 0x7f)
+                            .or_default() += 1;
+                    }
                     let _ = front.send_to(&buf[..n], to).await;
                 }
             })
@@ -151,25 +167,49 @@ async fn five_percent_loss_is_repaired_by_retransmission() {
             "15",
             "--duration",
             "120",
+            "--hold",
         ],
     );
-    let done = viewer.done(Duration::from_secs(150)).await;
-    let retransmitted =
-        app.metric("tandem_retransmitted_packets_total", &[]).await - retransmitted_before;
-    let nacks = app
-        .metric("tandem_rtcp_feedback_total", &[("type", "nack")])
-        .await
-        - nacks_before;
+    viewer.wait_event("reached", Duration::from_secs(150)).await;
+    // Read the server's counters while the viewer is still connected; they may be
+    // updated periodically, so allow a few seconds for them to catch up.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (retransmitted, nacks) = loop {
+        let text = app.metrics().await;
+        let retransmitted =
+            metric_value(&text, "tandem_retransmitted_packets_total", &[]) - retransmitted_before;
+        let nacks =
+            metric_value(&text, "tandem_rtcp_feedback_total", &[("type", "nack")]) - nacks_before;
+        if (retransmitted > 0.0 && nacks > 0.0) || std::time::Instant::now() >= deadline {
+            break (retransmitted, nacks);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let answer = viewer
+        .events
+        .iter()
+        .find(|e| e["event"] == "answered")
+        .and_then(|e| e["answer"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    let done = viewer.stop(Duration::from_secs(30)).await;
     let c = &relay.counts;
     let (down_dropped, down_forwarded) = (
         c.down_dropped.load(Ordering::Relaxed),
         c.down_forwarded.load(Ordering::Relaxed),
     );
+    let feedback: Vec<&str> = answer
+        .lines()
+        .filter(|l| l.starts_with("a=rtcp-fb") || l.starts_with("a=rtpmap"))
+        .collect();
     let report = format!(
-        "viewer {done}\nrelay: down {down_forwarded} forwarded / {down_dropped} dropped, up {} / {}\n\
+        "answer's codecs and feedback: {feedback:?}\nviewer {done}\nrelay: down {down_forwarded} forwarded / {down_dropped} dropped, \
+         up {} / {}; NACK packets passed upstream: {}; downstream RTP by payload type: {:?}\n\
          server: {retransmitted} retransmitted, {nacks} NACKs received",
         c.up_forwarded.load(Ordering::Relaxed),
         c.up_dropped.load(Ordering::Relaxed),
+        c.up_nacks.load(Ordering::Relaxed),
+        c.down_payload_types.lock().unwrap(),
     );
 
     assert_eq!(done["ok"], true, "the viewer reached its goals: {report}");
@@ -178,12 +218,23 @@ async fn five_percent_loss_is_repaired_by_retransmission() {
         "the relay really dropped media: {report}"
     );
     assert!(
-        nacks > 0.0,
-        "the viewer's NACKs reached the server: {report}"
+        c.up_nacks.load(Ordering::Relaxed) > 0,
+        "the viewer NACKed the lost packets: {report}"
     );
+    // What the SFU sent back: RTX packets (payload types the answer maps to rtx).
+    let rtx_types: Vec<u8> = answer
+        .lines()
+        .filter_map(|l| l.strip_prefix("a=rtpmap:"))
+        .filter(|l| l.to_ascii_lowercase().contains(" rtx/"))
+        .filter_map(|l| l.split(' ').next()?.parse().ok())
+        .collect();
+    let rtx_sent: u64 = {
+        let by_type = c.down_payload_types.lock().unwrap();
+        rtx_types.iter().filter_map(|pt| by_type.get(pt)).sum()
+    };
     assert!(
-        retransmitted > 0.0,
-        "tandem_retransmitted_packets_total rises under loss: {report}"
+        rtx_sent > 0,
+        "the SFU retransmitted lost packets (RTX, payload types {rtx_types:?}): {report}"
     );
     // Continuous decoding: every whole second after the first frame had frames,
     // and no gap between two decoded frames reached one second.
@@ -205,6 +256,15 @@ async fn five_percent_loss_is_repaired_by_retransmission() {
         "no decoding stall of a second or more: {report}"
     );
     assert_eq!(done["delete_status"], 200, "{report}");
+    // The server's own account of it (what operators see).
+    assert!(
+        nacks > 0.0,
+        "tandem_rtcp_feedback_total{{type=\"nack\"}} counts the viewer's NACKs: {report}"
+    );
+    assert!(
+        retransmitted > 0.0,
+        "tandem_retransmitted_packets_total rises under loss: {report}"
+    );
 
     let done = publisher.stop(Duration::from_secs(30)).await;
     assert_eq!(done["delete_status"], 200, "{done}");
