@@ -192,12 +192,7 @@ impl Sfu {
         let metrics = MediaMetrics::register(registry)
             .map_err(|e| MediaError::Internal(format!("metrics: {e}")))?;
         let workers = config.worker_count();
-        let (sockets, port) = worker::bind_udp(config.bind, config.port, workers)?;
-        let tcp = if config.ice_tcp {
-            Some(crate::tcp::bind(config.bind, port).await?)
-        } else {
-            None
-        };
+        let (sockets, port, tcp) = bind_media_port(&config, workers).await?;
         let mut handles = Vec::with_capacity(workers);
         let mut receivers = Vec::with_capacity(workers);
         for _ in 0..workers {
@@ -473,6 +468,34 @@ fn summary(s: &StreamShared) -> StreamSummary {
         live: s.live.load(Ordering::Acquire),
         viewers: s.viewers.load(Ordering::Acquire),
     }
+}
+
+/// Binds the UDP sockets and, with ICE-TCP, the TCP listener on the same port.
+/// Port 0 picks one free for both (a port free for UDP may be taken for TCP).
+async fn bind_media_port(
+    config: &MediaConfig,
+    workers: usize,
+) -> Result<
+    (
+        Vec<std::net::UdpSocket>,
+        u16,
+        Option<tokio::net::TcpListener>,
+    ),
+    MediaError,
+> {
+    let attempts = if config.port == 0 { 20 } else { 1 };
+    let mut last_error = None;
+    for _ in 0..attempts {
+        let (sockets, port) = worker::bind_udp(config.bind, config.port, workers)?;
+        if !config.ice_tcp {
+            return Ok((sockets, port, None));
+        }
+        match crate::tcp::bind(config.bind, port).await {
+            Ok(listener) => return Ok((sockets, port, Some(listener))),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| MediaError::Internal("binding the media port".into())))
 }
 
 pub(crate) fn random_hex(bytes: usize) -> String {
