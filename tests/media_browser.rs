@@ -131,6 +131,7 @@ async fn publish_and_watch(codec: &str) {
             },
         )
         .await;
+    eprintln!("{codec}: the late viewer's first frame came {first} ms after it joined");
     assert!(
         first <= FIRST_FRAME_WITHIN_MS,
         "a viewer joining 10 s later decodes its first frame within 2 s of joining; took {first} ms"
