@@ -159,6 +159,12 @@ async fn publish_and_watch(codec: &str) {
             },
         )
         .await;
+    if let Ok(dir) = std::env::var("TANDEM_SCREENSHOTS") {
+        for page in ["pub", "late"] {
+            let path = std::path::Path::new(&dir).join(format!("{codec}-{page}.png"));
+            let _ = browser.screenshot(page, &path).await;
+        }
+    }
     let metrics = app.metrics().await;
     assert_eq!(
         metric_value(&metrics, "tandem_sessions", &[("kind", "viewer")]),

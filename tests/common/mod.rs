@@ -605,6 +605,15 @@ impl Browser {
         }
     }
 
+    /// Saves a PNG of page `name` (for looking at a failure).
+    pub async fn screenshot(&mut self, name: &str, path: &Path) -> Result<Value, String> {
+        self.call(
+            json!({"cmd": "screenshot", "name": name, "path": path}),
+            Duration::from_secs(30),
+        )
+        .await
+    }
+
     /// Closes page `name` (its pagehide handler DELETEs the session).
     pub async fn close(&mut self, name: &str) {
         let _ = self

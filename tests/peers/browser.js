@@ -5,6 +5,7 @@
 //
 // Commands (stdin):   {"id": 1, "cmd": "open",  "name": "pub", "url": "http://…"}
 //                     {"id": 2, "cmd": "eval",  "name": "pub", "expr": "window.tandem.stats()"}
+//                     {"id": 3, "cmd": "screenshot", "name": "pub", "path": "/tmp/pub.png"}
 //                     {"id": 3, "cmd": "close", "name": "pub"}
 //                     {"id": 4, "cmd": "quit"}
 // Answers (stdout):   {"id": 1, "ok": true, "value": …} or {"id": 1, "ok": false, "error": "…"}
@@ -92,6 +93,12 @@ async function main() {
         if (!p) throw new Error(`no page ${msg.name}`);
         // The expression may return a promise; its result must be JSON-serialisable.
         return await p.page.evaluate(`(async () => (${msg.expr}))()`);
+      }
+      case 'screenshot': {
+        const p = pages.get(msg.name);
+        if (!p) throw new Error(`no page ${msg.name}`);
+        await p.page.screenshot({ path: msg.path, fullPage: true });
+        return msg.path;
       }
       case 'close': {
         const p = pages.get(msg.name);
