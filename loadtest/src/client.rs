@@ -1,0 +1,733 @@
+//! A lightweight WHIP/WHEP client on webrtc-rs's sans-IO `rtc`: full ICE (controlling),
+//! DTLS, SRTP; many peers per thread on one epoll loop, no decoding, counts what arrives.
+//!
+//! Each peer has its own UDP socket: the server (like every SFU) tells sessions apart
+//! by the client's address, so peers cannot share one. What they do share is the
+//! thread: a [`Driver`] runs hundreds of them on one `mio` poll loop.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use hdrhistogram::Histogram;
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token, Waker};
+use rtc::interceptor::Registry;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::media_engine::MediaEngine;
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::event::RTCPeerConnectionEvent;
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::{CandidateConfig, CandidateHostConfig, RTCIceCandidate};
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp_transceiver::RTCRtpSenderId;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters,
+    RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+
+use crate::media::{self, AudioSource, PT_OPUS, PT_VP8, VideoSource};
+use crate::stats::{ViewerStats, new_histogram};
+
+/// What the publisher sends.
+#[derive(Debug, Clone)]
+pub struct PublishOptions {
+    pub video_bitrate_bps: u64,
+    pub fps: u32,
+    pub keyframe_interval_s: f64,
+    pub audio: bool,
+}
+
+impl Default for PublishOptions {
+    fn default() -> Self {
+        Self {
+            video_bitrate_bps: 2_500_000,
+            fps: 30,
+            keyframe_interval_s: 2.0,
+            audio: true,
+        }
+    }
+}
+
+/// Counters every driver updates; read by the progress bar and the report.
+#[derive(Default)]
+pub struct Counters {
+    pub stop: AtomicBool,
+    /// Latency samples are recorded only while this is set.
+    pub measuring: AtomicBool,
+    pub viewers_connected: AtomicUsize,
+    pub viewers_failed: AtomicUsize,
+    pub publisher_connected: AtomicBool,
+    pub rx_packets: AtomicU64,
+    pub rx_bytes: AtomicU64,
+    pub tx_packets: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    pub keyframes_sent: AtomicU64,
+    pub keyframe_requests: AtomicU64,
+}
+
+fn codec(mime: &str, clock: u32, channels: u16, fmtp: &str, fb: &[(&str, &str)]) -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: mime.to_string(),
+        clock_rate: clock,
+        channels,
+        sdp_fmtp_line: fmtp.to_string(),
+        rtcp_feedback: fb
+            .iter()
+            .map(|(t, p)| RTCPFeedback {
+                typ: t.to_string(),
+                parameter: p.to_string(),
+            })
+            .collect(),
+    }
+}
+
+fn vp8() -> RTCRtpCodec {
+    codec(
+        "video/VP8",
+        90000,
+        0,
+        "",
+        &[("nack", ""), ("nack", "pli"), ("ccm", "fir")],
+    )
+}
+
+fn opus() -> RTCRtpCodec {
+    codec("audio/opus", 48000, 2, "minptime=10;useinbandfec=1", &[])
+}
+
+fn err<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> String {
+    move |e| format!("{what}: {e}")
+}
+
+#[allow(clippy::large_enum_variant)]
+enum Role {
+    Publisher(Box<Publisher>),
+    Viewer(ViewerStats),
+}
+
+struct Publisher {
+    opts: PublishOptions,
+    video: Option<Outgoing>,
+    audio: Option<Outgoing>,
+    video_src: VideoSource,
+    audio_src: AudioSource,
+    next_video: Option<Instant>,
+    next_audio: Option<Instant>,
+    keyframe_requests: u64,
+}
+
+struct Outgoing {
+    sender: RTCRtpSenderId,
+    ssrc: u32,
+    pt: u8,
+    seq: u16,
+    ts: u32,
+}
+
+/// One WebRTC peer (publisher or viewer) with its socket.
+pub struct Peer {
+    pc: RTCPeerConnection,
+    socket: UdpSocket,
+    local: SocketAddr,
+    /// The session URL from `Location` (absolute).
+    pub session_url: String,
+    connected: bool,
+    closed: bool,
+    next_timeout: Option<Instant>,
+    role: Role,
+}
+
+fn build_pc(publisher: bool) -> Result<RTCPeerConnection, String> {
+    let mut engine = MediaEngine::default();
+    let video = RTCRtpCodecParameters {
+        rtp_codec: vp8(),
+        payload_type: PT_VP8,
+    };
+    let audio = RTCRtpCodecParameters {
+        rtp_codec: opus(),
+        payload_type: PT_OPUS,
+    };
+    engine
+        .register_codec(video, RtpCodecKind::Video)
+        .map_err(err("codec"))?;
+    engine
+        .register_codec(audio, RtpCodecKind::Audio)
+        .map_err(err("codec"))?;
+    // A publisher keeps the default interceptors (sender reports, NACK responder) as a
+    // browser would; viewers run none: they count, they do not repair or report.
+    let registry = if publisher {
+        register_default_interceptors(Registry::new(), &mut engine).map_err(err("interceptors"))?
+    } else {
+        Registry::new()
+    };
+    let settings = SettingEngineBuilder::new()
+        .with_network_types(vec![rtc::ice::network_type::NetworkType::Udp4])
+        .build();
+    RTCPeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_setting_engine(settings)
+        .with_media_engine(engine)
+        .with_interceptor_registry(registry)
+        .build(Instant::now())
+        .map_err(err("peer connection"))
+}
+
+fn track(kind: RtpCodecKind, ssrc: u32) -> MediaStreamTrack {
+    let (id, codec) = match kind {
+        RtpCodecKind::Audio => ("audio", opus()),
+        _ => ("video", vp8()),
+    };
+    MediaStreamTrack::new(
+        "loadtest".to_string(),
+        format!("loadtest-{id}"),
+        id.to_string(),
+        kind,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                ..Default::default()
+            },
+            codec,
+            ..Default::default()
+        }],
+    )
+}
+
+/// Resolves a `Location` header against the request URL.
+fn absolute(base: &str, location: &str) -> String {
+    if location.starts_with("http://") || location.starts_with("https://") {
+        return location.to_string();
+    }
+    let origin_end = base
+        .find("://")
+        .and_then(|i| base[i + 3..].find('/').map(|j| i + 3 + j))
+        .unwrap_or(base.len());
+    format!("{}{}", &base[..origin_end], location)
+}
+
+impl Peer {
+    /// Creates a peer, POSTs its offer to `url` (WHIP or WHEP) with `token`, and
+    /// applies the answer. ICE and DTLS run once a [`Driver`] owns the peer.
+    pub async fn connect(
+        http: &reqwest::Client,
+        url: &str,
+        token: &str,
+        publish: Option<PublishOptions>,
+    ) -> Result<Peer, String> {
+        let (mut pc, socket, local, senders) = Self::prepare(publish.as_ref())?;
+        let offer = pc.create_offer(None).map_err(err("create offer"))?;
+        pc.set_local_description(Instant::now(), offer)
+            .map_err(err("local description"))?;
+        let sdp = pc
+            .local_description()
+            .map(|d| d.sdp)
+            .ok_or("no local description")?;
+        let resp = http
+            .post(url)
+            .header("Content-Type", "application/sdp")
+            .header("Authorization", format!("Bearer {token}"))
+            .body(sdp)
+            .send()
+            .await
+            .map_err(err("POST offer"))?;
+        let status = resp.status();
+        let location = resp
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .map(|l| absolute(url, l));
+        let body = resp.text().await.map_err(err("answer body"))?;
+        if status.as_u16() != 201 {
+            return Err(format!("POST {url}: {status}: {body}"));
+        }
+        let session_url = location.ok_or("201 without Location")?;
+        let answer = RTCSessionDescription::answer(body).map_err(err("answer"))?;
+        pc.set_remote_description(Instant::now(), answer)
+            .map_err(err("remote description"))?;
+        let role = match publish {
+            Some(opts) => {
+                let mut out = |kind: RtpCodecKind, s: Option<(RTCRtpSenderId, u32)>| {
+                    let (sender, ssrc) = s?;
+                    let mut rtp = pc.rtp_sender(sender)?;
+                    let pt = rtp
+                        .get_parameters()
+                        .rtp_parameters
+                        .codecs
+                        .first()
+                        .map(|c| c.payload_type)
+                        .unwrap_or(if kind == RtpCodecKind::Audio {
+                            PT_OPUS
+                        } else {
+                            PT_VP8
+                        });
+                    Some(Outgoing {
+                        sender,
+                        ssrc,
+                        pt,
+                        seq: rand::random(),
+                        ts: rand::random(),
+                    })
+                };
+                let video = out(RtpCodecKind::Video, senders.0);
+                let audio = out(RtpCodecKind::Audio, senders.1);
+                Role::Publisher(Box::new(Publisher {
+                    video_src: VideoSource::new(
+                        opts.video_bitrate_bps,
+                        opts.fps,
+                        opts.keyframe_interval_s,
+                    ),
+                    audio_src: AudioSource::default(),
+                    opts,
+                    video,
+                    audio,
+                    next_video: None,
+                    next_audio: None,
+                    keyframe_requests: 0,
+                }))
+            }
+            None => Role::Viewer(ViewerStats::new(Instant::now())),
+        };
+        Ok(Peer {
+            pc,
+            socket,
+            local,
+            session_url,
+            connected: false,
+            closed: false,
+            next_timeout: None,
+            role,
+        })
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn prepare(
+        publish: Option<&PublishOptions>,
+    ) -> Result<
+        (
+            RTCPeerConnection,
+            UdpSocket,
+            SocketAddr,
+            (Option<(RTCRtpSenderId, u32)>, Option<(RTCRtpSenderId, u32)>),
+        ),
+        String,
+    > {
+        let mut pc = build_pc(publish.is_some())?;
+        let std_socket = std::net::UdpSocket::bind("127.0.0.1:0").map_err(err("bind"))?;
+        std_socket.set_nonblocking(true).map_err(err("socket"))?;
+        let local = std_socket.local_addr().map_err(err("socket"))?;
+        let candidate = CandidateHostConfig {
+            base_config: CandidateConfig {
+                network: "udp".to_owned(),
+                address: local.ip().to_string(),
+                port: local.port(),
+                component: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+        .new_candidate_host()
+        .map_err(err("candidate"))?;
+        let init = RTCIceCandidate::from(&candidate)
+            .to_json()
+            .map_err(err("candidate"))?;
+        pc.add_local_candidate(init).map_err(err("candidate"))?;
+        let mut senders = (None, None);
+        match publish {
+            Some(opts) => {
+                let ssrc: u32 = rand::random();
+                senders.0 = Some((
+                    pc.add_track(track(RtpCodecKind::Video, ssrc))
+                        .map_err(err("video track"))?,
+                    ssrc,
+                ));
+                if opts.audio {
+                    let ssrc: u32 = rand::random();
+                    senders.1 = Some((
+                        pc.add_track(track(RtpCodecKind::Audio, ssrc))
+                            .map_err(err("audio track"))?,
+                        ssrc,
+                    ));
+                }
+            }
+            None => {
+                for kind in [RtpCodecKind::Video, RtpCodecKind::Audio] {
+                    pc.add_transceiver_from_kind(
+                        kind,
+                        Some(RTCRtpTransceiverInit {
+                            direction: RTCRtpTransceiverDirection::Recvonly,
+                            streams: vec![],
+                            send_encodings: vec![],
+                        }),
+                    )
+                    .map_err(err("transceiver"))?;
+                }
+            }
+        }
+        Ok((pc, UdpSocket::from_std(std_socket), local, senders))
+    }
+
+    fn handle_datagram(&mut self, from: SocketAddr, data: &[u8], now: Instant) {
+        if let Role::Publisher(p) = &mut self.role
+            && is_keyframe_request(data)
+        {
+            p.keyframe_requests += 1;
+            p.video_src.request_keyframe();
+        }
+        let r = self.pc.handle_read(TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr: self.local,
+                peer_addr: from,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message: BytesMut::from(data),
+        });
+        if let Err(e) = r {
+            log::debug!("loadtest peer {}: packet refused: {e}", self.local);
+        }
+    }
+
+    fn flush(&mut self) {
+        while let Some(msg) = self.pc.poll_write() {
+            // A full socket buffer drops the datagram, as a network would.
+            let _ = self.socket.send_to(&msg.message, msg.transport.peer_addr);
+        }
+    }
+
+    /// Drains events, received media and outgoing datagrams after anything happened.
+    fn service(&mut self, now: Instant, c: &Counters, latency: &mut Histogram<u64>) {
+        self.flush();
+        while let Some(event) = self.pc.poll_event() {
+            if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = event {
+                match state {
+                    RTCPeerConnectionState::Connected if !self.connected => {
+                        self.connected = true;
+                        match &mut self.role {
+                            Role::Viewer(v) => {
+                                v.connected_at = Some(now);
+                                c.viewers_connected.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Role::Publisher(p) => {
+                                p.next_video = Some(now);
+                                p.next_audio = p.audio.as_ref().map(|_| now);
+                                c.publisher_connected.store(true, Ordering::Release);
+                            }
+                        }
+                    }
+                    RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed
+                        if !self.closed =>
+                    {
+                        self.closed = true;
+                        if let Role::Viewer(v) = &mut self.role {
+                            v.failed = true;
+                            c.viewers_failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if let Role::Publisher(p) = &mut self.role
+            && p.keyframe_requests > 0
+        {
+            c.keyframe_requests
+                .fetch_add(p.keyframe_requests, Ordering::Relaxed);
+            p.keyframe_requests = 0;
+        }
+        let measuring = c.measuring.load(Ordering::Relaxed);
+        while let Some(TaggedRTCMessage { message, .. }) = self.pc.poll_read() {
+            match (&mut self.role, message) {
+                (Role::Viewer(v), RTCMessage::RtpPacket(_, packet)) => {
+                    let payload = &packet.payload;
+                    v.packets += 1;
+                    v.bytes += payload.len() as u64;
+                    c.rx_packets.fetch_add(1, Ordering::Relaxed);
+                    c.rx_bytes
+                        .fetch_add(payload.len() as u64, Ordering::Relaxed);
+                    if v.first_packet_at.is_none() {
+                        v.first_packet_at = Some(now);
+                    }
+                    if packet.header.payload_type == PT_OPUS {
+                        v.audio.on_packet(packet.header.sequence_number);
+                    } else {
+                        v.video.on_packet(packet.header.sequence_number);
+                        if v.first_keyframe_at.is_none() && media::vp8_starts_keyframe(payload) {
+                            v.first_keyframe_at = Some(now);
+                        }
+                    }
+                    if measuring && let Some(sent) = media::read_trailer(payload) {
+                        let _ = latency.record(media::us_of(now).saturating_sub(sent).max(1));
+                    }
+                }
+                (Role::Publisher(p), RTCMessage::RtcpPacket(_, packets)) => {
+                    for pkt in &packets {
+                        let any = pkt.as_any();
+                        if any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() {
+                            c.keyframe_requests.fetch_add(1, Ordering::Relaxed);
+                            p.video_src.request_keyframe();
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.flush();
+        self.next_timeout = self.pc.poll_timeout();
+    }
+
+    /// The earliest instant this peer needs attention without input.
+    fn due(&self) -> Option<Instant> {
+        let media = match &self.role {
+            Role::Publisher(p) => match (p.next_video, p.next_audio) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+            Role::Viewer(_) => None,
+        };
+        match (self.next_timeout, media) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn on_due(&mut self, now: Instant, c: &Counters, latency: &mut Histogram<u64>) {
+        if self.next_timeout.is_some_and(|t| t <= now) {
+            let _ = self.pc.handle_timeout(now);
+        }
+        if let Role::Publisher(p) = &mut self.role {
+            send_media(&mut self.pc, p, now, c);
+        }
+        self.service(now, c, latency);
+    }
+}
+
+/// A PLI (PT 206, FMT 1) or FIR (PT 206, FMT 4) heads this SRTCP datagram. The
+/// first RTCP header of an SRTCP packet is sent in the clear (RFC 3711 §3.4).
+///
+/// webrtc-rs `rtc` 0.21.1 does not hand a sending peer the PLIs it receives (nor
+/// any RTCP: see docs/PERFORMANCE.md), so the publisher reads the request from the
+/// datagram itself, as an encoder's feedback path would.
+pub fn is_keyframe_request(data: &[u8]) -> bool {
+    data.len() >= 12 && data[0] >> 6 == 2 && data[1] == 206 && matches!(data[0] & 0x1f, 1 | 4)
+}
+
+fn write(
+    pc: &mut RTCPeerConnection,
+    out: &mut Outgoing,
+    chunk: media::Chunk,
+    now: Instant,
+) -> bool {
+    let len = chunk.payload.len();
+    let packet = rtc::rtp::Packet {
+        header: rtc::rtp::header::Header {
+            version: 2,
+            marker: chunk.marker,
+            payload_type: out.pt,
+            sequence_number: out.seq,
+            timestamp: out.ts,
+            ssrc: out.ssrc,
+            ..Default::default()
+        },
+        payload: chunk.payload,
+    };
+    out.seq = out.seq.wrapping_add(1);
+    let _ = len;
+    match pc.rtp_sender(out.sender) {
+        Some(mut s) => s.write_rtp(now, packet).is_ok(),
+        None => false,
+    }
+}
+
+fn send_media(pc: &mut RTCPeerConnection, p: &mut Publisher, now: Instant, c: &Counters) {
+    let frame_interval = Duration::from_secs_f64(1.0 / p.opts.fps.max(1) as f64);
+    while let Some(at) = p.next_video.filter(|t| *t <= now) {
+        if let Some(out) = p.video.as_mut() {
+            let (chunks, key) = p.video_src.next_frame(media::now_us());
+            if key {
+                c.keyframes_sent.fetch_add(1, Ordering::Relaxed);
+            }
+            for chunk in chunks {
+                let n = chunk.payload.len() as u64;
+                if write(pc, out, chunk, now) {
+                    c.tx_packets.fetch_add(1, Ordering::Relaxed);
+                    c.tx_bytes.fetch_add(n, Ordering::Relaxed);
+                }
+            }
+            out.ts = out.ts.wrapping_add(p.video_src.ts_step());
+        }
+        // Catch up after a stall rather than bursting every missed frame.
+        let next = at + frame_interval;
+        p.next_video = Some(if next + frame_interval < now {
+            now
+        } else {
+            next
+        });
+    }
+    while let Some(at) = p.next_audio.filter(|t| *t <= now) {
+        if let Some(out) = p.audio.as_mut() {
+            let chunk = p.audio_src.next_packet(media::now_us());
+            let n = chunk.payload.len() as u64;
+            if write(pc, out, chunk, now) {
+                c.tx_packets.fetch_add(1, Ordering::Relaxed);
+                c.tx_bytes.fetch_add(n, Ordering::Relaxed);
+            }
+            out.ts = out.ts.wrapping_add(AudioSource::TS_STEP);
+        }
+        let ptime = Duration::from_millis(AudioSource::PTIME_MS);
+        let next = at + ptime;
+        p.next_audio = Some(if next + ptime < now { now } else { next });
+    }
+}
+
+/// What a driver hands back when it stops.
+pub struct DriverResult {
+    pub viewers: Vec<ViewerStats>,
+    pub latency: Histogram<u64>,
+    pub session_urls: Vec<String>,
+}
+
+const WAKER: Token = Token(usize::MAX);
+
+/// A thread running many peers on one poll loop.
+pub struct Driver {
+    tx: mpsc::Sender<Peer>,
+    waker: Arc<Waker>,
+    join: Option<JoinHandle<DriverResult>>,
+}
+
+impl Driver {
+    pub fn spawn(name: &str, counters: Arc<Counters>) -> std::io::Result<Driver> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (tx, rx) = mpsc::channel();
+        let join = std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || run(poll, rx, counters))?;
+        Ok(Driver {
+            tx,
+            waker,
+            join: Some(join),
+        })
+    }
+
+    /// Hands a connected-to-be peer to this driver's thread.
+    pub fn add(&self, peer: Peer) {
+        if self.tx.send(peer).is_ok() {
+            let _ = self.waker.wake();
+        }
+    }
+
+    /// Wakes the thread so it sees the stop flag.
+    pub fn wake(&self) {
+        let _ = self.waker.wake();
+    }
+
+    /// Waits for the thread after the stop flag was set.
+    pub fn join(mut self) -> DriverResult {
+        let _ = self.waker.wake();
+        self.join
+            .take()
+            .and_then(|j| j.join().ok())
+            .unwrap_or_else(|| DriverResult {
+                viewers: Vec::new(),
+                latency: new_histogram(),
+                session_urls: Vec::new(),
+            })
+    }
+}
+
+fn run(mut poll: Poll, rx: mpsc::Receiver<Peer>, c: Arc<Counters>) -> DriverResult {
+    let mut peers: HashMap<usize, Peer> = HashMap::new();
+    let mut next_token = 0usize;
+    let mut events = Events::with_capacity(1024);
+    let mut buf = vec![0u8; 2048];
+    let mut latency = new_histogram();
+    let mut due: Vec<usize> = Vec::new();
+    while !c.stop.load(Ordering::Acquire) {
+        let now = Instant::now();
+        let mut deadline = now + Duration::from_millis(50);
+        for p in peers.values() {
+            if let Some(t) = p.due()
+                && t < deadline
+            {
+                deadline = t;
+            }
+        }
+        let wait = deadline.saturating_duration_since(now);
+        if poll.poll(&mut events, Some(wait)).is_err() {
+            continue;
+        }
+        for ev in events.iter() {
+            if ev.token() == WAKER {
+                while let Ok(mut peer) = rx.try_recv() {
+                    let token = next_token;
+                    next_token += 1;
+                    if poll
+                        .registry()
+                        .register(&mut peer.socket, Token(token), Interest::READABLE)
+                        .is_ok()
+                    {
+                        peer.service(Instant::now(), &c, &mut latency);
+                        peers.insert(token, peer);
+                    }
+                }
+                continue;
+            }
+            let Some(peer) = peers.get_mut(&ev.token().0) else {
+                continue;
+            };
+            let now = Instant::now();
+            let mut got = false;
+            while let Ok((n, from)) = peer.socket.recv_from(&mut buf) {
+                peer.handle_datagram(from, &buf[..n], now);
+                got = true;
+            }
+            if got {
+                peer.service(now, &c, &mut latency);
+            }
+        }
+        let now = Instant::now();
+        due.clear();
+        due.extend(
+            peers
+                .iter()
+                .filter(|(_, p)| p.due().is_some_and(|t| t <= now))
+                .map(|(k, _)| *k),
+        );
+        for k in &due {
+            if let Some(p) = peers.get_mut(k) {
+                p.on_due(now, &c, &mut latency);
+            }
+        }
+    }
+    let mut viewers = Vec::new();
+    let mut session_urls = Vec::new();
+    for (_, mut p) in peers {
+        let _ = p.pc.close();
+        p.flush();
+        session_urls.push(p.session_url.clone());
+        if let Role::Viewer(v) = p.role {
+            viewers.push(v);
+        }
+    }
+    DriverResult {
+        viewers,
+        latency,
+        session_urls,
+    }
+}

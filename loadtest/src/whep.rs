@@ -1,0 +1,513 @@
+//! `tandem-loadtest whep`: one WHIP publisher of synthetic VP8 + Opus and N WHEP
+//! viewers ramped at a given rate; measures forwarding cost, latency, loss, keyframe wait.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use crate::bare::{self, BareResult};
+use crate::client::{Counters, Driver, Peer, PublishOptions};
+use crate::procstat;
+use crate::report::{self, Row};
+use crate::server::{metric, scrape};
+use crate::stats::{Percentiles, new_histogram};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct WhepConfig {
+    /// `http://127.0.0.1:PORT` of the server.
+    pub base: String,
+    pub stream: String,
+    pub publish_token: String,
+    pub subscribe_token: String,
+    /// The server's process id, for CPU and RSS (None: not measured).
+    pub server_pid: Option<u32>,
+    pub viewers: usize,
+    /// Viewers started per second.
+    pub ramp_per_s: f64,
+    /// Threads running viewers (the publisher has its own).
+    pub threads: usize,
+    /// Length of the measurement window once every viewer is connected.
+    pub duration: Duration,
+    /// How long to wait for viewers to connect before measuring anyway.
+    pub connect_timeout: Duration,
+    pub publish: PublishOptions,
+    /// Length of each bare-limit loop (zero: skip them).
+    pub bare_duration: Duration,
+    pub progress: bool,
+}
+
+impl Default for WhepConfig {
+    fn default() -> Self {
+        Self {
+            base: String::new(),
+            stream: "loadtest".into(),
+            publish_token: String::new(),
+            subscribe_token: String::new(),
+            server_pid: None,
+            viewers: 10,
+            ramp_per_s: 50.0,
+            threads: 1,
+            duration: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(30),
+            publish: PublishOptions::default(),
+            bare_duration: Duration::from_secs(2),
+            progress: false,
+        }
+    }
+}
+
+/// Server-side figures from /proc and /metrics over the measurement window.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ServerFigures {
+    pub cpu_user_s: f64,
+    pub cpu_system_s: f64,
+    /// Cores busy on average during the window.
+    pub cpu_cores: f64,
+    pub user_us_per_forwarded: f64,
+    pub system_us_per_forwarded: f64,
+    pub total_us_per_forwarded: f64,
+    pub rss_before_viewers_bytes: u64,
+    pub rss_with_viewers_bytes: u64,
+    pub rss_per_viewer_bytes: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Loss {
+    pub expected: u64,
+    pub received: u64,
+    pub lost: u64,
+    pub loss_ratio: f64,
+    pub late: u64,
+    pub duplicates: u64,
+    pub viewers_with_loss: usize,
+}
+
+/// Everything `whep` measured.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WhepReport {
+    pub viewers_requested: usize,
+    pub viewers_created: usize,
+    pub viewers_connected: usize,
+    pub viewers_failed: usize,
+    pub setup_errors: Vec<String>,
+    pub video_bitrate_bps: u64,
+    pub fps: u32,
+    pub window_s: f64,
+    /// Packets the publisher sent per second (server's ingest).
+    pub packets_in_per_s: f64,
+    /// Packets the server forwarded per second (its `packets_forwarded_total{direction="out"}`).
+    pub packets_out_per_s: f64,
+    /// Packets the viewers received per second.
+    pub packets_received_per_s: f64,
+    pub avg_wire_bytes: f64,
+    pub server: Option<ServerFigures>,
+    /// Publisher send → viewer receive, after SRTP both ways.
+    pub latency: Percentiles,
+    /// The server's own `tandem_forwarding_delay_seconds` mean over the window.
+    pub server_forwarding_delay_mean_ms: f64,
+    pub server_dropped_packets: f64,
+    pub loss: Loss,
+    pub keyframe_wait: Percentiles,
+    pub setup_time: Percentiles,
+    pub keyframes_sent: u64,
+    pub keyframe_requests: u64,
+    /// PLIs the server sent the publisher over the whole run (its metric).
+    pub server_keyframe_requests_sent: f64,
+    pub bare_udp_sendmmsg: Option<BareResult>,
+    pub bare_udp_sendto: Option<BareResult>,
+    pub load_average_before: f64,
+    pub load_average_after: f64,
+}
+
+async fn delete(http: &reqwest::Client, url: &str) {
+    let _ = http
+        .delete(url)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
+}
+
+/// Runs the WHEP load and returns the report (also after partial failures).
+pub async fn run(cfg: &WhepConfig) -> Result<WhepReport, String> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(64)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let counters = Arc::new(Counters::default());
+    let mut report = WhepReport {
+        viewers_requested: cfg.viewers,
+        video_bitrate_bps: cfg.publish.video_bitrate_bps,
+        fps: cfg.publish.fps,
+        load_average_before: procstat::loadavg(),
+        ..Default::default()
+    };
+    crate::media::base();
+
+    // The publisher, on its own thread.
+    let pub_driver = Driver::spawn("lt-publisher", counters.clone()).map_err(|e| e.to_string())?;
+    let whip = format!("{}/v1/whip/{}", cfg.base, cfg.stream);
+    let publisher =
+        Peer::connect(&http, &whip, &cfg.publish_token, Some(cfg.publish.clone())).await?;
+    let publisher_url = publisher.session_url.clone();
+    pub_driver.add(publisher);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !counters.publisher_connected.load(Ordering::Acquire) {
+        if Instant::now() > deadline {
+            counters.stop.store(true, Ordering::Release);
+            pub_driver.join();
+            return Err("the publisher did not connect within 15 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Let the stream settle (tracks open, first keyframe) before viewers come.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let m_begin = scrape(&http, &cfg.base).await;
+    let rss_before = cfg
+        .server_pid
+        .and_then(|p| procstat::sample(p).ok())
+        .map(|s| s.rss_bytes)
+        .unwrap_or(0);
+
+    // Viewers, ramped.
+    let threads = cfg.threads.max(1);
+    let drivers: Vec<Arc<Driver>> = (0..threads)
+        .map(|i| Driver::spawn(&format!("lt-viewers-{i}"), counters.clone()).map(Arc::new))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let pb = report::progress(cfg.progress, cfg.viewers as u64, "viewers connecting");
+    let whep = format!("{}/v1/whep/{}", cfg.base, cfg.stream);
+    let sem = Arc::new(Semaphore::new(16));
+    let mut tasks = Vec::with_capacity(cfg.viewers);
+    let ramp = Duration::from_secs_f64(1.0 / cfg.ramp_per_s.max(0.01));
+    let ramp_start = Instant::now();
+    for i in 0..cfg.viewers {
+        let at = ramp_start + ramp.mul_f64(i as f64);
+        tokio::time::sleep_until(at.into()).await;
+        let permit = sem
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| e.to_string())?;
+        let http = http.clone();
+        let url = whep.clone();
+        let token = cfg.subscribe_token.clone();
+        let driver = drivers[i % threads].clone();
+        tasks.push(tokio::spawn(async move {
+            let r = Peer::connect(&http, &url, &token, None).await;
+            drop(permit);
+            r.map(|peer| driver.add(peer))
+        }));
+        pb.set_position(counters.viewers_connected.load(Ordering::Relaxed) as u64);
+    }
+    let mut errors = Vec::new();
+    for t in tasks {
+        match t.await {
+            Ok(Ok(())) => report.viewers_created += 1,
+            Ok(Err(e)) => errors.push(e),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    report.setup_errors = errors.iter().take(5).cloned().collect();
+    if errors.len() > 5 {
+        report
+            .setup_errors
+            .push(format!("… and {} more", errors.len() - 5));
+    }
+    let deadline = Instant::now() + cfg.connect_timeout;
+    loop {
+        let done = counters.viewers_connected.load(Ordering::Relaxed)
+            + counters.viewers_failed.load(Ordering::Relaxed);
+        pb.set_position(counters.viewers_connected.load(Ordering::Relaxed) as u64);
+        if done >= report.viewers_created || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    pb.finish_and_clear();
+
+    // Warm up, then measure.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pb = report::progress(cfg.progress, cfg.duration.as_secs().max(1), "measuring");
+    let m0 = scrape(&http, &cfg.base).await;
+    let p0 = cfg.server_pid.and_then(|p| procstat::sample(p).ok());
+    let rx0 = counters.rx_packets.load(Ordering::Relaxed);
+    let tx0 = counters.tx_packets.load(Ordering::Relaxed);
+    let t0 = Instant::now();
+    counters.measuring.store(true, Ordering::Release);
+    while t0.elapsed() < cfg.duration {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        pb.set_position(t0.elapsed().as_secs());
+        let rx = counters.rx_packets.load(Ordering::Relaxed) - rx0;
+        pb.set_message(format!(
+            "{:.0} packets/s received",
+            rx as f64 / t0.elapsed().as_secs_f64()
+        ));
+    }
+    counters.measuring.store(false, Ordering::Release);
+    let window = t0.elapsed();
+    let p1 = cfg.server_pid.and_then(|p| procstat::sample(p).ok());
+    let m1 = scrape(&http, &cfg.base).await;
+    let rx1 = counters.rx_packets.load(Ordering::Relaxed);
+    let tx1 = counters.tx_packets.load(Ordering::Relaxed);
+    pb.finish_and_clear();
+    report.server_keyframe_requests_sent = metric(&m1, "tandem_keyframe_requests_sent_total", &[])
+        - metric(&m_begin, "tandem_keyframe_requests_sent_total", &[]);
+
+    let w = window.as_secs_f64();
+    report.window_s = w;
+    let d =
+        |name: &str, labels: &[(&str, &str)]| metric(&m1, name, labels) - metric(&m0, name, labels);
+    let out = d("tandem_packets_forwarded_total", &[("direction", "out")]);
+    report.packets_out_per_s = out / w;
+    report.packets_in_per_s = (tx1 - tx0) as f64 / w;
+    report.packets_received_per_s = (rx1 - rx0) as f64 / w;
+    report.server_dropped_packets = d("tandem_dropped_packets_total", &[]);
+    let delay_n = d("tandem_forwarding_delay_seconds_count", &[]);
+    if delay_n > 0.0 {
+        report.server_forwarding_delay_mean_ms =
+            d("tandem_forwarding_delay_seconds_sum", &[]) / delay_n * 1000.0;
+    }
+    let rx_bytes = counters.rx_bytes.load(Ordering::Relaxed) as f64;
+    let rx_all = counters.rx_packets.load(Ordering::Relaxed).max(1) as f64;
+    // RTP header (12) + SRTP AES-GCM tag (16) around the payload.
+    report.avg_wire_bytes = rx_bytes / rx_all + 28.0;
+    if let (Some(a), Some(b)) = (p0, p1) {
+        let (u, s, wall) = procstat::delta(&a, &b);
+        let n = out.max(1.0);
+        report.server = Some(ServerFigures {
+            cpu_user_s: u.as_secs_f64(),
+            cpu_system_s: s.as_secs_f64(),
+            cpu_cores: (u + s).as_secs_f64() / wall.as_secs_f64().max(1e-9),
+            user_us_per_forwarded: u.as_secs_f64() * 1e6 / n,
+            system_us_per_forwarded: s.as_secs_f64() * 1e6 / n,
+            total_us_per_forwarded: (u + s).as_secs_f64() * 1e6 / n,
+            rss_before_viewers_bytes: rss_before,
+            rss_with_viewers_bytes: b.rss_bytes,
+            rss_per_viewer_bytes: (b.rss_bytes as f64 - rss_before as f64)
+                / counters.viewers_connected.load(Ordering::Relaxed).max(1) as f64,
+        });
+    }
+
+    // Stop the peers, collect what they counted, end the sessions.
+    counters.stop.store(true, Ordering::Release);
+    let mut latency = new_histogram();
+    let mut keyframe = new_histogram();
+    let mut setup = new_histogram();
+    let mut urls = vec![publisher_url];
+    let mut loss = Loss::default();
+    for d in drivers {
+        d.wake();
+        let Ok(d) = Arc::try_unwrap(d) else { continue };
+        let r = d.join();
+        let _ = latency.add(&r.latency);
+        urls.extend(r.session_urls);
+        for v in r.viewers {
+            if let Some(k) = v.keyframe_wait() {
+                let _ = keyframe.record((k.as_micros() as u64).max(1));
+            }
+            if let Some(s) = v.setup_time() {
+                let _ = setup.record((s.as_micros() as u64).max(1));
+            }
+            let lost = v.video.lost() + v.audio.lost();
+            loss.expected += v.video.expected() + v.audio.expected();
+            loss.received += v.video.received + v.audio.received;
+            loss.lost += lost;
+            loss.late += v.video.late + v.audio.late;
+            loss.duplicates += v.video.duplicates + v.audio.duplicates;
+            if lost > 0 {
+                loss.viewers_with_loss += 1;
+            }
+        }
+    }
+    pub_driver.join();
+    loss.loss_ratio = loss.lost as f64 / loss.expected.max(1) as f64;
+    report.loss = loss;
+    report.latency = Percentiles::of(&latency);
+    report.keyframe_wait = Percentiles::of(&keyframe);
+    report.setup_time = Percentiles::of(&setup);
+    report.viewers_connected = counters.viewers_connected.load(Ordering::Relaxed);
+    report.viewers_failed = counters.viewers_failed.load(Ordering::Relaxed);
+    report.keyframes_sent = counters.keyframes_sent.load(Ordering::Relaxed);
+    report.keyframe_requests = counters.keyframe_requests.load(Ordering::Relaxed);
+    let sem = Arc::new(Semaphore::new(32));
+    let mut dels = Vec::new();
+    for url in urls {
+        let http = http.clone();
+        let sem = sem.clone();
+        dels.push(tokio::spawn(async move {
+            let _p = sem.acquire().await;
+            delete(&http, &url).await;
+        }));
+    }
+    for d in dels {
+        let _ = d.await;
+    }
+
+    // The bare limits, on the same machine, now that the load is gone.
+    if !cfg.bare_duration.is_zero() {
+        let n = cfg.viewers.max(1);
+        let size = report.avg_wire_bytes.round().max(64.0) as usize;
+        let dur = cfg.bare_duration;
+        let (mm, st) = tokio::task::spawn_blocking(move || {
+            (
+                bare::udp(n, size, dur, 64).ok(),
+                bare::udp(n, size, dur, 1).ok(),
+            )
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        report.bare_udp_sendmmsg = mm;
+        report.bare_udp_sendto = st;
+    }
+    report.load_average_after = procstat::loadavg();
+    Ok(report)
+}
+
+/// The table of a `whep` report, with the targets of issue 5.
+pub fn rows(r: &WhepReport) -> Vec<Row> {
+    let mut rows = vec![
+        Row::new(
+            "viewers connected / requested",
+            format!("{} / {}", r.viewers_connected, r.viewers_requested),
+        ),
+        Row::new(
+            "stream",
+            format!(
+                "{:.2} Mbps VP8 @ {} fps + Opus",
+                r.video_bitrate_bps as f64 / 1e6,
+                r.fps
+            ),
+        ),
+        Row::new(
+            "packets/s in (publisher)",
+            format!("{:.0}", r.packets_in_per_s),
+        ),
+        Row::new(
+            "packets/s out (server)",
+            format!("{:.0}", r.packets_out_per_s),
+        ),
+        Row::new(
+            "packets/s received (viewers)",
+            format!("{:.0}", r.packets_received_per_s),
+        ),
+    ];
+    let bare = r.bare_udp_sendmmsg.as_ref();
+    if let Some(s) = &r.server {
+        rows.push(
+            Row::new(
+                "server user CPU / forwarded packet",
+                report::us(s.user_us_per_forwarded),
+            )
+            .target("≤ 2.5 µs", Some(s.user_us_per_forwarded <= 2.5)),
+        );
+        rows.push(Row::new(
+            "server system CPU / forwarded packet",
+            report::us(s.system_us_per_forwarded),
+        ));
+        let mut row = Row::new(
+            "server total CPU / forwarded packet",
+            report::us(s.total_us_per_forwarded),
+        );
+        if let Some(b) = bare {
+            let ratio = s.total_us_per_forwarded / b.total_us_per_op;
+            row = row
+                .bare(
+                    format!("{} (sendmmsg)", report::us(b.total_us_per_op)),
+                    ratio,
+                )
+                .target("≤ 1.5× bare", Some(ratio <= 1.5));
+        }
+        rows.push(row);
+        if let Some(b) = &r.bare_udp_sendto {
+            rows.push(
+                Row::new(
+                    "  same, against sendto per packet",
+                    report::us(s.total_us_per_forwarded),
+                )
+                .bare(
+                    report::us(b.total_us_per_op),
+                    s.total_us_per_forwarded / b.total_us_per_op,
+                ),
+            );
+        }
+        rows.push(Row::new(
+            "server CPU cores busy",
+            format!("{:.2}", s.cpu_cores),
+        ));
+        rows.push(Row::new(
+            "server RSS per viewer",
+            format!("{:.0} KiB", s.rss_per_viewer_bytes / 1024.0),
+        ));
+    }
+    rows.push(
+        Row::new(
+            "latency p50 / p99 / p999",
+            format!(
+                "{} / {} / {}",
+                report::ms(r.latency.p50_ms),
+                report::ms(r.latency.p99_ms),
+                report::ms(r.latency.p999_ms)
+            ),
+        )
+        .target(
+            "p99 < 2 ms",
+            (r.latency.count > 0).then_some(r.latency.p99_ms < 2.0),
+        ),
+    );
+    rows.push(Row::new(
+        "server forwarding delay (mean)",
+        report::ms(r.server_forwarding_delay_mean_ms),
+    ));
+    rows.push(
+        Row::new(
+            "loss (lost / expected)",
+            format!(
+                "{} / {} ({:.4} %)",
+                r.loss.lost,
+                r.loss.expected,
+                r.loss.loss_ratio * 100.0
+            ),
+        )
+        .target("0 below saturation", Some(r.loss.lost == 0)),
+    );
+    rows.push(Row::new(
+        "late (reordered) packets",
+        r.loss.late.to_string(),
+    ));
+    rows.push(Row::new(
+        "server dropped packets",
+        format!("{:.0}", r.server_dropped_packets),
+    ));
+    rows.push(
+        Row::new(
+            "keyframe wait p50 / p99",
+            format!(
+                "{} / {}",
+                report::ms(r.keyframe_wait.p50_ms),
+                report::ms(r.keyframe_wait.p99_ms)
+            ),
+        )
+        .target(
+            "p99 < 600 ms",
+            (r.keyframe_wait.count > 0).then_some(r.keyframe_wait.p99_ms < 600.0),
+        ),
+    );
+    rows.push(Row::new(
+        "session setup p50 / p99",
+        format!(
+            "{} / {}",
+            report::ms(r.setup_time.p50_ms),
+            report::ms(r.setup_time.p99_ms)
+        ),
+    ));
+    rows.push(Row::new(
+        "load average before / after",
+        format!("{:.2} / {:.2}", r.load_average_before, r.load_average_after),
+    ));
+    rows
+}
