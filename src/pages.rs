@@ -36,6 +36,21 @@ const ASSETS: &[(&str, &str, &str)] = &[
         "text/css; charset=utf-8",
         include_str!("../web/style.css"),
     ),
+    (
+        "together.html",
+        "text/html; charset=utf-8",
+        include_str!("../web/together.html"),
+    ),
+    (
+        "tandem-sync.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../web/tandem-sync.js"),
+    ),
+    (
+        "together.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../web/together.js"),
+    ),
 ];
 
 pub fn routes() -> Router<AppState> {
@@ -47,6 +62,7 @@ pub fn routes() -> Router<AppState> {
             get(|| async { asset("broadcast.html") }),
         )
         .route("/watch/{stream}", get(|| async { asset("watch.html") }))
+        .route("/together/{room}", get(|| async { asset("together.html") }))
         .route(
             "/web/{file}",
             get(|Path(file): Path<String>| async move { asset(&file) }),

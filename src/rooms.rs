@@ -41,6 +41,36 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/rooms/{room}/ws", get(ws))
         .route("/v1/rooms/{room}/token", post(mint))
+        .route("/media/{file}", get(media_file))
+}
+
+/// `GET /media/{file}`: videos for Watch Together pages, from `data_dir/media`
+/// (with Range support, so players can seek).
+async fn media_file(
+    State(state): State<AppState>,
+    Path(file): Path<String>,
+    req: axum::extract::Request,
+) -> Response {
+    let ok = !file.is_empty()
+        && !file.starts_with('.')
+        && file
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if !ok {
+        return AppError::not_found("no such media file").into_response();
+    }
+    let path = state.config.data_dir.join("media").join(&file);
+    if !path.is_file() {
+        return AppError::not_found("no such media file").into_response();
+    }
+    use tower::ServiceExt;
+    match tower_http::services::ServeFile::new(path)
+        .oneshot(req)
+        .await
+    {
+        Ok(r) => r.into_response(),
+        Err(never) => match never {},
+    }
 }
 
 /// The WebSocket upgrade, or nothing (so a plain GET gets a JSON 400, not a bare rejection).

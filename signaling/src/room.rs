@@ -926,6 +926,10 @@ impl Room {
                     self.members[idx].reported_offset = Some(offset);
                 }
             }
+            ClientMsg::Snapshot => {
+                let v = self.welcome(idx);
+                self.send_to(idx, &v);
+            }
             ClientMsg::Visibility { hidden } => {
                 self.members[idx].hidden = hidden;
                 if !hidden {

@@ -24,6 +24,7 @@ pub const CLIENT_TYPES: &[&str] = &[
     "time.pong",
     "time.report",
     "client.visibility",
+    "room.snapshot",
 ];
 
 #[derive(Debug, Clone, Deserialize)]
@@ -176,6 +177,9 @@ pub enum ClientMsg {
     TimeReport { offset: f64, rtt: f64 },
     #[serde(rename = "client.visibility")]
     Visibility { hidden: bool },
+    /// Extension: asks for a fresh `welcome` (after a `seq` gap).
+    #[serde(rename = "room.snapshot")]
+    Snapshot,
 }
 
 /// Why a frame could not be turned into a [`ClientMsg`].

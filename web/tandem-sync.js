@@ -1,0 +1,391 @@
+// tandem-sync.js: the Watch Together client SDK (SYNC_PROTOCOL.md v1), an ES module
+// with no dependencies. Connects, keeps a clock offset to the server, follows the
+// room's playback state, resumes after a drop, and drives a <video> (attach) or any
+// seek-only player (attachSeekOnly).
+
+const localNow = () => performance.timeOrigin + performance.now();
+
+/** NTP-style filter: lowest-RTT samples of a sliding window, median offset. */
+class ClockFilter {
+  constructor(window = 16, best = 4) { this.window = window; this.best = best; this.samples = []; }
+  add(offset, rtt) {
+    this.samples.push({ offset, rtt });
+    if (this.samples.length > this.window) this.samples.shift();
+  }
+  estimate() {
+    if (!this.samples.length) return null;
+    const best = [...this.samples].sort((a, b) => a.rtt - b.rtt).slice(0, this.best);
+    const rtt = best[0].rtt;
+    const offs = best.map((s) => s.offset).sort((a, b) => a - b);
+    const n = offs.length;
+    const offset = n % 2 ? offs[(n - 1) / 2] : (offs[n / 2 - 1] + offs[n / 2]) / 2;
+    return { offset, rtt };
+  }
+}
+
+export class TandemSync extends EventTarget {
+  /**
+   * @param {object} o
+   * @param {string} o.url  ws(s)://host/v1/rooms/{room}/ws (token added as ?token=)
+   * @param {string} o.token room token
+   * @param {{name?:string, avatar?:string}} [o.user]
+   * @param {Storage} [o.storage] where the resume data survives a reload (sessionStorage)
+   */
+  constructor({ url, token, user, storage } = {}) {
+    super();
+    this.url = url;
+    this.token = token;
+    this.user = user || {};
+    this.storage = storage === undefined ? globalThis.sessionStorage : storage;
+    this.clock = new ClockFilter();
+    this.offset = 0;
+    this.rtt = null;
+    this.session = null;
+    this.you = null;
+    this.room = null;
+    this.members = new Map();
+    this.playback = null;
+    this.chat = [];
+    this.lastSeq = 0;
+    this.connected = false;
+    this._closing = false;
+    this._attempt = 0;
+    this._pingId = 0;
+    this._pings = new Map();
+    this._timers = [];
+    this._key = 'tandem-sync:' + url;
+  }
+
+  /** Server time now (ms since the epoch), from the local clock and the offset. */
+  serverNow() { return localNow() + this.offset; }
+  localNow() { return localNow(); }
+
+  /** Expected media position now (seconds), from the room's playback state. */
+  position(at = this.serverNow()) {
+    const p = this.playback;
+    if (!p) return 0;
+    if (p.paused) return p.position;
+    return Math.max(0, p.position + ((at - p.at) / 1000) * p.rate);
+  }
+
+  isHost() { return !!(this.you && this.room && this.room.host === this.you.id); }
+
+  connect() {
+    this._closing = false;
+    const sep = this.url.includes('?') ? '&' : '?';
+    const ws = new WebSocket(this.url + sep + 'token=' + encodeURIComponent(this.token));
+    this.ws = ws;
+    ws.onopen = () => {
+      const hello = { type: 'hello', user: this.user };
+      const saved = this._loadResume();
+      if (saved) hello.resume = saved;
+      ws.send(JSON.stringify(hello));
+    };
+    ws.onmessage = (ev) => {
+      let m;
+      try { m = JSON.parse(ev.data); } catch { return; }
+      this._onMessage(m);
+    };
+    ws.onclose = (ev) => {
+      this.connected = false;
+      this._stopTimers();
+      this._emit('connection', { connected: false, code: ev.code, reason: ev.reason });
+      if (this._closing || ev.code === 4001 || ev.code === 4003 || ev.code === 1009) {
+        if (ev.code === 4003 || ev.code === 4001) this._clearResume();
+        return;
+      }
+      const delay = Math.min(10000, 250 * 2 ** this._attempt) * (0.75 + Math.random() * 0.5);
+      this._attempt++;
+      setTimeout(() => { if (!this._closing) this.connect(); }, delay);
+    };
+    return this;
+  }
+
+  /** Leaves the room for good (close 1000: the server hands the host role on at once). */
+  close() {
+    this._closing = true;
+    this._clearResume();
+    this._stopTimers();
+    if (this.ws) this.ws.close(1000, 'bye');
+  }
+
+  send(obj) {
+    if (this.ws && this.ws.readyState === 1) { this.ws.send(JSON.stringify(obj)); return true; }
+    return false;
+  }
+
+  // ---- commands -------------------------------------------------------------------
+  command(action, fields = {}) {
+    const msg = { type: 'playback.command', action, at: localNow(), ...fields };
+    if (msg.position === undefined && action !== 'load') msg.position = this.position();
+    return this.send(msg);
+  }
+  play(position) { return this.command('play', position === undefined ? {} : { position }); }
+  pause(position) { return this.command('pause', position === undefined ? {} : { position }); }
+  seek(position) { return this.command('seek', { position }); }
+  setRate(rate) { return this.command('rate', { rate }); }
+  load(media, position = 0) { return this.command('load', { media, position }); }
+  transferHost(to) { return this.send({ type: 'host.transfer', to }); }
+  settings(s) { return this.send({ type: 'room.settings', ...s }); }
+  sendChat(text, media_time) {
+    const client_msg_id = (crypto.randomUUID && crypto.randomUUID()) || String(Math.random()).slice(2);
+    const m = { type: 'chat.send', text, client_msg_id };
+    if (media_time !== undefined) m.media_time = media_time;
+    this.send(m);
+    return client_msg_id;
+  }
+  history(before, limit = 50) { return this.send({ type: 'chat.history', before, limit }); }
+  react(emoji, media_time) { return this.send({ type: 'reaction', emoji, media_time }); }
+  deleteChat(id) { return this.send({ type: 'chat.delete', id }); }
+  mute(user, seconds) { return this.send({ type: 'member.mute', user, seconds }); }
+  kick(user, reason) { return this.send({ type: 'member.kick', user, reason }); }
+  ban(user, reason) { return this.send({ type: 'member.ban', user, reason }); }
+  setHidden(hidden) { return this.send({ type: 'client.visibility', hidden }); }
+  report(state, position) {
+    return this.send({ type: 'playback.report', state, position, at: localNow(), seq: this.playback ? this.playback.seq : undefined });
+  }
+
+  // ---- clock ----------------------------------------------------------------------
+  _ping() {
+    const id = ++this._pingId;
+    this._pings.set(id, true);
+    this.send({ type: 'time.ping', id, t0: localNow() });
+  }
+  _burst() {
+    for (let i = 0; i < 8; i++) this._timers.push(setTimeout(() => this._ping(), i * 60));
+    this._timers.push(setInterval(() => this._ping(), 15000));
+  }
+  _stopTimers() { this._timers.forEach((t) => { clearTimeout(t); clearInterval(t); }); this._timers = []; }
+
+  // ---- resume ---------------------------------------------------------------------
+  _saveResume() {
+    if (!this.storage || !this.session) return;
+    try { this.storage.setItem(this._key, JSON.stringify({ session: this.session, resume_token: this.resumeToken, last_seq: this.lastSeq })); } catch {}
+  }
+  _loadResume() {
+    if (!this.storage) return null;
+    try { return JSON.parse(this.storage.getItem(this._key) || 'null'); } catch { return null; }
+  }
+  _clearResume() { try { this.storage && this.storage.removeItem(this._key); } catch {} }
+
+  _emit(type, detail) { this.dispatchEvent(new CustomEvent(type, { detail })); }
+
+  // ---- messages -------------------------------------------------------------------
+  _onMessage(m) {
+    if (this.debug) console.log('recv', m.type, m.seq === undefined ? '' : m.seq, m.type === 'error' ? m.message : '');
+    if (typeof m.seq === 'number' && m.type !== 'sync.hint' && m.type !== 'welcome') {
+      if (m.seq <= this.lastSeq) return; // already seen (replay overlap)
+      if (m.seq > this.lastSeq + 1 && this.connected) this.send({ type: 'room.snapshot' });
+      this.lastSeq = m.seq;
+      this._saveResume();
+    }
+    switch (m.type) {
+      case 'welcome': {
+        this.session = m.session; this.resumeToken = m.resume_token; this.you = m.you;
+        this.room = m.room; this.lastSeq = m.room.seq;
+        this.members = new Map(m.room.members.map((x) => [x.session, x]));
+        this.playback = m.room.playback; this.chat = m.chat;
+        this._online();
+        this._emit('welcome', m);
+        this._emit('presence', { members: [...this.members.values()] });
+        this._emit('chat', { kind: 'reset', messages: this.chat });
+        this._emit('state', this.playback);
+        break;
+      }
+      case 'resumed':
+        this.session = m.session; this.resumeToken = m.resume_token; this.you = m.you;
+        this._online();
+        // A reloaded page resumes its session but has no room state yet: ask for it.
+        if (!this.room) this.send({ type: 'room.snapshot' });
+        this._emit('resumed', m);
+        break;
+      case 'time.pong': {
+        if (!this._pings.delete(m.id)) break;
+        const t3 = localNow();
+        const rtt = (t3 - m.t0) - (m.t2 - m.t1);
+        const offset = ((m.t1 - m.t0) + (m.t2 - t3)) / 2;
+        this.clock.add(offset, Math.max(0, rtt));
+        const est = this.clock.estimate();
+        this.offset = est.offset; this.rtt = est.rtt;
+        this.send({ type: 'time.report', offset: est.offset, rtt: est.rtt });
+        this._emit('clock', est);
+        break;
+      }
+      case 'time.ping': {
+        const t1 = localNow();
+        this.send({ type: 'time.pong', id: m.id, t0: m.t0, t1, t2: localNow() });
+        break;
+      }
+      case 'playback.state':
+        this.playback = m;
+        if (this.room) this.room.host = m.host;
+        this._emit('state', m);
+        break;
+      case 'presence.join': case 'presence.update':
+        this.members.set(m.member.session, m.member);
+        this._emit('presence', { members: [...this.members.values()], change: m });
+        break;
+      case 'presence.leave':
+        this.members.delete(m.member.session);
+        this._emit('presence', { members: [...this.members.values()], change: m });
+        break;
+      case 'host.changed':
+        if (this.room) this.room.host = m.host;
+        for (const x of this.members.values()) x.role = x.id === m.host ? 'host' : (x.role === 'host' ? 'viewer' : x.role);
+        this._emit('host', m);
+        this._emit('presence', { members: [...this.members.values()], change: m });
+        break;
+      case 'room.settings':
+        if (this.room) Object.assign(this.room, { control: m.control, slow_mode_ms: m.slow_mode_ms });
+        this._emit('settings', m);
+        break;
+      case 'chat.message':
+        if (!m.duplicate) this.chat.push(m);
+        this._emit('chat', { kind: 'message', message: m });
+        break;
+      case 'chat.deleted':
+        this.chat = this.chat.filter((c) => c.id !== m.id);
+        this._emit('chat', { kind: 'deleted', id: m.id, by: m.by });
+        break;
+      case 'chat.page':
+        this._emit('chat', { kind: 'page', messages: m.messages, has_more: m.has_more });
+        break;
+      case 'reaction':
+        this._emit('reaction', m);
+        break;
+      case 'member.muted': case 'member.unmuted': case 'member.kicked': case 'member.banned': case 'member.unbanned':
+        this._emit('moderation', m);
+        break;
+      case 'sync.hint':
+        this._emit('hint', m);
+        break;
+      case 'error':
+        this._emit('error', m);
+        break;
+      default:
+        this._emit('message', m);
+    }
+  }
+
+  _online() {
+    this.connected = true;
+    this._attempt = 0;
+    this._saveResume();
+    this._stopTimers();
+    this._burst();
+    this._emit('connection', { connected: true });
+  }
+
+  /** Drives an HTMLVideoElement; see VideoAdapter. */
+  attach(video, opts) { return new VideoAdapter(this, new MediaElementPlayer(video), opts); }
+
+  /**
+   * Drives a player that can only seek/play/pause (e.g. an embedded iframe player):
+   * `player = { getTime(): number, seek(t), play(), pause(), isPaused(): boolean,
+   *   setRate?(r), isReady?(): boolean }`.
+   */
+  attachSeekOnly(player, opts) { return new VideoAdapter(this, player, { ...opts, canRate: !!player.setRate }); }
+}
+
+/** Seek-only player interface over a <video>/<audio> element. */
+export class MediaElementPlayer {
+  constructor(el) { this.el = el; }
+  getTime() { return this.el.currentTime; }
+  seek(t) { this.el.currentTime = t; }
+  play() { return this.el.play().catch(() => {}); }
+  pause() { this.el.pause(); }
+  isPaused() { return this.el.paused; }
+  setRate(r) { this.el.playbackRate = r; }
+  isReady() { return this.el.readyState >= 3 && !this.el.seeking; }
+  on(ev, f) { this.el.addEventListener(ev, f); }
+}
+
+/**
+ * Applies the room's state to a player. Correction policy: under 30 ms do nothing;
+ * 30 ms–1.5 s nudge the rate within ±5 % until under 15 ms; beyond 1.5 s (or when the
+ * player cannot change rate) seek to target + measured seek latency, at most every 3 s.
+ */
+export class VideoAdapter {
+  constructor(sync, player, opts = {}) {
+    this.sync = sync;
+    this.player = player;
+    this.canRate = opts.canRate !== false && !!player.setRate;
+    this.seekLatency = 0.05; // s, measured
+    this.lastSeek = 0;
+    this.nudging = false;
+    this.readySent = -1;
+    this.drift = 0;
+    this._onState = () => this.apply(true);
+    sync.addEventListener('state', this._onState);
+    sync.addEventListener('hint', (e) => { if (e.detail.action === 'seek') this.lastSeek = 0; this.apply(false); });
+    if (player.on) {
+      player.on('seeked', () => {
+        if (this._seekStarted) { const lat = (localNow() - this._seekStarted) / 1000; this.seekLatency = 0.7 * this.seekLatency + 0.3 * Math.min(lat, 1); this._seekStarted = 0; }
+        this.apply(false);
+      });
+      player.on('canplay', () => this.apply(false));
+      player.on('waiting', () => this.sync.report('buffering', this.player.getTime()));
+    }
+    this.timer = setInterval(() => this.apply(false), 100);
+    this.reportTimer = setInterval(() => this.report(), 1500);
+  }
+
+  detach() { clearInterval(this.timer); clearInterval(this.reportTimer); this.sync.removeEventListener('state', this._onState); }
+
+  report() {
+    const p = this.sync.playback;
+    if (!p) return;
+    const st = this.player.isPaused() ? 'paused' : 'playing';
+    this.sync.report(st, this.player.getTime());
+  }
+
+  _seek(t) { this._seekStarted = localNow(); this.lastSeek = localNow(); this.player.seek(t); }
+
+  apply(fresh) {
+    const p = this.sync.playback;
+    if (!p || !this.sync.connected) return;
+    const now = this.sync.serverNow();
+    const cur = this.player.getTime();
+    if (p.paused || now < p.at) {
+      // Paused, or a scheduled start in the near future: hold at the position.
+      if (!this.player.isPaused()) this.player.pause();
+      if (this.canRate) this.player.setRate(p.rate);
+      if (Math.abs(cur - p.position) > 0.01 && (fresh || localNow() - this.lastSeek > 500)) this._seek(p.position);
+      if (p.waiting && this.readySent !== p.seq && Math.abs(this.player.getTime() - p.position) <= 0.01 && (!this.player.isReady || this.player.isReady())) {
+        this.readySent = p.seq;
+        this.sync.report('ready', this.player.getTime());
+      }
+      if (!p.paused && now < p.at) {
+        clearTimeout(this._startTimer);
+        this._startTimer = setTimeout(() => this.apply(false), Math.max(0, p.at - now));
+      }
+      return;
+    }
+    const target = this.sync.position(now);
+    const drift = cur - target; // s, + ahead
+    this.drift = drift;
+    const abs = Math.abs(drift);
+    if (this.player.isPaused()) {
+      if (abs > 0.1) this._seek(target + this.seekLatency * p.rate);
+      this.player.play();
+      return;
+    }
+    if (abs > 1.5 || (!this.canRate && abs > 0.03)) {
+      if (localNow() - this.lastSeek > 3000 || fresh) {
+        this._seek(target + this.seekLatency * p.rate);
+      }
+      if (this.canRate) this.player.setRate(p.rate);
+      return;
+    }
+    if (!this.canRate) return;
+    if (this.nudging ? abs < 0.015 : abs < 0.03) {
+      this.nudging = false;
+      this.player.setRate(p.rate);
+      return;
+    }
+    this.nudging = true;
+    // Close the gap over about a second, within ±5 %.
+    const k = Math.max(-0.05, Math.min(0.05, -drift));
+    this.player.setRate(p.rate * (1 + k));
+  }
+}
