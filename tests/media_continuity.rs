@@ -53,17 +53,25 @@ async fn viewers_keep_decoding_across_a_publisher_reconnect() {
     let _media = media_lock().await;
     let app = spawn_app().await;
     let mut browser = Browser::launch().await;
-    let watch = app.url(&format!("/watch/cont?token={}", app.subscribe_token("cont")));
+    let watch = app.url(&format!(
+        "/watch/cont?token={}",
+        app.subscribe_token("cont")
+    ));
     browser.open("viewer", &watch).await;
 
     let mut first = PyPeer::publisher(&app, "cont", &[]);
     first.wait_event("connected", Duration::from_secs(30)).await;
     let before = wait_frames(&mut browser, 60, Duration::from_secs(30)).await;
     let done = first.stop(Duration::from_secs(20)).await;
-    assert_eq!(done["delete_status"], 200, "first publisher DELETEd: {done}");
+    assert_eq!(
+        done["delete_status"], 200,
+        "first publisher DELETEd: {done}"
+    );
 
     let mut second = PyPeer::publisher(&app, "cont", &[]);
-    second.wait_event("connected", Duration::from_secs(30)).await;
+    second
+        .wait_event("connected", Duration::from_secs(30))
+        .await;
     let target = before["frames"].as_u64().unwrap() + 60;
     let after = wait_frames(&mut browser, target, Duration::from_secs(30)).await;
 

@@ -4,6 +4,7 @@
 //! Module map:
 //! - [`config`]: what the SFU needs to know (port, advertised addresses, limits).
 //! - [`error`]: [`MediaError`], what can go wrong with a session request.
+//! - [`feedback`]: lets viewers' PLI/FIR/NACK through webrtc-rs to the SFU.
 //! - [`sdp`]: checks offers before any state is made; trickle/restart fragments.
 //! - [`stun`]: the few bytes of STUN the demultiplexer reads (USERNAME).
 //! - [`track`]: stream numbering that stays continuous across publisher reconnects.
@@ -16,6 +17,7 @@
 
 pub mod config;
 pub mod error;
+pub mod feedback;
 pub mod metrics;
 pub mod sdp;
 pub mod session;

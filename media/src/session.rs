@@ -7,11 +7,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use rtc::interceptor::Registry;
+use rtc::interceptor::{NackGeneratorBuilder, ReceiverReportBuilder, SenderReportBuilder, Slot};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::RTCPeerConnectionBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
-use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::interceptor_registry::{
+    configure_simulcast_extension_headers, configure_twcc_receiver_only,
+};
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::sdp::RTCSessionDescription;
@@ -73,8 +76,6 @@ pub struct Session {
     pub forwarding: bool,
     // Viewer side.
     pub viewer_tracks: [Option<ViewerTrack>; 2],
-    pub nack_seen: bool,
-    pub retransmitted_reported: u64,
     // Publisher side.
     pub publisher_tracks: HashMap<String, PublisherTrack>,
     pub continuity: [Continuity; 2],
@@ -82,9 +83,49 @@ pub struct Session {
     pub epoch: u32,
 }
 
+/// The RTP/RTCP pipeline of a session.
+///
+/// Publishers: NACKs for ingest loss, receiver reports, TWCC feedback so the
+/// publisher's encoder adapts. Viewers: sender reports only — their NACKs are
+/// answered by the worker from one retransmission cache per track shared by every
+/// viewer, not from a per-viewer copy of every packet.
+fn interceptors(kind: SessionKind, engine: &mut MediaEngine) -> Result<Registry, MediaError> {
+    let internal =
+        |e: rtc::shared::error::Error| MediaError::Internal(format!("interceptors: {e}"));
+    for parameter in ["", "pli"] {
+        engine.register_feedback(
+            RTCPFeedback {
+                typ: "nack".into(),
+                parameter: parameter.into(),
+            },
+            RtpCodecKind::Video,
+        );
+    }
+    Ok(match kind {
+        SessionKind::Publisher => {
+            configure_simulcast_extension_headers(engine).map_err(internal)?;
+            let registry = Registry::new()
+                .with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
+                .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build());
+            configure_twcc_receiver_only(registry, engine).map_err(internal)?
+        }
+        SessionKind::Viewer => {
+            Registry::new()
+                .with(Slot::SenderReport, SenderReportBuilder::new().build())
+                // Application-most, after every interceptor has seen the packet.
+                .with(
+                    Slot::from(14_000),
+                    crate::feedback::ViewerFeedback::default(),
+                )
+        }
+    })
+}
+
 /// The codecs tandem negotiates. Payload types only matter for offers we would
-/// create; as answerer the client's numbers are used.
-pub fn register_codecs(engine: &mut MediaEngine) -> Result<(), MediaError> {
+/// create; as answerer the client's numbers are used. Publishers may send RTX
+/// (the stack restores the original packets); viewers get plain retransmissions
+/// (RFC 4585) from the shared per-track cache, so RTX is not offered to them.
+pub fn register_codecs(engine: &mut MediaEngine, kind: SessionKind) -> Result<(), MediaError> {
     let fb = |typ: &str, parameter: &str| RTCPFeedback {
         typ: typ.to_string(),
         parameter: parameter.to_string(),
@@ -151,12 +192,14 @@ pub fn register_codecs(engine: &mut MediaEngine) -> Result<(), MediaError> {
                 RtpCodecKind::Video,
             )
             .map_err(internal)?;
-        engine
-            .register_codec(
-                codec("video/rtx", 90000, 0, &format!("apt={pt}"), pt + 1, vec![]),
-                RtpCodecKind::Video,
-            )
-            .map_err(internal)?;
+        if kind == SessionKind::Publisher {
+            engine
+                .register_codec(
+                    codec("video/rtx", 90000, 0, &format!("apt={pt}"), pt + 1, vec![]),
+                    RtpCodecKind::Video,
+                )
+                .map_err(internal)?;
+        }
     }
     Ok(())
 }
@@ -307,9 +350,8 @@ pub fn viewer_track(
 /// DTLS server (setup:passive), host candidates on the shared media port.
 pub fn build(params: BuildParams<'_>) -> Result<Built, MediaError> {
     let mut engine = MediaEngine::default();
-    register_codecs(&mut engine)?;
-    let registry = register_default_interceptors(Registry::new(), &mut engine)
-        .map_err(|e| MediaError::Internal(format!("interceptors: {e}")))?;
+    register_codecs(&mut engine, params.kind)?;
+    let registry = interceptors(params.kind, &mut engine)?;
     let settings = SettingEngineBuilder::new()
         .with_lite(true)
         .with_answering_dtls_role(RTCDtlsRole::Server)
@@ -337,7 +379,7 @@ pub fn build(params: BuildParams<'_>) -> Result<Built, MediaError> {
                 }
                 seen[slot] = true;
                 let ssrc: u32 = rand::random();
-                let rtx_ssrc = (media.kind == MediaKind::Video).then(rand::random::<u32>);
+                let rtx_ssrc = None;
                 let codec = track_codec(media.kind, params.publisher_codecs);
                 let sender = pc
                     .add_track(viewer_track(

@@ -99,3 +99,62 @@ mod tests {
         assert_eq!(c.map(500, 0, t0).0, 13);
     }
 }
+
+/// Recent packets of one track in the stream's numbering, shared by every viewer
+/// on a worker: a viewer's NACK is answered from here (RFC 4585 retransmission),
+/// so no viewer keeps its own copy of the stream.
+pub struct RetransmitCache {
+    slots: Vec<Option<rtc::rtp::Packet>>,
+    mask: usize,
+}
+
+impl RetransmitCache {
+    /// `size` is rounded up to a power of two.
+    pub fn new(size: usize) -> Self {
+        let size = size.max(1).next_power_of_two();
+        Self {
+            slots: (0..size).map(|_| None).collect(),
+            mask: size - 1,
+        }
+    }
+
+    /// Keeps a packet; the clone shares the payload and allocates nothing.
+    pub fn insert(&mut self, packet: &rtc::rtp::Packet) {
+        let slot = packet.header.sequence_number as usize & self.mask;
+        self.slots[slot] = Some(packet.clone());
+    }
+
+    pub fn get(&self, seq: u16) -> Option<&rtc::rtp::Packet> {
+        self.slots[seq as usize & self.mask]
+            .as_ref()
+            .filter(|p| p.header.sequence_number == seq)
+    }
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::*;
+
+    fn packet(seq: u16) -> rtc::rtp::Packet {
+        let mut p = rtc::rtp::Packet::default();
+        p.header.sequence_number = seq;
+        p.payload = bytes::Bytes::from_static(b"payload");
+        p
+    }
+
+    #[test]
+    fn finds_recent_packets_and_forgets_overwritten_ones() {
+        let mut cache = RetransmitCache::new(4);
+        for seq in 65534..=65535u16 {
+            cache.insert(&packet(seq));
+        }
+        for seq in 0..3u16 {
+            cache.insert(&packet(seq));
+        }
+        assert!(cache.get(2).is_some());
+        assert!(cache.get(65535).is_some());
+        // 65534 shared its slot with 2 and was overwritten.
+        assert!(cache.get(65534).is_none());
+        assert!(cache.get(3).is_none());
+    }
+}

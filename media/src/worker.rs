@@ -33,7 +33,7 @@ use crate::sfu::{
     StreamShared, random_hex,
 };
 use crate::tcp::TcpLink;
-use crate::track::Continuity;
+use crate::track::{Continuity, RetransmitCache};
 
 /// Requests from the HTTP side and from other workers; low volume.
 pub(crate) enum Control {
@@ -176,14 +176,18 @@ pub(crate) fn run(
             to_close: Vec::new(),
             scratch_keys: Vec::new(),
             last_refresh: Instant::now(),
-            last_stats: Instant::now(),
         };
         worker.run(socket, control, inbound).await;
     });
 }
 
+/// Packets per track kept for retransmission (about 1 s of 2.5 Mbps video).
+const RETRANSMIT_CACHE: usize = 512;
+
 struct LocalStream {
     shared: Arc<StreamShared>,
+    /// Recent audio and video packets, for viewers' NACKs.
+    caches: [RetransmitCache; 2],
     /// Connected viewers on this worker, in fan-out order.
     viewers: Vec<u64>,
     /// Sessions of this stream on this worker (publisher and viewers).
@@ -208,12 +212,10 @@ struct Worker {
     to_close: Vec<(u64, &'static str)>,
     scratch_keys: Vec<u64>,
     last_refresh: Instant,
-    last_stats: Instant,
 }
 
 const TICK: Duration = Duration::from_millis(10);
 const REFRESH_TIMEOUTS: Duration = Duration::from_millis(100);
-const STATS_INTERVAL: Duration = Duration::from_secs(1);
 const BATCH: usize = 64;
 
 impl Worker {
@@ -443,6 +445,7 @@ impl Worker {
                 }
             }
         }
+        let mut nacks: Vec<TransportLayerNack> = Vec::new();
         while let Some(TaggedRTCMessage {
             now: arrived,
             message,
@@ -481,29 +484,31 @@ impl Worker {
                         arrived,
                     });
                 }
-                RTCMessage::RtcpPacket(_, packets) => {
-                    if s.kind == SessionKind::Viewer {
-                        for p in &packets {
-                            let any = p.as_any();
-                            if any.is::<PictureLossIndication>() {
-                                metrics.plis.inc();
-                                s.stream.keyframe_wanted.store(true, Ordering::Release);
-                            } else if any.is::<FullIntraRequest>() {
-                                metrics.firs.inc();
-                                s.stream.keyframe_wanted.store(true, Ordering::Release);
-                            } else if any.is::<TransportLayerNack>() {
-                                metrics.nacks.inc();
-                                s.nack_seen = true;
-                            }
+                RTCMessage::RtcpPacket(_, packets) if s.kind == SessionKind::Viewer => {
+                    for p in &packets {
+                        let any = p.as_any();
+                        if any.is::<PictureLossIndication>() {
+                            metrics.plis.inc();
+                            s.stream.keyframe_wanted.store(true, Ordering::Release);
+                        } else if any.is::<FullIntraRequest>() {
+                            metrics.firs.inc();
+                            s.stream.keyframe_wanted.store(true, Ordering::Release);
+                        } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
+                            metrics.nacks.inc();
+                            nacks.push(nack.clone());
                         }
                     }
                 }
                 _ => {}
             }
         }
+        if !nacks.is_empty()
+            && let Some(ls) = streams.get(&s.stream.id)
+        {
+            retransmit(s, ls, &nacks, metrics, now);
+        }
         drain_writes(socket, tcp_links, metrics, &mut s.pc);
         s.next_timeout = s.pc.poll_timeout();
-        let _ = now;
     }
 
     /// Sends this worker's freshly read publisher packets to viewers here and
@@ -549,7 +554,7 @@ impl Worker {
             metrics,
             ..
         } = self;
-        let Some(ls) = streams.get(&forward.stream) else {
+        let Some(ls) = streams.get_mut(&forward.stream) else {
             return;
         };
         if ls.viewers.is_empty() {
@@ -557,6 +562,8 @@ impl Worker {
         }
         let now = Instant::now();
         let slot = forward.kind.index();
+        ls.caches[slot].insert(&forward.packet);
+        let ls = &*ls;
         let pt_in = (forward.packet.header.payload_type & 0x7f) as usize;
         let mut sent = 0u64;
         for key in &ls.viewers {
@@ -635,10 +642,6 @@ impl Worker {
         }
         self.scratch_keys = keys;
         self.request_keyframes(now);
-        if now.duration_since(self.last_stats) >= STATS_INTERVAL {
-            self.last_stats = now;
-            self.collect_retransmissions(now);
-        }
     }
 
     /// Sends PLIs to this worker's publishers whose viewers want a keyframe, at most
@@ -685,28 +688,6 @@ impl Worker {
                 }
             }
             drain_writes(socket, tcp_links, metrics, &mut s.pc);
-        }
-    }
-
-    /// Retransmissions are made by the NACK responder inside each viewer's peer
-    /// connection; its statistics say how many, read only for viewers that NACKed.
-    fn collect_retransmissions(&mut self, now: Instant) {
-        for s in self.sessions.values_mut() {
-            if !s.nack_seen {
-                continue;
-            }
-            s.nack_seen = false;
-            let report = s.pc.get_stats(now, rtc::statistics::StatsSelector::None);
-            let total: u64 = report
-                .outbound_rtp_streams()
-                .map(|o| o.retransmitted_packets_sent)
-                .sum();
-            if total > s.retransmitted_reported {
-                self.metrics
-                    .retransmitted
-                    .inc_by(total - s.retransmitted_reported);
-                s.retransmitted_reported = total;
-            }
         }
     }
 
@@ -773,6 +754,10 @@ impl Worker {
             .entry(req.stream.id)
             .or_insert_with(|| LocalStream {
                 shared: req.stream.clone(),
+                caches: [
+                    RetransmitCache::new(RETRANSMIT_CACHE),
+                    RetransmitCache::new(RETRANSMIT_CACHE),
+                ],
                 viewers: Vec::new(),
                 sessions: 0,
             })
@@ -801,8 +786,6 @@ impl Worker {
                 closing: false,
                 forwarding: false,
                 viewer_tracks: built.viewer_tracks,
-                nack_seen: false,
-                retransmitted_reported: 0,
                 publisher_tracks: HashMap::new(),
                 continuity,
                 last_keyframe_request: None,
@@ -1008,6 +991,48 @@ fn open_publisher_track(s: &mut Session, init: RTCTrackEventInit, metrics: &Medi
     }
     s.stream.keyframe_wanted.store(true, Ordering::Release);
     tracing::info!(session = %s.id, stream = %s.stream.name, kind = ?kind, ssrc = media_ssrc, "publisher track open");
+}
+
+/// Answers a viewer's NACKs from the worker's per-track cache: the same packet
+/// again (same sequence number, RFC 4585), protected for this viewer.
+fn retransmit(
+    s: &mut Session,
+    ls: &LocalStream,
+    nacks: &[TransportLayerNack],
+    metrics: &MediaMetrics,
+    now: Instant,
+) {
+    for nack in nacks {
+        let Some(slot) = s
+            .viewer_tracks
+            .iter()
+            .position(|t| t.as_ref().is_some_and(|t| t.ssrc == nack.media_ssrc))
+        else {
+            continue;
+        };
+        let Some(track) = s.viewer_tracks[slot].as_ref() else {
+            continue;
+        };
+        for pair in &nack.nacks {
+            for seq in pair.packet_list() {
+                let Some(cached) = ls.caches[slot].get(seq) else {
+                    continue;
+                };
+                let pt = track.pt_map[(cached.header.payload_type & 0x7f) as usize];
+                if pt >= 128 {
+                    continue;
+                }
+                let mut packet = cached.clone();
+                packet.header.ssrc = track.ssrc;
+                packet.header.payload_type = pt;
+                if let Some(mut sender) = s.pc.rtp_sender(track.sender)
+                    && sender.write_rtp(now, packet).is_ok()
+                {
+                    metrics.retransmitted.inc();
+                }
+            }
+        }
+    }
 }
 
 /// Works out (once per publisher payload type and epoch) which payload type the
