@@ -4,7 +4,8 @@
 //! viewers decoding video frames and playing audio samples. A third viewer that
 //! joins 10 s later must decode its first frame within 2 s of joining — the SFU
 //! asks the publisher for a keyframe when a viewer arrives. Once with VP8 and
-//! once with H.264 (chosen with `setCodecPreferences` on the publisher).
+//! once with H.264 (chosen with `setCodecPreferences` on the publisher). And the
+//! watch page recovers by itself when its session is lost.
 
 mod common;
 
@@ -192,4 +193,90 @@ async fn chromium_vp8_publisher_two_viewers_and_a_late_joiner() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_h264_publisher_two_viewers_and_a_late_joiner() {
     publish_and_watch("H264").await;
+}
+
+/// The watch page must recover by itself when its session goes away (server
+/// restart, idle timeout, a node draining): it notices the dead connection,
+/// backs off, POSTs a new WHEP offer and plays again — no reload needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_page_reconnects_after_losing_its_session() {
+    let _guard = media_lock().await;
+    let app = spawn_app().await;
+    let mut publisher = PyPeer::publisher(&app, "resilient", &["--codec", "VP8"]);
+    publisher
+        .wait_event("connected", Duration::from_secs(30))
+        .await;
+    let mut browser = Browser::launch().await;
+    let watch = page_url(
+        &app,
+        "watch",
+        "resilient",
+        &app.subscribe_token("resilient"),
+        "",
+    );
+    browser.open("view", &watch).await;
+    browser
+        .wait_stats(
+            &["view"],
+            "the viewer decoding",
+            Duration::from_secs(45),
+            |s| {
+                if frames(&s[0]) >= 15.0 {
+                    Ok(())
+                } else {
+                    Err(s[0].to_string())
+                }
+            },
+        )
+        .await;
+    let url = browser
+        .eval("view", "window.tandem.session.sessionUrl")
+        .await
+        .unwrap();
+    let session = url
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+
+    // The server ends the viewer's session behind the page's back.
+    app.state()
+        .sfu
+        .end(&session)
+        .await
+        .expect("ending the viewer's session");
+    browser
+        .wait_stats(
+            &["view"],
+            "the page reconnecting on a new session and decoding again",
+            Duration::from_secs(60),
+            |s| {
+                let v = &s[0];
+                if num(&v["reconnects"]) >= 1.0 && v["state"] == "playing" && frames(v) >= 15.0 {
+                    Ok(())
+                } else {
+                    Err(v.to_string())
+                }
+            },
+        )
+        .await;
+    let url2 = browser
+        .eval("view", "window.tandem.session.sessionUrl")
+        .await
+        .unwrap();
+    assert_ne!(url, url2, "a new WHEP session");
+    assert_eq!(
+        app.session_count(),
+        2,
+        "publisher + the one new viewer session"
+    );
+
+    browser.eval("view", "window.tandem.stop()").await.unwrap();
+    app.wait_sessions(1, Duration::from_secs(10)).await;
+    browser.quit().await;
+    let done = publisher.stop(Duration::from_secs(30)).await;
+    assert_eq!(done["delete_status"], 200, "{done}");
+    app.shutdown().await;
 }
