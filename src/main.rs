@@ -116,7 +116,9 @@ fn print_token(config: &Config, args: TokenArgs) -> std::process::ExitCode {
 }
 
 fn serve(config: Config) -> std::process::ExitCode {
+    // Logs to stderr; stdout carries only what a script may want (links, tokens).
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(
             EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER)),

@@ -107,6 +107,7 @@ pub struct Running {
     stop: watch::Sender<bool>,
     served: tokio::task::JoinHandle<()>,
     jobs: crate::api::jobs::JobsHandle,
+    recorder: crate::whip::SessionRecorder,
 }
 
 impl Running {
@@ -117,6 +118,8 @@ impl Running {
         let grace = Duration::from_secs(self.state.config.shutdown_grace_seconds.max(1));
         self.state.rooms.shutdown(grace).await;
         self.state.sfu.shutdown(grace).await;
+        // Sessions closed by the shutdown are recorded as ended before we return.
+        self.recorder.flush().await;
         if tokio::time::timeout(grace, self.served).await.is_err() {
             tracing::warn!("HTTP connections still open after the grace period; leaving them");
         }
@@ -169,7 +172,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let registry = Registry::new();
     HttpMetrics::register(&registry)?;
     let recorder = crate::whip::SessionRecorder::spawn(db.clone());
-    let sfu = Sfu::start(media_config(&config), &registry, Arc::new(recorder)).await?;
+    let sfu = Sfu::start(media_config(&config), &registry, Arc::new(recorder.clone())).await?;
     let rooms = crate::rooms::build(&config, &db, &registry)?;
 
     let listener = TcpListener::bind(config.http_addr)
@@ -217,6 +220,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         stop,
         served,
         jobs,
+        recorder,
     })
 }
 

@@ -333,6 +333,7 @@ async fn session_delete(
 }
 
 /// Writes each session's start and end to `media_sessions`, off the media threads.
+#[derive(Clone)]
 pub struct SessionRecorder {
     tx: mpsc::UnboundedSender<SessionEvent>,
 }
@@ -340,6 +341,8 @@ pub struct SessionRecorder {
 enum SessionEvent {
     Started(SessionSummary),
     Ended(SessionSummary),
+    /// Answered once everything sent before it is written (shutdown).
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 impl SessionRecorder {
@@ -347,7 +350,11 @@ impl SessionRecorder {
         let (tx, mut rx) = mpsc::unbounded_channel::<SessionEvent>();
         tokio::spawn(async move {
             while let Some(event) = rx.recv().await {
-                let result = match &event {
+                let result = match event {
+                    SessionEvent::Flush(done) => {
+                        let _ = done.send(());
+                        continue;
+                    }
                     SessionEvent::Started(s) => sqlx::query(
                         "INSERT INTO media_sessions (id, stream, kind, user_id, started_at) VALUES ($1, $2, $3, $4, $5)",
                     )
@@ -373,6 +380,14 @@ impl SessionRecorder {
         });
         Self { tx }
     }
+
+    /// Waits until every start and end reported so far is in the database.
+    pub async fn flush(&self) {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if self.tx.send(SessionEvent::Flush(done)).is_ok() {
+            let _ = wait.await;
+        }
+    }
 }
 
 impl tandem_media::sfu::SessionObserver for SessionRecorder {
@@ -390,4 +405,3 @@ pub fn now_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
-
