@@ -3,11 +3,14 @@
 
 pub mod bare;
 pub mod client;
+pub mod enroll;
 pub mod media;
+pub mod netns;
 pub mod procstat;
 pub mod report;
 pub mod server;
 pub mod stats;
+pub mod sync;
 pub mod whep;
 
 /// Prints webrtc-rs's own `log` records to stderr when `TANDEM_LOADTEST_RTC_LOG` names

@@ -24,6 +24,75 @@ struct Cli {
 enum Mode {
     /// One WHIP publisher (synthetic VP8 + Opus) and N WHEP viewers.
     Whep(WhepArgs),
+    /// R rooms × M sync clients (SDK clock sync + correction on simulated players).
+    Sync(SyncArgs),
+    /// A storm of paid enrollments and balance reads, then an overspend audit.
+    Enroll(EnrollArgs),
+}
+
+#[derive(Args)]
+struct SyncArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    #[arg(long, default_value_t = 10)]
+    rooms: usize,
+    /// Members per room (the first is the host).
+    #[arg(long, default_value_t = 10)]
+    members: usize,
+    /// Playback commands per second per room.
+    #[arg(long, default_value_t = 0.5)]
+    command_rate: f64,
+    /// Clients connected per second.
+    #[arg(long, default_value_t = 500.0)]
+    ramp: f64,
+    #[arg(long, default_value_t = 20)]
+    duration: u64,
+    /// Client clocks are offset by up to ± this many ms …
+    #[arg(long, default_value_t = 10_000.0)]
+    skew_ms: f64,
+    /// … and drift by up to ± this many ppm.
+    #[arg(long, default_value_t = 100.0)]
+    drift_ppm: f64,
+    /// Run server and clients in a fresh network namespace whose loopback has this
+    /// netem qdisc, e.g. "delay 50ms 15ms" (applies each way; needs root and --spawn).
+    #[arg(long)]
+    netem: Option<String>,
+    /// The identity-JWT secret of a running server (--spawn sets its own).
+    #[arg(long, env = "TANDEM_JWT_SECRET")]
+    jwt_secret: Option<String>,
+    #[arg(long, default_value_t = 2)]
+    bare_seconds: u64,
+}
+
+#[derive(Args)]
+struct EnrollArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    #[arg(long, default_value_t = 200)]
+    users: usize,
+    #[arg(long, default_value_t = 20)]
+    streams: usize,
+    /// Each user can afford this many of the streams (the rest must be refused).
+    #[arg(long, default_value_t = 15)]
+    affordable: usize,
+    #[arg(long, default_value_t = 10)]
+    price: i64,
+    /// Balance reads per enrollment attempt.
+    #[arg(long, default_value_t = 1)]
+    reads: usize,
+    /// Requests in flight.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Stop sending after this many seconds.
+    #[arg(long, default_value_t = 60)]
+    max_seconds: u64,
+    /// Database URL for --spawn (postgres://… on 127.0.0.1); SQLite when absent.
+    #[arg(long)]
+    database_url: Option<String>,
+    #[arg(long, env = "TANDEM_JWT_SECRET")]
+    jwt_secret: Option<String>,
+    #[arg(long, env = "TANDEM_SERVICE_KEY")]
+    service_key: Option<String>,
 }
 
 #[derive(Args, Clone)]
@@ -194,8 +263,141 @@ async fn run_whep(a: WhepArgs) -> Result<(), String> {
     Ok(())
 }
 
+async fn run_sync(a: SyncArgs) -> Result<(), String> {
+    let extra = vec![(
+        "TANDEM_ROOMS__MAX_MEMBERS_PER_ROOM".to_string(),
+        (a.members + 10).to_string(),
+    )];
+    let mut t = target(&a.server, &extra).await?;
+    let jwt_secret = t
+        .jwt_secret
+        .clone()
+        .or(a.jwt_secret.clone())
+        .ok_or("give --jwt-secret (the server's jwt_secret) or use --spawn")?;
+    let cfg = tandem_loadtest::sync::SyncConfig {
+        base: t.base.clone(),
+        jwt_secret,
+        server_pid: t.pid,
+        rooms: a.rooms,
+        members: a.members,
+        command_rate: a.command_rate,
+        ramp_per_s: a.ramp,
+        duration: Duration::from_secs(a.duration),
+        skew_ms: a.skew_ms,
+        drift_ppm: a.drift_ppm,
+        bare_duration: Duration::from_secs(a.bare_seconds),
+        progress: !a.server.quiet,
+        network: tandem_loadtest::netns::current()
+            .map(|n| format!("netem {n}"))
+            .unwrap_or_else(|| "loopback".into()),
+    };
+    let r = tandem_loadtest::sync::run(&cfg).await;
+    t.stop();
+    let r = r?;
+    finish(
+        &format!(
+            "tandem-loadtest sync: {} rooms × {} members, {} s window",
+            a.rooms, a.members, a.duration
+        ),
+        &tandem_loadtest::sync::rows(&r),
+        &a.server.json,
+        &r,
+    );
+    Ok(())
+}
+
+async fn run_enroll(a: EnrollArgs) -> Result<(), String> {
+    let mut extra = Vec::new();
+    if let Some(url) = &a.database_url {
+        loopback_only(
+            &url.replace("postgres://", "http://")
+                .replace("postgresql://", "http://"),
+        )
+        .or_else(|_| {
+            // postgres://user:pass@host:port/db: check the host part.
+            let host = url.rsplit('@').next().unwrap_or("");
+            loopback_only(&format!("http://{host}"))
+        })?;
+        extra.push(("TANDEM_DATABASE_URL".to_string(), url.clone()));
+    }
+    let mut t = target(&a.server, &extra).await?;
+    let cfg = tandem_loadtest::enroll::EnrollConfig {
+        base: t.base.clone(),
+        jwt_secret: t
+            .jwt_secret
+            .clone()
+            .or(a.jwt_secret.clone())
+            .ok_or("give --jwt-secret or use --spawn")?,
+        service_key: t
+            .service_key
+            .clone()
+            .or(a.service_key.clone())
+            .ok_or("give --service-key or use --spawn")?,
+        server_pid: t.pid,
+        users: a.users,
+        streams: a.streams,
+        price: a.price,
+        affordable: a.affordable,
+        reads_per_enrollment: a.reads,
+        concurrency: a.concurrency,
+        max_duration: Duration::from_secs(a.max_seconds),
+        progress: !a.server.quiet,
+        database: match &a.database_url {
+            Some(u) if u.starts_with("postgres") => "postgres".into(),
+            _ => "sqlite".into(),
+        },
+    };
+    let r = tandem_loadtest::enroll::run(&cfg).await;
+    t.stop();
+    let r = r?;
+    finish(
+        &format!(
+            "tandem-loadtest enroll: {} users × {} streams on {}",
+            a.users, a.streams, cfg.database
+        ),
+        &tandem_loadtest::enroll::rows(&r),
+        &a.server.json,
+        &r,
+    );
+    Ok(())
+}
+
+fn raise_fd_limit() {
+    // SAFETY: get/setrlimit on our own process with a struct we own.
+    unsafe {
+        let mut l: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    raise_fd_limit();
+    if let Mode::Sync(a) = &cli.mode
+        && let Some(netem) = &a.netem
+        && tandem_loadtest::netns::current().is_none()
+    {
+        if a.server.spawn.is_none() {
+            eprintln!(
+                "tandem-loadtest: --netem needs --spawn (the server runs in the namespace too)"
+            );
+            return std::process::ExitCode::FAILURE;
+        }
+        return match tandem_loadtest::netns::rerun_inside(netem) {
+            Ok(s) if s.success() => std::process::ExitCode::SUCCESS,
+            Ok(s) => {
+                eprintln!("tandem-loadtest: run in namespace: {s}");
+                std::process::ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("tandem-loadtest: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     tandem_loadtest::init_rtc_log();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -211,6 +413,8 @@ fn main() -> std::process::ExitCode {
     let result = rt.block_on(async move {
         match cli.mode {
             Mode::Whep(a) => run_whep(a).await,
+            Mode::Sync(a) => run_sync(a).await,
+            Mode::Enroll(a) => run_enroll(a).await,
         }
     });
     match result {

@@ -1,0 +1,957 @@
+//! `tandem-loadtest sync`: R rooms × M WebSocket clients running the SDK's clock sync and
+//! correction policy against simulated players with skewed, drifting clocks.
+//!
+//! One host per room issues play/pause/seek/rate at a given rate. The tool samples
+//! every client's player position at the same true instant and reports the pairwise
+//! position error, plus the fan-out latency of each command to every member.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use serde_json::{Value, json};
+use tandem_signaling::clock::{ClockFilter, sample};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::bare::{self, BareResult};
+use crate::procstat;
+use crate::report::{self, Row};
+use crate::stats::{Percentiles, new_histogram};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    pub base: String,
+    /// HS256 secret of identity JWTs (the server's `jwt_secret`), to get room tokens.
+    pub jwt_secret: String,
+    pub server_pid: Option<u32>,
+    pub rooms: usize,
+    pub members: usize,
+    /// Playback commands per second per room (from its host).
+    pub command_rate: f64,
+    /// Clients connected per second.
+    pub ramp_per_s: f64,
+    pub duration: Duration,
+    /// Each client's clock is offset by a uniform random value in ±this.
+    pub skew_ms: f64,
+    /// … and drifts by a uniform random rate in ±this (parts per million).
+    pub drift_ppm: f64,
+    /// Bare TCP loop length (zero: skip).
+    pub bare_duration: Duration,
+    pub progress: bool,
+    /// A label describing network conditions (netem), for the report.
+    pub network: String,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        Self {
+            base: String::new(),
+            jwt_secret: String::new(),
+            server_pid: None,
+            rooms: 10,
+            members: 10,
+            command_rate: 0.5,
+            ramp_per_s: 500.0,
+            duration: Duration::from_secs(20),
+            skew_ms: 10_000.0,
+            drift_ppm: 100.0,
+            bare_duration: Duration::from_secs(2),
+            progress: false,
+            network: "loopback".into(),
+        }
+    }
+}
+
+/// Everything `sync` measured.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SyncReport {
+    pub rooms: usize,
+    pub members_per_room: usize,
+    pub clients_connected: usize,
+    pub connect_errors: Vec<String>,
+    pub network: String,
+    pub skew_ms: f64,
+    pub drift_ppm: f64,
+    pub window_s: f64,
+    pub commands_sent: u64,
+    /// Host's send → each member's receipt of the resulting `playback.state`.
+    pub fanout_latency: Percentiles,
+    /// Host's send → the last member's receipt, per command.
+    pub fanout_complete: Percentiles,
+    /// |position_i − position_j| over every pair in a room, sampled every 50 ms while playing.
+    pub position_error: Percentiles,
+    pub position_samples: u64,
+    pub messages_received: u64,
+    pub messages_per_s: f64,
+    pub avg_message_bytes: f64,
+    pub server_cpu_s: f64,
+    pub server_cpu_user_s: f64,
+    pub server_cpu_system_s: f64,
+    /// Delivered messages per second of server CPU.
+    pub messages_per_server_core_s: f64,
+    pub server_rss_before_bytes: u64,
+    pub server_rss_connected_bytes: u64,
+    pub server_rss_per_connection_bytes: f64,
+    pub bare_tcp_write: Option<BareResult>,
+    pub bare_tcp_write_batched: Option<BareResult>,
+    pub load_average_before: f64,
+    pub load_average_after: f64,
+}
+
+fn wall_ms() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .unwrap_or(0.0)
+}
+
+/// A client's local clock: wall time shifted by a skew and drifting at `ppm`.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalClock {
+    pub skew_ms: f64,
+    pub ppm: f64,
+    pub origin_ms: f64,
+}
+
+impl LocalClock {
+    pub fn at(&self, wall: f64) -> f64 {
+        wall + self.skew_ms + (wall - self.origin_ms) * self.ppm * 1e-6
+    }
+    pub fn now(&self) -> f64 {
+        self.at(wall_ms())
+    }
+}
+
+/// A player that only keeps time: position advances with the local clock at `rate`.
+#[derive(Debug, Clone, Copy)]
+pub struct SimPlayer {
+    pub anchor_pos: f64,
+    pub anchor_local: f64,
+    pub rate: f64,
+    pub paused: bool,
+}
+
+impl SimPlayer {
+    pub fn time(&self, local: f64) -> f64 {
+        if self.paused {
+            self.anchor_pos
+        } else {
+            self.anchor_pos + (local - self.anchor_local) / 1000.0 * self.rate
+        }
+    }
+    fn rebase(&mut self, local: f64) {
+        self.anchor_pos = self.time(local);
+        self.anchor_local = local;
+    }
+    pub fn seek(&mut self, local: f64, t: f64) {
+        self.anchor_pos = t;
+        self.anchor_local = local;
+    }
+    pub fn set_rate(&mut self, local: f64, rate: f64) {
+        if (rate - self.rate).abs() > f64::EPSILON {
+            self.rebase(local);
+            self.rate = rate;
+        }
+    }
+    pub fn set_paused(&mut self, local: f64, paused: bool) {
+        if paused != self.paused {
+            self.rebase(local);
+            self.paused = paused;
+        }
+    }
+}
+
+/// The room's playback state as a client sees it.
+#[derive(Debug, Clone, Default)]
+pub struct State {
+    pub paused: bool,
+    pub position: f64,
+    pub rate: f64,
+    pub at: f64,
+    pub seq: u64,
+    pub waiting: bool,
+}
+
+impl State {
+    fn from_json(v: &Value) -> Option<State> {
+        Some(State {
+            paused: v.get("paused")?.as_bool()?,
+            position: v.get("position")?.as_f64()?,
+            rate: v.get("rate").and_then(Value::as_f64).unwrap_or(1.0),
+            at: v.get("at")?.as_f64()?,
+            seq: v.get("seq").and_then(Value::as_u64).unwrap_or(0),
+            waiting: v.get("waiting").and_then(Value::as_bool).unwrap_or(false),
+        })
+    }
+    /// Expected media position at server time `server_now`.
+    pub fn position_at(&self, server_now: f64) -> f64 {
+        if self.paused || server_now < self.at {
+            self.position
+        } else {
+            self.position + (server_now - self.at) / 1000.0 * self.rate
+        }
+    }
+}
+
+/// The SDK's `VideoAdapter` policy (web/tandem-sync.js), mirrored: under 30 ms do
+/// nothing; 30 ms–1.5 s nudge the rate within ±5 % until under 15 ms; past 1.5 s seek.
+#[derive(Debug, Clone)]
+pub struct Adapter {
+    pub player: SimPlayer,
+    pub nudging: bool,
+    pub last_seek_local: f64,
+    pub ready_sent: Option<u64>,
+}
+
+impl Adapter {
+    pub fn new(local: f64) -> Self {
+        Adapter {
+            player: SimPlayer {
+                anchor_pos: 0.0,
+                anchor_local: local,
+                rate: 1.0,
+                paused: true,
+            },
+            nudging: false,
+            last_seek_local: 0.0,
+            ready_sent: None,
+        }
+    }
+
+    /// Applies `p`; returns `Some(position)` when a `ready` report is due.
+    pub fn apply(&mut self, p: &State, server_now: f64, local: f64, fresh: bool) -> Option<f64> {
+        let cur = self.player.time(local);
+        if p.paused || server_now < p.at {
+            self.player.set_paused(local, true);
+            self.player.set_rate(local, p.rate);
+            if (cur - p.position).abs() > 0.01 && (fresh || local - self.last_seek_local > 500.0) {
+                self.player.seek(local, p.position);
+                self.last_seek_local = local;
+            }
+            if p.waiting && self.ready_sent != Some(p.seq) {
+                self.ready_sent = Some(p.seq);
+                return Some(self.player.time(local));
+            }
+            return None;
+        }
+        let target = p.position_at(server_now);
+        let drift = cur - target;
+        let abs = drift.abs();
+        if self.player.paused {
+            if abs > 0.1 {
+                self.player.seek(local, target);
+                self.last_seek_local = local;
+            }
+            self.player.set_rate(local, p.rate);
+            self.player.set_paused(local, false);
+            return None;
+        }
+        if abs > 1.5 {
+            if local - self.last_seek_local > 3000.0 || fresh {
+                self.player.seek(local, target);
+                self.last_seek_local = local;
+            }
+            self.player.set_rate(local, p.rate);
+            return None;
+        }
+        if if self.nudging {
+            abs < 0.015
+        } else {
+            abs < 0.03
+        } {
+            self.nudging = false;
+            self.player.set_rate(local, p.rate);
+            return None;
+        }
+        self.nudging = true;
+        let k = (-drift).clamp(-0.05, 0.05);
+        self.player.set_rate(local, p.rate * (1.0 + k));
+        None
+    }
+}
+
+/// What the sampler reads of each client.
+struct ClientView {
+    clock: LocalClock,
+    adapter: Adapter,
+    state: Option<State>,
+}
+
+struct Room {
+    /// Wall µs when the host sent its latest command (0: none yet).
+    command_sent_us: AtomicU64,
+    command_seq: AtomicU64,
+    /// Latest fan-out receipt (wall µs) for the current command, per command.
+    last_receipt: Mutex<HashMap<u64, (u64, usize)>>,
+    clients: Vec<Arc<Mutex<ClientView>>>,
+}
+
+struct Shared {
+    stop: tokio::sync::watch::Receiver<bool>,
+    measuring: std::sync::atomic::AtomicBool,
+    connected: AtomicUsize,
+    messages: AtomicU64,
+    message_bytes: AtomicU64,
+    commands: AtomicU64,
+    fanout: Mutex<Histogram<u64>>,
+    complete: Mutex<Histogram<u64>>,
+}
+
+fn wall_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// An identity JWT (HS256, `sub`, `exp`) as the platform would issue.
+pub fn identity_jwt(secret: &str, user: &str, role: &str) -> Result<String, String> {
+    let exp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        + 3600;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": user, "role": role, "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .map_err(|e| format!("identity JWT: {e}"))
+}
+
+async fn room_token(
+    http: &reqwest::Client,
+    base: &str,
+    secret: &str,
+    room: &str,
+    user: &str,
+) -> Result<String, String> {
+    let jwt = identity_jwt(secret, user, "user")?;
+    let r = http
+        .post(format!("{base}/v1/rooms/{room}/token"))
+        .bearer_auth(jwt)
+        .json(&json!({"name": user}))
+        .send()
+        .await
+        .map_err(|e| format!("room token: {e}"))?;
+    let status = r.status();
+    let v: Value = r.json().await.map_err(|e| format!("room token: {e}"))?;
+    if !status.is_success() {
+        return Err(format!("room token: {status}: {v}"));
+    }
+    v.get("token")
+        .and_then(Value::as_str)
+        .map(String::from)
+        .ok_or_else(|| format!("room token: no token in {v}"))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn client(
+    ws_url: String,
+    host: bool,
+    room: Arc<Room>,
+    me: Arc<Mutex<ClientView>>,
+    shared: Arc<Shared>,
+    command_rate: f64,
+    ready: tokio::sync::oneshot::Sender<Result<(), String>>,
+) {
+    let conn = tokio_tungstenite::connect_async(&ws_url).await;
+    let (mut ws, _) = match conn {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = ready.send(Err(format!("connect: {e}")));
+            return;
+        }
+    };
+    let clock = me.lock().map(|v| v.clock).unwrap_or(LocalClock {
+        skew_ms: 0.0,
+        ppm: 0.0,
+        origin_ms: 0.0,
+    });
+    let mut filter = ClockFilter::default();
+    let mut offset = 0.0f64;
+    let mut pings: HashMap<u64, ()> = HashMap::new();
+    let mut ping_id = 0u64;
+    let mut ready = Some(ready);
+    let _ = ws
+        .send(Message::text(json!({"type": "hello"}).to_string()))
+        .await;
+    let mut apply_tick = tokio::time::interval(Duration::from_millis(100));
+    let mut ping_tick = tokio::time::interval(Duration::from_millis(60));
+    let mut burst_left = 8u32;
+    let mut report_tick = tokio::time::interval(Duration::from_millis(1500));
+    let cmd_period = Duration::from_secs_f64(1.0 / command_rate.max(0.001));
+    let mut cmd_tick = tokio::time::interval_at(
+        tokio::time::Instant::now() + cmd_period.mul_f64(1.0 + rand::random::<f64>()),
+        cmd_period,
+    );
+    let mut stop = shared.stop.clone();
+    let mut step = 0u64;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            msg = ws.next() => {
+                let Some(Ok(msg)) = msg else { break };
+                let Message::Text(text) = msg else { continue };
+                let recv_us = wall_us();
+                shared.messages.fetch_add(1, Ordering::Relaxed);
+                shared.message_bytes.fetch_add(text.len() as u64, Ordering::Relaxed);
+                let Ok(v) = serde_json::from_str::<Value>(&text) else { continue };
+                let local = clock.now();
+                match v.get("type").and_then(Value::as_str).unwrap_or("") {
+                    "welcome" => {
+                        if let Some(r) = ready.take() {
+                            shared.connected.fetch_add(1, Ordering::Relaxed);
+                            let _ = r.send(Ok(()));
+                        }
+                        if let Some(s) = v.pointer("/room/playback").and_then(State::from_json)
+                            && let Ok(mut m) = me.lock()
+                        {
+                            m.state = Some(s);
+                        }
+                    }
+                    "time.pong" => {
+                        let id = v.get("id").and_then(Value::as_u64).unwrap_or(0);
+                        if pings.remove(&id).is_none() { continue; }
+                        let f = |k: &str| v.get(k).and_then(Value::as_f64).unwrap_or(0.0);
+                        let (o, rtt) = sample(f("t0"), f("t1"), f("t2"), local);
+                        filter.add(o, rtt);
+                        if let Some((o, rtt)) = filter.estimate() {
+                            offset = o;
+                            let _ = ws.send(Message::text(json!({"type":"time.report","offset":o,"rtt":rtt}).to_string())).await;
+                        }
+                    }
+                    "time.ping" => {
+                        let t1 = local;
+                        let reply = json!({"type":"time.pong","id":v.get("id"),"t0":v.get("t0"),"t1":t1,"t2":clock.now()});
+                        let _ = ws.send(Message::text(reply.to_string())).await;
+                    }
+                    "playback.state" => {
+                        let Some(s) = State::from_json(&v) else { continue };
+                        if v.get("reason").and_then(Value::as_str) == Some("command") {
+                            let sent = room.command_sent_us.load(Ordering::Acquire);
+                            let cseq = room.command_seq.load(Ordering::Acquire);
+                            if sent > 0 && recv_us >= sent && shared.measuring.load(Ordering::Relaxed) {
+                                let d = (recv_us - sent).max(1);
+                                if let Ok(mut h) = shared.fanout.lock() { let _ = h.record(d); }
+                                if let Ok(mut m) = room.last_receipt.lock() {
+                                    let e = m.entry(cseq).or_insert((0, 0));
+                                    e.0 = e.0.max(d);
+                                    e.1 += 1;
+                                }
+                            }
+                        }
+                        let report = if let Ok(mut m) = me.lock() {
+                            let r = m.adapter.apply(&s, local + offset, local, true);
+                            m.state = Some(s);
+                            r
+                        } else { None };
+                        if let Some(pos) = report {
+                            let _ = ws.send(Message::text(json!({"type":"playback.report","state":"ready","position":pos,"at":local}).to_string())).await;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            _ = apply_tick.tick() => {
+                let local = clock.now();
+                let report = if let Ok(mut m) = me.lock() {
+                    match m.state.clone() {
+                        Some(s) => m.adapter.apply(&s, local + offset, local, false),
+                        None => None,
+                    }
+                } else { None };
+                if let Some(pos) = report {
+                    let _ = ws.send(Message::text(json!({"type":"playback.report","state":"ready","position":pos,"at":local}).to_string())).await;
+                }
+            }
+            _ = ping_tick.tick() => {
+                if burst_left > 0 {
+                    burst_left -= 1;
+                    if burst_left == 0 {
+                        ping_tick = tokio::time::interval_at(tokio::time::Instant::now() + Duration::from_secs(5), Duration::from_secs(5));
+                    }
+                }
+                ping_id += 1;
+                pings.insert(ping_id, ());
+                let _ = ws.send(Message::text(json!({"type":"time.ping","id":ping_id,"t0":clock.now()}).to_string())).await;
+            }
+            _ = report_tick.tick() => {
+                let local = clock.now();
+                let (pos, paused) = match me.lock() {
+                    Ok(m) => (m.adapter.player.time(local), m.adapter.player.paused),
+                    Err(_) => continue,
+                };
+                let st = if paused { "paused" } else { "playing" };
+                let _ = ws.send(Message::text(json!({"type":"playback.report","state":st,"position":pos,"at":local}).to_string())).await;
+            }
+            _ = cmd_tick.tick(), if host => {
+                let local = clock.now();
+                let cur = me.lock().map(|m| m.adapter.player.time(local)).unwrap_or(0.0);
+                step += 1;
+                // play, rate, seek, rate back, pause, play, seek, … (mostly playing).
+                let cmd = match step % 6 {
+                    1 => json!({"action":"play","position":cur}),
+                    2 => json!({"action":"rate","position":cur,"rate":1.25}),
+                    3 => json!({"action":"seek","position":(cur + 30.0) % 3000.0}),
+                    4 => json!({"action":"rate","position":cur,"rate":1.0}),
+                    5 => json!({"action":"pause","position":cur}),
+                    _ => json!({"action":"play","position":cur}),
+                };
+                let mut cmd = cmd;
+                cmd["type"] = "playback.command".into();
+                cmd["at"] = local.into();
+                cmd["client_msg_id"] = format!("c{step}").into();
+                // Settle the previous command's completion time first.
+                let prev = room.command_seq.load(Ordering::Acquire);
+                if let Ok(mut m) = room.last_receipt.lock()
+                    && let Some((worst, _)) = m.remove(&prev)
+                    && let Ok(mut h) = shared.complete.lock()
+                {
+                    let _ = h.record(worst.max(1));
+                }
+                room.command_seq.store(prev + 1, Ordering::Release);
+                room.command_sent_us.store(wall_us(), Ordering::Release);
+                if shared.measuring.load(Ordering::Relaxed) {
+                    shared.commands.fetch_add(1, Ordering::Relaxed);
+                }
+                let _ = ws.send(Message::text(cmd.to_string())).await;
+            }
+        }
+    }
+    if let Some(r) = ready.take() {
+        let _ = r.send(Err("closed before welcome".into()));
+    }
+    let _ = ws.close(None).await;
+}
+
+/// Pairwise position errors of every room at one true instant (only rooms whose
+/// members all hold the same latest state and are playing).
+fn sample_rooms(rooms: &[Arc<Room>], h: &mut Histogram<u64>) -> u64 {
+    let wall = wall_ms();
+    let mut n = 0;
+    for room in rooms {
+        let mut positions = Vec::with_capacity(room.clients.len());
+        let mut seq = None;
+        let mut ok = true;
+        for c in &room.clients {
+            let Ok(v) = c.lock() else {
+                ok = false;
+                break;
+            };
+            let Some(s) = &v.state else {
+                ok = false;
+                break;
+            };
+            if s.paused || s.waiting || *seq.get_or_insert(s.seq) != s.seq {
+                ok = false;
+                break;
+            }
+            positions.push(v.adapter.player.time(v.clock.at(wall)));
+        }
+        if !ok || positions.len() < 2 {
+            continue;
+        }
+        for i in 0..positions.len() {
+            for j in i + 1..positions.len() {
+                let e = ((positions[i] - positions[j]).abs() * 1e6) as u64;
+                let _ = h.record(e.max(1));
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// Runs the sync load and returns the report.
+pub async fn run(cfg: &SyncConfig) -> Result<SyncReport, String> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut report = SyncReport {
+        rooms: cfg.rooms,
+        members_per_room: cfg.members,
+        network: cfg.network.clone(),
+        skew_ms: cfg.skew_ms,
+        drift_ppm: cfg.drift_ppm,
+        load_average_before: procstat::loadavg(),
+        ..Default::default()
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let shared = Arc::new(Shared {
+        stop: stop_rx,
+        measuring: Default::default(),
+        connected: AtomicUsize::new(0),
+        messages: AtomicU64::new(0),
+        message_bytes: AtomicU64::new(0),
+        commands: AtomicU64::new(0),
+        fanout: Mutex::new(new_histogram()),
+        complete: Mutex::new(new_histogram()),
+    });
+    let rss_before = cfg
+        .server_pid
+        .and_then(|p| procstat::sample(p).ok())
+        .map(|s| s.rss_bytes)
+        .unwrap_or(0);
+    let ws_base = cfg.base.replacen("http://", "ws://", 1);
+    let origin = wall_ms();
+    let total = cfg.rooms * cfg.members;
+    let pb = report::progress(cfg.progress, total as u64, "clients connecting");
+    let run_id: u32 = rand::random();
+    let mut rooms = Vec::with_capacity(cfg.rooms);
+    let mut tasks = Vec::with_capacity(total);
+    let mut readies = Vec::with_capacity(total);
+    let ramp = Duration::from_secs_f64(1.0 / cfg.ramp_per_s.max(0.01));
+    let start = Instant::now();
+    let mut k = 0usize;
+    for r in 0..cfg.rooms {
+        let room_id = format!("lt-{run_id:08x}-{r}");
+        let clients: Vec<Arc<Mutex<ClientView>>> = (0..cfg.members)
+            .map(|_| {
+                let clock = LocalClock {
+                    skew_ms: (rand::random::<f64>() * 2.0 - 1.0) * cfg.skew_ms,
+                    ppm: (rand::random::<f64>() * 2.0 - 1.0) * cfg.drift_ppm,
+                    origin_ms: origin,
+                };
+                Arc::new(Mutex::new(ClientView {
+                    clock,
+                    adapter: Adapter::new(clock.now()),
+                    state: None,
+                }))
+            })
+            .collect();
+        let room = Arc::new(Room {
+            command_sent_us: AtomicU64::new(0),
+            command_seq: AtomicU64::new(0),
+            last_receipt: Mutex::new(HashMap::new()),
+            clients: clients.clone(),
+        });
+        for (i, me) in clients.into_iter().enumerate() {
+            tokio::time::sleep_until((start + ramp.mul_f64(k as f64)).into()).await;
+            k += 1;
+            let user = format!("u{r}-{i}");
+            let token = room_token(&http, &cfg.base, &cfg.jwt_secret, &room_id, &user).await?;
+            let url = format!("{ws_base}/v1/rooms/{room_id}/ws?token={token}");
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            // The first member becomes the host; wait for it so it is.
+            tasks.push(tokio::spawn(client(
+                url,
+                i == 0,
+                room.clone(),
+                me,
+                shared.clone(),
+                cfg.command_rate,
+                tx,
+            )));
+            if i == 0 {
+                match rx.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => report.connect_errors.push(e),
+                    Err(e) => report.connect_errors.push(e.to_string()),
+                }
+            } else {
+                readies.push(rx);
+            }
+            pb.set_position(shared.connected.load(Ordering::Relaxed) as u64);
+        }
+        rooms.push(room);
+    }
+    for rx in readies {
+        match tokio::time::timeout(Duration::from_secs(30), rx).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => report.connect_errors.push(e),
+            Ok(Err(e)) => report.connect_errors.push(e.to_string()),
+            Err(_) => report.connect_errors.push("no welcome within 30 s".into()),
+        }
+    }
+    pb.finish_and_clear();
+    report.connect_errors.truncate(5);
+    report.clients_connected = shared.connected.load(Ordering::Relaxed);
+    // Clock bursts finish and the first commands land before measuring.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_connected = cfg
+        .server_pid
+        .and_then(|p| procstat::sample(p).ok())
+        .map(|s| s.rss_bytes)
+        .unwrap_or(0);
+
+    let pb = report::progress(cfg.progress, cfg.duration.as_secs().max(1), "measuring");
+    let p0 = cfg.server_pid.and_then(|p| procstat::sample(p).ok());
+    let msg0 = shared.messages.load(Ordering::Relaxed);
+    let bytes0 = shared.message_bytes.load(Ordering::Relaxed);
+    shared.measuring.store(true, Ordering::Release);
+    let t0 = Instant::now();
+    let mut pos_h = new_histogram();
+    let mut samples = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    while t0.elapsed() < cfg.duration {
+        tick.tick().await;
+        samples += sample_rooms(&rooms, &mut pos_h);
+        pb.set_position(t0.elapsed().as_secs());
+    }
+    shared.measuring.store(false, Ordering::Release);
+    let window = t0.elapsed().as_secs_f64();
+    let p1 = cfg.server_pid.and_then(|p| procstat::sample(p).ok());
+    let msgs = shared.messages.load(Ordering::Relaxed) - msg0;
+    let bytes = shared.message_bytes.load(Ordering::Relaxed) - bytes0;
+    pb.finish_and_clear();
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+    }
+
+    report.window_s = window;
+    report.commands_sent = shared.commands.load(Ordering::Relaxed);
+    report.fanout_latency = shared
+        .fanout
+        .lock()
+        .map(|h| Percentiles::of(&h))
+        .unwrap_or_default();
+    report.fanout_complete = shared
+        .complete
+        .lock()
+        .map(|h| Percentiles::of(&h))
+        .unwrap_or_default();
+    report.position_error = Percentiles::of(&pos_h);
+    report.position_samples = samples;
+    report.messages_received = msgs;
+    report.messages_per_s = msgs as f64 / window;
+    report.avg_message_bytes = bytes as f64 / msgs.max(1) as f64;
+    if let (Some(a), Some(b)) = (p0, p1) {
+        let (u, s, _) = procstat::delta(&a, &b);
+        report.server_cpu_user_s = u.as_secs_f64();
+        report.server_cpu_system_s = s.as_secs_f64();
+        report.server_cpu_s = (u + s).as_secs_f64();
+        report.messages_per_server_core_s = msgs as f64 / report.server_cpu_s.max(1e-9);
+    }
+    report.server_rss_before_bytes = rss_before;
+    report.server_rss_connected_bytes = rss_connected;
+    report.server_rss_per_connection_bytes =
+        (rss_connected as f64 - rss_before as f64) / report.clients_connected.max(1) as f64;
+    if !cfg.bare_duration.is_zero() {
+        let n = total.max(1);
+        let size = report.avg_message_bytes.round().max(16.0) as usize + 4;
+        let dur = cfg.bare_duration;
+        let (one, batched) = tokio::task::spawn_blocking(move || {
+            (
+                bare::tcp(n, size, 1, dur).ok(),
+                bare::tcp(n, size, 8, dur).ok(),
+            )
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        report.bare_tcp_write = one;
+        report.bare_tcp_write_batched = batched;
+    }
+    report.load_average_after = procstat::loadavg();
+    Ok(report)
+}
+
+/// The table of a `sync` report, with the targets of issue 5.
+pub fn rows(r: &SyncReport) -> Vec<Row> {
+    let mut rows = vec![
+        Row::new(
+            "clients connected",
+            format!(
+                "{} / {} ({} rooms × {})",
+                r.clients_connected,
+                r.rooms * r.members_per_room,
+                r.rooms,
+                r.members_per_room
+            ),
+        ),
+        Row::new(
+            "network / clock skew / drift",
+            format!(
+                "{} / ±{:.0} ms / ±{:.0} ppm",
+                r.network, r.skew_ms, r.drift_ppm
+            ),
+        ),
+        Row::new("commands (window)", r.commands_sent.to_string()),
+        Row::new(
+            "messages delivered/s",
+            format!("{:.0} (avg {:.0} B)", r.messages_per_s, r.avg_message_bytes),
+        ),
+    ];
+    let members = r.members_per_room;
+    let fan_target = if members >= 10_000 {
+        None
+    } else if members >= 1000 {
+        Some("p99 < 10 ms")
+    } else {
+        None
+    };
+    let mut fan = Row::new(
+        "fan-out latency p50 / p99",
+        format!(
+            "{} / {}",
+            report::ms(r.fanout_latency.p50_ms),
+            report::ms(r.fanout_latency.p99_ms)
+        ),
+    );
+    if let Some(t) = fan_target {
+        fan = fan.target(t, Some(r.fanout_latency.p99_ms < 10.0));
+    }
+    rows.push(fan);
+    let mut complete = Row::new(
+        "fan-out to last member p50 / p99",
+        format!(
+            "{} / {}",
+            report::ms(r.fanout_complete.p50_ms),
+            report::ms(r.fanout_complete.p99_ms)
+        ),
+    );
+    if let Some(b) = r.bare_tcp_write.as_ref().filter(|_| members >= 1000) {
+        let bare_ms = b.total_us_per_op * members as f64 / 1000.0;
+        let ratio = r.fanout_complete.p99_ms / bare_ms.max(1e-9);
+        complete = complete.bare(
+            format!("{} ({} writes)", report::ms(bare_ms), members),
+            ratio,
+        );
+        if members >= 10_000 {
+            complete = complete.target("≤ 1.3× bare", Some(ratio <= 1.3));
+        }
+    }
+    rows.push(complete);
+    let mut per_core = Row::new(
+        "messages per server CPU-second",
+        format!("{:.0}", r.messages_per_server_core_s),
+    );
+    if let Some(b) = &r.bare_tcp_write {
+        let bare_rate = 1e6 / b.total_us_per_op.max(1e-9);
+        let ratio = r.messages_per_server_core_s / bare_rate;
+        per_core = per_core
+            .bare(format!("{bare_rate:.0} (1 frame/write)"), ratio)
+            .target("≥ 0.8× bare", Some(ratio >= 0.8));
+    }
+    rows.push(per_core);
+    if let Some(b) = &r.bare_tcp_write_batched {
+        rows.push(Row::new(
+            "  bare with 8 queued frames per write",
+            format!("{:.0} frames/CPU-s", 1e6 / b.total_us_per_op.max(1e-9)),
+        ));
+    }
+    rows.push(
+        Row::new(
+            "server RSS per connection",
+            format!("{:.1} KiB", r.server_rss_per_connection_bytes / 1024.0),
+        )
+        .target(
+            "≤ 10 KiB idle",
+            Some(r.server_rss_per_connection_bytes <= 10.0 * 1024.0),
+        ),
+    );
+    let pos_target = if r.network == "loopback" {
+        ("p95 < 20 ms", 20.0)
+    } else {
+        ("p95 < 50 ms", 50.0)
+    };
+    rows.push(
+        Row::new(
+            "pairwise position error p50 / p95 / p99",
+            format!(
+                "{} / {} / {}",
+                report::ms(r.position_error.p50_ms),
+                report::ms(r.position_error.p95_ms),
+                report::ms(r.position_error.p99_ms)
+            ),
+        )
+        .target(
+            pos_target.0,
+            (r.position_error.count > 0).then_some(r.position_error.p95_ms < pos_target.1),
+        ),
+    );
+    rows.push(Row::new(
+        "position samples (pairs)",
+        r.position_samples.to_string(),
+    ));
+    rows.push(Row::new(
+        "load average before / after",
+        format!("{:.2} / {:.2}", r.load_average_before, r.load_average_after),
+    ));
+    rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skewed_clients_that_apply_the_same_state_agree() {
+        let p = State {
+            paused: false,
+            position: 10.0,
+            rate: 1.0,
+            at: 1_000_000.0,
+            seq: 3,
+            waiting: false,
+        };
+        let wall = 1_000_500.0;
+        let mut a = Adapter::new(0.0);
+        let mut b = Adapter::new(0.0);
+        let ca = LocalClock {
+            skew_ms: 9000.0,
+            ppm: 100.0,
+            origin_ms: wall,
+        };
+        let cb = LocalClock {
+            skew_ms: -7000.0,
+            ppm: -100.0,
+            origin_ms: wall,
+        };
+        // Each knows its offset exactly: server_now = wall.
+        a.apply(&p, wall, ca.at(wall), true);
+        b.apply(&p, wall, cb.at(wall), true);
+        let later = wall + 2000.0;
+        let pa = a.player.time(ca.at(later));
+        let pb = b.player.time(cb.at(later));
+        assert!((pa - 12.5).abs() < 0.01, "{pa}");
+        assert!((pa - pb).abs() < 0.001, "{pa} {pb}");
+    }
+
+    #[test]
+    fn adapter_nudges_then_settles() {
+        let p = State {
+            paused: false,
+            position: 0.0,
+            rate: 1.0,
+            at: 0.0,
+            seq: 1,
+            waiting: false,
+        };
+        let mut a = Adapter::new(0.0);
+        a.apply(&p, 0.0, 0.0, true);
+        // 100 ms behind: nudge, not seek.
+        a.player.seek(1000.0, 0.9);
+        a.apply(&p, 1000.0, 1000.0, false);
+        assert!(a.nudging && a.player.rate > 1.0);
+        let mut t = 1000.0;
+        while t < 6000.0 {
+            t += 100.0;
+            a.apply(&p, t, t, false);
+        }
+        assert!(!a.nudging, "settled");
+        assert!((a.player.time(t) - t / 1000.0).abs() < 0.03);
+    }
+
+    #[test]
+    fn ready_is_reported_once_per_barrier() {
+        let p = State {
+            paused: true,
+            position: 5.0,
+            rate: 1.0,
+            at: 0.0,
+            seq: 9,
+            waiting: true,
+        };
+        let mut a = Adapter::new(0.0);
+        assert_eq!(a.apply(&p, 10.0, 10.0, true), Some(5.0));
+        assert_eq!(a.apply(&p, 20.0, 20.0, false), None);
+    }
+}

@@ -1,0 +1,55 @@
+//! `tandem-loadtest sync` on a small load against a server in this process: two rooms
+//! of four clients with skewed, drifting clocks; the report must hold sane values.
+
+mod common;
+
+use std::time::Duration;
+
+use tandem_loadtest::sync::{self, SyncConfig};
+
+const SECRET: &str = "loadtest-sync-identity-secret-0123456789";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_mode_reports_fanout_latency_and_position_error() {
+    let app = common::spawn_app_with(&[("TANDEM_JWT_SECRET", SECRET)], None).await;
+    let cfg = SyncConfig {
+        base: app.base.clone(),
+        jwt_secret: SECRET.into(),
+        server_pid: Some(std::process::id()),
+        rooms: 2,
+        members: 4,
+        command_rate: 2.0,
+        ramp_per_s: 100.0,
+        duration: Duration::from_secs(5),
+        skew_ms: 10_000.0,
+        drift_ppm: 100.0,
+        bare_duration: Duration::from_millis(200),
+        progress: false,
+        network: "loopback".into(),
+    };
+    let r = sync::run(&cfg).await.expect("the sync run completes");
+    let table = tandem_loadtest::report::table("sync", &sync::rows(&r));
+    println!("{table}");
+
+    assert_eq!(r.clients_connected, 8, "{table}\n{:?}", r.connect_errors);
+    assert!(r.commands_sent >= 4, "{table}");
+    // Every member (host included) hears each command.
+    assert!(
+        r.fanout_latency.count >= 4 * r.commands_sent.saturating_sub(2),
+        "{table}"
+    );
+    assert!(
+        r.fanout_latency.p50_ms > 0.0 && r.fanout_latency.p99_ms < 1000.0,
+        "{table}"
+    );
+    assert!(r.position_samples > 0, "{table}");
+    // Clocks 10 s apart still agree on the position: correction works end to end.
+    assert!(r.position_error.p50_ms < 200.0, "{table}");
+    assert!(
+        r.messages_received > 0 && r.avg_message_bytes > 20.0,
+        "{table}"
+    );
+    let bare = r.bare_tcp_write.as_ref().expect("bare TCP limit measured");
+    assert!(bare.ops > 0 && bare.total_us_per_op > 0.0, "{table}");
+    app.shutdown().await;
+}
