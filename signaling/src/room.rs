@@ -601,11 +601,11 @@ impl Room {
         }
         m.disconnected_at = Some(Instant::now());
         let session = m.session.clone();
-        self.barrier_forget(&session);
         let mut p = Map::new();
         p.insert("type".into(), "presence.update".into());
         p.insert("member".into(), self.member_json(&self.members[idx]));
         self.broadcast(p);
+        self.barrier_forget(&session);
     }
 
     /// Removes a member for good; passes the host role on when it was the host.
@@ -623,7 +623,6 @@ impl Room {
                 None => drop(c),
             }
         }
-        self.barrier_forget(&m.session);
         let mut p = Map::new();
         p.insert("type".into(), "presence.leave".into());
         p.insert("member".into(), j);
@@ -649,6 +648,7 @@ impl Room {
                 self.broadcast_state(None, "host_left");
             }
         }
+        self.barrier_forget(&m.session);
     }
 
     // ---- messages -----------------------------------------------------------------
@@ -1011,6 +1011,11 @@ impl Room {
             p.insert("type".into(), "presence.update".into());
             p.insert("member".into(), self.member_json(&self.members[idx]));
             self.broadcast(p);
+            // The barrier waits for connected, non-idle members only.
+            if matches!(status, Status::Idle | Status::Away) {
+                let session = self.members[idx].session.clone();
+                self.barrier_forget(&session);
+            }
         }
     }
 
@@ -1154,11 +1159,18 @@ impl Room {
         self.playback.position = position;
         self.playback.at = now_ms();
         self.broadcast_state(Some(&by), "command");
+        if self.barrier.as_ref().is_some_and(|b| b.pending.is_empty()) {
+            self.fire_barrier();
+        }
     }
 
+    /// Stops waiting for `session` (gone, idle or away); starts if nobody is left.
     fn barrier_forget(&mut self, session: &str) {
         if let Some(b) = &mut self.barrier {
             b.pending.remove(session);
+            if b.pending.is_empty() {
+                self.fire_barrier();
+            }
         }
     }
 

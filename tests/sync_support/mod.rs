@@ -18,6 +18,26 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// The identity-JWT secret (`TANDEM_JWT_SECRET`) of tests that mint room tokens over HTTP.
+pub const JWT_SECRET: &str = "sync-tests-identity-secret-0123456789abcdef";
+
+/// Unix time in whole seconds (JWT `exp`).
+pub fn unix_secs() -> i64 {
+    (now_ms() / 1000.0) as i64
+}
+
+/// An HS256 identity JWT as the platform issues it, signed with `secret`; `claims`
+/// is used as given (so tests can leave out `exp`, put the role anywhere, ...).
+pub fn identity_jwt(secret: &str, claims: &Value) -> String {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("HS256 signing")
+}
+
 pub struct TempDir(PathBuf);
 impl TempDir {
     pub fn new(prefix: &str) -> Self {
@@ -260,6 +280,22 @@ impl Client {
 
     pub async fn wait_type(&mut self, ty: &str) -> Value {
         self.wait_for(|v| v["type"] == ty).await
+    }
+
+    /// Sends `room.snapshot` and returns every message received before the fresh
+    /// `welcome` it answers with, and that welcome. The room handles a connection's
+    /// messages in order, so whatever this client's earlier messages caused (for this
+    /// client or as a broadcast) is in the list: an event that is not there never came.
+    pub async fn until_snapshot(&mut self) -> (Vec<Value>, Value) {
+        self.send(json!({"type": "room.snapshot"})).await;
+        let mut before = Vec::new();
+        loop {
+            let v = self.next().await;
+            if v["type"] == "welcome" {
+                return (before, v);
+            }
+            before.push(v);
+        }
     }
 
     /// Messages already received, without waiting.
