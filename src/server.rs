@@ -47,6 +47,12 @@ pub fn app(state: AppState) -> Router {
         .nest("/.proxy", api.clone())
         .merge(api)
         .layer(cors_layer(&state.config))
+        // Outside CORS, which answers every OPTIONS itself: WHIP/WHEP clients read
+        // Accept-Post, Accept-Patch and the ICE servers from those answers.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::whip::options_headers,
+        ))
         .with_state(state)
 }
 

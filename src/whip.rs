@@ -237,6 +237,55 @@ fn add_ice_server_links(headers: &mut HeaderMap, servers: &[IceServer]) {
     }
 }
 
+/// What an OPTIONS request is for: a WHIP/WHEP endpoint or a session URL.
+#[derive(Debug, PartialEq)]
+enum OptionsTarget {
+    Endpoint,
+    Session,
+}
+
+fn options_target(path: &str) -> Option<OptionsTarget> {
+    let path = path.strip_prefix("/.proxy").unwrap_or(path);
+    let mut parts = path.trim_start_matches('/').split('/');
+    if parts.next() != Some("v1") || !matches!(parts.next(), Some("whip" | "whep")) {
+        return None;
+    }
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(s), None, None) if !s.is_empty() => Some(OptionsTarget::Endpoint),
+        (Some(s), Some(id), None) if !s.is_empty() && !id.is_empty() => {
+            Some(OptionsTarget::Session)
+        }
+        _ => None,
+    }
+}
+
+/// Adds the WHIP/WHEP headers to OPTIONS answers, including the CORS preflights
+/// the CORS layer answers without reaching the routes.
+pub async fn options_headers(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let target = (request.method() == axum::http::Method::OPTIONS)
+        .then(|| options_target(request.uri().path()))
+        .flatten();
+    let mut resp = next.run(request).await;
+    let h = resp.headers_mut();
+    match target {
+        Some(OptionsTarget::Endpoint) => {
+            h.insert("accept-post", HeaderValue::from_static(SDP));
+            if !h.contains_key(header::LINK) {
+                add_ice_server_links(h, &state.config.ice_servers);
+            }
+        }
+        Some(OptionsTarget::Session) => {
+            h.insert("accept-patch", HeaderValue::from_static(SDPFRAG));
+        }
+        None => {}
+    }
+    resp
+}
+
 async fn endpoint_options(State(state): State<AppState>) -> Response {
     let mut resp = StatusCode::NO_CONTENT.into_response();
     let h = resp.headers_mut();
@@ -404,4 +453,28 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_targets() {
+        assert_eq!(
+            options_target("/v1/whip/cam"),
+            Some(OptionsTarget::Endpoint)
+        );
+        assert_eq!(
+            options_target("/.proxy/v1/whep/cam"),
+            Some(OptionsTarget::Endpoint)
+        );
+        assert_eq!(
+            options_target("/v1/whep/cam/abc"),
+            Some(OptionsTarget::Session)
+        );
+        assert_eq!(options_target("/v1/rooms/r/ws"), None);
+        assert_eq!(options_target("/v1/whip/"), None);
+        assert_eq!(options_target("/v1/whip/a/b/c"), None);
+    }
 }
