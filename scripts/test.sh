@@ -38,7 +38,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
     fi
     export DEBIAN_FRONTEND=noninteractive
     apt-get update
-    apt-get install -y --no-install-recommends "${missing[@]}"
+    apt-get install -y "${missing[@]}"
 fi
 
 # --- Python venv with aiortc -------------------------------------------------
@@ -57,7 +57,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     log "installing Node test peers (npm)"
     export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
     if [ -f "$PEERS/package-lock.json" ]; then
-        (cd "$PEERS" && npm ci --no-audit --no-fund --loglevel=error)
+        # A lock file out of step with package.json makes `npm ci` refuse; then install.
+        (cd "$PEERS" && npm ci --no-audit --no-fund --loglevel=error) ||
+            (cd "$PEERS" && npm install --no-audit --no-fund --loglevel=error)
     else
         (cd "$PEERS" && npm install --no-audit --no-fund --loglevel=error)
     fi
