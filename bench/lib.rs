@@ -1,2 +1,2 @@
-//! Home of tandem's criterion benchmarks (`cargo bench -p tandem-bench`).
-//! The benchmarks themselves live in `benches/`.
+//! Home of tandem's criterion benchmarks (`cargo bench -p tandem-bench`): fan-out,
+//! NACK cache, room broadcast, clock estimator. The benchmarks live in `benches/`.
