@@ -29,6 +29,9 @@ struct RelayCounts {
     /// Generic NACKs (RTCP RTPFB, FMT 1) the viewer sent that the relay passed on;
     /// the RTCP header stays readable under SRTCP.
     up_nacks: AtomicU64,
+    /// Generic NACKs going the other way: the server asking the client (a publisher
+    /// behind the relay) to resend.
+    down_nacks: AtomicU64,
     /// Downstream RTP packets by payload type (the header stays readable under SRTP).
     down_payload_types: std::sync::Mutex<std::collections::BTreeMap<u8, u64>>,
     /// (SSRC, sequence number) of RTP packets the relay dropped on the way down.
@@ -117,6 +120,9 @@ impl LossyRelay {
                         counts.down_recovered.fetch_add(1, Ordering::Relaxed);
                     }
                     counts.down_forwarded.fetch_add(1, Ordering::Relaxed);
+                    if n > 1 && buf[1] == 205 && buf[0] & 0x1f == 1 {
+                        counts.down_nacks.fetch_add(1, Ordering::Relaxed);
+                    }
                     if is_media(&buf[..n]) && n > 12 && !(192..=223).contains(&buf[1]) {
                         *counts
                             .down_payload_types
@@ -288,5 +294,68 @@ async fn five_percent_loss_is_repaired_by_retransmission() {
     assert_eq!(done["delete_status"], 200, "{done}");
     app.wait_sessions(0, Duration::from_secs(10)).await;
     drop(relay);
+    app.shutdown().await;
+}
+
+/// The same relay on the ingest leg: the publisher's packets to the server lose
+/// 5 %. The SFU must NACK the publisher (the NACKs cross the relay towards it)
+/// and a viewer on a clean leg must keep decoding without a stall.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_loss_is_nacked_upstream_and_viewers_keep_decoding() {
+    let _guard = media_lock().await;
+    let app = spawn_app().await;
+    let server: SocketAddr = format!("127.0.0.1:{}", app.media_port).parse().unwrap();
+    let relay = LossyRelay::start(server, 0.05).await;
+    let relay_addr = format!("127.0.0.1:{}", relay.front_port);
+    let mut publisher = PyPeer::publisher(
+        &app,
+        "lossy-ingest",
+        &["--codec", "VP8", "--relay", &relay_addr],
+    );
+    publisher
+        .wait_event("connected", Duration::from_secs(30))
+        .await;
+    let mut viewer = PyPeer::viewer(
+        &app,
+        "clean-viewer",
+        "lossy-ingest",
+        &[
+            "--frames",
+            "300",
+            "--audio-frames",
+            "200",
+            "--min-seconds",
+            "10",
+            "--duration",
+            "120",
+        ],
+    );
+    let done = viewer.done(Duration::from_secs(150)).await;
+    let c = &relay.counts;
+    let report = format!(
+        "viewer {done}\nrelay: up {} forwarded / {} dropped; NACKs from the server to the publisher: {}",
+        c.up_forwarded.load(Ordering::Relaxed),
+        c.up_dropped.load(Ordering::Relaxed),
+        c.down_nacks.load(Ordering::Relaxed),
+    );
+    assert!(
+        c.up_dropped.load(Ordering::Relaxed) > 20,
+        "the relay dropped ingest media: {report}"
+    );
+    assert!(
+        c.down_nacks.load(Ordering::Relaxed) > 0,
+        "the SFU NACKed the publisher for the lost packets: {report}"
+    );
+    assert_eq!(done["ok"], true, "the viewer reached its goals: {report}");
+    let per_second: Vec<f64> = done["frames_per_second"]
+        .as_array()
+        .map(|a| a.iter().map(num).collect())
+        .unwrap_or_default();
+    let whole = &per_second[..per_second.len().saturating_sub(1)];
+    assert!(
+        whole.len() >= 9 && whole.iter().all(|f| *f > 0.0),
+        "frames in every second after the first: {per_second:?}: {report}"
+    );
+    publisher.stop(Duration::from_secs(20)).await;
     app.shutdown().await;
 }

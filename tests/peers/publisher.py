@@ -26,6 +26,7 @@ from tandem_peer import (
     log,
     new_peer_connection,
     prefer_codec,
+    rewrite_candidates,
     stdin_closed,
     watch_state,
 )
@@ -50,6 +51,9 @@ async def run(args):
             answer = await session.post(pc.localDescription.sdp)
             emit("answered", location=session.location, etag=session.etag, answer=answer)
             result["codec"] = first_codec(answer, "video")
+            if args.relay:
+                host, port = args.relay.rsplit(":", 1)
+                answer = rewrite_candidates(answer, host, int(port))
             await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
             stop = asyncio.ensure_future(stdin_closed())
             waits = [stop, asyncio.ensure_future(failed.wait())]
@@ -82,6 +86,7 @@ def main():
     p.add_argument("--token", default="")
     p.add_argument("--codec", choices=["VP8", "H264"], default=None)
     p.add_argument("--duration", type=float, default=300.0, help="stop after this many seconds at most")
+    p.add_argument("--relay", default=None, help="HOST:PORT to put in the answer's candidates")
     p.add_argument("--no-video", action="store_true")
     p.add_argument("--no-audio", action="store_true")
     asyncio.run(run(p.parse_args()))
