@@ -11,6 +11,7 @@
 //! - [`session`]: one peer connection (built as ICE-lite answerer) and its state.
 //! - [`worker`]: a thread with its own socket on the media port; owns sessions,
 //!   demultiplexes, forwards.
+//! - [`udp`]: outgoing datagrams batched into sendmmsg(2) calls.
 //! - [`tcp`]: ICE-TCP (passive, RFC 4571 framing) on the same port number.
 //! - [`sfu`]: [`Sfu`], the handle the HTTP layer calls, and the shared registries.
 //! - [`metrics`]: Prometheus instruments of the packet path.
@@ -25,6 +26,7 @@ pub mod sfu;
 pub mod stun;
 pub mod tcp;
 pub mod track;
+pub mod udp;
 pub mod worker;
 
 pub use config::MediaConfig;

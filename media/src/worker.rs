@@ -34,6 +34,7 @@ use crate::sfu::{
 };
 use crate::tcp::TcpLink;
 use crate::track::{Continuity, RetransmitCache};
+use crate::udp::SendBatch;
 
 /// Requests from the HTTP side and from other workers; low volume.
 pub(crate) enum Control {
@@ -165,6 +166,7 @@ pub(crate) fn run(
             metrics: shared.metrics.clone(),
             shared,
             socket: socket.clone(),
+            batch: SendBatch::default(),
             local_udp,
             sessions: HashMap::new(),
             by_addr: HashMap::new(),
@@ -199,6 +201,8 @@ struct Worker {
     shared: Arc<Shared>,
     metrics: MediaMetrics,
     socket: Arc<UdpSocket>,
+    /// Datagrams queued during one turn of the loop, sent with sendmmsg.
+    batch: SendBatch,
     local_udp: SocketAddr,
     sessions: HashMap<u64, Session>,
     by_addr: HashMap<(SocketAddr, bool), u64>,
@@ -234,6 +238,8 @@ impl Worker {
                 c = control.recv() => {
                     let Some(c) = c else { break };
                     if self.on_control(c) {
+                        // The sessions' DTLS close alerts go out before the worker stops.
+                        self.batch.flush(&self.socket, &self.metrics);
                         break;
                     }
                 }
@@ -264,6 +270,7 @@ impl Worker {
             }
             self.flush_forwards();
             self.close_pending();
+            self.batch.flush(&self.socket, &self.metrics);
         }
     }
 
@@ -390,6 +397,7 @@ impl Worker {
         let Worker {
             sessions,
             socket,
+            batch,
             tcp_links,
             metrics,
             forwards,
@@ -401,7 +409,7 @@ impl Worker {
         let Some(s) = sessions.get_mut(&key) else {
             return;
         };
-        drain_writes(socket, tcp_links, metrics, &mut s.pc);
+        drain_writes((socket, batch), tcp_links, metrics, &mut s.pc);
         let mut opened: Vec<RTCTrackEventInit> = Vec::new();
         let mut became_connected = false;
         while let Some(event) = s.pc.poll_event() {
@@ -507,7 +515,7 @@ impl Worker {
         {
             retransmit(s, ls, &nacks, metrics, now);
         }
-        drain_writes(socket, tcp_links, metrics, &mut s.pc);
+        drain_writes((socket, batch), tcp_links, metrics, &mut s.pc);
         s.next_timeout = s.pc.poll_timeout();
     }
 
@@ -550,6 +558,7 @@ impl Worker {
             sessions,
             streams,
             socket,
+            batch,
             tcp_links,
             metrics,
             ..
@@ -598,7 +607,7 @@ impl Worker {
             } else {
                 metrics.dropped.session_not_ready.inc();
             }
-            drain_writes(socket, tcp_links, metrics, &mut viewer.pc);
+            drain_writes((socket, batch), tcp_links, metrics, &mut viewer.pc);
         }
         if sent > 0 {
             metrics.packets_out.inc_by(sent);
@@ -652,6 +661,7 @@ impl Worker {
             sessions,
             publishers,
             socket,
+            batch,
             tcp_links,
             metrics,
             ..
@@ -687,7 +697,7 @@ impl Worker {
                     }
                 }
             }
-            drain_writes(socket, tcp_links, metrics, &mut s.pc);
+            drain_writes((socket, batch), tcp_links, metrics, &mut s.pc);
         }
     }
 
@@ -883,7 +893,12 @@ impl Worker {
         };
         s.closing = true;
         let _ = s.pc.close();
-        drain_writes(&self.socket, &self.tcp_links, &self.metrics, &mut s.pc);
+        drain_writes(
+            (&self.socket, &mut self.batch),
+            &self.tcp_links,
+            &self.metrics,
+            &mut s.pc,
+        );
         for addr in &s.addrs {
             self.by_addr.remove(addr);
             if addr.1 {
@@ -1082,9 +1097,10 @@ fn resolve_payload_type(
     pt
 }
 
-/// Puts everything a peer connection wants to send on the wire; never waits.
+/// Queues everything a peer connection wants to send (UDP into the worker's
+/// sendmmsg batch, ICE-TCP to its connection's writer); never waits.
 fn drain_writes(
-    socket: &UdpSocket,
+    (socket, batch): (&UdpSocket, &mut SendBatch),
     tcp_links: &HashMap<SocketAddr, TcpLink>,
     metrics: &MediaMetrics,
     pc: &mut RTCPeerConnection,
@@ -1092,13 +1108,12 @@ fn drain_writes(
     while let Some(msg) = pc.poll_write() {
         let peer = msg.transport.peer_addr;
         match msg.transport.transport_protocol {
-            TransportProtocol::UDP => match socket.try_send_to(&msg.message, peer) {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    metrics.dropped.socket_full.inc();
+            TransportProtocol::UDP => {
+                let full = batch.push(peer, msg.message);
+                if full {
+                    batch.flush(socket, metrics);
                 }
-                Err(e) => tracing::trace!(%peer, error = %e, "send failed"),
-            },
+            }
             TransportProtocol::TCP => {
                 if let Some(link) = tcp_links.get(&peer)
                     && link.try_send(msg.message.freeze()).is_err()

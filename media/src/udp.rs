@@ -1,0 +1,115 @@
+//! A worker's outgoing datagrams, batched: queued while a burst of work runs and
+//! handed to the kernel with sendmmsg(2), up to 64 per system call.
+
+use std::net::SocketAddr;
+
+use bytes::BytesMut;
+use tokio::net::UdpSocket;
+
+use crate::metrics::MediaMetrics;
+
+/// Datagrams per sendmmsg call (and the size at which a batch is flushed early).
+pub const BATCH: usize = 64;
+
+pub struct SendBatch {
+    queue: Vec<(socket2::SockAddr, BytesMut)>,
+    #[cfg(target_os = "linux")]
+    headers: Vec<libc::mmsghdr>,
+    #[cfg(target_os = "linux")]
+    iovecs: Vec<libc::iovec>,
+}
+
+impl Default for SendBatch {
+    fn default() -> Self {
+        Self {
+            queue: Vec::with_capacity(BATCH),
+            #[cfg(target_os = "linux")]
+            headers: Vec::with_capacity(BATCH),
+            #[cfg(target_os = "linux")]
+            iovecs: Vec::with_capacity(BATCH),
+        }
+    }
+}
+
+impl SendBatch {
+    /// Queues a datagram; true when the batch is full and should be flushed.
+    pub fn push(&mut self, to: SocketAddr, data: BytesMut) -> bool {
+        self.queue.push((socket2::SockAddr::from(to), data));
+        self.queue.len() >= BATCH
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Sends everything queued. Never waits: what the socket buffer cannot take
+    /// is dropped and counted (`socket_full`), as a congested link would.
+    pub fn flush(&mut self, socket: &UdpSocket, metrics: &MediaMetrics) {
+        if self.queue.is_empty() {
+            return;
+        }
+        #[cfg(target_os = "linux")]
+        self.flush_mmsg(socket, metrics);
+        #[cfg(not(target_os = "linux"))]
+        for (to, data) in self.queue.drain(..) {
+            if let Some(to) = to.as_socket()
+                && socket.try_send_to(&data, to).is_err()
+            {
+                metrics.dropped.socket_full.inc();
+            }
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    fn flush_mmsg(&mut self, socket: &UdpSocket, metrics: &MediaMetrics) {
+        use std::os::fd::AsRawFd;
+        let fd = socket.as_raw_fd();
+        let mut sent_total = 0;
+        while sent_total < self.queue.len() {
+            let chunk = &self.queue[sent_total..(sent_total + BATCH).min(self.queue.len())];
+            self.iovecs.clear();
+            self.headers.clear();
+            for (_, data) in chunk {
+                self.iovecs.push(libc::iovec {
+                    iov_base: data.as_ptr() as *mut libc::c_void,
+                    iov_len: data.len(),
+                });
+            }
+            for (i, (to, _)) in chunk.iter().enumerate() {
+                // SAFETY: an all-zero msghdr is a valid "no control data" header.
+                let mut hdr: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                hdr.msg_hdr.msg_name = to.as_ptr() as *mut libc::c_void;
+                hdr.msg_hdr.msg_namelen = to.len();
+                hdr.msg_hdr.msg_iov = &mut self.iovecs[i] as *mut libc::iovec;
+                hdr.msg_hdr.msg_iovlen = 1;
+                self.headers.push(hdr);
+            }
+            // SAFETY: every header points into `self.iovecs` and `self.queue`, which
+            // outlive the call and are not touched until it returns.
+            let sent = unsafe {
+                libc::sendmmsg(
+                    fd,
+                    self.headers.as_mut_ptr(),
+                    self.headers.len() as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if sent <= 0 {
+                let err = std::io::Error::last_os_error();
+                if sent == 0 || err.kind() == std::io::ErrorKind::WouldBlock {
+                    // The socket buffer is full: drop the rest of this chunk.
+                    metrics.dropped.socket_full.inc_by(chunk.len() as u64);
+                    sent_total += chunk.len();
+                } else {
+                    // A per-destination error (e.g. unreachable) stops the call at that
+                    // datagram: skip it and carry on with the next.
+                    tracing::trace!(error = %err, "sendmmsg");
+                    sent_total += 1;
+                }
+                continue;
+            }
+            sent_total += sent as usize;
+        }
+        self.queue.clear();
+    }
+}
