@@ -30,6 +30,7 @@ async fn whep_mode_reports_packets_latency_and_no_loss() {
             fps: 30,
             keyframe_interval_s: 2.0,
             audio: true,
+            pacing_factor: 2.5,
         },
         bare_duration: Duration::from_millis(200),
         progress: false,

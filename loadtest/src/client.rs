@@ -49,6 +49,9 @@ pub struct PublishOptions {
     pub fps: u32,
     pub keyframe_interval_s: f64,
     pub audio: bool,
+    /// Video packets leave at this multiple of the bitrate, spread over the frame
+    /// interval like libwebrtc's pacer (2.5); 0 sends each frame as one burst.
+    pub pacing_factor: f64,
 }
 
 impl Default for PublishOptions {
@@ -58,6 +61,7 @@ impl Default for PublishOptions {
             fps: 30,
             keyframe_interval_s: 2.0,
             audio: true,
+            pacing_factor: 2.5,
         }
     }
 }
@@ -128,6 +132,9 @@ struct Publisher {
     next_video: Option<Instant>,
     next_audio: Option<Instant>,
     keyframe_requests: u64,
+    /// Paced video packets waiting for their slot, with the frame's RTP timestamp.
+    pending: std::collections::VecDeque<(media::Chunk, u32)>,
+    next_packet: Option<Instant>,
 }
 
 struct Outgoing {
@@ -297,6 +304,8 @@ impl Peer {
                     next_video: None,
                     next_audio: None,
                     keyframe_requests: 0,
+                    pending: Default::default(),
+                    next_packet: None,
                 }))
             }
             None => Role::Viewer(ViewerStats::new(Instant::now())),
@@ -493,10 +502,14 @@ impl Peer {
     /// The earliest instant this peer needs attention without input.
     fn due(&self) -> Option<Instant> {
         let media = match &self.role {
-            Role::Publisher(p) => match (p.next_video, p.next_audio) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            },
+            Role::Publisher(p) => [
+                p.next_video,
+                p.next_audio,
+                p.next_packet.filter(|_| !p.pending.is_empty()),
+            ]
+            .into_iter()
+            .flatten()
+            .min(),
             Role::Viewer(_) => None,
         };
         match (self.next_timeout, media) {
@@ -530,23 +543,28 @@ fn write(
     pc: &mut RTCPeerConnection,
     out: &mut Outgoing,
     chunk: media::Chunk,
+    ts: u32,
     now: Instant,
 ) -> bool {
-    let len = chunk.payload.len();
+    // Stamp the send time now (a paced packet waited after it was made).
+    let mut payload = BytesMut::from(&chunk.payload[..]);
+    let n = payload.len();
+    if media::read_trailer(&payload).is_some() {
+        payload[n - 8..].copy_from_slice(&media::now_us().to_be_bytes());
+    }
     let packet = rtc::rtp::Packet {
         header: rtc::rtp::header::Header {
             version: 2,
             marker: chunk.marker,
             payload_type: out.pt,
             sequence_number: out.seq,
-            timestamp: out.ts,
+            timestamp: ts,
             ssrc: out.ssrc,
             ..Default::default()
         },
-        payload: chunk.payload,
+        payload: payload.freeze(),
     };
     out.seq = out.seq.wrapping_add(1);
-    let _ = len;
     match pc.rtp_sender(out.sender) {
         Some(mut s) => s.write_rtp(now, packet).is_ok(),
         None => false,
@@ -557,18 +575,17 @@ fn send_media(pc: &mut RTCPeerConnection, p: &mut Publisher, now: Instant, c: &C
     let frame_interval = Duration::from_secs_f64(1.0 / p.opts.fps.max(1) as f64);
     while let Some(at) = p.next_video.filter(|t| *t <= now) {
         if let Some(out) = p.video.as_mut() {
-            let (chunks, key) = p.video_src.next_frame(media::now_us());
+            let (chunks, key) = p.video_src.next_frame(0);
             if key {
                 c.keyframes_sent.fetch_add(1, Ordering::Relaxed);
             }
             for chunk in chunks {
-                let n = chunk.payload.len() as u64;
-                if write(pc, out, chunk, now) {
-                    c.tx_packets.fetch_add(1, Ordering::Relaxed);
-                    c.tx_bytes.fetch_add(n, Ordering::Relaxed);
-                }
+                p.pending.push_back((chunk, out.ts));
             }
             out.ts = out.ts.wrapping_add(p.video_src.ts_step());
+            if p.next_packet.is_none_or(|t| t < at) {
+                p.next_packet = Some(at);
+            }
         }
         // Catch up after a stall rather than bursting every missed frame.
         let next = at + frame_interval;
@@ -578,11 +595,29 @@ fn send_media(pc: &mut RTCPeerConnection, p: &mut Publisher, now: Instant, c: &C
             next
         });
     }
+    let rate = p.opts.pacing_factor * p.opts.video_bitrate_bps as f64;
+    while let Some(at) = p.next_packet.filter(|t| *t <= now) {
+        let (Some(out), Some((chunk, ts))) = (p.video.as_mut(), p.pending.pop_front()) else {
+            break;
+        };
+        let n = chunk.payload.len() as u64;
+        if write(pc, out, chunk, ts, now) {
+            c.tx_packets.fetch_add(1, Ordering::Relaxed);
+            c.tx_bytes.fetch_add(n, Ordering::Relaxed);
+        }
+        let gap = if rate > 0.0 {
+            Duration::from_secs_f64((n + 40) as f64 * 8.0 / rate)
+        } else {
+            Duration::ZERO
+        };
+        p.next_packet = Some(at + gap);
+    }
     while let Some(at) = p.next_audio.filter(|t| *t <= now) {
         if let Some(out) = p.audio.as_mut() {
-            let chunk = p.audio_src.next_packet(media::now_us());
+            let chunk = p.audio_src.next_packet(0);
             let n = chunk.payload.len() as u64;
-            if write(pc, out, chunk, now) {
+            let ts = out.ts;
+            if write(pc, out, chunk, ts, now) {
                 c.tx_packets.fetch_add(1, Ordering::Relaxed);
                 c.tx_bytes.fetch_add(n, Ordering::Relaxed);
             }

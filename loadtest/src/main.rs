@@ -147,6 +147,9 @@ struct WhepArgs {
     keyframe_interval: f64,
     #[arg(long)]
     no_audio: bool,
+    /// Pace video at this multiple of the bitrate like a browser (0: one burst per frame).
+    #[arg(long, default_value_t = 2.5)]
+    pacing: f64,
     #[arg(long, default_value = "loadtest")]
     stream: String,
     /// Seconds each bare-limit loop runs (0 skips them).
@@ -244,6 +247,7 @@ async fn run_whep(a: WhepArgs) -> Result<(), String> {
             fps: a.fps,
             keyframe_interval_s: a.keyframe_interval,
             audio: !a.no_audio,
+            pacing_factor: a.pacing,
         },
         bare_duration: Duration::from_secs(a.bare_seconds),
         progress: !a.server.quiet,
