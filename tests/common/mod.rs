@@ -505,6 +505,11 @@ impl PyPeer {
     pub fn stderr_tail(&self, n: usize) -> String {
         self.proc.stderr.tail(n)
     }
+
+    /// The peer's process id (to pause it with SIGSTOP, say).
+    pub fn pid(&self) -> u32 {
+        self.proc.child.id().expect("the peer is running")
+    }
 }
 
 /// Headless Chromium (Debian's) with pages the test opens and inspects.
