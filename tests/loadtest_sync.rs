@@ -26,6 +26,7 @@ async fn sync_mode_reports_fanout_latency_and_position_error() {
         bare_duration: Duration::from_millis(200),
         progress: false,
         network: "loopback".into(),
+        deadband_ms: 30.0,
     };
     let r = sync::run(&cfg).await.expect("the sync run completes");
     let table = tandem_loadtest::report::table("sync", &sync::rows(&r));

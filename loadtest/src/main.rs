@@ -62,6 +62,9 @@ struct SyncArgs {
     jwt_secret: Option<String>,
     #[arg(long, default_value_t = 2)]
     bare_seconds: u64,
+    /// Dead band of the simulated players' correction policy (the SDK's is 30 ms).
+    #[arg(long, default_value_t = 30.0)]
+    deadband_ms: f64,
 }
 
 #[derive(Args)]
@@ -294,6 +297,7 @@ async fn run_sync(a: SyncArgs) -> Result<(), String> {
         network: tandem_loadtest::netns::current()
             .map(|n| format!("netem {n}"))
             .unwrap_or_else(|| "loopback".into()),
+        deadband_ms: a.deadband_ms,
     };
     let r = tandem_loadtest::sync::run(&cfg).await;
     t.stop();

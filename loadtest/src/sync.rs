@@ -45,6 +45,8 @@ pub struct SyncConfig {
     pub progress: bool,
     /// A label describing network conditions (netem), for the report.
     pub network: String,
+    /// Dead band of the correction policy in ms (the SDK's: 30; nudging stops under half).
+    pub deadband_ms: f64,
 }
 
 impl Default for SyncConfig {
@@ -63,6 +65,7 @@ impl Default for SyncConfig {
             bare_duration: Duration::from_secs(2),
             progress: false,
             network: "loopback".into(),
+            deadband_ms: 30.0,
         }
     }
 }
@@ -77,6 +80,7 @@ pub struct SyncReport {
     pub network: String,
     pub skew_ms: f64,
     pub drift_ppm: f64,
+    pub deadband_ms: f64,
     pub window_s: f64,
     pub commands_sent: u64,
     /// Host's send → each member's receipt of the resulting `playback.state`.
@@ -206,6 +210,8 @@ pub struct Adapter {
     pub nudging: bool,
     pub last_seek_local: f64,
     pub ready_sent: Option<u64>,
+    /// Drift (s) under which nothing is corrected; nudging stops under half of it.
+    pub deadband: f64,
 }
 
 impl Adapter {
@@ -220,6 +226,7 @@ impl Adapter {
             nudging: false,
             last_seek_local: 0.0,
             ready_sent: None,
+            deadband: 0.03,
         }
     }
 
@@ -260,9 +267,9 @@ impl Adapter {
             return None;
         }
         if if self.nudging {
-            abs < 0.015
+            abs < self.deadband / 2.0
         } else {
-            abs < 0.03
+            abs < self.deadband
         } {
             self.nudging = false;
             self.player.set_rate(local, p.rate);
@@ -392,6 +399,11 @@ async fn client(
     );
     let mut stop = shared.stop.clone();
     let mut step = 0u64;
+    // The SDK's start timer: a state that starts playing at a future `at` is applied
+    // again exactly then, not at the next 100 ms tick.
+    let start_timer = tokio::time::sleep(Duration::from_secs(86_400));
+    tokio::pin!(start_timer);
+    let mut start_armed = false;
     loop {
         tokio::select! {
             _ = stop.changed() => break,
@@ -446,8 +458,13 @@ async fn client(
                                 }
                             }
                         }
+                        let server_now = local + offset;
+                        if !s.paused && server_now < s.at {
+                            start_timer.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs_f64((s.at - server_now) / 1000.0));
+                            start_armed = true;
+                        }
                         let report = if let Ok(mut m) = me.lock() {
-                            let r = m.adapter.apply(&s, local + offset, local, true);
+                            let r = m.adapter.apply(&s, server_now, local, true);
                             m.state = Some(s);
                             r
                         } else { None };
@@ -456,6 +473,15 @@ async fn client(
                         }
                     }
                     _ => {}
+                }
+            }
+            _ = &mut start_timer, if start_armed => {
+                start_armed = false;
+                let local = clock.now();
+                if let Ok(mut m) = me.lock()
+                    && let Some(s) = m.state.clone()
+                {
+                    m.adapter.apply(&s, local + offset, local, false);
                 }
             }
             _ = apply_tick.tick() => {
@@ -580,6 +606,7 @@ pub async fn run(cfg: &SyncConfig) -> Result<SyncReport, String> {
         network: cfg.network.clone(),
         skew_ms: cfg.skew_ms,
         drift_ppm: cfg.drift_ppm,
+        deadband_ms: cfg.deadband_ms,
         load_average_before: procstat::loadavg(),
         ..Default::default()
     };
@@ -619,9 +646,11 @@ pub async fn run(cfg: &SyncConfig) -> Result<SyncReport, String> {
                     ppm: (rand::random::<f64>() * 2.0 - 1.0) * cfg.drift_ppm,
                     origin_ms: origin,
                 };
+                let mut adapter = Adapter::new(clock.now());
+                adapter.deadband = cfg.deadband_ms / 1000.0;
                 Arc::new(Mutex::new(ClientView {
                     clock,
-                    adapter: Adapter::new(clock.now()),
+                    adapter,
                     state: None,
                 }))
             })
@@ -772,6 +801,10 @@ pub fn rows(r: &SyncReport) -> Vec<Row> {
                 "{} / ±{:.0} ms / ±{:.0} ppm",
                 r.network, r.skew_ms, r.drift_ppm
             ),
+        ),
+        Row::new(
+            "correction dead band",
+            format!("{:.0} ms (SDK: 30 ms)", r.deadband_ms),
         ),
         Row::new("commands (window)", r.commands_sent.to_string()),
         Row::new(
