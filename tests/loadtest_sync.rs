@@ -27,6 +27,8 @@ async fn sync_mode_reports_fanout_latency_and_position_error() {
         progress: false,
         network: "loopback".into(),
         deadband_ms: 30.0,
+        delay: Duration::ZERO,
+        jitter: Duration::ZERO,
     };
     let r = sync::run(&cfg).await.expect("the sync run completes");
     let table = tandem_loadtest::report::table("sync", &sync::rows(&r));

@@ -3,6 +3,7 @@
 
 pub mod bare;
 pub mod client;
+pub mod delay;
 pub mod enroll;
 pub mod media;
 pub mod netns;

@@ -62,6 +62,12 @@ struct SyncArgs {
     jwt_secret: Option<String>,
     #[arg(long, default_value_t = 2)]
     bare_seconds: u64,
+    /// WebSocket traffic crosses a loopback relay adding this delay each way (ms) …
+    #[arg(long, default_value_t = 0.0)]
+    delay_ms: f64,
+    /// … ± this uniform jitter (ms), byte order kept (as TCP delivers).
+    #[arg(long, default_value_t = 0.0)]
+    jitter_ms: f64,
     /// Dead band of the simulated players' correction policy (the SDK's is 30 ms).
     #[arg(long, default_value_t = 30.0)]
     deadband_ms: f64,
@@ -294,9 +300,15 @@ async fn run_sync(a: SyncArgs) -> Result<(), String> {
         drift_ppm: a.drift_ppm,
         bare_duration: Duration::from_secs(a.bare_seconds),
         progress: !a.server.quiet,
-        network: tandem_loadtest::netns::current()
-            .map(|n| format!("netem {n}"))
-            .unwrap_or_else(|| "loopback".into()),
+        network: match tandem_loadtest::netns::current() {
+            Some(n) => format!("netem {n}"),
+            None if a.delay_ms > 0.0 || a.jitter_ms > 0.0 => {
+                format!("relay {:.0}±{:.0} ms each way", a.delay_ms, a.jitter_ms)
+            }
+            None => "loopback".into(),
+        },
+        delay: Duration::from_secs_f64(a.delay_ms / 1000.0),
+        jitter: Duration::from_secs_f64(a.jitter_ms / 1000.0),
         deadband_ms: a.deadband_ms,
     };
     let r = tandem_loadtest::sync::run(&cfg).await;

@@ -3,7 +3,9 @@
 //!
 //! Server and clients both live in that namespace and talk over its 127.0.0.1, so
 //! every packet crosses the impaired loopback twice per round trip (once each way)
-//! and no address outside the namespace is ever used. Needs root (`ip`, `tc`).
+//! and no address outside the namespace is ever used. Needs root (`ip`, `tc`) and a
+//! kernel with `sch_netem`; where it is missing (this project's VMs), `sync --delay-ms
+//! --jitter-ms` impairs the WebSocket path with the tool's own relay instead.
 
 use std::process::{Command, ExitStatus};
 

@@ -47,6 +47,9 @@ pub struct SyncConfig {
     pub network: String,
     /// Dead band of the correction policy in ms (the SDK's: 30; nudging stops under half).
     pub deadband_ms: f64,
+    /// WebSocket traffic crosses a relay adding this delay ± `jitter` each way (zero: direct).
+    pub delay: Duration,
+    pub jitter: Duration,
 }
 
 impl Default for SyncConfig {
@@ -66,6 +69,8 @@ impl Default for SyncConfig {
             progress: false,
             network: "loopback".into(),
             deadband_ms: 30.0,
+            delay: Duration::ZERO,
+            jitter: Duration::ZERO,
         }
     }
 }
@@ -626,7 +631,19 @@ pub async fn run(cfg: &SyncConfig) -> Result<SyncReport, String> {
         .and_then(|p| procstat::sample(p).ok())
         .map(|s| s.rss_bytes)
         .unwrap_or(0);
-    let ws_base = cfg.base.replacen("http://", "ws://", 1);
+    let mut ws_base = cfg.base.replacen("http://", "ws://", 1);
+    if !cfg.delay.is_zero() || !cfg.jitter.is_zero() {
+        let upstream: std::net::SocketAddr = cfg
+            .base
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .parse()
+            .map_err(|e| format!("server address for the delay relay: {e}"))?;
+        let relay = crate::delay::start(upstream, cfg.delay, cfg.jitter)
+            .await
+            .map_err(|e| format!("delay relay: {e}"))?;
+        ws_base = format!("ws://{relay}");
+    }
     let origin = wall_ms();
     let total = cfg.rooms * cfg.members;
     let pb = report::progress(cfg.progress, total as u64, "clients connecting");
