@@ -73,6 +73,13 @@ async fn media_file(
     }
 }
 
+/// Read buffer of one WebSocket connection (frames are at most 16 KiB; the
+/// buffer grows for a larger one and the room closes it with 1009).
+const WS_READ_BUFFER: usize = 4 * 1024;
+/// Bytes gathered before a write: queued frames leave together, one frame alone
+/// is flushed at once.
+const WS_WRITE_BUFFER: usize = 8 * 1024;
+
 /// The WebSocket upgrade, or nothing (so a plain GET gets a JSON 400, not a bare rejection).
 struct MaybeUpgrade(Option<WebSocketUpgrade>);
 
@@ -126,7 +133,11 @@ async fn ws(
     let limit = rooms.config().max_frame_bytes;
     // Frames a little past the limit are read and answered with 1009 by the room
     // code; far larger ones are cut off by tungstenite (and also closed with 1009).
+    // tungstenite's default buffers are 128 KiB each per connection; a sync
+    // connection's frames are small, so small buffers keep an idle member cheap.
     Ok(upgrade
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(WS_WRITE_BUFFER)
         .max_message_size(limit * 4 + 1024)
         .max_frame_size(limit * 4 + 1024)
         .on_upgrade(move |socket| async move { rooms.serve(socket, room, ident).await })
