@@ -42,7 +42,6 @@ pub const PT_UNSUPPORTED: u8 = 254;
 pub struct ViewerTrack {
     pub sender: RTCRtpSenderId,
     pub ssrc: u32,
-    pub rtx_ssrc: Option<u32>,
     /// The codec the sender was bound with (interceptors key NACK/RTX on it).
     pub bound_codec: RTCRtpCodec,
     /// Publisher payload type → this viewer's payload type, valid for `epoch`.
@@ -71,7 +70,6 @@ pub struct Session {
     pub last_rx: Instant,
     pub next_timeout: Option<Instant>,
     pub connected: bool,
-    pub closing: bool,
     /// In the stream's fan-out on this worker.
     pub forwarding: bool,
     // Viewer side.
@@ -321,7 +319,6 @@ pub fn viewer_track(
     kind: MediaKind,
     stream_name: &str,
     ssrc: u32,
-    rtx_ssrc: Option<u32>,
     codec: RTCRtpCodec,
 ) -> MediaStreamTrack {
     let (rtp_kind, id) = match kind {
@@ -336,8 +333,6 @@ pub fn viewer_track(
         vec![RTCRtpEncodingParameters {
             rtp_coding_parameters: RTCRtpCodingParameters {
                 ssrc: Some(ssrc),
-                rtx: rtx_ssrc
-                    .map(|ssrc| rtc::rtp_transceiver::rtp_sender::RTCRtpRtxParameters { ssrc }),
                 ..Default::default()
             },
             codec,
@@ -379,21 +374,18 @@ pub fn build(params: BuildParams<'_>) -> Result<Built, MediaError> {
                 }
                 seen[slot] = true;
                 let ssrc: u32 = rand::random();
-                let rtx_ssrc = None;
                 let codec = track_codec(media.kind, params.publisher_codecs);
                 let sender = pc
                     .add_track(viewer_track(
                         media.kind,
                         params.stream_name,
                         ssrc,
-                        rtx_ssrc,
                         codec.clone(),
                     ))
                     .map_err(|e| MediaError::Internal(format!("add track: {e}")))?;
                 viewer_tracks[slot] = Some(ViewerTrack {
                     sender,
                     ssrc,
-                    rtx_ssrc,
                     bound_codec: codec,
                     pt_map: [PT_UNKNOWN; 128],
                     epoch: u32::MAX,

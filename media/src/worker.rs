@@ -793,7 +793,6 @@ impl Worker {
                 last_rx: now,
                 next_timeout: None,
                 connected: false,
-                closing: false,
                 forwarding: false,
                 viewer_tracks: built.viewer_tracks,
                 publisher_tracks: HashMap::new(),
@@ -891,7 +890,6 @@ impl Worker {
         let Some(mut s) = self.sessions.remove(&key) else {
             return false;
         };
-        s.closing = true;
         let _ = s.pc.close();
         drain_writes(
             (&self.socket, &mut self.batch),
@@ -1086,7 +1084,6 @@ fn resolve_payload_type(
             kind,
             &stream.name,
             track.ssrc,
-            track.rtx_ssrc,
             publisher_codec.rtp_codec.clone(),
         );
         match sender.replace_track(new_track) {
