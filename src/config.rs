@@ -41,7 +41,7 @@ pub struct MediaSection {
     pub max_sessions: usize,
     pub max_viewers_per_stream: usize,
     pub ice_tcp: bool,
-    pub viewer_queue_packets: usize,
+    pub worker_queue_packets: usize,
     pub pli_interval_ms: u64,
     pub idle_timeout_seconds: u64,
     pub max_sdp_bytes: usize,
@@ -103,9 +103,9 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        if self.media.max_sdp_bytes == 0 || self.media.viewer_queue_packets == 0 {
+        if self.media.max_sdp_bytes == 0 || self.media.worker_queue_packets == 0 {
             return Err(ConfigError::Invalid(
-                "media.max_sdp_bytes and media.viewer_queue_packets must be > 0".into(),
+                "media.max_sdp_bytes and media.worker_queue_packets must be > 0".into(),
             ));
         }
         if !self.public_ip.is_empty() {

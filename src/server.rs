@@ -239,7 +239,7 @@ fn media_config(config: &Config) -> MediaConfig {
         max_sessions: config.media.max_sessions,
         max_viewers_per_stream: config.media.max_viewers_per_stream,
         ice_tcp: config.media.ice_tcp,
-        worker_queue_packets: config.media.viewer_queue_packets,
+        worker_queue_packets: config.media.worker_queue_packets,
         pli_interval: Duration::from_millis(config.media.pli_interval_ms),
         idle_timeout: Duration::from_secs(config.media.idle_timeout_seconds),
     }

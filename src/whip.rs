@@ -6,7 +6,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{options, post};
+use axum::routing::{patch, post};
 use tandem_media::{MediaError, PatchOutcome, SessionKind, SessionSummary};
 use tokio::sync::mpsc;
 
@@ -21,25 +21,17 @@ const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route(
-            "/v1/whip/{stream}",
-            post(whip_post).options(endpoint_options),
-        )
-        .route(
-            "/v1/whep/{stream}",
-            post(whep_post).options(endpoint_options),
-        )
+        // OPTIONS never reaches these routes: the CORS layer answers it and
+        // `options_headers` adds what WHIP/WHEP clients read from the answer.
+        .route("/v1/whip/{stream}", post(whip_post))
+        .route("/v1/whep/{stream}", post(whep_post))
         .route(
             "/v1/whip/{stream}/{session}",
-            options(session_options)
-                .patch(session_patch)
-                .delete(session_delete),
+            patch(session_patch).delete(session_delete),
         )
         .route(
             "/v1/whep/{stream}/{session}",
-            options(session_options)
-                .patch(session_patch)
-                .delete(session_delete),
+            patch(session_patch).delete(session_delete),
         )
 }
 
@@ -259,8 +251,8 @@ fn options_target(path: &str) -> Option<OptionsTarget> {
     }
 }
 
-/// Adds the WHIP/WHEP headers to OPTIONS answers, including the CORS preflights
-/// the CORS layer answers without reaching the routes.
+/// Adds the WHIP/WHEP headers to OPTIONS answers. The CORS layer answers every
+/// OPTIONS itself (preflight or not), so this is the one place they are set.
 pub async fn options_headers(
     State(state): State<AppState>,
     request: axum::extract::Request,
@@ -274,35 +266,18 @@ pub async fn options_headers(
     match target {
         Some(OptionsTarget::Endpoint) => {
             h.insert("accept-post", HeaderValue::from_static(SDP));
-            if !h.contains_key(header::LINK) {
-                add_ice_server_links(h, &state.config.ice_servers);
-            }
+            h.insert(header::ALLOW, HeaderValue::from_static("OPTIONS, POST"));
+            add_ice_server_links(h, &state.config.ice_servers);
         }
         Some(OptionsTarget::Session) => {
             h.insert("accept-patch", HeaderValue::from_static(SDPFRAG));
+            h.insert(
+                header::ALLOW,
+                HeaderValue::from_static("OPTIONS, PATCH, DELETE"),
+            );
         }
         None => {}
     }
-    resp
-}
-
-async fn endpoint_options(State(state): State<AppState>) -> Response {
-    let mut resp = StatusCode::NO_CONTENT.into_response();
-    let h = resp.headers_mut();
-    h.insert("accept-post", HeaderValue::from_static(SDP));
-    h.insert(header::ALLOW, HeaderValue::from_static("OPTIONS, POST"));
-    add_ice_server_links(h, &state.config.ice_servers);
-    resp
-}
-
-async fn session_options() -> Response {
-    let mut resp = StatusCode::NO_CONTENT.into_response();
-    let h = resp.headers_mut();
-    h.insert("accept-patch", HeaderValue::from_static(SDPFRAG));
-    h.insert(
-        header::ALLOW,
-        HeaderValue::from_static("OPTIONS, PATCH, DELETE"),
-    );
     resp
 }
 

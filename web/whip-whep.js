@@ -285,6 +285,30 @@ export class WhipWhepSession {
   }
 }
 
+/**
+ * What both pages read from a getStats() report: the codecs by id (returned),
+ * the transport (`out.transport`) and the selected pair's round trip (`out.rttMs`).
+ */
+export function readTransportStats(report, out) {
+  const codecs = {};
+  report.forEach((s) => {
+    if (s.type === 'codec') codecs[s.id] = s;
+    if (s.type === 'transport') {
+      out.transport = {
+        iceState: s.iceState,
+        dtlsState: s.dtlsState,
+        iceLocalUsernameFragment: s.iceLocalUsernameFragment,
+        selectedCandidatePairChanges: s.selectedCandidatePairChanges,
+        selectedCandidatePairId: s.selectedCandidatePairId,
+      };
+    }
+  });
+  const pairId = out.transport && out.transport.selectedCandidatePairId;
+  const pair = pairId && report.get(pairId);
+  if (pair && pair.currentRoundTripTime !== undefined) out.rttMs = pair.currentRoundTripTime * 1000;
+  return codecs;
+}
+
 /** Page helpers shared by broadcast.html and watch.html. */
 export function pageParams(kind) {
   // /broadcast/{stream} or /watch/{stream}, also under /.proxy (Discord Activities).

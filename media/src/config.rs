@@ -33,7 +33,7 @@ impl Default for MediaConfig {
             max_sessions: 2000,
             max_viewers_per_stream: 1000,
             ice_tcp: true,
-            worker_queue_packets: 512,
+            worker_queue_packets: 2048,
             pli_interval: Duration::from_millis(500),
             idle_timeout: Duration::from_secs(30),
         }

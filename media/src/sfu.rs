@@ -197,7 +197,7 @@ impl Sfu {
         let mut receivers = Vec::with_capacity(workers);
         for _ in 0..workers {
             let (control, control_rx) = mpsc::unbounded_channel();
-            let (inbound, inbound_rx) = mpsc::channel(config.worker_queue_packets.max(64) * 4);
+            let (inbound, inbound_rx) = mpsc::channel(config.worker_queue_packets.max(1));
             handles.push(WorkerHandle { control, inbound });
             receivers.push((control_rx, inbound_rx));
         }
