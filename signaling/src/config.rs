@@ -50,6 +50,16 @@ pub struct RoomsConfig {
     pub burst_interval_ms: u64,
     /// Granularity of the room timer (grace, barrier, idle, pings).
     pub tick_ms: u64,
+    /// A room with more members than this is *large*: its presence changes go out
+    /// as one `presence.batch` per `presence_batch_ms` instead of one message per
+    /// change, and its `welcome` lists at most `welcome_members` members (the rest
+    /// are paged with `members.list`). The default equals `max_members_per_room`,
+    /// so a default deployment never has a large room and speaks plain v1.
+    pub large_room_above: usize,
+    /// Large rooms: interval of `presence.batch`.
+    pub presence_batch_ms: u64,
+    /// Large rooms: members listed in `welcome`, and member entries per `presence.batch`.
+    pub welcome_members: usize,
 }
 
 impl Default for RoomsConfig {
@@ -78,6 +88,9 @@ impl Default for RoomsConfig {
             ping_burst: 8,
             burst_interval_ms: 100,
             tick_ms: 50,
+            large_room_above: 200,
+            presence_batch_ms: 1_000,
+            welcome_members: 50,
         }
     }
 }

@@ -1,5 +1,5 @@
-//! One WebSocket connection: waits for `hello`, joins the room, then runs a reader
-//! (parse once, forward to the room task) and a writer draining the bounded queue.
+//! One WebSocket connection: waits for `hello`, joins the room, then one task reads
+//! (parse once, forward to the room task) and drains the bounded queue in batches.
 
 use std::time::{Duration, Instant};
 
@@ -75,17 +75,17 @@ pub(crate) async fn serve(rooms: Rooms, socket: WebSocket, room: String, ident: 
     let cfg = inner.cfg.clone();
     inner.metrics.connections.inc();
     let _gauge = ConnGauge(inner.metrics.connections.clone());
-    let (mut sink, mut stream) = socket.split();
+    let mut socket = socket;
 
     // 1. hello
     let hello_deadline = tokio::time::sleep(Duration::from_millis(cfg.hello_timeout_ms));
     tokio::pin!(hello_deadline);
     let (resume, user) = loop {
         let frame = tokio::select! {
-            f = stream.next() => f,
+            f = socket.next() => f,
             _ = &mut hello_deadline => {
-                let _ = send_error_direct(&mut sink, "bad_request", "no hello within the time limit", None).await;
-                let _ = close_direct(&mut sink, 1008, "no hello").await;
+                let _ = send_error_direct(&mut socket, "bad_request", "no hello within the time limit", None).await;
+                let _ = close_direct(&mut socket, 1008, "no hello").await;
                 return;
             }
         };
@@ -93,14 +93,14 @@ pub(crate) async fn serve(rooms: Rooms, socket: WebSocket, room: String, ident: 
             Some(Ok(Message::Text(t))) => {
                 inner.metrics.messages_in.inc();
                 if t.len() > cfg.max_frame_bytes {
-                    let _ = close_direct(&mut sink, 1009, "frame too large").await;
+                    let _ = close_direct(&mut socket, 1009, "frame too large").await;
                     return;
                 }
                 match wire::parse(&t) {
                     Ok(ClientMsg::Hello { resume, user }) => break (resume, user),
                     Ok(_) => {
                         let _ = send_error_direct(
-                            &mut sink,
+                            &mut socket,
                             "bad_request",
                             "the first message must be hello",
                             None,
@@ -109,14 +109,14 @@ pub(crate) async fn serve(rooms: Rooms, socket: WebSocket, room: String, ident: 
                     }
                     Err(e) => {
                         let _ =
-                            send_error_direct(&mut sink, e.code, &e.message, e.r#ref.as_deref())
+                            send_error_direct(&mut socket, e.code, &e.message, e.r#ref.as_deref())
                                 .await;
                     }
                 }
             }
             Some(Ok(Message::Binary(_))) => {
                 let _ = send_error_direct(
-                    &mut sink,
+                    &mut socket,
                     "bad_request",
                     "binary frames are not accepted",
                     None,
@@ -126,7 +126,7 @@ pub(crate) async fn serve(rooms: Rooms, socket: WebSocket, room: String, ident: 
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
             Some(Err(e)) => {
                 if is_capacity(&e) {
-                    let _ = close_direct(&mut sink, 1009, "frame too large").await;
+                    let _ = close_direct(&mut socket, 1009, "frame too large").await;
                 }
                 return;
             }
@@ -135,13 +135,13 @@ pub(crate) async fn serve(rooms: Rooms, socket: WebSocket, room: String, ident: 
     };
 
     // 2. join
-    let (tx, rx) = mpsc::channel(cfg.queue_depth.max(1));
+    let (tx, mut rx) = mpsc::channel(cfg.queue_depth.max(1));
     let (kill_tx, kill_rx) = oneshot::channel();
     let conn_id = inner.next_conn_id();
     let req = JoinRequest {
         conn: ConnHandle {
             id: conn_id,
-            tx: tx.clone(),
+            tx,
             kill: Some(kill_tx),
         },
         ident,
@@ -152,103 +152,228 @@ pub(crate) async fn serve(rooms: Rooms, socket: WebSocket, room: String, ident: 
         Ok(t) => t,
         Err(refused) => {
             let _ =
-                send_error_direct(&mut sink, refused.code, &refused.message, Some("hello")).await;
-            let _ = close_direct(&mut sink, refused.close, refused.code).await;
+                send_error_direct(&mut socket, refused.code, &refused.message, Some("hello")).await;
+            let _ = close_direct(&mut socket, refused.close, refused.code).await;
             return;
         }
     };
 
-    // 3. writer + reader
-    let (done_tx, mut done_rx) = oneshot::channel::<()>();
-    let writer = tokio::spawn(write_loop(
-        sink,
-        rx,
-        kill_rx,
-        inner.metrics.clone(),
-        done_tx,
-    ));
+    // 3. One task for both directions: a second task per connection costs memory
+    // and a cross-task wake per message; queued frames are fed together and leave
+    // in one flush (one write for as many as the write buffer holds).
+    let mut out = Outgoing {
+        socket,
+        metrics: inner.metrics.clone(),
+        kill: kill_rx,
+        armed: true,
+        sent: 0,
+    };
     let mut clean = false;
-    loop {
-        let frame = tokio::select! {
+    let close: Option<Kill> = loop {
+        tokio::select! {
             biased;
-            _ = &mut done_rx => break,
-            f = stream.next() => f,
-        };
-        match frame {
-            Some(Ok(Message::Text(t))) => {
-                let recv_at = now_ms();
-                inner.metrics.messages_in.inc();
-                if t.len() > cfg.max_frame_bytes {
-                    let _ = room_tx
-                        .send(RoomEvent::Kill {
-                            conn: conn_id,
-                            code: 1009,
-                            reason: "frame too large",
-                        })
-                        .await;
-                    continue;
+            k = &mut out.kill, if out.armed => match k {
+                Ok(k) => break Some(k),
+                Err(_) => out.armed = false,
+            },
+            m = rx.recv() => {
+                let Some(first) = m else { break Some((1000, "bye")) };
+                match out.send_batch(first, &mut rx).await {
+                    Ok(()) => {}
+                    Err(Stop::Close(k)) => break Some(k),
+                    Err(Stop::Failed) => break None,
                 }
-                match wire::parse(&t) {
-                    Ok(ClientMsg::TimePing { id, t0 }) => {
-                        let _ = tx.try_send(Outbound::Pong {
-                            id,
-                            t0,
-                            t1: recv_at,
-                        });
-                    }
-                    Ok(msg) => {
-                        if room_tx
-                            .send(RoomEvent::Msg {
-                                conn: conn_id,
-                                msg,
-                                recv_at,
-                            })
-                            .await
-                            .is_err()
-                        {
-                            break;
+            }
+            f = out.socket.next() => {
+                let reply = match f {
+                    Some(Ok(Message::Text(t))) => {
+                        let recv_at = now_ms();
+                        inner.metrics.messages_in.inc();
+                        if t.len() > cfg.max_frame_bytes {
+                            let _ = room_tx
+                                .send(RoomEvent::Kill {
+                                    conn: conn_id,
+                                    code: 1009,
+                                    reason: "frame too large",
+                                })
+                                .await;
+                            continue;
+                        }
+                        match wire::parse(&t) {
+                            Ok(ClientMsg::TimePing { id, t0 }) => Some(Outbound::Pong { id, t0, t1: recv_at }),
+                            Ok(msg) => {
+                                if room_tx
+                                    .send(RoomEvent::Msg {
+                                        conn: conn_id,
+                                        msg,
+                                        recv_at,
+                                    })
+                                    .await
+                                    .is_err()
+                                {
+                                    break None;
+                                }
+                                None
+                            }
+                            Err(e) => {
+                                inner.metrics.errors.with_label_values(&[e.code]).inc();
+                                let v = wire::error(e.code, &e.message, e.r#ref.as_deref(), None);
+                                Some(Outbound::Text(text(&v), Instant::now()))
+                            }
                         }
                     }
-                    Err(e) => {
-                        inner.metrics.errors.with_label_values(&[e.code]).inc();
-                        let v = wire::error(e.code, &e.message, e.r#ref.as_deref(), None);
-                        let _ = tx.try_send(Outbound::Text(text(&v), Instant::now()));
+                    Some(Ok(Message::Binary(_))) => {
+                        let v = wire::error("bad_request", "binary frames are not accepted", None, None);
+                        Some(Outbound::Text(text(&v), Instant::now()))
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => None,
+                    Some(Ok(Message::Close(frame))) => {
+                        clean = frame.is_some_and(|f| f.code == 1000);
+                        break None;
+                    }
+                    Some(Err(e)) => {
+                        if is_capacity(&e) {
+                            let _ = room_tx
+                                .send(RoomEvent::Kill {
+                                    conn: conn_id,
+                                    code: 1009,
+                                    reason: "frame too large",
+                                })
+                                .await;
+                            // The room answers with a kill; wait for it to close.
+                            continue;
+                        }
+                        break None;
+                    }
+                    None => break None,
+                };
+                if let Some(r) = reply {
+                    match out.send_batch(r, &mut rx).await {
+                        Ok(()) => {}
+                        Err(Stop::Close(k)) => break Some(k),
+                        Err(Stop::Failed) => break None,
                     }
                 }
             }
-            Some(Ok(Message::Binary(_))) => {
-                let v = wire::error("bad_request", "binary frames are not accepted", None, None);
-                let _ = tx.try_send(Outbound::Text(text(&v), Instant::now()));
-            }
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-            Some(Ok(Message::Close(frame))) => {
-                clean = frame.is_some_and(|f| f.code == 1000);
-                break;
-            }
-            Some(Err(e)) => {
-                if is_capacity(&e) {
-                    let _ = room_tx
-                        .send(RoomEvent::Kill {
-                            conn: conn_id,
-                            code: 1009,
-                            reason: "frame too large",
-                        })
-                        .await;
-                }
-                break;
-            }
-            None => break,
         }
-    }
+    };
     let _ = room_tx
         .send(RoomEvent::Leave {
             conn: conn_id,
             clean,
         })
         .await;
-    drop(tx);
     drop(room_tx);
-    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    let mut socket = out.socket;
+    if let Some((code, reason)) = close {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            socket.send(Message::Close(Some(CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static(reason),
+            }))),
+        )
+        .await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), socket.close()).await;
+}
+
+/// Why a connection stops writing.
+enum Stop {
+    Close(Kill),
+    Failed,
+}
+
+/// The writing side of a connection.
+struct Outgoing {
+    socket: WebSocket,
+    metrics: crate::metrics::Metrics,
+    kill: oneshot::Receiver<Kill>,
+    armed: bool,
+    sent: u64,
+}
+
+/// Most frames fed before a flush (bounded so one connection cannot hold its task forever).
+const BATCH_MAX: usize = 64;
+
+impl Outgoing {
+    /// Feeds `first` and whatever else is already queued, then flushes once;
+    /// a kill from the room interrupts a write stuck on a client that does not read.
+    async fn send_batch(
+        &mut self,
+        first: Outbound,
+        rx: &mut mpsc::Receiver<Outbound>,
+    ) -> Result<(), Stop> {
+        let mut next = Some(first);
+        // Allocated only when a broadcast is in the batch, and not kept: an idle
+        // connection should hold as little as possible.
+        let mut created = Vec::new();
+        let mut n = 0;
+        while let Some(o) = next.take() {
+            let (msg, c) = match o {
+                Outbound::Text(t, c) => (Message::Text(t), Some(c)),
+                Outbound::Pong { id, t0, t1 } => (
+                    Message::Text(wire::pong(&id, t0, t1, now_ms()).into()),
+                    None,
+                ),
+                Outbound::Ping { id } => (
+                    Message::Text(
+                        json!({"type":"time.ping","id":id,"t0":now_ms()})
+                            .to_string()
+                            .into(),
+                    ),
+                    None,
+                ),
+                Outbound::Close(code, reason) => {
+                    self.flush().await?;
+                    return Err(Stop::Close((code, reason)));
+                }
+            };
+            let fed = self.socket.feed(msg);
+            with_kill(fed, &mut self.kill, &mut self.armed).await?;
+            created.extend(c);
+            n += 1;
+            if n < BATCH_MAX {
+                next = rx.try_recv().ok();
+            }
+        }
+        self.flush().await?;
+        self.metrics.messages_out.inc_by(n as u64);
+        self.sent += n as u64;
+        let now = Instant::now();
+        for c in &created {
+            self.metrics
+                .fanout_delay
+                .observe(now.duration_since(*c).as_secs_f64());
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), Stop> {
+        let f = self.socket.flush();
+        with_kill(f, &mut self.kill, &mut self.armed).await
+    }
+}
+
+async fn with_kill<F>(
+    fut: F,
+    kill: &mut oneshot::Receiver<Kill>,
+    armed: &mut bool,
+) -> Result<(), Stop>
+where
+    F: std::future::Future<Output = Result<(), axum::Error>>,
+{
+    tokio::pin!(fut);
+    loop {
+        tokio::select! {
+            biased;
+            k = &mut *kill, if *armed => match k {
+                Ok(k) => return Err(Stop::Close(k)),
+                Err(_) => *armed = false,
+            },
+            r = &mut fut => return r.map_err(|_| Stop::Failed),
+        }
+    }
 }
 
 fn is_capacity(e: &axum::Error) -> bool {
@@ -281,76 +406,4 @@ where
         .await;
     let _ = sink.close().await;
     r
-}
-
-async fn write_loop<S>(
-    mut sink: S,
-    mut rx: mpsc::Receiver<Outbound>,
-    mut kill: oneshot::Receiver<Kill>,
-    metrics: crate::metrics::Metrics,
-    done: oneshot::Sender<()>,
-) where
-    S: futures_util::Sink<Message, Error = axum::Error> + Unpin,
-{
-    let mut armed = true;
-    let close: Option<Kill> = 'outer: loop {
-        let next = tokio::select! {
-            biased;
-            k = &mut kill, if armed => match k {
-                Ok(k) => break 'outer Some(k),
-                Err(_) => { armed = false; continue }
-            },
-            m = rx.recv() => m,
-        };
-        let Some(out) = next else {
-            break Some((1000, "bye"));
-        };
-        let (msg, created) = match out {
-            Outbound::Text(t, created) => (Message::Text(t), Some(created)),
-            Outbound::Pong { id, t0, t1 } => (
-                Message::Text(wire::pong(&id, t0, t1, now_ms()).into()),
-                None,
-            ),
-            Outbound::Close(code, reason) => break Some((code, reason)),
-            Outbound::Ping { id } => (
-                Message::Text(
-                    json!({"type":"time.ping","id":id,"t0":now_ms()})
-                        .to_string()
-                        .into(),
-                ),
-                None,
-            ),
-        };
-        let send = sink.send(msg);
-        tokio::pin!(send);
-        let sent = loop {
-            tokio::select! {
-                biased;
-                k = &mut kill, if armed => match k {
-                    Ok(k) => break 'outer Some(k),
-                    Err(_) => { armed = false; continue }
-                },
-                r = &mut send => break r,
-            }
-        };
-        if sent.is_err() {
-            break None;
-        }
-        metrics.messages_out.inc();
-        if let Some(c) = created {
-            metrics.fanout_delay.observe(c.elapsed().as_secs_f64());
-        }
-    };
-    if let Some((code, reason)) = close {
-        let _ = tokio::time::timeout(
-            Duration::from_secs(2),
-            sink.send(Message::Close(Some(CloseFrame {
-                code,
-                reason: Utf8Bytes::from_static(reason),
-            }))),
-        )
-        .await;
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
-    let _ = done.send(());
 }

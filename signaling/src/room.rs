@@ -125,6 +125,34 @@ pub(crate) struct Room {
     slow: Vec<u64>,
     next_ping_id: u64,
     last_correction: Option<Instant>,
+    /// Connection id → index in `members`: every client message names its
+    /// connection, and a scan per message is quadratic in a large room.
+    by_conn: HashMap<u64, usize>,
+    /// Large rooms: presence changes waiting for the next `presence.batch`.
+    pending_presence: PresenceBatch,
+    next_presence_flush: Instant,
+}
+
+/// Presence changes of a large room gathered between two `presence.batch`es.
+#[derive(Default)]
+struct PresenceBatch {
+    joined: Vec<Value>,
+    left: Vec<Value>,
+    updated: Vec<Value>,
+    /// Changes past `welcome_members` entries, counted only.
+    omitted: usize,
+}
+
+impl PresenceBatch {
+    fn is_empty(&self) -> bool {
+        self.joined.is_empty()
+            && self.left.is_empty()
+            && self.updated.is_empty()
+            && self.omitted == 0
+    }
+    fn len(&self) -> usize {
+        self.joined.len() + self.left.len() + self.updated.len()
+    }
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -134,6 +162,9 @@ fn random_hex(bytes: usize) -> String {
     }
     s
 }
+
+/// Largest `members.list` page.
+const MEMBERS_PAGE_MAX: usize = 500;
 
 fn obj(v: Value) -> Map<String, Value> {
     match v {
@@ -178,6 +209,9 @@ impl Room {
             slow: Vec::new(),
             next_ping_id: 1,
             last_correction: None,
+            by_conn: HashMap::new(),
+            pending_presence: PresenceBatch::default(),
+            next_presence_flush: Instant::now(),
         };
         tokio::spawn(room.run(rx));
         tx
@@ -201,6 +235,7 @@ impl Room {
                             }
                         }
                         self.members.clear();
+                        self.by_conn.clear();
                         shutdown_reply = Some(reply);
                         break;
                     }
@@ -287,9 +322,84 @@ impl Room {
     }
 
     fn idx_by_conn(&self, conn: u64) -> Option<usize> {
-        self.members
+        self.by_conn.get(&conn).copied()
+    }
+
+    /// After `members.remove` shifted the indices.
+    fn reindex(&mut self) {
+        self.by_conn.clear();
+        for (i, m) in self.members.iter().enumerate() {
+            if let Some(c) = &m.conn {
+                self.by_conn.insert(c.id, i);
+            }
+        }
+    }
+
+    fn is_large(&self) -> bool {
+        self.members.len() > self.cfg.large_room_above
+    }
+
+    /// One presence change (`presence.join|leave|update` of `member`): broadcast at
+    /// once in a normal room; gathered into the next `presence.batch` in a large one,
+    /// where one message per change to every member makes filling the room quadratic.
+    fn presence(&mut self, kind: &'static str, member: Value) {
+        if !self.is_large() {
+            let mut p = Map::new();
+            p.insert("type".into(), kind.into());
+            p.insert("member".into(), member);
+            self.broadcast(p);
+            return;
+        }
+        let b = &mut self.pending_presence;
+        if b.len() >= self.cfg.welcome_members {
+            b.omitted += 1;
+            return;
+        }
+        match kind {
+            "presence.join" => b.joined.push(member),
+            "presence.leave" => b.left.push(member),
+            _ => b.updated.push(member),
+        }
+    }
+
+    /// Sends the gathered presence changes (at most once per `presence_batch_ms`).
+    fn flush_presence(&mut self, now: Instant) {
+        if self.pending_presence.is_empty() || now < self.next_presence_flush {
+            return;
+        }
+        self.next_presence_flush = now + Duration::from_millis(self.cfg.presence_batch_ms);
+        let b = std::mem::take(&mut self.pending_presence);
+        let mut p = Map::new();
+        p.insert("type".into(), "presence.batch".into());
+        p.insert("joined".into(), b.joined.into());
+        p.insert("left".into(), b.left.into());
+        p.insert("updated".into(), b.updated.into());
+        p.insert("omitted".into(), b.omitted.into());
+        p.insert("member_count".into(), self.members.len().into());
+        self.broadcast(p);
+    }
+
+    /// `members.list`: one page of the member list, in join order, after `after`.
+    fn members_page(&self, after: Option<&str>, limit: Option<u64>) -> Value {
+        let limit = limit.unwrap_or(100).clamp(1, MEMBERS_PAGE_MAX as u64) as usize;
+        let start = after
+            .and_then(|a| self.idx_by_session(a).map(|i| i + 1))
+            .unwrap_or(0);
+        let page: Vec<Value> = self
+            .members
             .iter()
-            .position(|m| m.conn.as_ref().is_some_and(|c| c.id == conn))
+            .skip(start)
+            .take(limit)
+            .map(|m| self.member_json(m))
+            .collect();
+        let next = (start + page.len() < self.members.len())
+            .then(|| self.members[start + page.len() - 1].session.clone());
+        json!({
+            "type": "members.page",
+            "members": page,
+            "next": next,
+            "member_count": self.members.len(),
+        })
     }
 
     fn idx_by_session(&self, session: &str) -> Option<usize> {
@@ -430,9 +540,13 @@ impl Room {
             if let Some(idx) = found {
                 let was_connected = self.members[idx].conn.is_some();
                 let m = &mut self.members[idx];
+                let new_id = conn.id;
                 if let Some(old) = m.conn.replace(conn) {
+                    self.by_conn.remove(&old.id);
                     old.close_after_queue(4000, "replaced by a newer connection");
                 }
+                self.by_conn.insert(new_id, idx);
+                let m = &mut self.members[idx];
                 m.disconnected_at = None;
                 m.pings_sent = 0;
                 m.next_ping = now;
@@ -483,10 +597,8 @@ impl Room {
                 }
                 let _ = reply.send(JoinReply::Joined);
                 if !was_connected {
-                    let mut p = Map::new();
-                    p.insert("type".into(), "presence.update".into());
-                    p.insert("member".into(), self.member_json(&self.members[idx]));
-                    self.broadcast(p);
+                    let j = self.member_json(&self.members[idx]);
+                    self.presence("presence.update", j);
                 }
                 return;
             }
@@ -545,14 +657,10 @@ impl Room {
         }
         self.members.push(member);
         let idx = self.members.len() - 1;
-        let mut p = Map::new();
-        p.insert("type".into(), "presence.join".into());
-        p.insert("member".into(), {
-            let mut j = self.member_json(&self.members[idx]);
-            j["connected"] = true.into();
-            j
-        });
-        self.broadcast(p);
+        let mut j = self.member_json(&self.members[idx]);
+        j["connected"] = true.into();
+        self.presence("presence.join", j);
+        self.by_conn.insert(conn.id, idx);
         self.members[idx].conn = Some(conn);
         let v = self.welcome(idx);
         self.send_to(idx, &v);
@@ -573,6 +681,27 @@ impl Room {
         let m = &self.members[idx];
         let mut playback = self.state_json(None, "command");
         playback.remove("type");
+        // A large room's full list would make every join cost O(members) bytes:
+        // the host first, then the earliest members; `members.list` pages the rest.
+        let partial = self.is_large();
+        let members: Vec<Value> = if partial {
+            let host = self.host.as_deref();
+            let first = self
+                .members
+                .iter()
+                .filter(|x| Some(x.session.as_str()) == host);
+            let rest = self
+                .members
+                .iter()
+                .filter(|x| Some(x.session.as_str()) != host);
+            first
+                .chain(rest)
+                .take(self.cfg.welcome_members.max(1))
+                .map(|x| self.member_json(x))
+                .collect()
+        } else {
+            self.members.iter().map(|x| self.member_json(x)).collect()
+        };
         json!({
             "type": "welcome",
             "session": m.session,
@@ -583,7 +712,9 @@ impl Room {
                 "host": self.host_user(),
                 "control": self.control,
                 "slow_mode_ms": self.slow_mode_ms,
-                "members": self.members.iter().map(|x| self.member_json(x)).collect::<Vec<_>>(),
+                "members": members,
+                "member_count": self.members.len(),
+                "members_partial": partial,
                 "playback": playback,
                 "seq": self.seq,
             },
@@ -596,21 +727,22 @@ impl Room {
     fn disconnect(&mut self, idx: usize, close: Option<(u16, &'static str)>) {
         let m = &mut self.members[idx];
         let Some(c) = m.conn.take() else { return };
+        self.by_conn.remove(&c.id);
         if let Some((code, reason)) = close {
             c.close(code, reason);
         }
+        let m = &mut self.members[idx];
         m.disconnected_at = Some(Instant::now());
         let session = m.session.clone();
-        let mut p = Map::new();
-        p.insert("type".into(), "presence.update".into());
-        p.insert("member".into(), self.member_json(&self.members[idx]));
-        self.broadcast(p);
+        let j = self.member_json(&self.members[idx]);
+        self.presence("presence.update", j);
         self.barrier_forget(&session);
     }
 
     /// Removes a member for good; passes the host role on when it was the host.
     fn remove_member(&mut self, idx: usize, host_reason: &str, close: Option<(u16, &'static str)>) {
         let m = self.members.remove(idx);
+        self.reindex();
         let was_host = self.host.as_deref() == Some(m.session.as_str());
         let mut j = self.member_json(&m);
         j["connected"] = false.into();
@@ -623,10 +755,7 @@ impl Room {
                 None => drop(c),
             }
         }
-        let mut p = Map::new();
-        p.insert("type".into(), "presence.leave".into());
-        p.insert("member".into(), j);
-        self.broadcast(p);
+        self.presence("presence.leave", j);
         if was_host {
             self.host = self
                 .members
@@ -930,6 +1059,10 @@ impl Room {
                 let v = self.welcome(idx);
                 self.send_to(idx, &v);
             }
+            ClientMsg::MembersList { after, limit } => {
+                let v = self.members_page(after.as_deref(), limit);
+                self.send_to(idx, &v);
+            }
             ClientMsg::Visibility { hidden } => {
                 self.members[idx].hidden = hidden;
                 if !hidden {
@@ -1007,10 +1140,8 @@ impl Room {
         };
         if status != m.status {
             self.members[idx].status = status;
-            let mut p = Map::new();
-            p.insert("type".into(), "presence.update".into());
-            p.insert("member".into(), self.member_json(&self.members[idx]));
-            self.broadcast(p);
+            let j = self.member_json(&self.members[idx]);
+            self.presence("presence.update", j);
             // The barrier waits for connected, non-idle members only.
             if matches!(status, Status::Idle | Status::Away) {
                 let session = self.members[idx].session.clone();
@@ -1546,6 +1677,7 @@ impl Room {
                 }
             }
         }
+        self.flush_presence(now);
         let now_wall = now_ms() as i64;
         self.mutes.retain(|_, until| *until > now_wall);
         if self.chat_limits.len() > 4 * self.members.len() + 16 {

@@ -25,6 +25,7 @@ pub const CLIENT_TYPES: &[&str] = &[
     "time.report",
     "client.visibility",
     "room.snapshot",
+    "members.list",
 ];
 
 #[derive(Debug, Clone, Deserialize)]
@@ -180,6 +181,14 @@ pub enum ClientMsg {
     /// Extension: asks for a fresh `welcome` (after a `seq` gap).
     #[serde(rename = "room.snapshot")]
     Snapshot,
+    /// Extension: one page of the member list (a large room's `welcome` lists only some).
+    #[serde(rename = "members.list")]
+    MembersList {
+        #[serde(default)]
+        after: Option<String>,
+        #[serde(default)]
+        limit: Option<u64>,
+    },
 }
 
 /// Why a frame could not be turned into a [`ClientMsg`].
