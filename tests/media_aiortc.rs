@@ -1,8 +1,9 @@
 //! Issue 2, "Prove it" item 2: a WebRTC stack that is not libwebrtc. An aiortc
 //! publisher (synthetic 320×240 video and a 440 Hz tone) and three aiortc WHEP
 //! viewers through the SFU: every viewer decodes video and audio frames, the
-//! metrics show the sessions while they run, and each DELETE ends its session
-//! until the server's session count is back to zero.
+//! metrics show the sessions while they run, every viewer gets RTCP sender reports
+//! for both tracks (the SFU writes them itself, see docs/MEDIA.md), and each DELETE
+//! ends its session until the server's session count is back to zero.
 
 mod common;
 
@@ -91,6 +92,27 @@ async fn aiortc_publisher_and_three_viewers_decode_and_delete() {
         );
         assert_eq!(done["height"], 240, "{done}");
         assert_eq!(done["codec"], "video/VP8", "{done}");
+        // Sender reports (lip sync in browsers): one per track, counting what was
+        // sent, stamped with the server's wall clock.
+        let reports = done["sender_reports"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        for kind in ["video", "audio"] {
+            let report = reports
+                .iter()
+                .find(|r| r["kind"] == kind)
+                .unwrap_or_else(|| panic!("viewer{i} got a {kind} sender report: {done}"));
+            assert!(num(&report["packets_sent"]) > 0.0, "{kind}: {report}");
+            assert!(
+                num(&report["bytes_sent"]) > num(&report["packets_sent"]),
+                "{kind}: {report}"
+            );
+            assert!(
+                num(&report["age_s"]).abs() < 5.0,
+                "{kind} report's NTP time is the server's clock: {report}"
+            );
+        }
         app.wait_sessions(VIEWERS - i, Duration::from_secs(10))
             .await;
     }

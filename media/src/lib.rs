@@ -11,6 +11,7 @@
 //! - [`session`]: one peer connection (built as ICE-lite answerer) and its state.
 //! - [`worker`]: a thread with its own socket on the media port; owns sessions,
 //!   demultiplexes, forwards.
+//! - [`srtp`]: SRTP protection of forwarded RTP, straight into the send batch.
 //! - [`udp`]: outgoing datagrams batched into sendmmsg(2) calls.
 //! - [`tcp`]: ICE-TCP (passive, RFC 4571 framing) on the same port number.
 //! - [`sfu`]: [`Sfu`], the handle the HTTP layer calls, and the shared registries.
@@ -23,6 +24,7 @@ pub mod metrics;
 pub mod sdp;
 pub mod session;
 pub mod sfu;
+pub mod srtp;
 pub mod stun;
 pub mod tcp;
 pub mod track;

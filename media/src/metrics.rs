@@ -28,6 +28,9 @@ pub struct MediaMetrics {
 pub struct DropCounters {
     /// A worker's queue from another worker was full.
     pub worker_queue_full: IntCounter,
+    /// Media waited longer than `worker::MAX_HANDOVER_AGE` between workers (the worker is
+    /// saturated): late video is worse than lost video, which NACK/PLI repair.
+    pub stale: IntCounter,
     /// The socket's send buffer was full (a viewer's share of the uplink is exhausted).
     pub socket_full: IntCounter,
     /// The viewer did not negotiate the publisher's codec.
@@ -115,6 +118,7 @@ impl MediaMetrics {
             retransmitted,
             dropped: DropCounters {
                 worker_queue_full: dropped.with_label_values(&["worker_queue_full"]),
+                stale: dropped.with_label_values(&["stale"]),
                 socket_full: dropped.with_label_values(&["socket_full"]),
                 codec_mismatch: dropped.with_label_values(&["codec_mismatch"]),
                 unknown_source: dropped.with_label_values(&["unknown_source"]),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use rtc::interceptor::Registry;
-use rtc::interceptor::{NackGeneratorBuilder, ReceiverReportBuilder, SenderReportBuilder, Slot};
+use rtc::interceptor::{NackGeneratorBuilder, ReceiverReportBuilder, Slot};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::RTCPeerConnectionBuilder;
@@ -32,6 +32,7 @@ use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use crate::MediaError;
 use crate::sdp::{CheckedOffer, MediaKind};
 use crate::sfu::{SessionKind, StreamShared};
+use crate::srtp::{SrtpIndex, SrtpSender};
 use crate::track::Continuity;
 
 /// Payload-type map entries: not computed yet / the viewer cannot take this codec.
@@ -47,6 +48,19 @@ pub struct ViewerTrack {
     /// Publisher payload type → this viewer's payload type, valid for `epoch`.
     pub pt_map: [u8; 128],
     pub epoch: u32,
+    /// Where this SSRC's SRTP packet index (and rollover counter) stands.
+    pub srtp_index: SrtpIndex,
+    /// What the next sender report says (RFC 3550 §6.4.1).
+    pub report: SenderReportState,
+}
+
+/// A viewer track's sending statistics, for the sender reports the worker writes.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SenderReportState {
+    pub packets: u32,
+    pub octets: u32,
+    pub last_rtp_timestamp: u32,
+    pub last_sent_at: Option<Instant>,
 }
 
 /// A publisher's incoming track.
@@ -79,14 +93,21 @@ pub struct Session {
     pub continuity: [Continuity; 2],
     pub last_keyframe_request: Option<Instant>,
     pub epoch: u32,
+    /// Viewer side, once DTLS is done: protects forwarded RTP (see `crate::srtp`).
+    pub srtp: Option<SrtpSender>,
+    /// Where forwarded RTP goes (the selected ICE pair), refreshed whenever the
+    /// session is serviced.
+    pub media_dest: Option<(SocketAddr, bool)>,
+    pub next_sender_report: Instant,
 }
 
 /// The RTP/RTCP pipeline of a session.
 ///
 /// Publishers: NACKs for ingest loss, receiver reports, TWCC feedback so the
-/// publisher's encoder adapts. Viewers: sender reports only — their NACKs are
-/// answered by the worker from one retransmission cache per track shared by every
-/// viewer, not from a per-viewer copy of every packet.
+/// publisher's encoder adapts. Viewers: none but the feedback tap. Their forwarded
+/// RTP bypasses the pipeline (`crate::srtp`), so the worker writes their sender
+/// reports, and answers their NACKs from one retransmission cache per track shared
+/// by every viewer, not from a per-viewer copy of every packet.
 fn interceptors(kind: SessionKind, engine: &mut MediaEngine) -> Result<Registry, MediaError> {
     let internal =
         |e: rtc::shared::error::Error| MediaError::Internal(format!("interceptors: {e}"));
@@ -109,8 +130,7 @@ fn interceptors(kind: SessionKind, engine: &mut MediaEngine) -> Result<Registry,
         }
         SessionKind::Viewer => {
             Registry::new()
-                .with(Slot::SenderReport, SenderReportBuilder::new().build())
-                // Application-most, after every interceptor has seen the packet.
+                // Marks inbound PLI/FIR/NACK for the application.
                 .with(
                     Slot::from(14_000),
                     crate::feedback::ViewerFeedback::default(),
@@ -389,6 +409,8 @@ pub fn build(params: BuildParams<'_>) -> Result<Built, MediaError> {
                     bound_codec: codec,
                     pt_map: [PT_UNKNOWN; 128],
                     epoch: u32::MAX,
+                    srtp_index: SrtpIndex::default(),
+                    report: SenderReportState::default(),
                 });
             }
             SessionKind::Publisher => {

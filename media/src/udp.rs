@@ -12,17 +12,26 @@ use crate::metrics::MediaMetrics;
 pub const BATCH: usize = 64;
 
 pub struct SendBatch {
-    queue: Vec<(socket2::SockAddr, BytesMut)>,
+    /// Destinations of the queued datagrams; `slots[i]` holds datagram `i`.
+    queue: Vec<socket2::SockAddr>,
+    /// Datagram buffers, reused from one flush to the next so queueing allocates nothing.
+    slots: Vec<BytesMut>,
     #[cfg(target_os = "linux")]
     headers: Vec<libc::mmsghdr>,
     #[cfg(target_os = "linux")]
     iovecs: Vec<libc::iovec>,
 }
 
+/// Room for one full-size datagram per slot.
+const SLOT_BYTES: usize = 1500;
+
 impl Default for SendBatch {
     fn default() -> Self {
         Self {
             queue: Vec::with_capacity(BATCH),
+            slots: (0..BATCH)
+                .map(|_| BytesMut::with_capacity(SLOT_BYTES))
+                .collect(),
             #[cfg(target_os = "linux")]
             headers: Vec::with_capacity(BATCH),
             #[cfg(target_os = "linux")]
@@ -32,9 +41,26 @@ impl Default for SendBatch {
 }
 
 impl SendBatch {
-    /// Queues a datagram; true when the batch is full and should be flushed.
-    pub fn push(&mut self, to: SocketAddr, data: BytesMut) -> bool {
-        self.queue.push((socket2::SockAddr::from(to), data));
+    /// Queues a copy of `data`; true when the batch is full and should be flushed.
+    pub fn push(&mut self, to: SocketAddr, data: &[u8]) -> bool {
+        let slot = self.slot();
+        slot.extend_from_slice(data);
+        self.commit(to)
+    }
+
+    /// The (empty) buffer the next datagram is written into; it is queued by
+    /// [`commit`](Self::commit), or left unqueued by not committing.
+    pub fn slot(&mut self) -> &mut BytesMut {
+        let i = self.queue.len();
+        debug_assert!(i < BATCH, "flush a full batch before writing more");
+        let slot = &mut self.slots[i];
+        slot.clear();
+        slot
+    }
+
+    /// Queues what was written into [`slot`](Self::slot); true when the batch is full.
+    pub fn commit(&mut self, to: SocketAddr) -> bool {
+        self.queue.push(socket2::SockAddr::from(to));
         self.queue.len() >= BATCH
     }
 
@@ -51,9 +77,9 @@ impl SendBatch {
         #[cfg(target_os = "linux")]
         self.flush_mmsg(socket, metrics);
         #[cfg(not(target_os = "linux"))]
-        for (to, data) in self.queue.drain(..) {
+        for (to, data) in self.queue.drain(..).zip(&self.slots) {
             if let Some(to) = to.as_socket()
-                && socket.try_send_to(&data, to).is_err()
+                && socket.try_send_to(data, to).is_err()
             {
                 metrics.dropped.socket_full.inc();
             }
@@ -66,16 +92,17 @@ impl SendBatch {
         let fd = socket.as_raw_fd();
         let mut sent_total = 0;
         while sent_total < self.queue.len() {
-            let chunk = &self.queue[sent_total..(sent_total + BATCH).min(self.queue.len())];
+            let end = (sent_total + BATCH).min(self.queue.len());
+            let chunk = &self.queue[sent_total..end];
             self.iovecs.clear();
             self.headers.clear();
-            for (_, data) in chunk {
+            for data in &self.slots[sent_total..end] {
                 self.iovecs.push(libc::iovec {
                     iov_base: data.as_ptr() as *mut libc::c_void,
                     iov_len: data.len(),
                 });
             }
-            for (i, (to, _)) in chunk.iter().enumerate() {
+            for (i, to) in chunk.iter().enumerate() {
                 // SAFETY: an all-zero msghdr is a valid "no control data" header.
                 let mut hdr: libc::mmsghdr = unsafe { std::mem::zeroed() };
                 hdr.msg_hdr.msg_name = to.as_ptr() as *mut libc::c_void;
@@ -84,7 +111,7 @@ impl SendBatch {
                 hdr.msg_hdr.msg_iovlen = 1;
                 self.headers.push(hdr);
             }
-            // SAFETY: every header points into `self.iovecs` and `self.queue`, which
+            // SAFETY: every header points into `self.iovecs`, `self.queue` and `self.slots`, which
             // outlive the call and are not touched until it returns.
             let sent = unsafe {
                 libc::sendmmsg(

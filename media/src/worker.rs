@@ -17,9 +17,11 @@ use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::sansio::Protocol;
+use rtc::shared::time::SystemInstant;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
@@ -32,6 +34,7 @@ use crate::sfu::{
     PatchOutcome, Route, SessionAnswer, SessionEntry, SessionKind, SessionSummary, Shared,
     StreamShared, random_hex,
 };
+use crate::srtp::{SrtpIndex, SrtpSender};
 use crate::tcp::TcpLink;
 use crate::track::{Continuity, RetransmitCache};
 use crate::udp::SendBatch;
@@ -178,6 +181,7 @@ pub(crate) fn run(
             to_close: Vec::new(),
             scratch_keys: Vec::new(),
             last_refresh: Instant::now(),
+            clock: SystemInstant::now(Instant::now()),
         };
         worker.run(socket, control, inbound).await;
     });
@@ -216,10 +220,18 @@ struct Worker {
     to_close: Vec<(u64, &'static str)>,
     scratch_keys: Vec<u64>,
     last_refresh: Instant,
+    /// Maps the monotonic clock to wall-clock time for sender reports' NTP field.
+    clock: SystemInstant,
 }
 
 const TICK: Duration = Duration::from_millis(10);
 const REFRESH_TIMEOUTS: Duration = Duration::from_millis(100);
+/// Media older than this when it reaches the worker that serves its viewers is
+/// dropped, not sent: the queue between workers is bounded by age as well as count,
+/// so a saturated worker sheds load instead of building up seconds of delay.
+pub(crate) const MAX_HANDOVER_AGE: Duration = Duration::from_millis(150);
+/// How often a viewer gets a sender report per track (browsers use them for lip sync).
+const SENDER_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 const BATCH: usize = 64;
 
 impl Worker {
@@ -321,7 +333,13 @@ impl Worker {
                 data,
                 at,
             } => self.on_datagram(from, tcp, &data, at),
-            Inbound::Media(forward) => self.fanout_local(&forward),
+            Inbound::Media(forward) => {
+                if forward.arrived.elapsed() > MAX_HANDOVER_AGE {
+                    self.metrics.dropped.stale.inc();
+                } else {
+                    self.fanout_local(&forward);
+                }
+            }
         }
     }
 
@@ -376,7 +394,7 @@ impl Worker {
         if let Err(e) = read {
             tracing::trace!(session = %session.id, error = %e, "packet refused");
         }
-        self.service(key, now);
+        self.service(key);
     }
 
     /// A datagram for a session on another worker crosses over (bounded, lossy).
@@ -393,7 +411,7 @@ impl Worker {
     }
 
     /// Drains a session's output, events and input after anything touched it.
-    fn service(&mut self, key: u64, now: Instant) {
+    fn service(&mut self, key: u64) {
         let Worker {
             sessions,
             socket,
@@ -444,6 +462,17 @@ impl Worker {
             };
             tracing::info!(session = %s.id, stream = %s.stream.name, kind = s.kind.as_str(), transport, "session connected");
             if s.kind == SessionKind::Viewer {
+                match s.pc.local_srtp_keying().map(SrtpSender::new) {
+                    Some(Ok(sender)) => s.srtp = Some(sender),
+                    Some(Err(e)) => {
+                        tracing::warn!(session = %s.id, error = %e, "viewer SRTP setup failed");
+                        to_close.push((key, "srtp setup failed"));
+                    }
+                    None => {
+                        tracing::warn!(session = %s.id, "connected without SRTP keys");
+                        to_close.push((key, "srtp setup failed"));
+                    }
+                }
                 s.forwarding = true;
                 let stream = &s.stream;
                 stream.viewers_on[*idx].fetch_add(1, Ordering::AcqRel);
@@ -513,10 +542,15 @@ impl Worker {
         if !nacks.is_empty()
             && let Some(ls) = streams.get(&s.stream.id)
         {
-            retransmit(s, ls, &nacks, metrics, now);
+            retransmit(s, ls, &nacks, (socket, batch), tcp_links, metrics);
         }
         drain_writes((socket, batch), tcp_links, metrics, &mut s.pc);
         s.next_timeout = s.pc.poll_timeout();
+        if s.kind == SessionKind::Viewer {
+            s.media_dest =
+                s.pc.selected_remote()
+                    .map(|(addr, proto)| (addr, proto == TransportProtocol::TCP));
+        }
     }
 
     /// Sends this worker's freshly read publisher packets to viewers here and
@@ -574,6 +608,9 @@ impl Worker {
         ls.caches[slot].insert(&forward.packet);
         let ls = &*ls;
         let pt_in = (forward.packet.header.payload_type & 0x7f) as usize;
+        let payload = &forward.packet.payload[..];
+        // One header, rewritten per viewer in place (SSRC, payload type).
+        let mut header = forward.packet.header.clone();
         let mut sent = 0u64;
         for key in &ls.viewers {
             let Some(viewer) = sessions.get_mut(key) else {
@@ -595,19 +632,29 @@ impl Worker {
                 metrics.dropped.codec_mismatch.inc();
                 continue;
             }
-            let mut packet = forward.packet.clone();
-            packet.header.ssrc = track.ssrc;
-            packet.header.payload_type = pt;
-            let written = match viewer.pc.rtp_sender(track.sender) {
-                Some(mut sender) => sender.write_rtp(now, packet).is_ok(),
-                None => false,
-            };
-            if written {
-                sent += 1;
-            } else {
+            let (Some(srtp), Some(dest)) = (viewer.srtp.as_mut(), viewer.media_dest) else {
                 metrics.dropped.session_not_ready.inc();
+                continue;
+            };
+            header.ssrc = track.ssrc;
+            header.payload_type = pt;
+            if send_protected(
+                srtp,
+                dest,
+                &mut track.srtp_index,
+                &header,
+                payload,
+                (socket, batch),
+                tcp_links,
+                metrics,
+            ) {
+                let report = &mut track.report;
+                report.packets = report.packets.wrapping_add(1);
+                report.octets = report.octets.wrapping_add(payload.len() as u32);
+                report.last_rtp_timestamp = header.timestamp;
+                report.last_sent_at = Some(now);
+                sent += 1;
             }
-            drain_writes((socket, batch), tcp_links, metrics, &mut viewer.pc);
         }
         if sent > 0 {
             metrics.packets_out.inc_by(sent);
@@ -642,11 +689,17 @@ impl Worker {
                 self.to_close.push((key, "idle timeout"));
                 continue;
             }
-            if s.next_timeout.is_some_and(|t| t <= now) {
-                if let Err(e) = s.pc.handle_timeout(now) {
-                    tracing::debug!(session = %s.id, error = %e, "timeout handling");
-                }
-                self.service(key, now);
+            let report_due = s.srtp.is_some() && s.next_sender_report <= now;
+            if report_due {
+                s.next_sender_report = now + SENDER_REPORT_INTERVAL;
+                write_sender_reports(s, &self.clock, now);
+            }
+            let timed_out = s.next_timeout.is_some_and(|t| t <= now);
+            if timed_out && let Err(e) = s.pc.handle_timeout(now) {
+                tracing::debug!(session = %s.id, error = %e, "timeout handling");
+            }
+            if timed_out || report_due {
+                self.service(key);
             }
         }
         self.scratch_keys = keys;
@@ -799,6 +852,9 @@ impl Worker {
                 continuity,
                 last_keyframe_request: None,
                 epoch,
+                srtp: None,
+                media_dest: None,
+                next_sender_report: now + SENDER_REPORT_INTERVAL,
             },
         );
         self.shared.observer.session_started(&summary);
@@ -813,7 +869,7 @@ impl Worker {
             self.close(req.key, "client went away before the answer");
             return;
         }
-        self.service(req.key, now);
+        self.service(req.key);
     }
 
     fn patch(&mut self, key: u64, fragment: IceFragment) -> Result<PatchOutcome, MediaError> {
@@ -875,7 +931,7 @@ impl Worker {
                 PatchOutcome::Trickled
             }
         };
-        self.service(key, now);
+        self.service(key);
         Ok(outcome)
     }
 
@@ -1012,9 +1068,14 @@ fn retransmit(
     s: &mut Session,
     ls: &LocalStream,
     nacks: &[TransportLayerNack],
+    out: (&UdpSocket, &mut SendBatch),
+    tcp_links: &HashMap<SocketAddr, TcpLink>,
     metrics: &MediaMetrics,
-    now: Instant,
 ) {
+    let (socket, batch) = out;
+    let (Some(srtp), Some(dest)) = (s.srtp.as_mut(), s.media_dest) else {
+        return;
+    };
     for nack in nacks {
         let Some(slot) = s
             .viewer_tracks
@@ -1023,7 +1084,7 @@ fn retransmit(
         else {
             continue;
         };
-        let Some(track) = s.viewer_tracks[slot].as_ref() else {
+        let Some(track) = s.viewer_tracks[slot].as_mut() else {
             continue;
         };
         for pair in &nack.nacks {
@@ -1035,17 +1096,90 @@ fn retransmit(
                 if pt >= 128 {
                     continue;
                 }
-                let mut packet = cached.clone();
-                packet.header.ssrc = track.ssrc;
-                packet.header.payload_type = pt;
-                if let Some(mut sender) = s.pc.rtp_sender(track.sender)
-                    && sender.write_rtp(now, packet).is_ok()
-                {
+                let mut header = cached.header.clone();
+                header.ssrc = track.ssrc;
+                header.payload_type = pt;
+                if send_protected(
+                    srtp,
+                    dest,
+                    &mut track.srtp_index,
+                    &header,
+                    &cached.payload,
+                    (socket, batch),
+                    tcp_links,
+                    metrics,
+                ) {
                     metrics.retransmitted.inc();
                 }
             }
         }
     }
+}
+
+/// A sender report per viewer track that has sent something (RFC 3550 §6.4.1): the
+/// RTP timestamp is the last one sent, advanced by the time since at the codec's
+/// clock rate, so the report maps the same instant in both clocks.
+fn write_sender_reports(s: &mut Session, clock: &SystemInstant, now: Instant) {
+    for track in s.viewer_tracks.iter().flatten() {
+        let report = track.report;
+        let Some(last_sent_at) = report.last_sent_at else {
+            continue;
+        };
+        let elapsed = now.saturating_duration_since(last_sent_at);
+        let advance = (elapsed.as_secs_f64() * f64::from(track.bound_codec.clock_rate)) as u32;
+        let sr = SenderReport {
+            ssrc: track.ssrc,
+            ntp_time: clock.ntp(now),
+            rtp_time: report.last_rtp_timestamp.wrapping_add(advance),
+            packet_count: report.packets,
+            octet_count: report.octets,
+            ..Default::default()
+        };
+        if let Some(mut sender) = s.pc.rtp_sender(track.sender)
+            && let Err(e) = sender.write_rtcp(now, vec![Box::new(sr)])
+        {
+            tracing::debug!(session = %s.id, error = %e, "sender report");
+        }
+    }
+}
+
+/// Protects one RTP packet for a viewer and queues it: over UDP straight into the
+/// worker's send batch (nothing allocated), over ICE-TCP to its connection's writer.
+#[allow(clippy::too_many_arguments)]
+fn send_protected(
+    srtp: &mut SrtpSender,
+    (to, tcp): (SocketAddr, bool),
+    index: &mut SrtpIndex,
+    header: &rtc::rtp::Header,
+    payload: &[u8],
+    (socket, batch): (&UdpSocket, &mut SendBatch),
+    tcp_links: &HashMap<SocketAddr, TcpLink>,
+    metrics: &MediaMetrics,
+) -> bool {
+    if tcp {
+        let Some(link) = tcp_links.get(&to) else {
+            metrics.dropped.session_not_ready.inc();
+            return false;
+        };
+        let mut buf = BytesMut::with_capacity(payload.len() + 64);
+        if let Err(e) = srtp.protect(index, header, payload, &mut buf) {
+            tracing::debug!(error = %e, "srtp protect");
+            return false;
+        }
+        if link.try_send(buf.freeze()).is_err() {
+            metrics.dropped.socket_full.inc();
+            return false;
+        }
+        return true;
+    }
+    if let Err(e) = srtp.protect(index, header, payload, batch.slot()) {
+        tracing::debug!(error = %e, "srtp protect");
+        return false;
+    }
+    if batch.commit(to) {
+        batch.flush(socket, metrics);
+    }
+    true
 }
 
 /// Works out (once per publisher payload type and epoch) which payload type the
@@ -1106,7 +1240,7 @@ fn drain_writes(
         let peer = msg.transport.peer_addr;
         match msg.transport.transport_protocol {
             TransportProtocol::UDP => {
-                let full = batch.push(peer, msg.message);
+                let full = batch.push(peer, &msg.message);
                 if full {
                     batch.flush(socket, metrics);
                 }

@@ -15,11 +15,14 @@ stdout, one JSON object per line:
   {"event": "reached", "video_frames": n, "audio_frames": n}   (goals met)
   {"event": "done", "ok": bool, "error": ..., "delete_status": 200,
    "video_frames": n, "audio_frames": n, "first_frame_s": s, "max_gap_s": s,
-   "frames_per_second": [n, ...], "width": w, "height": h, "codec": "video/VP8"}
+   "frames_per_second": [n, ...], "width": w, "height": h, "codec": "video/VP8",
+   "sender_reports": [{"kind": "video", "packets_sent": n, "bytes_sent": n,
+                       "age_s": seconds between the report's NTP time and now}, ...]}
 """
 
 import argparse
 import asyncio
+import datetime
 import time
 
 import aiohttp
@@ -150,6 +153,7 @@ async def run(args):
             log(f"viewer failed: {e!r}")
             result["error"] = str(e) or repr(e)
         finally:
+            result["sender_reports"] = await sender_reports(pc)
             if not args.no_delete:
                 result["delete_status"] = await session.delete()
             for t in tasks:
@@ -167,6 +171,28 @@ async def run(args):
         height=counter.height,
     )
     emit("done", **result)
+
+
+async def sender_reports(pc):
+    """What the server's RTCP sender reports said, as aiortc recorded them."""
+    reports = []
+    try:
+        stats = await pc.getStats()
+    except Exception as e:  # noqa: BLE001
+        log(f"getStats failed: {e!r}")
+        return reports
+    now = datetime.datetime.now(datetime.timezone.utc)
+    for s in stats.values():
+        if s.type == "remote-outbound-rtp":
+            reports.append(
+                {
+                    "kind": s.kind,
+                    "packets_sent": s.packetsSent,
+                    "bytes_sent": s.bytesSent,
+                    "age_s": round((now - s.remoteTimestamp).total_seconds(), 3),
+                }
+            )
+    return reports
 
 
 def main():
