@@ -48,6 +48,10 @@ async fn sync_mode_reports_fanout_latency_and_position_error() {
     assert!(r.position_samples > 0, "{table}");
     // Clocks 10 s apart still agree on the position: correction works end to end.
     assert!(r.position_error.p50_ms < 200.0, "{table}");
+    // Every client has a clock estimate, and it is the skew it was given (±10 s),
+    // not something else: the error is far below the skew.
+    assert_eq!(r.clock_offset_error.count, 8, "{table}");
+    assert!(r.clock_offset_error.max_ms < 1000.0, "{table}");
     assert!(
         r.messages_received > 0 && r.avg_message_bytes > 20.0,
         "{table}"

@@ -95,6 +95,14 @@ pub struct SyncReport {
     /// |position_i − position_j| over every pair in a room, sampled every 50 ms while playing.
     pub position_error: Percentiles,
     pub position_samples: u64,
+    /// |estimated − true offset| of every client's clock filter at the end of the
+    /// window (the tool knows each client's true skew and drift).
+    pub clock_offset_error: Percentiles,
+    /// The RTT each client's current estimate is based on.
+    pub clock_estimate_rtt: Percentiles,
+    /// The same two when the window starts (estimates from the join ramp).
+    pub clock_offset_error_start: Percentiles,
+    pub clock_estimate_rtt_start: Percentiles,
     pub messages_received: u64,
     pub messages_per_s: f64,
     pub avg_message_bytes: f64,
@@ -292,6 +300,8 @@ struct ClientView {
     clock: LocalClock,
     adapter: Adapter,
     state: Option<State>,
+    /// The client's current estimate of server − local (ms) and its RTT, if any.
+    offset: Option<(f64, f64)>,
 }
 
 struct Room {
@@ -440,6 +450,9 @@ async fn client(
                         filter.add(o, rtt);
                         if let Some((o, rtt)) = filter.estimate() {
                             offset = o;
+                            if let Ok(mut m) = me.lock() {
+                                m.offset = Some((o, rtt));
+                            }
                             let _ = ws.send(Message::text(json!({"type":"time.report","offset":o,"rtt":rtt}).to_string())).await;
                         }
                     }
@@ -611,6 +624,22 @@ fn sample_rooms(rooms: &[Arc<Room>], h: &mut Histogram<u64>) -> u64 {
     n
 }
 
+/// Every client's clock-estimate error (against its known skew and drift) and RTT.
+fn clock_errors(rooms: &[Arc<Room>]) -> (Percentiles, Percentiles) {
+    let (mut err, mut rtt) = (new_histogram(), new_histogram());
+    let wall = wall_ms();
+    for c in rooms.iter().flat_map(|r| r.clients.iter()) {
+        let Ok(v) = c.lock() else { continue };
+        if let Some((o, r)) = v.offset {
+            // Server and clients share this machine's wall clock: true offset = wall − local.
+            let truth = wall - v.clock.at(wall);
+            let _ = err.record((((o - truth).abs()) * 1000.0) as u64 + 1);
+            let _ = rtt.record((r.max(0.0) * 1000.0) as u64 + 1);
+        }
+    }
+    (Percentiles::of(&err), Percentiles::of(&rtt))
+}
+
 /// Runs the sync load and returns the report.
 pub async fn run(cfg: &SyncConfig) -> Result<SyncReport, String> {
     let http = reqwest::Client::builder()
@@ -700,6 +729,7 @@ pub async fn run(cfg: &SyncConfig) -> Result<SyncReport, String> {
                     clock,
                     adapter,
                     state: None,
+                    offset: None,
                 }))
             })
             .collect();
@@ -769,6 +799,9 @@ pub async fn run(cfg: &SyncConfig) -> Result<SyncReport, String> {
         .map(|s| s.rss_bytes)
         .unwrap_or(0);
 
+    let (start_error, start_rtt) = clock_errors(&rooms);
+    report.clock_offset_error_start = start_error;
+    report.clock_estimate_rtt_start = start_rtt;
     let pb = report::progress(cfg.progress, cfg.duration.as_secs().max(1), "measuring");
     let p0 = cfg.server_pid.and_then(|p| procstat::sample(p).ok());
     let msg0 = shared.messages.load(Ordering::Relaxed);
@@ -785,6 +818,9 @@ pub async fn run(cfg: &SyncConfig) -> Result<SyncReport, String> {
     }
     shared.measuring.store(false, Ordering::Release);
     let window = t0.elapsed().as_secs_f64();
+    let (offset_error, estimate_rtt) = clock_errors(&rooms);
+    report.clock_offset_error = offset_error;
+    report.clock_estimate_rtt = estimate_rtt;
     let p1 = cfg.server_pid.and_then(|p| procstat::sample(p).ok());
     let msgs = shared.messages.load(Ordering::Relaxed) - msg0;
     let bytes = shared.message_bytes.load(Ordering::Relaxed) - bytes0;
@@ -969,6 +1005,26 @@ pub fn rows(r: &SyncReport) -> Vec<Row> {
     rows.push(Row::new(
         "position samples (pairs)",
         r.position_samples.to_string(),
+    ));
+    rows.push(Row::new(
+        "client clock-estimate error p50 / p95 / max (end)",
+        format!(
+            "{} / {} / {} (RTT p50 {})",
+            report::ms(r.clock_offset_error.p50_ms),
+            report::ms(r.clock_offset_error.p95_ms),
+            report::ms(r.clock_offset_error.max_ms),
+            report::ms(r.clock_estimate_rtt.p50_ms)
+        ),
+    ));
+    rows.push(Row::new(
+        "  … when the window started",
+        format!(
+            "{} / {} / {} (RTT p50 {})",
+            report::ms(r.clock_offset_error_start.p50_ms),
+            report::ms(r.clock_offset_error_start.p95_ms),
+            report::ms(r.clock_offset_error_start.max_ms),
+            report::ms(r.clock_estimate_rtt_start.p50_ms)
+        ),
     ));
     rows.push(Row::new(
         "load average before / after",
