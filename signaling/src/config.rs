@@ -90,7 +90,7 @@ impl Default for RoomsConfig {
             tick_ms: 50,
             large_room_above: 200,
             presence_batch_ms: 1_000,
-            welcome_members: 50,
+            welcome_members: 20,
         }
     }
 }
