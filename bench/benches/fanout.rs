@@ -8,7 +8,7 @@ use std::hint::black_box;
 
 use bytes::{Bytes, BytesMut};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use rtc::peer_connection::transport::RTCSrtpLocalKeying;
+use rtc::peer_connection::transport::RTCSrtpKeying;
 use rtc::rtp::{Packet, header::Header};
 use rtc::shared::marshal::Marshal;
 use rtc::srtp::context::Context;
@@ -104,7 +104,7 @@ fn fan_out_direct(
 fn direct_viewers(profile: ProtectionProfile) -> Vec<(SrtpSender, SrtpIndex, u32)> {
     (0..VIEWERS)
         .map(|i| {
-            let keying = RTCSrtpLocalKeying {
+            let keying = RTCSrtpKeying {
                 profile,
                 master_key: (0..profile.key_len()).map(|j| (i + j) as u8).collect(),
                 master_salt: (0..profile.salt_len()).map(|j| (i * 7 + j) as u8).collect(),

@@ -37,6 +37,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use rtc::sansio::Protocol;
+use rtc::shared::marshal::{MarshalSize, Unmarshal};
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
 use crate::media::{self, AudioSource, PT_OPUS, PT_VP8, VideoSource};
@@ -156,6 +157,13 @@ pub struct Peer {
     closed: bool,
     next_timeout: Option<Instant>,
     role: Role,
+    /// A viewer's SRTP context for the media it receives, once DTLS is done: RTP is
+    /// decrypted here rather than through the peer connection's handler chain, so
+    /// the generator's own CPU per packet (on the server's cores) stays small.
+    /// RTCP, ICE and DTLS still go through the peer connection.
+    srtp_in: Option<rtc::srtp::context::Context>,
+    /// RTP decrypted by `srtp_in`, counted at the next `service`.
+    inbox: Vec<(rtc::rtp::Header, bytes::Bytes)>,
 }
 
 fn build_pc(publisher: bool) -> Result<RTCPeerConnection, String> {
@@ -311,6 +319,8 @@ impl Peer {
             None => Role::Viewer(ViewerStats::new(Instant::now())),
         };
         Ok(Peer {
+            srtp_in: None,
+            inbox: Vec::new(),
             pc,
             socket,
             local,
@@ -396,6 +406,27 @@ impl Peer {
             p.keyframe_requests += 1;
             p.video_src.request_keyframe();
         }
+        if let Some(ctx) = self.srtp_in.as_mut()
+            && is_srtp_rtp(data)
+        {
+            match ctx.decrypt_rtp(data) {
+                Ok(plain) => {
+                    let mut buf = &plain[..];
+                    if let Ok(header) = rtc::rtp::Header::unmarshal(&mut buf) {
+                        let mut end = plain.len();
+                        if header.padding {
+                            // RFC 3550 §5.1: the last octet counts the padding octets.
+                            end = end.saturating_sub(usize::from(plain[end - 1]));
+                        }
+                        let start = header.marshal_size().min(end);
+                        let payload = plain.freeze().slice(start..end);
+                        self.inbox.push((header, payload));
+                    }
+                }
+                Err(e) => log::debug!("loadtest peer {}: SRTP refused: {e}", self.local),
+            }
+            return;
+        }
         let r = self.pc.handle_read(TaggedBytesMut {
             now,
             transport: TransportContext {
@@ -430,6 +461,18 @@ impl Peer {
                             Role::Viewer(v) => {
                                 v.connected_at = Some(now);
                                 c.viewers_connected.fetch_add(1, Ordering::Relaxed);
+                                self.srtp_in = self.pc.remote_srtp_keying().and_then(|k| {
+                                    let provider = rtc::crypto::default_provider().ok()?;
+                                    rtc::srtp::context::Context::new(
+                                        &k.master_key,
+                                        &k.master_salt,
+                                        k.profile,
+                                        Some(rtc::srtp::option::srtp_replay_protection(64)),
+                                        None,
+                                        provider.crypto(),
+                                    )
+                                    .ok()
+                                });
                             }
                             Role::Publisher(p) => {
                                 p.next_video = Some(now);
@@ -459,29 +502,23 @@ impl Peer {
             p.keyframe_requests = 0;
         }
         let measuring = c.measuring.load(Ordering::Relaxed);
+        if let Role::Viewer(v) = &mut self.role {
+            for (header, payload) in self.inbox.drain(..) {
+                on_viewer_rtp(v, &header, &payload, now, c, measuring, latency);
+            }
+        }
         while let Some(TaggedRTCMessage { message, .. }) = self.pc.poll_read() {
             match (&mut self.role, message) {
                 (Role::Viewer(v), RTCMessage::RtpPacket(_, packet)) => {
-                    let payload = &packet.payload;
-                    v.packets += 1;
-                    v.bytes += payload.len() as u64;
-                    c.rx_packets.fetch_add(1, Ordering::Relaxed);
-                    c.rx_bytes
-                        .fetch_add(payload.len() as u64, Ordering::Relaxed);
-                    if v.first_packet_at.is_none() {
-                        v.first_packet_at = Some(now);
-                    }
-                    if packet.header.payload_type == PT_OPUS {
-                        v.audio.on_packet(packet.header.sequence_number);
-                    } else {
-                        v.video.on_packet(packet.header.sequence_number);
-                        if v.first_keyframe_at.is_none() && media::vp8_starts_keyframe(payload) {
-                            v.first_keyframe_at = Some(now);
-                        }
-                    }
-                    if measuring && let Some(sent) = media::read_trailer(payload) {
-                        let _ = latency.record(media::us_of(now).saturating_sub(sent).max(1));
-                    }
+                    on_viewer_rtp(
+                        v,
+                        &packet.header,
+                        &packet.payload,
+                        now,
+                        c,
+                        measuring,
+                        latency,
+                    );
                 }
                 (Role::Publisher(p), RTCMessage::RtcpPacket(_, packets)) => {
                     for pkt in &packets {
@@ -527,6 +564,44 @@ impl Peer {
         }
         self.service(now, c, latency);
     }
+}
+
+/// Counts one RTP packet a viewer received: loss and order per track, first
+/// keyframe, and (while measuring) the end-to-end latency from the sender's trailer.
+fn on_viewer_rtp(
+    v: &mut ViewerStats,
+    header: &rtc::rtp::Header,
+    payload: &[u8],
+    now: Instant,
+    c: &Counters,
+    measuring: bool,
+    latency: &mut Histogram<u64>,
+) {
+    v.packets += 1;
+    v.bytes += payload.len() as u64;
+    c.rx_packets.fetch_add(1, Ordering::Relaxed);
+    c.rx_bytes
+        .fetch_add(payload.len() as u64, Ordering::Relaxed);
+    if v.first_packet_at.is_none() {
+        v.first_packet_at = Some(now);
+    }
+    if header.payload_type == PT_OPUS {
+        v.audio.on_packet(header.sequence_number);
+    } else {
+        v.video.on_packet(header.sequence_number);
+        if v.first_keyframe_at.is_none() && media::vp8_starts_keyframe(payload) {
+            v.first_keyframe_at = Some(now);
+        }
+    }
+    if measuring && let Some(sent) = media::read_trailer(payload) {
+        let _ = latency.record(media::us_of(now).saturating_sub(sent).max(1));
+    }
+}
+
+/// An SRTP (not SRTCP, DTLS or STUN) datagram: RTP version 2 and a payload type
+/// outside RTCP's 192–223 (RFC 5761 §4).
+fn is_srtp_rtp(data: &[u8]) -> bool {
+    data.len() >= 12 && data[0] >> 6 == 2 && !(192..=223).contains(&data[1])
 }
 
 /// A PLI (PT 206, FMT 1) or FIR (PT 206, FMT 4) heads this SRTCP datagram. The

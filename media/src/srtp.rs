@@ -14,7 +14,7 @@ use rtc::crypto::{
     AeadAlgorithm, AeadCipher, BlockCipherAlgorithm, HmacAlgorithm, Mac, RTCCrypto,
     RTCCryptoProvider, StreamCipher, StreamCipherAlgorithm,
 };
-use rtc::peer_connection::transport::RTCSrtpLocalKeying;
+use rtc::peer_connection::transport::RTCSrtpKeying;
 use rtc::shared::marshal::{Marshal, MarshalSize};
 use rtc::srtp::protection_profile::ProtectionProfile;
 
@@ -106,7 +106,7 @@ impl SrtpIndex {
 }
 
 impl SrtpSender {
-    pub fn new(keying: &RTCSrtpLocalKeying) -> Result<Self, SrtpError> {
+    pub fn new(keying: &RTCSrtpKeying) -> Result<Self, SrtpError> {
         let crypto = provider()?.crypto();
         let key = &keying.master_key;
         let salt = &keying.master_salt;
@@ -282,8 +282,8 @@ mod tests {
     use rtc::rtp::header::Header;
     use rtc::srtp::context::Context;
 
-    fn keying(profile: ProtectionProfile) -> RTCSrtpLocalKeying {
-        RTCSrtpLocalKeying {
+    fn keying(profile: ProtectionProfile) -> RTCSrtpKeying {
+        RTCSrtpKeying {
             profile,
             master_key: (0..profile.key_len() as u8).map(|i| i * 7 + 1).collect(),
             master_salt: (0..profile.salt_len() as u8).map(|i| i * 13 + 5).collect(),

@@ -2332,13 +2332,18 @@ impl RTCPeerConnection {
         }
     }
 
+    /// tandem patch: the remote (receiving) SRTP keying once the DTLS handshake is complete.
+    pub fn remote_srtp_keying(&self) -> Option<&crate::peer_connection::transport::RTCSrtpKeying> {
+        self.dtls_transport().remote_srtp_keying.as_ref()
+    }
+
     /// tandem patch: the local SRTP keying once the DTLS handshake is complete.
     ///
-    /// See [`RTCSrtpLocalKeying`](crate::peer_connection::transport::RTCSrtpLocalKeying) for
+    /// See [`RTCSrtpKeying`](crate::peer_connection::transport::RTCSrtpKeying) for
     /// the one rule that comes with it.
     pub fn local_srtp_keying(
         &self,
-    ) -> Option<&crate::peer_connection::transport::RTCSrtpLocalKeying> {
+    ) -> Option<&crate::peer_connection::transport::RTCSrtpKeying> {
         self.dtls_transport().local_srtp_keying.as_ref()
     }
 

@@ -250,14 +250,16 @@ impl<'a>
                             // Save DTLS cipher suite for stats
                             dtls_cipher_for_stats = state.cipher_suite().map(|cs| cs.to_string());
 
-                            let (local_srtp_context, remote_srtp_context, local_keying) =
+                            let (local_srtp_context, remote_srtp_context, keying) =
                                 DtlsHandler::update_srtp_contexts(
                                     state,
                                     &self.ctx.dtls_transport.replay_protection,
                                     &self.ctx.dtls_transport.crypto_provider,
                                 )?;
                             srtp_contexts = Some((local_srtp_context, remote_srtp_context));
+                            let (local_keying, remote_keying) = keying;
                             self.ctx.dtls_transport.local_srtp_keying = Some(local_keying);
+                            self.ctx.dtls_transport.remote_srtp_keying = Some(remote_keying);
                         } else {
                             warn!(
                                 "Unable to find connection state for {}",
@@ -461,7 +463,10 @@ impl<'a> DtlsHandler<'a> {
     ) -> Result<(
         srtp::context::Context,
         srtp::context::Context,
-        crate::peer_connection::transport::RTCSrtpLocalKeying,
+        (
+            crate::peer_connection::transport::RTCSrtpKeying,
+            crate::peer_connection::transport::RTCSrtpKeying,
+        ),
     )> {
         let profile = match state.srtp_protection_profile() {
             SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm => ProtectionProfile::AeadAes128Gcm,
@@ -528,12 +533,17 @@ impl<'a> DtlsHandler<'a> {
             crypto_provider.crypto(),
         )?;
 
-        let local_keying = crate::peer_connection::transport::RTCSrtpLocalKeying {
+        let local_keying = crate::peer_connection::transport::RTCSrtpKeying {
             profile: srtp_config.profile,
             master_key: srtp_config.keys.local_master_key.clone(),
             master_salt: srtp_config.keys.local_master_salt.clone(),
         };
-        Ok((local_context, remote_context, local_keying))
+        let remote_keying = crate::peer_connection::transport::RTCSrtpKeying {
+            profile: srtp_config.profile,
+            master_key: srtp_config.keys.remote_master_key.clone(),
+            master_salt: srtp_config.keys.remote_master_salt.clone(),
+        };
+        Ok((local_context, remote_context, (local_keying, remote_keying)))
     }
 }
 

@@ -156,7 +156,7 @@ pub(crate) mod dtls;
 pub(crate) mod ice;
 pub(crate) mod sctp;
 
-pub use dtls::RTCSrtpLocalKeying;
+pub use dtls::RTCSrtpKeying;
 pub use dtls::fingerprint::RTCDtlsFingerprint;
 pub use dtls::parameters::RTCDtlsParameters;
 pub use dtls::role::RTCDtlsRole;

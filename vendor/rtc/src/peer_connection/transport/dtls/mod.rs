@@ -30,14 +30,15 @@ pub(crate) fn default_srtp_protection_profiles() -> Vec<SrtpProtectionProfile> {
     ]
 }
 
-/// The local (sending) SRTP master key and salt negotiated by DTLS-SRTP (RFC 5764).
+/// An SRTP master key and salt negotiated by DTLS-SRTP (RFC 5764), one direction.
 ///
 /// tandem patch: exported so an SFU can protect forwarded RTP itself, with its own
-/// allocation-free sender, instead of pushing every packet through the handler chain.
-/// Only RTP for SSRCs the application never hands to `write_rtp` may be protected with it
-/// (the SRTP index of an SSRC must have a single owner); RTCP stays with the connection.
+/// allocation-free sender, instead of pushing every packet through the handler chain
+/// (and a load generator can read RTP without it). Only RTP for SSRCs the application
+/// never hands to `write_rtp` may be protected with the local keying (the SRTP index of
+/// an SSRC must have a single owner); RTCP stays with the connection.
 #[derive(Clone)]
-pub struct RTCSrtpLocalKeying {
+pub struct RTCSrtpKeying {
     /// The negotiated protection profile.
     pub profile: srtp::protection_profile::ProtectionProfile,
     /// The local master key.
@@ -46,10 +47,10 @@ pub struct RTCSrtpLocalKeying {
     pub master_salt: Vec<u8>,
 }
 
-impl std::fmt::Debug for RTCSrtpLocalKeying {
+impl std::fmt::Debug for RTCSrtpKeying {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print key material.
-        f.debug_struct("RTCSrtpLocalKeying")
+        f.debug_struct("RTCSrtpKeying")
             .field("profile", &self.profile)
             .finish_non_exhaustive()
     }
@@ -78,8 +79,9 @@ pub(crate) struct DtlsTransport {
     // certificate.
     pub(crate) remote_certificates: Vec<Vec<u8>>,
 
-    // tandem patch: see `RTCSrtpLocalKeying`.
-    pub(crate) local_srtp_keying: Option<RTCSrtpLocalKeying>,
+    // tandem patch: see `RTCSrtpKeying`.
+    pub(crate) local_srtp_keying: Option<RTCSrtpKeying>,
+    pub(crate) remote_srtp_keying: Option<RTCSrtpKeying>,
 
     // From SettingEngine
     pub(crate) answering_dtls_role: RTCDtlsRole,
@@ -147,6 +149,7 @@ impl DtlsTransport {
             certificates,
             remote_certificates: vec![],
             local_srtp_keying: None,
+            remote_srtp_keying: None,
 
             answering_dtls_role,
             srtp_protection_profiles,
