@@ -87,6 +87,10 @@ impl Db {
                 AnyPoolOptions::new()
                     .max_connections(16)
                     .acquire_timeout(Duration::from_secs(10))
+                    // sqlx pings every connection on checkout by default: a round trip
+                    // per request. A connection that died since its last use fails that
+                    // one request instead (a 500, nothing written; sqlx then drops it).
+                    .test_before_acquire(false)
                     .connect(url)
                     .await?
             }

@@ -1,5 +1,5 @@
 //! Enrollment: every status of API.md's table, access flags, viewer tokens, refunds
-//! on cancel, and WHEP refusing a token whose enrollment was refunded.
+//! on cancel, WHEP refusing a token whose enrollment was refunded, re-enrolling.
 
 mod common_api;
 
@@ -382,6 +382,98 @@ async fn whep_refuses_refunded_enrollment(backend: Backend) {
     app.finish().await;
 }
 
+/// A refunded enrollment does not block enrolling again (and paying again); the
+/// refunded one stays in the history, and there is still only one active enrollment.
+async fn reenroll_after_refund(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let s = app.create_stream("ines", 5).await;
+    let enroll = format!("/v1/streams/{s}/enrollments");
+    let ulla = user("ulla");
+    app.credit("ulla", 12).await;
+    let first = app.post(&enroll, Some(&ulla), json!({})).await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.text);
+    let first_id = first.body["enrollment"]["id"].as_str().unwrap().to_string();
+    let refund = |id: String| {
+        let app = &app;
+        async move {
+            app.post(
+                &format!("/v1/admin/enrollments/{id}/refund"),
+                Some(SERVICE_KEY),
+                json!({}),
+            )
+            .await
+        }
+    };
+    assert_eq!(refund(first_id.clone()).await.status, StatusCode::OK);
+    assert_eq!(app.balance_of("ulla").await, 12);
+
+    let again = app.post(&enroll, Some(&ulla), json!({})).await;
+    assert_eq!(again.status, StatusCode::CREATED, "{}", again.text);
+    assert_eq!(again.body["balance"], 7, "paid again");
+    let second_id = again.body["enrollment"]["id"].as_str().unwrap().to_string();
+    assert_ne!(
+        second_id, first_id,
+        "a new enrollment, the refunded one stays"
+    );
+    let r = app.post(&enroll, Some(&ulla), json!({})).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert_eq!(r.code(), "already_enrolled");
+
+    let mine = app.get("/v1/me/enrollments", Some(&ulla)).await;
+    let list = mine.body["enrollments"].as_array().unwrap();
+    assert_eq!(list.len(), 2, "{}", mine.text);
+    let active: Vec<_> = list.iter().filter(|e| e["status"] == "active").collect();
+    assert_eq!(active.len(), 1);
+    assert_eq!(active[0]["id"], second_id.as_str());
+    assert_eq!(active[0]["can_watch_live"], true);
+    let r = app
+        .post(
+            &format!("/v1/streams/{s}/viewer-token"),
+            Some(&ulla),
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "the active enrollment counts: {}",
+        r.text
+    );
+
+    // Refund and enroll once more, this time with a key: a retry replays, no third charge.
+    assert_eq!(refund(second_id).await.status, StatusCode::OK);
+    let key = [("idempotency-key", "re-3")];
+    let third = app
+        .send(
+            reqwest::Method::POST,
+            &enroll,
+            Some(&ulla),
+            Some("{}"),
+            &key,
+        )
+        .await;
+    assert_eq!(third.status, StatusCode::CREATED, "{}", third.text);
+    let replay = app
+        .send(
+            reqwest::Method::POST,
+            &enroll,
+            Some(&ulla),
+            Some("{}"),
+            &key,
+        )
+        .await;
+    assert_eq!(replay.text, third.text);
+    assert_eq!(replay.headers["idempotent-replayed"], "true");
+    assert_eq!(app.balance_of("ulla").await, 7);
+    assert_eq!(app.ledger_sum("ulla").await, 7);
+    let r = app
+        .get("/v1/instructor/streams", Some(&instructor("ines")))
+        .await;
+    assert_eq!(r.body["streams"][0]["stats"]["enrollments"], 1);
+    assert_eq!(r.body["streams"][0]["stats"]["revenue_tokens"], 5);
+    app.finish().await;
+}
+
 /// Enrollments racing a cancel: none stays paid on the cancelled stream.
 async fn cancel_racing_enrollments(backend: Backend) {
     let app = std::sync::Arc::new(spawn_app(backend).await);
@@ -451,4 +543,5 @@ both_backends!(
     cancel_refunds_every_paid_enrollment,
     whep_refuses_refunded_enrollment,
     cancel_racing_enrollments,
+    reenroll_after_refund,
 );

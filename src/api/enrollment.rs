@@ -8,17 +8,19 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 use serde::Serialize;
+use serde_json::Value;
 use sqlx::AnyConnection;
+use std::sync::LazyLock;
 use utoipa::ToSchema;
 
-use super::idempotency::{self, IdemKey, Start};
+use super::idempotency::{self, IdemKey};
 use super::ledger::{self, Kind};
 use super::streams::{self, MediaTokenOut, StreamRow};
-use super::{identity, now_ms, rfc3339, rfc3339_opt, service, unique_violation};
+use super::{begin_write, identity, now_ms, rfc3339, rfc3339_opt, service, unique_violation};
 use crate::auth::{Grants, TokenRequest};
 use crate::error::{AppError, AppResult};
 use crate::server::AppState;
-use crate::storage::Backend;
+use crate::storage::{Backend, Db};
 
 pub fn routes() -> axum::Router<AppState> {
     Router::new()
@@ -125,31 +127,26 @@ pub async fn enroll(
         &format!("enroll:{id}"),
         &body,
     )?;
-    let mut tx = match idempotency::start(&state.db, key.as_ref()).await? {
-        Start::Fresh(tx) => tx,
-        Start::Replay(resp) => return Ok(resp),
-    };
-    let now = now_ms();
-    let outcome = enroll_in(&mut tx, state.db.backend, &me.user, &id, now).await;
-    idempotency::finish(tx, key.as_ref(), outcome).await
+    match state.db.backend {
+        Backend::Postgres => enroll_pg(&state.db, key.as_ref(), &me.user, &id).await,
+        Backend::Sqlite => {
+            let mut tx = begin_write(&state.db).await?;
+            let outcome = enroll_in(&mut tx, &me.user, &id, now_ms()).await;
+            idempotency::finish(&state.db, tx, key.as_ref(), outcome).await
+        }
+    }
 }
 
+/// The enrollment on SQLite, step by step: `BEGIN IMMEDIATE` serialises writers, so
+/// nothing changes between the checks and the writes.
 async fn enroll_in(
     conn: &mut AnyConnection,
-    backend: Backend,
     user: &str,
     stream_id: &str,
     now: i64,
 ) -> AppResult<(StatusCode, serde_json::Value)> {
-    // On PostgreSQL the shared row lock orders this enrollment against a concurrent
-    // cancel (which updates the row): either the cancel sees and refunds it, or the
-    // enrollment sees the stream cancelled. SQLite's BEGIN IMMEDIATE already does.
-    let lock = match backend {
-        Backend::Postgres => " FOR SHARE",
-        Backend::Sqlite => "",
-    };
     let stream: StreamRow = sqlx::query_as(&format!(
-        "SELECT {} FROM streams WHERE id = $1{lock}",
+        "SELECT {} FROM streams WHERE id = $1",
         streams::COLUMNS
     ))
     .bind(stream_id)
@@ -157,27 +154,18 @@ async fn enroll_in(
     .await?
     .ok_or_else(|| AppError::not_found(format!("no stream '{stream_id}'")))?;
     if !stream.open_for_enrollment(now) {
-        return Err(AppError::conflict(
-            "stream_closed",
-            format!(
-                "the stream is {} and can no longer be enrolled in",
-                stream.status
-            ),
-        )
-        .with("status", stream.status));
+        return Err(stream_closed(&stream.status));
     }
-    let existing: Option<(String,)> =
-        sqlx::query_as("SELECT status FROM enrollments WHERE user_id = $1 AND stream_id = $2")
-            .bind(user)
-            .bind(stream_id)
-            .fetch_optional(&mut *conn)
-            .await?;
-    if let Some((status,)) = existing {
-        return Err(AppError::conflict(
-            "already_enrolled",
-            "you are already enrolled in this stream",
-        )
-        .with("enrollment_status", status));
+    // A refunded enrollment does not count: the user may enroll (and pay) again.
+    let existing: Option<(String,)> = sqlx::query_as(
+        "SELECT status FROM enrollments WHERE user_id = $1 AND stream_id = $2 AND status = 'active'",
+    )
+    .bind(user)
+    .bind(stream_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if existing.is_some() {
+        return Err(already_enrolled());
     }
     let enrollment_id = format!("en_{}", uuid::Uuid::new_v4().simple());
     let (transaction_id, balance) = if stream.price_tokens > 0 {
@@ -195,16 +183,7 @@ async fn enroll_in(
             Some((tx_id, after)) => (Some(tx_id), after),
             None => {
                 let balance = ledger::balance_of(conn, user).await?;
-                return Err(AppError::new(
-                    StatusCode::PAYMENT_REQUIRED,
-                    "insufficient_tokens",
-                    format!(
-                        "the stream costs {} tokens; the balance is {balance}",
-                        stream.price_tokens
-                    ),
-                )
-                .with("balance", balance)
-                .with("price", stream.price_tokens));
+                return Err(insufficient(balance, stream.price_tokens));
             }
         }
     } else {
@@ -224,20 +203,199 @@ async fn enroll_in(
     .await;
     match inserted {
         Ok(_) => {}
-        // A concurrent request by the same user won; the savepoint undoes our deduction.
-        Err(e) if unique_violation(&e) => {
-            return Err(AppError::conflict(
-                "already_enrolled",
-                "you are already enrolled in this stream",
-            ));
-        }
+        // Unreachable while BEGIN IMMEDIATE serialises writers; kept as the backstop.
+        Err(e) if unique_violation(&e) => return Err(already_enrolled()),
         Err(e) => return Err(e.into()),
     }
+    Ok(enrolled(
+        enrollment_id,
+        user,
+        stream_id,
+        stream.price_tokens,
+        transaction_id,
+        balance,
+        now,
+    ))
+}
+
+/// The whole enrollment on PostgreSQL in one statement, so one round trip and one
+/// implicit transaction: lock the stream, check it is open and the caller not
+/// enrolled, deduct, write the ledger row, the enrollment and (with a key) the stored
+/// answer. Every part sees the same snapshot, so what must hold at write time is
+/// checked by the writes themselves: the deduction's `balance >= price` (re-checked
+/// on the latest row version under READ COMMITTED; the account's row lock serialises
+/// a user's deductions), the unique index on active enrollments and the key's primary
+/// key. A concurrent enrollment of the same user and stream makes the statement fail
+/// as a whole; it runs again and answers 409. A taken key fails it too: the stored
+/// answer is replayed. The stream's `FOR SHARE` lock orders the enrollment against a
+/// concurrent cancel, which updates that row: either the cancel sees and refunds the
+/// enrollment, or the enrollment sees the stream cancelled.
+///
+/// The stored body is the 201 answer serialised in Rust with quoted random tokens
+/// where the statement's own results go (price, transaction id, balance), replaced
+/// in SQL; the tokens cannot occur in the caller's strings.
+async fn enroll_pg(
+    db: &Db,
+    key: Option<&IdemKey>,
+    user: &str,
+    stream_id: &str,
+) -> AppResult<Response> {
+    type Outcome = (
+        String,
+        i64,
+        bool,
+        bool,
+        Option<i64>,
+        Option<i64>,
+        bool,
+        Option<i64>,
+        Option<String>,
+    );
+    let sql = if key.is_some() {
+        &*ENROLL_PG_KEYED
+    } else {
+        &*ENROLL_PG
+    };
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let now = now_ms();
+        let enrollment_id = format!("en_{}", uuid::Uuid::new_v4().simple());
+        let mut q = sqlx::query_as::<_, Outcome>(sql)
+            .bind(user)
+            .bind(stream_id)
+            .bind(now)
+            .bind(format!("stream:{stream_id}"))
+            .bind(&enrollment_id);
+        if let Some(k) = key {
+            let token = uuid::Uuid::new_v4().simple().to_string();
+            let [price, transaction, balance] =
+                ["price", "transaction", "balance"].map(|what| format!("{token}:{what}"));
+            let (_, mut template) =
+                enrolled(enrollment_id.clone(), user, stream_id, 0, None, 0, now);
+            template["enrollment"]["price_paid"] = Value::from(price.as_str());
+            template["enrollment"]["transaction_id"] = Value::from(transaction.as_str());
+            template["transaction_id"] = Value::from(transaction.as_str());
+            template["balance"] = Value::from(balance.as_str());
+            q = q
+                .bind(&k.caller)
+                .bind(&k.key)
+                .bind(&k.fingerprint)
+                .bind(template.to_string())
+                .bind(format!("\"{price}\""))
+                .bind(format!("\"{transaction}\""))
+                .bind(format!("\"{balance}\""));
+        }
+        let row = match q.fetch_optional(&db.pool).await {
+            Ok(row) => row,
+            Err(e)
+                if idempotency::key_taken(&e)
+                    && let Some(k) = key =>
+            {
+                return idempotency::replay(db, k).await;
+            }
+            // A concurrent request of the same user won; the second try answers 409.
+            Err(e) if tries < 2 && unique_violation(&e) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let err = match row {
+            None => AppError::not_found(format!("no stream '{stream_id}'")),
+            Some((status, _, false, ..)) => stream_closed(&status),
+            Some((_, _, _, true, ..)) => already_enrolled(),
+            Some((_, price, _, _, _, _, false, before, _)) => {
+                insufficient(before.unwrap_or(0), price)
+            }
+            Some((_, price, _, _, after, transaction_id, true, before, stored)) => {
+                let body = stored.unwrap_or_else(|| {
+                    let balance = after.or(before).unwrap_or(0);
+                    let (_, v) = enrolled(
+                        enrollment_id,
+                        user,
+                        stream_id,
+                        price,
+                        transaction_id,
+                        balance,
+                        now,
+                    );
+                    v.to_string()
+                });
+                return Ok(idempotency::answer(StatusCode::CREATED, body));
+            }
+        };
+        return idempotency::answer_error(db, key, err).await;
+    }
+}
+
+/// [`enroll_pg`]'s statement: `$1` user, `$2` stream, `$3` now, `$4` ledger reference,
+/// `$5` enrollment id; with a key also `$6` caller, `$7` key, `$8` fingerprint, `$9`
+/// the body template and `$10`-`$12` its quoted tokens (price, transaction, balance).
+fn enroll_pg_sql(keyed: bool) -> String {
+    let store = if keyed {
+        ", k AS (
+            INSERT INTO idempotency_keys (caller, idem_key, fingerprint, status, body, created_at)
+            SELECT $6, $7, $8, 201, replace(replace(replace($9,
+                       $10, go.price_tokens::text),
+                       $11, coalesce((SELECT id FROM t)::text, 'null')),
+                       $12, coalesce((SELECT balance FROM d), (SELECT balance FROM accounts WHERE user_id = $1), 0)::text),
+                   $3
+            FROM go WHERE EXISTS (SELECT 1 FROM e)
+            RETURNING body
+         )"
+    } else {
+        ""
+    };
+    let stored = if keyed {
+        "(SELECT body FROM k)"
+    } else {
+        "NULL::text"
+    };
+    format!(
+        "WITH s AS (
+            SELECT status, price_tokens, ({open}) AS open FROM streams WHERE id = $2 FOR SHARE
+         ), x AS (
+            SELECT 1 FROM enrollments WHERE user_id = $1 AND stream_id = $2 AND status = 'active'
+         ), go AS (
+            SELECT price_tokens FROM s WHERE open AND NOT EXISTS (SELECT 1 FROM x)
+         ), d AS (
+            UPDATE accounts SET balance = balance - go.price_tokens FROM go
+            WHERE user_id = $1 AND go.price_tokens > 0 AND balance >= go.price_tokens
+            RETURNING balance
+         ), t AS (
+            INSERT INTO token_transactions (user_id, amount, kind, reference, balance_after, created_at)
+            SELECT $1, -go.price_tokens, 'enrollment', $4, d.balance, $3 FROM go, d
+            RETURNING id
+         ), e AS (
+            INSERT INTO enrollments (id, user_id, stream_id, price_paid, status, transaction_id, created_at)
+            SELECT $5, $1, $2, go.price_tokens, 'active', (SELECT id FROM t), $3 FROM go
+            WHERE go.price_tokens = 0 OR EXISTS (SELECT 1 FROM t)
+            RETURNING id
+         ){store}
+         SELECT s.status, s.price_tokens, s.open, EXISTS (SELECT 1 FROM x),
+                (SELECT balance FROM d), (SELECT id FROM t), EXISTS (SELECT 1 FROM e),
+                (SELECT balance FROM accounts WHERE user_id = $1), {stored}
+         FROM s",
+        open = streams::OPEN_FOR_ENROLLMENT_SQL
+    )
+}
+
+static ENROLL_PG: LazyLock<String> = LazyLock::new(|| enroll_pg_sql(false));
+static ENROLL_PG_KEYED: LazyLock<String> = LazyLock::new(|| enroll_pg_sql(true));
+
+/// The 201 answer of a new enrollment.
+fn enrolled(
+    id: String,
+    user: &str,
+    stream_id: &str,
+    price: i64,
+    transaction_id: Option<i64>,
+    balance: i64,
+    now: i64,
+) -> (StatusCode, serde_json::Value) {
     let row = EnrollmentRow {
-        id: enrollment_id,
+        id,
         user_id: user.to_string(),
         stream_id: stream_id.to_string(),
-        price_paid: stream.price_tokens,
+        price_paid: price,
         status: "active".into(),
         transaction_id,
         created_at: now,
@@ -248,10 +406,36 @@ async fn enroll_in(
         balance,
         transaction_id,
     };
-    Ok((
+    (
         StatusCode::CREATED,
         serde_json::to_value(out).unwrap_or_default(),
-    ))
+    )
+}
+
+fn already_enrolled() -> AppError {
+    AppError::conflict(
+        "already_enrolled",
+        "you are already enrolled in this stream",
+    )
+    .with("enrollment_status", "active")
+}
+
+fn stream_closed(status: &str) -> AppError {
+    AppError::conflict(
+        "stream_closed",
+        format!("the stream is {status} and can no longer be enrolled in"),
+    )
+    .with("status", status)
+}
+
+fn insufficient(balance: i64, price: i64) -> AppError {
+    AppError::new(
+        StatusCode::PAYMENT_REQUIRED,
+        "insufficient_tokens",
+        format!("the stream costs {price} tokens; the balance is {balance}"),
+    )
+    .with("balance", balance)
+    .with("price", price)
 }
 
 /// Refunds one active enrollment (a `refund` transaction when it was paid).
@@ -389,7 +573,8 @@ pub async fn enrollment_of(
     stream_id: &str,
 ) -> Result<Option<EnrollmentRow>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM enrollments WHERE user_id = $1 AND stream_id = $2"
+        "SELECT {COLUMNS} FROM enrollments WHERE user_id = $1 AND stream_id = $2 \
+         ORDER BY status = 'active' DESC, created_at DESC LIMIT 1"
     ))
     .bind(user)
     .bind(stream_id)
@@ -468,11 +653,7 @@ pub async fn admin_refund(
 ) -> AppResult<Response> {
     service(&state, &headers)?;
     let key = IdemKey::from_headers(&headers, "service", &format!("refund:{id}"), &body)?;
-    let mut tx = match idempotency::start(&state.db, key.as_ref()).await? {
-        Start::Fresh(tx) => tx,
-        Start::Replay(resp) => return Ok(resp),
-    };
-    let now = now_ms();
+    let mut tx = begin_write(&state.db).await?;
     let outcome = async {
         let e: EnrollmentRow =
             sqlx::query_as(&format!("SELECT {COLUMNS} FROM enrollments WHERE id = $1"))
@@ -480,7 +661,7 @@ pub async fn admin_refund(
                 .fetch_optional(&mut *tx)
                 .await?
                 .ok_or_else(|| AppError::not_found(format!("no enrollment '{id}'")))?;
-        if !refund_one(&mut tx, &e, now).await? {
+        if !refund_one(&mut tx, &e, now_ms()).await? {
             return Err(AppError::conflict(
                 "already_refunded",
                 "the enrollment was already refunded",
@@ -497,5 +678,5 @@ pub async fn admin_refund(
         ))
     }
     .await;
-    idempotency::finish(tx, key.as_ref(), outcome).await
+    idempotency::finish(&state.db, tx, key.as_ref(), outcome).await
 }

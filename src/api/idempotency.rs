@@ -1,19 +1,27 @@
 //! `Idempotency-Key` for POSTs that move tokens: the first response is stored with
 //! the effect in one transaction, and a retry with the same key gets it back verbatim.
 //!
-//! Flow: [`start`] begins the write transaction, claims the key (a placeholder row;
-//! on PostgreSQL a concurrent claim of the same key waits on it) and sets a savepoint;
-//! the handler runs its effect on the transaction; [`finish`] rolls the effect back to
-//! the savepoint on a business error (402, 409, …), stores the answer and commits.
+//! Flow: the handler begins the write transaction ([`super::begin_write`]) and runs
+//! its effect on it; [`finish`] answers.
+//! A success stores its answer under the key in the same transaction (the key row is
+//! written last: a concurrent request with the same key waits on it, then finds it
+//! taken, rolls its own effect back and replays the stored answer) and commits. A
+//! business error (402, 409, 404…) rolls the effect back and stores the error on its
+//! own, so a retry gets the same error even if the balance has grown since. A server
+//! error stores nothing (the key stays free for the retry).
+//!
+//! The key is claimed last, not first, so a request costs no placeholder row, no
+//! savepoint and no second write of the row: on PostgreSQL one keyed enrollment is
+//! `BEGIN`, its statement, this insert, `COMMIT` (docs/PERFORMANCE.md, "Enrollment").
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use sqlx::{Any, Transaction};
+use sqlx::{Any, AnyConnection, Transaction};
 
-use super::{begin_write, now_ms};
+use super::now_ms;
 use crate::error::{AppError, AppResult};
 use crate::storage::Db;
 
@@ -61,93 +69,127 @@ impl IdemKey {
     }
 }
 
-pub enum Start {
-    /// Run the effect on this transaction, then call [`finish`].
-    Fresh(Transaction<'static, Any>),
-    /// The stored answer of an earlier request with this key.
-    Replay(Response),
-}
-
-/// Begins the transaction and claims the key (if any).
-pub async fn start(db: &Db, key: Option<&IdemKey>) -> AppResult<Start> {
-    let mut tx = begin_write(db).await?;
-    if let Some(k) = key {
-        let claimed = sqlx::query(
-            "INSERT INTO idempotency_keys (caller, idem_key, fingerprint, status, body, created_at) \
-             VALUES ($1, $2, $3, 0, '', $4) ON CONFLICT (caller, idem_key) DO NOTHING",
-        )
-        .bind(&k.caller)
-        .bind(&k.key)
-        .bind(&k.fingerprint)
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if claimed == 0 {
-            let (fingerprint, status, body): (String, i64, String) = sqlx::query_as(
-                "SELECT fingerprint, status, body FROM idempotency_keys WHERE caller = $1 AND idem_key = $2",
-            )
-            .bind(&k.caller)
-            .bind(&k.key)
-            .fetch_one(&mut *tx)
-            .await?;
-            if fingerprint != k.fingerprint {
-                return Err(AppError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "idempotency_key_reused",
-                    "this Idempotency-Key was used with a different request; use a new key",
-                ));
-            }
-            if status == 0 {
-                return Err(AppError::conflict(
-                    "idempotency_in_progress",
-                    "a request with this Idempotency-Key is still being processed; retry shortly",
-                ));
-            }
-            let status = StatusCode::from_u16(status as u16).unwrap_or(StatusCode::OK);
-            return Ok(Start::Replay(json_response(status, body, true)));
-        }
-    }
-    sqlx::query("SAVEPOINT effect").execute(&mut *tx).await?;
-    Ok(Start::Fresh(tx))
-}
-
-/// Stores the answer with the effect and commits. A server error rolls everything
-/// back (nothing stored: the client may retry); a business error keeps only the
-/// stored answer, so a retry gets the same error.
+/// Answers with the outcome of an effect run on `tx` (from [`super::begin_write`]),
+/// honouring `key`: stores a success with the effect and commits; rolls a business
+/// error back and stores it on its own; stores nothing for a server error.
 pub async fn finish(
+    db: &Db,
     mut tx: Transaction<'static, Any>,
     key: Option<&IdemKey>,
     outcome: AppResult<(StatusCode, Value)>,
 ) -> AppResult<Response> {
-    let (status, body) = match outcome {
-        Ok((status, value)) => (status, value.to_string()),
-        Err(err) if err.status.is_server_error() => return Err(err),
-        Err(err) => {
-            sqlx::query("ROLLBACK TO SAVEPOINT effect")
-                .execute(&mut *tx)
-                .await?;
-            let status = err.status;
-            let resp = err.into_response();
-            let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-                .await
-                .map_err(|_| AppError::internal())?;
-            (status, String::from_utf8_lossy(&bytes).into_owned())
+    let err = match outcome {
+        Ok((status, value)) => {
+            let body = value.to_string();
+            if let Some(k) = key
+                && !store(&mut tx, k, status, &body).await?
+            {
+                // Answered before: our effect is rolled back with the transaction.
+                drop(tx);
+                return replay(db, k).await;
+            }
+            tx.commit().await?;
+            return Ok(json_response(status, body, false));
         }
+        Err(err) => err,
     };
-    if let Some(k) = key {
-        sqlx::query(
-            "UPDATE idempotency_keys SET status = $1, body = $2 WHERE caller = $3 AND idem_key = $4",
-        )
-        .bind(status.as_u16() as i64)
-        .bind(&body)
-        .bind(&k.caller)
-        .bind(&k.key)
-        .execute(&mut *tx)
-        .await?;
+    // Rolled back before another connection is asked for: on SQLite the transaction
+    // holds the write lock, which the store below and every waiting writer need.
+    tx.rollback().await?;
+    answer_error(db, key, err).await
+}
+
+/// Answers a business error (stored under the key on its own, or the answer stored
+/// before if the key is taken); a server error passes through and stores nothing.
+pub async fn answer_error(db: &Db, key: Option<&IdemKey>, err: AppError) -> AppResult<Response> {
+    let Some(k) = key.filter(|_| !err.status.is_server_error()) else {
+        return Err(err);
+    };
+    let status = err.status;
+    let bytes = axum::body::to_bytes(err.into_response().into_body(), usize::MAX)
+        .await
+        .map_err(|_| AppError::internal())?;
+    let body = String::from_utf8_lossy(&bytes).into_owned();
+    // One connection for both: holding one while waiting for another could exhaust the pool.
+    let mut conn = db.pool.acquire().await?;
+    if store(&mut conn, k, status, &body).await? {
+        Ok(json_response(status, body, false))
+    } else {
+        replay_on(&mut conn, k).await
     }
-    tx.commit().await?;
-    Ok(json_response(status, body, false))
+}
+
+/// Stores the answer under the key; false when the key is taken (committed by
+/// another request, which this insert waits for if it is still running).
+async fn store(
+    conn: &mut AnyConnection,
+    k: &IdemKey,
+    status: StatusCode,
+    body: &str,
+) -> Result<bool, sqlx::Error> {
+    let inserted = sqlx::query(
+        "INSERT INTO idempotency_keys (caller, idem_key, fingerprint, status, body, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (caller, idem_key) DO NOTHING",
+    )
+    .bind(&k.caller)
+    .bind(&k.key)
+    .bind(&k.fingerprint)
+    .bind(status.as_u16() as i64)
+    .bind(body)
+    .bind(now_ms())
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
+}
+
+/// True when an insert failed because the key is taken (an effect that stores its
+/// answer in the same statement, without `ON CONFLICT`, fails as a whole).
+pub fn key_taken(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Database(db) => {
+            super::unique_violation(err)
+                && (db.constraint() == Some("idempotency_keys_pkey")
+                    || db.message().contains("idempotency_keys"))
+        }
+        _ => false,
+    }
+}
+
+/// The stored answer for a key that is taken, or 422 when it was used for another request.
+pub async fn replay(db: &Db, k: &IdemKey) -> AppResult<Response> {
+    replay_on(&mut *db.pool.acquire().await?, k).await
+}
+
+async fn replay_on(conn: &mut AnyConnection, k: &IdemKey) -> AppResult<Response> {
+    let (fingerprint, status, body): (String, i64, String) = sqlx::query_as(
+        "SELECT fingerprint, status, body FROM idempotency_keys WHERE caller = $1 AND idem_key = $2",
+    )
+    .bind(&k.caller)
+    .bind(&k.key)
+    .fetch_one(&mut *conn)
+    .await?;
+    if fingerprint != k.fingerprint {
+        return Err(AppError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used with a different request; use a new key",
+        ));
+    }
+    // Status 0 is the placeholder of releases that claimed the key first.
+    if status == 0 {
+        return Err(AppError::conflict(
+            "idempotency_in_progress",
+            "a request with this Idempotency-Key is still being processed; retry shortly",
+        ));
+    }
+    let status = StatusCode::from_u16(status as u16).unwrap_or(StatusCode::OK);
+    Ok(json_response(status, body, true))
+}
+
+/// A first (not replayed) answer whose body is already JSON text.
+pub fn answer(status: StatusCode, body: String) -> Response {
+    json_response(status, body, false)
 }
 
 fn json_response(status: StatusCode, body: String, replayed: bool) -> Response {

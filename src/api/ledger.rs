@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::AnyConnection;
 use utoipa::{IntoParams, ToSchema};
 
-use super::idempotency::{self, IdemKey, Start};
-use super::{identity, now_ms, parse_json, rfc3339, service};
+use super::idempotency::{self, IdemKey};
+use super::{begin_write, identity, now_ms, parse_json, rfc3339, service};
 use crate::error::{AppError, AppResult};
 use crate::server::AppState;
 
@@ -275,12 +275,9 @@ pub async fn credit(
         );
     }
     let key = IdemKey::from_headers(&headers, "service", &format!("credit:{user}"), &body)?;
-    let mut tx = match idempotency::start(&state.db, key.as_ref()).await? {
-        Start::Fresh(tx) => tx,
-        Start::Replay(resp) => return Ok(resp),
-    };
-    let now = now_ms();
+    let mut tx = begin_write(&state.db).await?;
     let outcome = async {
+        let now = now_ms();
         let (id, after) = add(
             &mut tx,
             &user,
@@ -304,5 +301,5 @@ pub async fn credit(
         ))
     }
     .await;
-    idempotency::finish(tx, key.as_ref(), outcome).await
+    idempotency::finish(&state.db, tx, key.as_ref(), outcome).await
 }

@@ -13,8 +13,10 @@ use serde_json::Value;
 use sqlx::AnyConnection;
 use utoipa::{IntoParams, ToSchema};
 
-use super::idempotency::{self, IdemKey, Start};
-use super::{DAY_MS, instructor, now_ms, parse_json, parse_rfc3339, rfc3339, rfc3339_opt};
+use super::idempotency::{self, IdemKey};
+use super::{
+    DAY_MS, begin_write, instructor, now_ms, parse_json, parse_rfc3339, rfc3339, rfc3339_opt,
+};
 use crate::auth::{Grants, Identity, Role, TokenRequest};
 use crate::error::{AppError, AppResult};
 use crate::server::AppState;
@@ -67,10 +69,16 @@ impl StreamRow {
             && self.replay_expires_at.is_some_and(|t| now < t)
     }
     /// Enrolment is still possible: scheduled, live, or ended within the replay window.
+    /// [`OPEN_FOR_ENROLLMENT_SQL`] says the same in SQL.
     pub fn open_for_enrollment(&self, now: i64) -> bool {
         matches!(self.status.as_str(), "scheduled" | "live") || self.replay_open(now)
     }
 }
+
+/// [`StreamRow::open_for_enrollment`] over a `streams` row, with the time as `$3`
+/// (PostgreSQL's one-statement enrollment).
+pub const OPEN_FOR_ENROLLMENT_SQL: &str = "status IN ('scheduled', 'live') OR (status = 'ended' \
+     AND replay_closed_at IS NULL AND replay_expires_at IS NOT NULL AND $3 < replay_expires_at)";
 
 /// A stream as the API shows it.
 #[derive(Debug, Serialize, ToSchema)]
@@ -520,12 +528,9 @@ pub async fn cancel(
         &format!("cancel:{id}"),
         &body,
     )?;
-    let mut tx = match idempotency::start(&state.db, key.as_ref()).await? {
-        Start::Fresh(tx) => tx,
-        Start::Replay(resp) => return Ok(resp),
-    };
-    let now = now_ms();
+    let mut tx = begin_write(&state.db).await?;
     let outcome = async {
+        let now = now_ms();
         let row = load_owned(&mut tx, &id, &me).await?;
         let changed = sqlx::query(
             "UPDATE streams SET status = 'cancelled', cancelled_at = $1, updated_at = $1 \
@@ -546,7 +551,7 @@ pub async fn cancel(
         Ok((StatusCode::OK, value))
     }
     .await;
-    idempotency::finish(tx, key.as_ref(), outcome).await
+    idempotency::finish(&state.db, tx, key.as_ref(), outcome).await
 }
 
 /// Deletes a stream without paid enrollments (owner).
