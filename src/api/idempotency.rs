@@ -2,17 +2,18 @@
 //! the effect in one transaction, and a retry with the same key gets it back verbatim.
 //!
 //! Flow: the handler begins the write transaction ([`super::begin_write`]) and runs
-//! its effect on it; [`finish`] answers.
-//! A success stores its answer under the key in the same transaction (the key row is
-//! written last: a concurrent request with the same key waits on it, then finds it
-//! taken, rolls its own effect back and replays the stored answer) and commits. A
-//! business error (402, 409, 404…) rolls the effect back and stores the error on its
-//! own, so a retry gets the same error even if the balance has grown since. A server
-//! error stores nothing (the key stays free for the retry).
+//! its effect on it; [`finish`] answers. A success stores its answer under the key
+//! in the same transaction (the key row is written last: a concurrent request with
+//! the same key waits on it, then finds it taken, rolls its own effect back and
+//! replays the stored answer) and commits. A business error (402, 409, 404…) rolls
+//! the effect back and stores the error on its own, so a retry gets the same error
+//! even if the balance has grown since. A server error stores nothing (the key stays
+//! free for the retry).
 //!
 //! The key is claimed last, not first, so a request costs no placeholder row, no
-//! savepoint and no second write of the row: on PostgreSQL one keyed enrollment is
-//! `BEGIN`, its statement, this insert, `COMMIT` (docs/PERFORMANCE.md, "Enrollment").
+//! savepoint and no second write of the row. PostgreSQL's enrollment goes further
+//! and inserts the key in its one statement ([`answer_error`], [`replay`] and
+//! [`key_taken`] serve it; docs/PERFORMANCE.md, "Enrollment").
 
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
