@@ -11,7 +11,7 @@
 //! - [`pages`]: the demo pages and static files under `web/`.
 //! - [`rooms`]: Watch Together WebSocket and room-token routes, the sqlx chat store.
 //! - [`api`]: business APIs (ledger, streams, enrollment, media access, jobs, OpenAPI).
-//! - [`server`]: [`server::AppState`], the router ([`server::app`]) and [`server::run`].
+//! - [`server`]: [`server::AppState`], the router ([`server::app`]) and [`server::start`].
 
 pub mod api;
 pub mod auth;
