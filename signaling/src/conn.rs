@@ -158,6 +158,8 @@ pub(crate) async fn serve(rooms: Rooms, socket: WebSocket, room: String, ident: 
         }
     };
 
+    crate::trim::churn();
+
     // 3. One task for both directions: a second task per connection costs memory
     // and a cross-task wake per message; queued frames are fed together and leave
     // in one flush (one write for as many as the write buffer holds).
@@ -264,6 +266,7 @@ pub(crate) async fn serve(rooms: Rooms, socket: WebSocket, room: String, ident: 
         })
         .await;
     drop(room_tx);
+    crate::trim::churn();
     let mut socket = out.socket;
     if let Some((code, reason)) = close {
         let _ = tokio::time::timeout(

@@ -22,6 +22,7 @@ pub mod wire;
 
 mod conn;
 mod room;
+mod trim;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
