@@ -59,6 +59,14 @@ async fn whep_mode_reports_packets_latency_and_no_loss() {
         "{table}"
     );
     assert!(r.latency.p99_ms >= r.latency.p50_ms, "{table}");
+    // The server's own share, read from its histogram: a bucket bound, never above
+    // what the clients measured end to end plus a bucket's width.
+    assert!(r.server_forwarding_delay_mean_ms > 0.0, "{table}");
+    assert!(
+        r.server_forwarding_delay_p99_le_ms
+            .is_some_and(|p99| p99 >= r.server_forwarding_delay_mean_ms),
+        "{table}"
+    );
     assert_eq!(
         r.keyframe_wait.count, 5,
         "every viewer saw a key frame: {table}"

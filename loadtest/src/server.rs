@@ -17,16 +17,10 @@ pub struct Target {
     temp_dir: Option<PathBuf>,
 }
 
-fn free_port(udp: bool) -> std::io::Result<u16> {
-    if udp {
-        Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port())
-    } else {
-        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port())
-    }
+fn free_tcp_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn random_hex(n: usize) -> String {
@@ -64,13 +58,14 @@ impl Target {
             random_hex(6)
         ));
         std::fs::create_dir_all(&dir).map_err(|e| format!("temp dir: {e}"))?;
-        let http_port = free_port(false).map_err(|e| e.to_string())?;
-        let media_port = free_port(true).map_err(|e| e.to_string())?;
+        let http_port = free_tcp_port().map_err(|e| e.to_string())?;
         let jwt_secret = random_hex(32);
         let service_key = random_hex(24);
         let mut cmd = Command::new(bin);
         cmd.env("TANDEM_HTTP_ADDR", format!("127.0.0.1:{http_port}"))
-            .env("TANDEM_MEDIA_PORT", media_port.to_string())
+            // Port 0: the server picks one free for both UDP and ICE-TCP (a port
+            // free for UDP here may be taken for TCP).
+            .env("TANDEM_MEDIA_PORT", "0")
             .env("TANDEM_MEDIA_BIND", "127.0.0.1")
             .env("TANDEM_PUBLIC_IP", "127.0.0.1")
             .env("TANDEM_DATA_DIR", &dir)

@@ -109,6 +109,9 @@ pub struct WhepReport {
     pub latency: Percentiles,
     /// The server's own `tandem_forwarding_delay_seconds` mean over the window.
     pub server_forwarding_delay_mean_ms: f64,
+    /// The upper bound of the histogram bucket holding its 99th percentile (the
+    /// server's share of the latency, without the clients' scheduling).
+    pub server_forwarding_delay_p99_le_ms: Option<f64>,
     pub server_dropped_packets: f64,
     pub loss: Loss,
     pub keyframe_wait: Percentiles,
@@ -132,6 +135,12 @@ async fn delete(http: &reqwest::Client, url: &str) {
 }
 
 /// Runs the WHEP load and returns the report (also after partial failures).
+/// `tandem_forwarding_delay_seconds` bucket bounds as the server prints them.
+const DELAY_BUCKETS: [&str; 11] = [
+    "0.00005", "0.0001", "0.00025", "0.0005", "0.001", "0.002", "0.005", "0.01", "0.025", "0.05",
+    "0.1",
+];
+
 pub async fn run(cfg: &WhepConfig) -> Result<WhepReport, String> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -271,6 +280,11 @@ pub async fn run(cfg: &WhepConfig) -> Result<WhepReport, String> {
     if delay_n > 0.0 {
         report.server_forwarding_delay_mean_ms =
             d("tandem_forwarding_delay_seconds_sum", &[]) / delay_n * 1000.0;
+        report.server_forwarding_delay_p99_le_ms = DELAY_BUCKETS
+            .iter()
+            .find(|le| d("tandem_forwarding_delay_seconds_bucket", &[("le", le)]) >= 0.99 * delay_n)
+            .and_then(|le| le.parse::<f64>().ok())
+            .map(|s| s * 1000.0);
     }
     let rx_bytes = counters.rx_bytes.load(Ordering::Relaxed) as f64;
     let rx_all = counters.rx_packets.load(Ordering::Relaxed).max(1) as f64;
@@ -460,8 +474,14 @@ pub fn rows(r: &WhepReport) -> Vec<Row> {
         ),
     );
     rows.push(Row::new(
-        "server forwarding delay (mean)",
-        report::ms(r.server_forwarding_delay_mean_ms),
+        "server forwarding delay mean / p99",
+        format!(
+            "{} / {}",
+            report::ms(r.server_forwarding_delay_mean_ms),
+            r.server_forwarding_delay_p99_le_ms
+                .map(|ms| format!("≤ {}", report::ms(ms)))
+                .unwrap_or_else(|| "> 100 ms".into())
+        ),
     ));
     rows.push(
         Row::new(
