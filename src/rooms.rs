@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::HeaderMap;
 use axum::http::request::Parts;
@@ -19,7 +18,7 @@ use sqlx::Row;
 use tandem_signaling::chat::{
     BoxFut, ChatRecord, ChatStore, Inserted, Moderation, NewChat, StoreError,
 };
-use tandem_signaling::{Identity, InProcessBroker, Rooms, valid_room_id};
+use tandem_signaling::{Identity, InProcessBroker, Rooms, WsUpgrade, valid_room_id};
 
 use crate::auth::{DEFAULT_MEDIA_TOKEN_TTL_SECS, Grants, Role, TokenRequest, bearer};
 use crate::config::Config;
@@ -73,23 +72,14 @@ async fn media_file(
     }
 }
 
-/// Read buffer of one WebSocket connection (frames are at most 16 KiB; the
-/// buffer grows for a larger one and the room closes it with 1009).
-const WS_READ_BUFFER: usize = 4 * 1024;
-/// Bytes gathered before a write: queued frames leave together, one frame alone
-/// is flushed at once.
-const WS_WRITE_BUFFER: usize = 8 * 1024;
-
 /// The WebSocket upgrade, or nothing (so a plain GET gets a JSON 400, not a bare rejection).
-struct MaybeUpgrade(Option<WebSocketUpgrade>);
+struct MaybeUpgrade(Option<WsUpgrade>);
 
 impl<S: Send + Sync> FromRequestParts<S> for MaybeUpgrade {
     type Rejection = std::convert::Infallible;
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         Ok(MaybeUpgrade(
-            WebSocketUpgrade::from_request_parts(parts, state)
-                .await
-                .ok(),
+            WsUpgrade::from_request_parts(parts, state).await.ok(),
         ))
     }
 }
@@ -129,19 +119,9 @@ async fn ws(
         moderator: claims.grants.moderate,
         can_chat: claims.grants.chat,
     };
-    let rooms = state.rooms.clone();
-    let limit = rooms.config().max_frame_bytes;
-    // Frames a little past the limit are read and answered with 1009 by the room
-    // code; far larger ones are cut off by tungstenite (and also closed with 1009).
-    // tungstenite's default buffers are 128 KiB each per connection; a sync
-    // connection's frames are small, so small buffers keep an idle member cheap.
-    Ok(upgrade
-        .read_buffer_size(WS_READ_BUFFER)
-        .write_buffer_size(WS_WRITE_BUFFER)
-        .max_message_size(limit * 4 + 1024)
-        .max_frame_size(limit * 4 + 1024)
-        .on_upgrade(move |socket| async move { rooms.serve(socket, room, ident).await })
-        .into_response())
+    // The signaling crate answers the upgrade itself (buffers and frame limits are
+    // its own): its rooms write to the upgraded connection directly.
+    Ok(state.rooms.upgrade(upgrade, room, ident))
 }
 
 #[derive(Debug, Default, Deserialize)]

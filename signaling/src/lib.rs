@@ -10,7 +10,8 @@
 //! - [`broker`]: the multi-node seam ([`broker::InProcessBroker`] by default).
 //! - [`metrics`]: Prometheus instruments.
 //! - `room`: the room task, the one owner of a room's state.
-//! - `conn`: one WebSocket connection (reader, bounded writer queue).
+//! - `conn`: one WebSocket connection (reader, drains what would have blocked).
+//! - `link`: a member's socket shared by the room (direct writes) and the connection.
 
 pub mod broker;
 pub mod chat;
@@ -21,6 +22,7 @@ pub mod playback;
 pub mod wire;
 
 mod conn;
+mod link;
 mod room;
 mod trim;
 
@@ -28,13 +30,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::extract::ws::WebSocket;
 use dashmap::DashMap;
 use tokio::sync::{mpsc, oneshot};
 
 pub use broker::{Broker, InProcessBroker};
 pub use chat::{ChatStore, MemoryStore};
 pub use config::RoomsConfig;
+pub use link::WsUpgrade;
 pub use metrics::Metrics;
 pub use room::Refused;
 
@@ -117,9 +119,16 @@ impl Rooms {
         self.inner.rooms.len()
     }
 
-    /// Serves an upgraded WebSocket of an authenticated user in `room` until it closes.
-    pub async fn serve(&self, socket: WebSocket, room: String, ident: Identity) {
-        conn::serve(self.clone(), socket, room, ident).await
+    /// Answers a WebSocket upgrade and serves the connection of an authenticated user
+    /// in `room` until it closes.
+    pub fn upgrade(
+        &self,
+        up: WsUpgrade,
+        room: String,
+        ident: Identity,
+    ) -> axum::response::Response {
+        let rooms = self.clone();
+        up.on_upgrade(move |io| conn::serve(rooms, io, room, ident))
     }
 
     /// Hands a join to the room's task, creating the room when needed.

@@ -13,6 +13,7 @@ use crate::chat::{ChatRecord, Inserted, NewChat, TokenBucket, WindowLimiter, blo
 use crate::clock::{ClockFilter, now_ms, sample};
 use crate::config::RoomsConfig;
 use crate::conn::{ConnHandle, Outbound, text};
+use crate::link::SendError;
 use crate::playback::{Barrier, MAX_RATE, MIN_RATE, Playback};
 use crate::wire::{self, Action, ClientMsg, Control, ReportState, Resume, UserInfo};
 use crate::{Identity, Inner};
@@ -458,15 +459,16 @@ impl Room {
         v.insert("seq".into(), seq.into());
         let bytes = Utf8Bytes::from(Value::Object(v).to_string());
         self.inner.broker.publish(&self.id, seq, &bytes);
-        self.log.push_back((seq, bytes.clone()));
+        // Framed once: every member gets the same header and payload bytes.
+        let frame = crate::link::text_frame(bytes.as_bytes());
+        self.log.push_back((seq, bytes));
         while self.log.len() > self.cfg.log_size.max(1) {
             self.log.pop_front();
         }
         let now = Instant::now();
         for m in &self.members {
             if let Some(c) = &m.conn
-                && let Err(mpsc::error::TrySendError::Full(_)) =
-                    c.tx.try_send(Outbound::Text(bytes.clone(), now))
+                && let Err(SendError::Full) = c.tx.try_send(Outbound::Frame(frame.clone(), now))
             {
                 self.slow.push(c.id);
             }
@@ -476,8 +478,7 @@ impl Room {
 
     fn send_to(&mut self, idx: usize, v: &Value) {
         if let Some(c) = &self.members[idx].conn
-            && let Err(mpsc::error::TrySendError::Full(_)) =
-                c.tx.try_send(Outbound::Text(text(v), Instant::now()))
+            && let Err(SendError::Full) = c.tx.try_send(Outbound::Text(text(v), Instant::now()))
         {
             self.slow.push(c.id);
         }
@@ -1670,8 +1671,7 @@ impl Room {
                         self.cfg.ping_interval_ms
                     });
                 if let Some(c) = &m.conn
-                    && let Err(mpsc::error::TrySendError::Full(_)) =
-                        c.tx.try_send(Outbound::Ping { id })
+                    && let Err(SendError::Full) = c.tx.try_send(Outbound::Ping { id })
                 {
                     self.slow.push(c.id);
                 }

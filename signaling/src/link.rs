@@ -1,0 +1,410 @@
+//! A member's socket, shared by the room task and the connection task: the room writes
+//! a pre-framed broadcast straight to the socket and only what would block is queued.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header, request::Parts};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use hyper::upgrade::{OnUpgrade, Upgraded};
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::clock::now_ms;
+use crate::conn::{Kill, Outbound};
+use crate::metrics::Metrics;
+use crate::wire;
+
+pub(crate) type Io = TokioIo<Upgraded>;
+
+/// A server text frame (FIN, opcode 1, unmasked: RFC 6455 §5.1) of `payload`, header
+/// and payload in one buffer so that a broadcast is framed once for every member.
+pub(crate) fn text_frame(payload: &[u8]) -> Bytes {
+    let n = payload.len();
+    let mut b = BytesMut::with_capacity(n + 10);
+    b.put_u8(0x81);
+    if n < 126 {
+        b.put_u8(n as u8);
+    } else if n <= 0xffff {
+        b.put_u8(126);
+        b.put_u16(n as u16);
+    } else {
+        b.put_u8(127);
+        b.put_u64(n as u64);
+    }
+    b.put_slice(payload);
+    b.freeze()
+}
+
+/// Why the room could not hand a frame to a connection.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum SendError {
+    /// `queue_depth` frames are already waiting: the member stays behind (close 1013).
+    Full,
+    /// The connection is closing or broken; the frame is dropped.
+    Closed,
+}
+
+struct Queued {
+    bytes: Bytes,
+    created: Option<Instant>,
+}
+
+struct State {
+    io: Io,
+    /// Bytes that would have blocked, in order; the head may be partly written.
+    queue: VecDeque<Queued>,
+    head_started: bool,
+    waker: Option<Waker>,
+    kill: Option<Kill>,
+    close_after: Option<Kill>,
+    closing: bool,
+    failed: bool,
+}
+
+/// The write side of one connection, shared by the room (direct writes) and the
+/// connection task (draining what would have blocked, reading).
+pub(crate) struct Link {
+    st: Mutex<State>,
+    depth: usize,
+    metrics: Metrics,
+}
+
+impl Link {
+    pub fn new(io: Io, depth: usize, metrics: Metrics) -> Arc<Self> {
+        Arc::new(Self {
+            st: Mutex::new(State {
+                io,
+                queue: VecDeque::new(),
+                head_started: false,
+                waker: None,
+                kill: None,
+                close_after: None,
+                closing: false,
+                failed: false,
+            }),
+            depth: depth.max(1),
+            metrics,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.st.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes `o` now if the socket takes it and nothing is queued before it;
+    /// otherwise queues it for the connection task (bounded by `queue_depth`).
+    pub fn try_send(&self, o: Outbound) -> Result<(), SendError> {
+        let (bytes, created) = match o {
+            Outbound::Frame(b, c) => (b, Some(c)),
+            Outbound::Text(t, c) => (text_frame(t.as_bytes()), Some(c)),
+            // Stamped when handed to the socket (or, behind a backlog, when queued:
+            // the larger RTT then makes the clock filters drop the sample).
+            Outbound::Pong { id, t0, t1 } => (
+                text_frame(wire::pong(&id, t0, t1, now_ms()).as_bytes()),
+                None,
+            ),
+            Outbound::Ping { id } => (
+                text_frame(
+                    json!({"type":"time.ping","id":id,"t0":now_ms()})
+                        .to_string()
+                        .as_bytes(),
+                ),
+                None,
+            ),
+            Outbound::Close(code, reason) => {
+                let mut st = self.lock();
+                if st.closing {
+                    return Err(SendError::Closed);
+                }
+                st.closing = true;
+                st.close_after = Some((code, reason));
+                wake(&mut st);
+                return Ok(());
+            }
+        };
+        let mut st = self.lock();
+        if st.closing || st.failed {
+            return Err(SendError::Closed);
+        }
+        if !st.queue.is_empty() {
+            if st.queue.len() >= self.depth {
+                return Err(SendError::Full);
+            }
+            st.queue.push_back(Queued { bytes, created });
+            return Ok(());
+        }
+        // Nothing queued: the socket is ours. A noop waker is fine here because the
+        // connection task is woken below and polls the write with its own waker.
+        let mut cx = Context::from_waker(Waker::noop());
+        match Pin::new(&mut st.io).poll_write(&mut cx, &bytes) {
+            Poll::Ready(Ok(n)) if n == bytes.len() => {
+                self.metrics.messages_out.inc();
+                if let Some(c) = created {
+                    self.metrics.fanout_delay.observe(c.elapsed().as_secs_f64());
+                }
+                return Ok(());
+            }
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                st.failed = true;
+                wake(&mut st);
+                return Err(SendError::Closed);
+            }
+            Poll::Ready(Ok(n)) => {
+                st.head_started = true;
+                st.queue.push_back(Queued {
+                    bytes: bytes.slice(n..),
+                    created,
+                });
+            }
+            Poll::Pending => st.queue.push_back(Queued { bytes, created }),
+        }
+        wake(&mut st);
+        Ok(())
+    }
+
+    /// Closes now: frames not yet started are dropped (a partly written one is
+    /// finished, or the client would see a broken frame), then the close frame.
+    pub fn kill(&self, k: Kill) {
+        let mut st = self.lock();
+        if st.kill.is_none() {
+            st.kill = Some(k);
+            st.closing = true;
+            wake(&mut st);
+        }
+    }
+
+    /// Closes after what is queued (the room dropped its handle).
+    pub fn close_after(&self, k: Kill) {
+        let mut st = self.lock();
+        if !st.closing {
+            st.closing = true;
+            st.close_after = Some(k);
+            wake(&mut st);
+        }
+    }
+
+    /// The connection task's poll: a kill, a failure, or (with the queue drained)
+    /// a close after the queue; registers `cx` to be woken by the room.
+    pub fn poll_event(&self, cx: &mut Context<'_>) -> Poll<LinkEvent> {
+        let mut st = self.lock();
+        if let Some(k) = st.kill.take() {
+            st.drop_unstarted();
+            return Poll::Ready(LinkEvent::Kill(k));
+        }
+        if st.failed {
+            return Poll::Ready(LinkEvent::Failed);
+        }
+        match self.poll_drain_locked(&mut st, cx) {
+            Poll::Ready(Err(_)) => return Poll::Ready(LinkEvent::Failed),
+            Poll::Ready(Ok(())) => {
+                if let Some(k) = st.close_after.take() {
+                    return Poll::Ready(LinkEvent::Kill(k));
+                }
+            }
+            Poll::Pending => {}
+        }
+        if !st.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            st.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// Writes out everything queued.
+    pub fn poll_drain(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut st = self.lock();
+        self.poll_drain_locked(&mut st, cx)
+    }
+
+    fn poll_drain_locked(&self, st: &mut State, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !st.queue.is_empty() {
+            // Up to 64 queued frames leave in one vectored write.
+            let slices: Vec<IoSlice<'_>> = st
+                .queue
+                .iter()
+                .take(64)
+                .map(|q| IoSlice::new(&q.bytes))
+                .collect();
+            let r = Pin::new(&mut st.io).poll_write_vectored(cx, &slices);
+            drop(slices);
+            let mut n = match r {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => {
+                    st.failed = true;
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Ready(Ok(0)) => {
+                    st.failed = true;
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => n,
+            };
+            let now = Instant::now();
+            while n > 0 {
+                let head = st.queue.front_mut().expect("written bytes were queued");
+                if n >= head.bytes.len() {
+                    n -= head.bytes.len();
+                    if let Some(c) = head.created {
+                        self.metrics
+                            .fanout_delay
+                            .observe(now.duration_since(c).as_secs_f64());
+                    }
+                    st.queue.pop_front();
+                    st.head_started = false;
+                    self.metrics.messages_out.inc();
+                } else {
+                    head.bytes.advance(n);
+                    st.head_started = true;
+                    n = 0;
+                }
+            }
+        }
+        // The queue's buffer is not kept: an idle member should hold nothing.
+        st.queue = VecDeque::new();
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl State {
+    fn drop_unstarted(&mut self) {
+        let keep = usize::from(self.head_started);
+        self.queue.truncate(keep);
+    }
+}
+
+fn wake(st: &mut State) {
+    if let Some(w) = st.waker.take() {
+        w.wake();
+    }
+}
+
+/// What the connection task learns from its link.
+pub(crate) enum LinkEvent {
+    Kill(Kill),
+    Failed,
+}
+
+/// The socket as tungstenite sees it: reads go to the socket; writes (its
+/// control frames: pongs, close replies) join the same ordered queue as the room's.
+pub(crate) struct SharedIo(pub Arc<Link>);
+
+impl AsyncRead for SharedIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let mut st = self.0.lock();
+        Pin::new(&mut st.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SharedIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut st = self.0.lock();
+        if st.failed {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        let mut from = 0;
+        if st.queue.is_empty() {
+            match Pin::new(&mut st.io).poll_write(cx, buf) {
+                Poll::Ready(Ok(n)) if n == buf.len() => return Poll::Ready(Ok(n)),
+                Poll::Ready(Ok(n)) => {
+                    from = n;
+                    st.head_started = n > 0;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {}
+            }
+        }
+        st.queue.push_back(Queued {
+            bytes: Bytes::copy_from_slice(&buf[from..]),
+            created: None,
+        });
+        wake(&mut st);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Queued bytes are written by the connection task (`poll_event`/`poll_drain`).
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut st = self.0.lock();
+        Pin::new(&mut st.io).poll_shutdown(cx)
+    }
+}
+
+/// The WebSocket upgrade request (RFC 6455 §4.2.1), taken without tungstenite's
+/// stream so that the room can write to the upgraded connection itself.
+pub struct WsUpgrade {
+    on_upgrade: OnUpgrade,
+    key: HeaderValue,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for WsUpgrade {
+    type Rejection = StatusCode;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        if parts.method != Method::GET || !is_upgrade(&parts.headers) {
+            return Err(StatusCode::BAD_REQUEST);
+        }
+        let key = parts
+            .headers
+            .get(header::SEC_WEBSOCKET_KEY)
+            .cloned()
+            .ok_or(StatusCode::BAD_REQUEST)?;
+        let on_upgrade = parts
+            .extensions
+            .remove::<OnUpgrade>()
+            .ok_or(StatusCode::UPGRADE_REQUIRED)?;
+        Ok(Self { on_upgrade, key })
+    }
+}
+
+fn is_upgrade(h: &HeaderMap) -> bool {
+    let has = |name: header::HeaderName, token: &str| {
+        h.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    has(header::CONNECTION, "upgrade")
+        && has(header::UPGRADE, "websocket")
+        && h.get(header::SEC_WEBSOCKET_VERSION)
+            .is_some_and(|v| v.as_bytes() == b"13")
+}
+
+impl WsUpgrade {
+    /// Answers 101 and runs `f` on the upgraded connection.
+    pub fn on_upgrade<F, Fut>(self, f: F) -> axum::response::Response
+    where
+        F: FnOnce(Io) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let accept =
+            tokio_tungstenite::tungstenite::handshake::derive_accept_key(self.key.as_bytes());
+        let on_upgrade = self.on_upgrade;
+        tokio::spawn(async move {
+            if let Ok(up) = on_upgrade.await {
+                f(TokioIo::new(up)).await;
+            }
+        });
+        axum::response::Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(header::CONNECTION, "upgrade")
+            .header(header::UPGRADE, "websocket")
+            .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+            .body(axum::body::Body::empty())
+            .expect("static 101 response")
+    }
+}
