@@ -110,7 +110,8 @@ async fn ws(
     }
     let Some(upgrade) = upgrade.0 else {
         return Err(AppError::bad_request(
-            "this route needs a WebSocket upgrade",
+            "this route needs a WebSocket upgrade: GET over HTTP/1.1 with Connection: upgrade, \
+             Upgrade: websocket and Sec-WebSocket-Version: 13",
         ));
     };
     let ident = Identity {

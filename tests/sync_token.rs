@@ -366,3 +366,29 @@ async fn the_proxy_route_mints_tokens_that_open_the_proxy_websocket() {
     assert_http_status(Client::open(&url, 0.0).await, 401, &url);
     s.stop().await;
 }
+
+/// A plain HTTP request to the WebSocket route (no upgrade headers) gets a 400 that
+/// says how to connect, and opens no room.
+#[tokio::test]
+async fn a_plain_get_on_the_websocket_route_says_how_to_connect() {
+    let dir = TempDir::new("sync-token");
+    let s = server(&dir).await;
+    let token = s.token("lobby", "u1", false);
+    let url = format!("{}/v1/rooms/lobby/ws?token={token}", s.base);
+    let response = reqwest::get(&url).await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "bad_request", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("Upgrade: websocket")),
+        "{body}"
+    );
+    assert_eq!(
+        s.running.as_ref().unwrap().state.rooms.room_count(),
+        0,
+        "no room was opened"
+    );
+    s.stop().await;
+}
