@@ -10,6 +10,7 @@ use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
+use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -108,64 +109,16 @@ pub(crate) async fn serve(rooms: Rooms, io: Io, room: String, ident: Identity) {
     let mut socket =
         WebSocketStream::from_raw_socket(SharedIo(link.clone()), Role::Server, Some(ws_cfg)).await;
 
-    // 1. hello
-    let hello_deadline = tokio::time::sleep(Duration::from_millis(cfg.hello_timeout_ms));
-    tokio::pin!(hello_deadline);
-    let (resume, user) = loop {
-        let frame = tokio::select! {
-            f = socket.next() => f,
-            _ = &mut hello_deadline => {
-                let _ = send_error_direct(&mut socket, "bad_request", "no hello within the time limit", None).await;
-                finish(&link, socket, Some((1008, "no hello"))).await;
-                return;
-            }
-        };
-        match frame {
-            Some(Ok(Message::Text(t))) => {
-                inner.metrics.messages_in.inc();
-                if t.len() > cfg.max_frame_bytes {
-                    finish(&link, socket, Some((1009, "frame too large"))).await;
-                    return;
-                }
-                match wire::parse(&t) {
-                    Ok(ClientMsg::Hello { resume, user }) => break (resume, user),
-                    Ok(_) => {
-                        let _ = send_error_direct(
-                            &mut socket,
-                            "bad_request",
-                            "the first message must be hello",
-                            None,
-                        )
-                        .await;
-                    }
-                    Err(e) => {
-                        let _ =
-                            send_error_direct(&mut socket, e.code, &e.message, e.r#ref.as_deref())
-                                .await;
-                    }
-                }
-            }
-            Some(Ok(Message::Binary(_))) => {
-                let _ = send_error_direct(
-                    &mut socket,
-                    "bad_request",
-                    "binary frames are not accepted",
-                    None,
-                )
-                .await;
-            }
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-            Some(Err(e)) => {
-                if is_capacity(&e) {
-                    finish(&link, socket, Some((1009, "frame too large"))).await;
-                }
-                return;
-            }
-            Some(Ok(Message::Close(_))) | None => {
-                finish(&link, socket, None).await;
-                return;
-            }
+    // 1. hello. This phase, the join and the close are boxed: an async fn's state is
+    // as large as its largest await point, and the task keeps that size for the whole
+    // connection, so inline they made every idle member's task ~2.3 KiB.
+    let (resume, user) = match Box::pin(hello(&inner, &cfg, &mut socket)).await {
+        Hello::Joined(resume, user) => (resume, user),
+        Hello::Close(close) => {
+            Box::pin(finish(&link, socket, close)).await;
+            return;
         }
+        Hello::Gone => return,
     };
 
     // 2. join
@@ -179,12 +132,16 @@ pub(crate) async fn serve(rooms: Rooms, io: Io, room: String, ident: Identity) {
         resume,
         user: user.unwrap_or_default(),
     };
-    let room_tx = match rooms.join(&room, req).await {
+    let room_tx = match Box::pin(rooms.join(&room, req)).await {
         Ok(t) => t,
         Err(refused) => {
-            let _ =
-                send_error_direct(&mut socket, refused.code, &refused.message, Some("hello")).await;
-            finish(&link, socket, Some((refused.close, refused.code))).await;
+            Box::pin(async {
+                let _ =
+                    send_error_direct(&mut socket, refused.code, &refused.message, Some("hello"))
+                        .await;
+                finish(&link, socket, Some((refused.close, refused.code))).await;
+            })
+            .await;
             return;
         }
     };
@@ -212,13 +169,15 @@ pub(crate) async fn serve(rooms: Rooms, io: Io, room: String, ident: Identity) {
                 let recv_at = now_ms();
                 inner.metrics.messages_in.inc();
                 if t.len() > cfg.max_frame_bytes {
-                    let _ = room_tx
-                        .send(RoomEvent::Kill {
+                    let _ = to_room(
+                        &room_tx,
+                        RoomEvent::Kill {
                             conn: conn_id,
                             code: 1009,
                             reason: "frame too large",
-                        })
-                        .await;
+                        },
+                    )
+                    .await;
                     continue;
                 }
                 match wire::parse(&t) {
@@ -228,14 +187,16 @@ pub(crate) async fn serve(rooms: Rooms, io: Io, room: String, ident: Identity) {
                         t1: recv_at,
                     }),
                     Ok(msg) => {
-                        if room_tx
-                            .send(RoomEvent::Msg {
+                        if to_room(
+                            &room_tx,
+                            RoomEvent::Msg {
                                 conn: conn_id,
                                 msg,
                                 recv_at,
-                            })
-                            .await
-                            .is_err()
+                            },
+                        )
+                        .await
+                        .is_err()
                         {
                             break None;
                         }
@@ -260,13 +221,15 @@ pub(crate) async fn serve(rooms: Rooms, io: Io, room: String, ident: Identity) {
             }
             Some(Err(e)) => {
                 if is_capacity(&e) {
-                    let _ = room_tx
-                        .send(RoomEvent::Kill {
+                    let _ = to_room(
+                        &room_tx,
+                        RoomEvent::Kill {
                             conn: conn_id,
                             code: 1009,
                             reason: "frame too large",
-                        })
-                        .await;
+                        },
+                    )
+                    .await;
                     // The room answers with a kill; wait for it to close.
                     continue;
                 }
@@ -280,15 +243,99 @@ pub(crate) async fn serve(rooms: Rooms, io: Io, room: String, ident: Identity) {
             break Some((1013, "too slow"));
         }
     };
-    let _ = room_tx
-        .send(RoomEvent::Leave {
+    let _ = to_room(
+        &room_tx,
+        RoomEvent::Leave {
             conn: conn_id,
             clean,
-        })
-        .await;
+        },
+    )
+    .await;
     drop(room_tx);
     crate::trim::churn();
-    finish(&link, socket, close).await;
+    Box::pin(finish(&link, socket, close)).await;
+}
+
+/// How the `hello` phase ended.
+enum Hello {
+    Joined(Option<wire::Resume>, Option<wire::UserInfo>),
+    /// Close (with this frame) and end.
+    Close(Option<Kill>),
+    /// The socket failed: end without a close.
+    Gone,
+}
+
+/// Waits for `hello`, answering anything else with an error, until the deadline.
+async fn hello(
+    inner: &crate::Inner,
+    cfg: &crate::config::RoomsConfig,
+    socket: &mut WebSocketStream<SharedIo>,
+) -> Hello {
+    let hello_deadline = tokio::time::sleep(Duration::from_millis(cfg.hello_timeout_ms));
+    tokio::pin!(hello_deadline);
+    loop {
+        let frame = tokio::select! {
+            f = socket.next() => f,
+            _ = &mut hello_deadline => {
+                let _ = send_error_direct(socket, "bad_request", "no hello within the time limit", None).await;
+                return Hello::Close(Some((1008, "no hello")));
+            }
+        };
+        match frame {
+            Some(Ok(Message::Text(t))) => {
+                inner.metrics.messages_in.inc();
+                if t.len() > cfg.max_frame_bytes {
+                    return Hello::Close(Some((1009, "frame too large")));
+                }
+                match wire::parse(&t) {
+                    Ok(ClientMsg::Hello { resume, user }) => return Hello::Joined(resume, user),
+                    Ok(_) => {
+                        let _ = send_error_direct(
+                            socket,
+                            "bad_request",
+                            "the first message must be hello",
+                            None,
+                        )
+                        .await;
+                    }
+                    Err(e) => {
+                        let _ =
+                            send_error_direct(socket, e.code, &e.message, e.r#ref.as_deref()).await;
+                    }
+                }
+            }
+            Some(Ok(Message::Binary(_))) => {
+                let _ = send_error_direct(
+                    socket,
+                    "bad_request",
+                    "binary frames are not accepted",
+                    None,
+                )
+                .await;
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+            Some(Err(e)) => {
+                if is_capacity(&e) {
+                    return Hello::Close(Some((1009, "frame too large")));
+                }
+                return Hello::Gone;
+            }
+            Some(Ok(Message::Close(_))) | None => {
+                return Hello::Close(None);
+            }
+        }
+    }
+}
+
+/// Hands `ev` to the room. The send future (the event and a semaphore waiter) is
+/// boxed, and only when the channel is full: the connection task's state is as large
+/// as its largest await point for the connection's whole life.
+async fn to_room(tx: &mpsc::Sender<RoomEvent>, ev: RoomEvent) -> Result<(), ()> {
+    match tx.try_send(ev) {
+        Ok(()) => Ok(()),
+        Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
+        Err(mpsc::error::TrySendError::Full(ev)) => Box::pin(tx.send(ev)).await.map_err(drop),
+    }
 }
 
 /// Sends the close frame (after whatever is still queued; tungstenite also queues its
