@@ -37,7 +37,8 @@ pub struct DropCounters {
     pub codec_mismatch: IntCounter,
     /// Datagram from an address no session knows.
     pub unknown_source: IntCounter,
-    /// The peer connection refused the packet (not yet connected, closed).
+    /// The viewer cannot take media yet: DTLS not done (no SRTP keys) or no selected
+    /// ICE pair, or its ICE-TCP connection is gone.
     pub session_not_ready: IntCounter,
 }
 
