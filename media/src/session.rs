@@ -43,7 +43,7 @@ pub const PT_UNSUPPORTED: u8 = 254;
 pub struct ViewerTrack {
     pub sender: RTCRtpSenderId,
     pub ssrc: u32,
-    /// The codec the sender was bound with (interceptors key NACK/RTX on it).
+    /// The codec the sender is bound to; its clock rate times this track's sender reports.
     pub bound_codec: RTCRtpCodec,
     /// Publisher payload type → this viewer's payload type, valid for `epoch`.
     pub pt_map: [u8; 128],

@@ -1203,7 +1203,8 @@ fn resolve_payload_type(
         && session::codec_fit(&publisher_codec.rtp_codec, &track.bound_codec) < 3
     {
         // The viewer came before this publisher (or the publisher changed codec):
-        // rebind the sender so NACK/RTX and reports follow the codec actually sent.
+        // rebind the sender so its parameters, and the clock rate our sender reports
+        // use, follow the codec actually sent.
         let kind = if publisher_codec
             .rtp_codec
             .mime_type
