@@ -8,6 +8,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use prometheus::Registry;
 use tandem_media::{MediaConfig, Sfu};
 use tokio::net::TcpListener;
@@ -169,7 +170,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             source,
         },
     )?;
-    let db = Db::connect(&config.database_url()).await?;
+    let db = Db::connect(&config.database_url(), config.database_pool_size).await?;
     tracing::info!(
         database = %crate::storage::redact_url(&config.database_url()),
         "database ready"
@@ -214,6 +215,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         // `into_make_service` builds the route table once; serving the `Router` itself
         // rebuilds it for every accepted connection (about 2.5 KiB held per connection,
         // which idle WebSockets keep for hours).
+        // No Nagle: a room writes each member one small frame at a time, and a frame
+        // sent while the client's delayed ACK of the previous one is outstanding would
+        // wait for it (up to 40 ms on Linux): sync messages must leave at once.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(err) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %err, "TCP_NODELAY on an accepted connection");
+            }
+        });
         if let Err(err) = axum::serve(listener, router.into_make_service())
             .with_graceful_shutdown(shutdown)
             .await

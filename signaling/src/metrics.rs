@@ -10,6 +10,7 @@ pub struct Metrics {
     pub messages_in: IntCounter,
     pub messages_out: IntCounter,
     pub fanout_delay: Histogram,
+    pub broadcast_pass: Histogram,
     pub resumes: IntCounterVec,
     pub drift_corrections: IntCounter,
     pub sync_hints: IntCounter,
@@ -44,6 +45,17 @@ impl Metrics {
                 .buckets(vec![
                     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                     0.5, 1.0,
+                ]),
+            )?,
+            broadcast_pass: Histogram::with_opts(
+                HistogramOpts::new(
+                    "tandem_room_broadcast_pass_seconds",
+                    "Time the room task takes to hand one pass's broadcasts to every member's \
+                     socket (comparable to a bare write loop over as many sockets)",
+                )
+                .buckets(vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05,
+                    0.075, 0.1, 0.25, 0.5, 1.0,
                 ]),
             )?,
             resumes: IntCounterVec::new(
@@ -92,6 +104,7 @@ impl Metrics {
         registry.register(Box::new(m.messages_in.clone()))?;
         registry.register(Box::new(m.messages_out.clone()))?;
         registry.register(Box::new(m.fanout_delay.clone()))?;
+        registry.register(Box::new(m.broadcast_pass.clone()))?;
         registry.register(Box::new(m.resumes.clone()))?;
         registry.register(Box::new(m.drift_corrections.clone()))?;
         registry.register(Box::new(m.sync_hints.clone()))?;

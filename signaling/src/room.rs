@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
 use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, oneshot};
 
@@ -13,7 +14,7 @@ use crate::chat::{ChatRecord, Inserted, NewChat, TokenBucket, WindowLimiter, blo
 use crate::clock::{ClockFilter, now_ms, sample};
 use crate::config::RoomsConfig;
 use crate::conn::{ConnHandle, Outbound, text};
-use crate::link::SendError;
+use crate::link::{MAX_FRAMES_PER_WRITE, SendError};
 use crate::playback::{Barrier, MAX_RATE, MIN_RATE, Playback};
 use crate::wire::{self, Action, ClientMsg, Control, ReportState, Resume, UserInfo};
 use crate::{Identity, Inner};
@@ -124,6 +125,10 @@ pub(crate) struct Room {
     mutes: HashMap<String, i64>,
     chat_limits: HashMap<String, (WindowLimiter, Option<Instant>)>,
     slow: Vec<u64>,
+    /// Broadcasts of this pass not yet written: they leave together, one vectored
+    /// write per member, when the pass ends or before anything else reaches a member.
+    unsent: Vec<Bytes>,
+    unsent_since: Instant,
     next_ping_id: u64,
     last_correction: Option<Instant>,
     /// Connection id → index in `members`: every client message names its
@@ -167,6 +172,11 @@ fn random_hex(bytes: usize) -> String {
 /// Largest `members.list` page.
 const MEMBERS_PAGE_MAX: usize = 500;
 
+/// Most events handled in one pass before the pass's broadcasts are written out:
+/// enough to turn a burst (a chat or reaction storm) into one write per member,
+/// few enough that the first event's broadcast waits well under a millisecond.
+const EVENTS_PER_PASS: usize = 32;
+
 fn obj(v: Value) -> Map<String, Value> {
     match v {
         Value::Object(m) => m,
@@ -208,6 +218,8 @@ impl Room {
             mutes: HashMap::new(),
             chat_limits: HashMap::new(),
             slow: Vec::new(),
+            unsent: Vec::with_capacity(MAX_FRAMES_PER_WRITE),
+            unsent_since: Instant::now(),
             next_ping_id: 1,
             last_correction: None,
             by_conn: HashMap::new(),
@@ -226,25 +238,37 @@ impl Room {
             tokio::time::interval_at(tokio::time::Instant::now() + tick_every, tick_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut shutdown_reply = None;
-        loop {
+        // Events that are already waiting are handled in one pass, so that the
+        // broadcasts they cause reach each member in one write.
+        let mut batch = Vec::with_capacity(EVENTS_PER_PASS);
+        // Events of the batch that came after a shutdown: answered like queued ones.
+        let mut after_shutdown = Vec::new();
+        'serve: loop {
             tokio::select! {
-                ev = rx.recv() => match ev {
-                    Some(RoomEvent::Shutdown(reply)) => {
-                        for m in self.members.iter_mut() {
-                            if let Some(c) = m.conn.take() {
-                                c.close(1001, "server shutting down");
-                            }
-                        }
-                        self.members.clear();
-                        self.by_conn.clear();
-                        shutdown_reply = Some(reply);
+                n = rx.recv_many(&mut batch, EVENTS_PER_PASS) => {
+                    if n == 0 {
                         break;
                     }
-                    Some(ev) => self.handle(ev),
-                    None => break,
-                },
+                    let mut events = batch.drain(..);
+                    while let Some(ev) = events.next() {
+                        if let RoomEvent::Shutdown(reply) = ev {
+                            after_shutdown.extend(events);
+                            for m in self.members.iter_mut() {
+                                if let Some(c) = m.conn.take() {
+                                    c.close(1001, "server shutting down");
+                                }
+                            }
+                            self.members.clear();
+                            self.by_conn.clear();
+                            shutdown_reply = Some(reply);
+                            break 'serve;
+                        }
+                        self.handle(ev);
+                    }
+                }
                 _ = tick.tick() => self.on_tick(),
             }
+            self.write_unsent();
             self.flush_slow();
             if self.members.is_empty() {
                 break;
@@ -256,7 +280,11 @@ impl Room {
             .rooms
             .remove_if(&*self.id, |_, h| h.generation == generation);
         rx.close();
-        while let Some(ev) = rx.recv().await {
+        let mut left = after_shutdown.into_iter();
+        while let Some(ev) = match left.next() {
+            Some(ev) => Some(ev),
+            None => rx.recv().await,
+        } {
             match ev {
                 RoomEvent::Join(req, reply) => {
                     let _ = reply.send(JoinReply::Retry(req));
@@ -296,6 +324,11 @@ impl Room {
     }
 
     fn handle(&mut self, ev: RoomEvent) {
+        if !matches!(ev, RoomEvent::Msg { .. }) {
+            // Joins, leaves and the rest change who gets what: earlier broadcasts
+            // go to the members that were there when they were made.
+            self.write_unsent();
+        }
         match ev {
             RoomEvent::Join(req, reply) => self.on_join(*req, reply),
             RoomEvent::Msg { conn, msg, recv_at } => {
@@ -465,18 +498,46 @@ impl Room {
         while self.log.len() > self.cfg.log_size.max(1) {
             self.log.pop_front();
         }
-        let now = Instant::now();
-        for m in &self.members {
-            if let Some(c) = &m.conn
-                && let Err(SendError::Full) = c.tx.try_send(Outbound::Frame(frame.clone(), now))
-            {
-                self.slow.push(c.id);
-            }
+        if self.unsent.is_empty() {
+            self.unsent_since = Instant::now();
+        }
+        self.unsent.push(frame);
+        if self.unsent.len() == MAX_FRAMES_PER_WRITE {
+            self.write_unsent();
         }
         seq
     }
 
+    /// Hands this pass's broadcasts to every connected member, one vectored write each.
+    fn write_unsent(&mut self) {
+        if self.unsent.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let (members, unsent, since, slow) = (
+            &self.members,
+            &self.unsent,
+            self.unsent_since,
+            &mut self.slow,
+        );
+        crate::link::outside_io_budget(|| {
+            for m in members {
+                if let Some(c) = &m.conn
+                    && c.tx.try_send_frames(unsent, since) == Err(SendError::Full)
+                {
+                    slow.push(c.id);
+                }
+            }
+        });
+        self.unsent.clear();
+        self.inner
+            .metrics
+            .broadcast_pass
+            .observe(started.elapsed().as_secs_f64());
+    }
+
     fn send_to(&mut self, idx: usize, v: &Value) {
+        self.write_unsent();
         if let Some(c) = &self.members[idx].conn
             && let Err(SendError::Full) = c.tx.try_send(Outbound::Text(text(v), Instant::now()))
         {
@@ -726,6 +787,7 @@ impl Room {
 
     /// A connection went away without saying goodbye: keep the member for the grace period.
     fn disconnect(&mut self, idx: usize, close: Option<(u16, &'static str)>) {
+        self.write_unsent();
         let m = &mut self.members[idx];
         let Some(c) = m.conn.take() else { return };
         self.by_conn.remove(&c.id);
@@ -742,6 +804,7 @@ impl Room {
 
     /// Removes a member for good; passes the host role on when it was the host.
     fn remove_member(&mut self, idx: usize, host_reason: &str, close: Option<(u16, &'static str)>) {
+        self.write_unsent();
         let m = self.members.remove(idx);
         self.reindex();
         let was_host = self.host.as_deref() == Some(m.session.as_str());
@@ -1029,6 +1092,7 @@ impl Room {
             }
             ClientMsg::TimePing { id, t0 } => {
                 // Normally answered by the connection itself; answer here too for completeness.
+                self.write_unsent();
                 if let Some(c) = &self.members[idx].conn {
                     let _ = c.tx.try_send(Outbound::Pong {
                         id,
@@ -1639,6 +1703,7 @@ impl Room {
     // ---- timers -------------------------------------------------------------------
 
     fn on_tick(&mut self) {
+        self.write_unsent();
         let now = Instant::now();
         let grace = Duration::from_millis(self.cfg.grace_period_ms);
         while let Some(i) = self.members.iter().position(|m| {

@@ -1,0 +1,130 @@
+//! Bursts of broadcasts. The room handles the events waiting for it in one pass and
+//! writes the pass's broadcasts to each member together, in one vectored write; this
+//! file checks that nobody pays for that in order, loss or duplicates.
+
+mod sync_support;
+
+use serde_json::{Value, json};
+use sync_support::{Client, TempDir, start};
+
+const SENDERS: usize = 3;
+const REACTIONS_EACH: usize = 300;
+
+/// Follows one member's broadcasts: each must carry the next seq, without a gap or
+/// a repeat.
+struct SeqCheck {
+    want: u64,
+}
+
+impl SeqCheck {
+    fn from_welcome(c: &Client) -> Self {
+        let seq = c.welcome["room"]["seq"]
+            .as_u64()
+            .expect("welcome has room.seq");
+        Self { want: seq + 1 }
+    }
+
+    /// Checks `v`; returns whether it was a broadcast.
+    fn see(&mut self, v: &Value) -> bool {
+        // sync.hint carries the playback seq; every other seq is the room's.
+        let Some(seq) = v["seq"].as_u64().filter(|_| v["type"] != "sync.hint") else {
+            return false;
+        };
+        assert_eq!(seq, self.want, "broadcast seq out of order: {v}");
+        self.want += 1;
+        true
+    }
+
+    /// Reads until the `:end:` reaction; returns its seq.
+    async fn until_end(&mut self, c: &mut Client) -> u64 {
+        loop {
+            let v = c.next().await;
+            if self.see(&v) && v["type"] == "reaction" && v["emoji"] == ":end:" {
+                return self.want - 1;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_burst_reaches_every_member_once_in_order_and_a_joiner_from_its_welcome_on() {
+    let dir = TempDir::new("sync");
+    let s = start(
+        dir.path(),
+        &[
+            ("TANDEM_ROOMS__MESSAGES_PER_SECOND", "100000"),
+            ("TANDEM_ROOMS__MESSAGES_BURST", "100000"),
+        ],
+    )
+    .await;
+    let room = "burst";
+    let mut observer =
+        Client::connect(&s.url(room, &s.token(room, "observer", false)), 0.0, None).await;
+    let mut senders = Vec::new();
+    for i in 0..SENDERS {
+        let user = format!("sender{i}");
+        senders.push(Client::connect(&s.url(room, &s.token(room, &user, false)), 0.0, None).await);
+    }
+    let mut observer_seqs = SeqCheck::from_welcome(&observer);
+    let mut sender_seqs: Vec<SeqCheck> = senders.iter().map(SeqCheck::from_welcome).collect();
+
+    // Every sender writes its reactions back to back, without waiting for anything,
+    // so that the room finds several waiting and batches them.
+    let bursts: Vec<_> = senders
+        .into_iter()
+        .map(|c| {
+            tokio::spawn(async move {
+                for _ in 0..REACTIONS_EACH {
+                    c.send(json!({"type": "reaction", "emoji": ":clap:"})).await;
+                }
+                c
+            })
+        })
+        .collect();
+
+    // A member joins in the middle of the burst: it must get exactly the broadcasts
+    // made after its welcome, starting with the next seq.
+    let mut seen = 0;
+    while seen < REACTIONS_EACH {
+        let v = observer.next().await;
+        if observer_seqs.see(&v) && v["type"] == "reaction" {
+            seen += 1;
+        }
+    }
+    let mut late = Client::connect(&s.url(room, &s.token(room, "late", false)), 0.0, None).await;
+    let mut late_seqs = SeqCheck::from_welcome(&late);
+    let late_from = late_seqs.want;
+
+    let mut senders = Vec::new();
+    for b in bursts {
+        senders.push(b.await.expect("burst task"));
+    }
+    senders[0]
+        .send(json!({"type": "reaction", "emoji": ":end:"}))
+        .await;
+
+    let end = observer_seqs.until_end(&mut observer).await;
+    for (c, seqs) in senders.iter_mut().zip(&mut sender_seqs) {
+        assert_eq!(
+            seqs.until_end(c).await,
+            end,
+            "every sender saw the whole burst"
+        );
+    }
+    assert_eq!(late_seqs.until_end(&mut late).await, end);
+    // Reactions, the late member's presence.join and the end marker, nothing lost.
+    let reactions = (SENDERS * REACTIONS_EACH + 1) as u64;
+    assert!(
+        late_from > REACTIONS_EACH as u64 && end >= reactions,
+        "late member from seq {late_from}, end at {end}"
+    );
+
+    let passes: f64 = s
+        .metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix("tandem_room_broadcast_pass_seconds_count "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the broadcast pass histogram is exported");
+    assert!(passes > 0.0, "broadcast passes counted: {passes}");
+    s.stop().await;
+}
