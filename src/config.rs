@@ -19,6 +19,8 @@ pub struct Config {
     pub nat_1to1_ips: Vec<IpAddr>,
     pub data_dir: PathBuf,
     pub database_url: String,
+    /// PostgreSQL pool size (SQLite keeps its own).
+    pub database_pool_size: u32,
     pub jwt_secret: String,
     pub service_key: String,
     pub media_token_secret: String,
@@ -206,6 +208,7 @@ mod tests {
         assert_eq!(c.http_addr, "127.0.0.1:8080".parse::<SocketAddr>().unwrap());
         assert_eq!(c.media_port, 8443);
         assert!(c.database_url().starts_with("sqlite://"));
+        assert_eq!(c.database_pool_size, 16);
         assert_eq!(c.advertised_ips(), vec![IpAddr::from([127, 0, 0, 1])]);
     }
 
@@ -218,6 +221,7 @@ mod tests {
                 ("TANDEM_MEDIA_PORT", "9443"),
                 ("TANDEM_PUBLIC_IP", "203.0.113.7"),
                 ("TANDEM_DATABASE_URL", "postgres://localhost/x"),
+                ("TANDEM_DATABASE_POOL_SIZE", "48"),
                 ("TANDEM_MEDIA__MAX_SESSIONS", "3"),
                 ("TANDEM_NAT_1TO1_IPS", "198.51.100.1,198.51.100.2"),
             ]),
@@ -227,6 +231,7 @@ mod tests {
         assert_eq!(c.media_port, 9443);
         assert_eq!(c.media.max_sessions, 3);
         assert_eq!(c.database_url(), "postgres://localhost/x");
+        assert_eq!(c.database_pool_size, 48);
         assert_eq!(c.advertised_ips().len(), 2);
     }
 

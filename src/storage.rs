@@ -38,8 +38,9 @@ static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 impl Db {
-    /// Connects and migrates. For SQLite the file (and its directory) is created.
-    pub async fn connect(url: &str) -> Result<Self, DbError> {
+    /// Connects and migrates. For SQLite the file (and its directory) is created;
+    /// PostgreSQL gets a pool of `pool_size` connections.
+    pub async fn connect(url: &str, pool_size: u32) -> Result<Self, DbError> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -85,7 +86,7 @@ impl Db {
             }
             Backend::Postgres => {
                 AnyPoolOptions::new()
-                    .max_connections(16)
+                    .max_connections(pool_size.max(1))
                     .acquire_timeout(Duration::from_secs(10))
                     // sqlx pings every connection on checkout by default: a round trip
                     // per request. A connection that died since its last use fails that
