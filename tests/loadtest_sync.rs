@@ -29,6 +29,8 @@ async fn sync_mode_reports_fanout_latency_and_position_error() {
         deadband_ms: 30.0,
         delay: Duration::ZERO,
         jitter: Duration::ZERO,
+        reaction_rate: 0.0,
+        listen_only: false,
     };
     let r = sync::run(&cfg).await.expect("the sync run completes");
     let table = tandem_loadtest::report::table("sync", &sync::rows(&r));
@@ -58,5 +60,48 @@ async fn sync_mode_reports_fanout_latency_and_position_error() {
     );
     let bare = r.bare_tcp_write.as_ref().expect("bare TCP limit measured");
     assert!(bare.ops > 0 && bare.total_us_per_op > 0.0, "{table}");
+    // The server's own side of fan-out comes from its histogram.
+    assert!(
+        r.server_broadcast_passes >= r.commands_sent as f64,
+        "{table}"
+    );
+    assert!(
+        r.server_broadcast_pass_mean_ms
+            .is_some_and(|m| m > 0.0 && m < 1000.0),
+        "{table}"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_only_members_and_reactions_measure_fanout_alone() {
+    let app = common::spawn_app_with(&[("TANDEM_JWT_SECRET", SECRET)], None).await;
+    let cfg = SyncConfig {
+        base: app.base.clone(),
+        jwt_secret: SECRET.into(),
+        server_pid: Some(std::process::id()),
+        rooms: 1,
+        members: 6,
+        command_rate: 0.01,
+        reaction_rate: 20.0,
+        listen_only: true,
+        duration: Duration::from_secs(3),
+        bare_duration: Duration::from_millis(200),
+        ..SyncConfig::default()
+    };
+    let r = sync::run(&cfg).await.expect("the sync run completes");
+    let table = tandem_loadtest::report::table("sync", &sync::rows(&r));
+    println!("{table}");
+
+    assert_eq!(r.clients_connected, 6, "{table}\n{:?}", r.connect_errors);
+    assert!(r.listen_only && r.reactions_sent >= 20, "{table}");
+    // Each reaction reaches all six members; little else is sent (no commands fall
+    // in the window, listeners send no clock pings or reports).
+    assert!(
+        r.messages_received >= 6 * r.reactions_sent.saturating_sub(6),
+        "{table}"
+    );
+    assert!(r.server_broadcast_passes > 0.0, "{table}");
+    assert!(r.messages_per_server_core_s > 0.0, "{table}");
     app.shutdown().await;
 }

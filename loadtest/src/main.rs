@@ -28,6 +28,13 @@ enum Mode {
     Sync(SyncArgs),
     /// A storm of paid enrollments and balance reads, then an overspend audit.
     Enroll(EnrollArgs),
+    /// Internal: the far ends of the bare TCP loop when they do not fit in the
+    /// generator's open-file limit (connects, drains until stdin closes).
+    #[command(hide = true)]
+    BareDrain {
+        addr: std::net::SocketAddr,
+        conns: usize,
+    },
 }
 
 #[derive(Args)]
@@ -71,6 +78,14 @@ struct SyncArgs {
     /// Dead band of the simulated players' correction policy (the SDK's is 30 ms).
     #[arg(long, default_value_t = 30.0)]
     deadband_ms: f64,
+    /// Reactions per second per room, each from a random non-host member: broadcasts
+    /// without the ready reports that commands bring.
+    #[arg(long, default_value_t = 0.0)]
+    reaction_rate: f64,
+    /// Members other than the host send only what the protocol requires (hello,
+    /// answers to server pings, ready at barriers): the server's fan-out cost alone.
+    #[arg(long)]
+    listen_only: bool,
 }
 
 #[derive(Args)]
@@ -123,6 +138,10 @@ struct ServerArgs {
     /// Extra server environment for --spawn, e.g. TANDEM_MEDIA__WORKERS=2 (repeatable).
     #[arg(long = "server-env", value_name = "K=V")]
     server_env: Vec<String>,
+    /// Pin the --spawn'ed server to these CPUs (e.g. "0", "0-1", "0,2") and the
+    /// generator to all the others, so that the two stop taking each other's cores.
+    #[arg(long, value_name = "CPUS", requires = "spawn")]
+    server_cpus: Option<String>,
     /// Write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -200,7 +219,8 @@ async fn target(args: &ServerArgs, extra: &[(String, String)]) -> Result<Target,
                 .ok_or_else(|| format!("--server-env {kv}: want K=V"))?;
             env.push((k.to_string(), v.to_string()));
         }
-        return Target::spawn(bin, &env).await;
+        let cpus = args.server_cpus.as_deref().map(parse_cpus).transpose()?;
+        return Target::spawn(bin, &env, cpus.as_deref()).await;
     }
     let base = args
         .server
@@ -310,6 +330,8 @@ async fn run_sync(a: SyncArgs) -> Result<(), String> {
         delay: Duration::from_secs_f64(a.delay_ms / 1000.0),
         jitter: Duration::from_secs_f64(a.jitter_ms / 1000.0),
         deadband_ms: a.deadband_ms,
+        reaction_rate: a.reaction_rate,
+        listen_only: a.listen_only,
     };
     let r = tandem_loadtest::sync::run(&cfg).await;
     t.stop();
@@ -382,20 +404,93 @@ async fn run_enroll(a: EnrollArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// Open files the generator asks for: 10,000 WebSocket clients plus the bare loop's
+/// 10,000 connection pairs need ~30,000, above this VM's default hard limit of 20,000.
+const WANTED_FILES: libc::rlim_t = 65_536;
+
 fn raise_fd_limit() {
     // SAFETY: get/setrlimit on our own process with a struct we own.
     unsafe {
         let mut l: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) != 0 {
+            return;
+        }
+        // Raising the hard limit needs CAP_SYS_RESOURCE (root); otherwise take the
+        // hard limit as it is.
+        if l.rlim_max < WANTED_FILES {
+            let want = libc::rlimit {
+                rlim_cur: WANTED_FILES,
+                rlim_max: WANTED_FILES,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                return;
+            }
+        }
+        if l.rlim_cur < l.rlim_max {
             l.rlim_cur = l.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &l);
         }
     }
 }
 
+/// "0", "0-1", "0,2-3" → CPU numbers.
+fn parse_cpus(list: &str) -> Result<Vec<usize>, String> {
+    let bad = || format!("--server-cpus {list}: want CPU numbers like 0, 0-1 or 0,2");
+    let mut cpus = Vec::new();
+    for part in list.split(',') {
+        let (a, b) = part
+            .trim()
+            .split_once('-')
+            .unwrap_or((part.trim(), part.trim()));
+        let (a, b): (usize, usize) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+        if a > b || b >= libc::CPU_SETSIZE as usize {
+            return Err(bad());
+        }
+        cpus.extend(a..=b);
+    }
+    Ok(cpus)
+}
+
+/// Keeps the generator (this thread, and every thread started after it) off the
+/// server's CPUs.
+fn keep_off_cpus(server: &[usize]) -> Result<(), String> {
+    let online = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mine: Vec<usize> = (0..online).filter(|c| !server.contains(c)).collect();
+    if mine.is_empty() {
+        return Err(format!(
+            "--server-cpus leaves no CPU for the generator ({online} online)"
+        ));
+    }
+    tandem_loadtest::bare::send_from_cpus(server.to_vec());
+    tandem_loadtest::server::set_affinity(&mine)
+        .map_err(|e| format!("pinning the generator to CPUs {mine:?}: {e}"))?;
+    eprintln!("tandem-loadtest: server on CPUs {server:?}, generator on {mine:?}");
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     raise_fd_limit();
+    let server_args = match &cli.mode {
+        Mode::Whep(a) => &a.server,
+        Mode::Sync(a) => &a.server,
+        Mode::Enroll(a) => &a.server,
+        Mode::BareDrain { addr, conns } => {
+            return match tandem_loadtest::bare::drain_child(*addr, *conns) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tandem-loadtest bare-drain: {e}");
+                    std::process::ExitCode::FAILURE
+                }
+            };
+        }
+    };
+    if let Some(list) = &server_args.server_cpus
+        && let Err(e) = parse_cpus(list).and_then(|c| keep_off_cpus(&c))
+    {
+        eprintln!("tandem-loadtest: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
     if let Mode::Sync(a) = &cli.mode
         && let Some(netem) = &a.netem
         && tandem_loadtest::netns::current().is_none()
@@ -435,6 +530,7 @@ fn main() -> std::process::ExitCode {
             Mode::Whep(a) => run_whep(a).await,
             Mode::Sync(a) => run_sync(a).await,
             Mode::Enroll(a) => run_enroll(a).await,
+            Mode::BareDrain { .. } => unreachable!("answered before the runtime starts"),
         }
     });
     match result {

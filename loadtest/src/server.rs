@@ -51,7 +51,12 @@ impl Target {
 
     /// Starts `bin` on free loopback ports with a fresh data directory, the given
     /// extra `TANDEM_*` variables, and waits for `/readyz`.
-    pub async fn spawn(bin: &Path, extra_env: &[(String, String)]) -> Result<Target, String> {
+    /// With `cpus`, the server runs on those CPUs only.
+    pub async fn spawn(
+        bin: &Path,
+        extra_env: &[(String, String)],
+        cpus: Option<&[usize]>,
+    ) -> Result<Target, String> {
         let dir = std::env::temp_dir().join(format!(
             "tandem-loadtest-{}-{}",
             std::process::id(),
@@ -83,6 +88,14 @@ impl Target {
             .stderr(Stdio::inherit());
         for (k, v) in extra_env {
             cmd.env(k, v);
+        }
+        if let Some(cpus) = cpus {
+            let cpus = cpus.to_vec();
+            // SAFETY: between fork and exec the closure only calls sched_setaffinity
+            // (async-signal-safe) on a CPU list allocated before the fork.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || set_affinity(&cpus));
+            }
         }
         let child = cmd
             .spawn()
@@ -201,6 +214,23 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         }
     }
     sum
+}
+
+/// Restricts the calling thread (and the threads and processes it starts later) to
+/// `cpus`.
+pub fn set_affinity(cpus: &[usize]) -> std::io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET is bounds-checked by
+    // the caller's CPU numbers being below CPU_SETSIZE (parse_cpus) and the set is ours.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus {
+            libc::CPU_SET(c, &mut set);
+        }
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Fetches `/metrics`.
