@@ -6,7 +6,8 @@ It stops when it has decoded --frames video frames and --audio-frames audio
 frames and has run --min-seconds since its first video frame (or, with --hold,
 when stdin closes after that), or when --duration passes (then "ok" is false).
 --relay HOST:PORT points the answer's candidates at a relay in front of the
-server (the loss test).
+server (the loss test). --nack-retry-ms N makes the viewer ask again, every N ms,
+for video packets that are still missing (see NackRetrier).
 
 stdout, one JSON object per line:
   {"event": "answered", "location": ..., "etag": ..., "answer": <sdp>}
@@ -16,6 +17,7 @@ stdout, one JSON object per line:
   {"event": "done", "ok": bool, "error": ..., "delete_status": 200,
    "video_frames": n, "audio_frames": n, "first_frame_s": s, "max_gap_s": s,
    "frames_per_second": [n, ...], "width": w, "height": h, "codec": "video/VP8",
+   "nacks_resent": sequence numbers asked for again (null without --nack-retry-ms),
    "sender_reports": [{"kind": "video", "packets_sent": n, "bytes_sent": n,
                        "age_s": seconds between the report's NTP time and now}, ...]}
 """
@@ -89,6 +91,56 @@ async def consume(track, counter, on_first):
             counter.audio(frame, now)
 
 
+class NackRetrier:
+    """Re-sends NACKs for video packets still missing, as libwebrtc's NackRequester
+    does (every round trip, at most MAX_RETRIES times per packet).
+
+    aiortc NACKs a gap only when it first sees it, so a lost NACK or a lost
+    retransmission leaves the packet missing until some later packet goes missing
+    too; its 512-packet jitter buffer then holds every frame behind the hole. A
+    browser viewer retries; this gives the loss test's aiortc viewer the same
+    receiver behaviour, so that what the test measures is the SFU's repair. It
+    reads aiortc's own missing-packet set (a private attribute of the receiver).
+    """
+
+    MAX_RETRIES = 10
+
+    def __init__(self, pc, interval_s):
+        self.pc = pc
+        self.interval_s = interval_s
+        self.asked = {}  # (receiver id, seq) -> (last asked at, retries)
+        self.resent = 0
+
+    async def run(self):
+        while True:
+            await asyncio.sleep(self.interval_s / 2)
+            now = time.monotonic()
+            for receiver in self.pc.getReceivers():
+                await self.retry(receiver, now)
+
+    async def retry(self, receiver, now):
+        generator = getattr(receiver, "_RTCRtpReceiver__nack_generator", None)
+        streams = getattr(receiver, "_RTCRtpReceiver__remote_streams", {})
+        if generator is None or not generator.missing or len(streams) != 1:
+            return
+        (media_ssrc,) = streams.keys()
+        due = []
+        for seq in sorted(generator.missing):
+            key = (id(receiver), seq)
+            asked_at, retries = self.asked.get(key, (now, 0))
+            if key not in self.asked:
+                # aiortc NACKed it when the gap appeared.
+                self.asked[key] = (now, 0)
+            elif now - asked_at >= self.interval_s and retries < self.MAX_RETRIES:
+                self.asked[key] = (now, retries + 1)
+                due.append(seq)
+        for key in [k for k in self.asked if k[0] == id(receiver) and k[1] not in generator.missing]:
+            del self.asked[key]
+        if due:
+            self.resent += len(due)
+            await receiver._send_rtcp_nack(media_ssrc, due)
+
+
 async def run(args):
     pc = new_peer_connection()
     connected, failed = asyncio.Event(), asyncio.Event()
@@ -108,6 +160,10 @@ async def run(args):
         tasks.append(asyncio.ensure_future(consume(track, counter, on_first)))
 
     result = {"ok": False, "error": None, "delete_status": None}
+    retrier = None
+    if args.nack_retry_ms > 0:
+        retrier = NackRetrier(pc, args.nack_retry_ms / 1000)
+        tasks.append(asyncio.ensure_future(retrier.run()))
     deadline = time.monotonic() + args.duration
     async with aiohttp.ClientSession() as http:
         session = Session(http, args.url, args.token)
@@ -169,6 +225,7 @@ async def run(args):
         frames_per_second=counter.per_second,
         width=counter.width,
         height=counter.height,
+        nacks_resent=None if retrier is None else retrier.resent,
     )
     emit("done", **result)
 
@@ -204,6 +261,12 @@ def main():
     p.add_argument("--min-seconds", type=float, default=0.0, help="run at least this long after the first frame")
     p.add_argument("--duration", type=float, default=60.0, help="give up after this many seconds")
     p.add_argument("--relay", default=None, help="HOST:PORT to put in the answer's candidates")
+    p.add_argument(
+        "--nack-retry-ms",
+        type=float,
+        default=0,
+        help="re-NACK video packets still missing after this many ms (0: aiortc's own NACKs only)",
+    )
     p.add_argument("--hold", action="store_true", help="after the goals, wait for stdin to close")
     p.add_argument("--no-delete", action="store_true", help="leave the session for the caller to end")
     asyncio.run(run(p.parse_args()))
