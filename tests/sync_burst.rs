@@ -21,7 +21,11 @@ impl SeqCheck {
         let seq = c.welcome["room"]["seq"]
             .as_u64()
             .expect("welcome has room.seq");
-        Self { want: seq + 1 }
+        Self::from_seq(seq + 1)
+    }
+
+    fn from_seq(want: u64) -> Self {
+        Self { want }
     }
 
     /// Checks `v`; returns whether it was a broadcast.
@@ -126,5 +130,92 @@ async fn a_burst_reaches_every_member_once_in_order_and_a_joiner_from_its_welcom
         .and_then(|v| v.trim().parse().ok())
         .expect("the broadcast pass histogram is exported");
     assert!(passes > 0.0, "broadcast passes counted: {passes}");
+    s.stop().await;
+}
+
+/// Pass count so far (`tandem_room_broadcast_pass_seconds_count`): one per write-out
+/// of a room's unsent broadcasts.
+fn broadcast_passes(s: &sync_support::Server) -> u64 {
+    s.metrics()
+        .lines()
+        .find_map(|l| l.strip_prefix("tandem_room_broadcast_pass_seconds_count "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Reactions wait up to `reaction_linger_ms` for company, so that a storm leaves
+/// in one write per member per window: a lone reaction arrives no sooner than the
+/// window, and reactions sent together leave in one pass.
+#[tokio::test]
+async fn reactions_linger_together_for_the_configured_window() {
+    let dir = TempDir::new("sync");
+    let s = start(dir.path(), &[("TANDEM_ROOMS__REACTION_LINGER_MS", "300")]).await;
+    let room = "linger";
+    let host = Client::connect(&s.url(room, &s.token(room, "h", false)), 0.0, None).await;
+    let mut observer = Client::connect(&s.url(room, &s.token(room, "o", false)), 0.0, None).await;
+    // The observer's own join has been written out once it sees a later broadcast.
+    let sent = std::time::Instant::now();
+    host.send(json!({"type": "reaction", "emoji": ":wave:"}))
+        .await;
+    let v = observer.wait_type("reaction").await;
+    let waited = sent.elapsed();
+    assert_eq!(v["emoji"], ":wave:");
+    assert!(
+        waited >= std::time::Duration::from_millis(300),
+        "a lone reaction waits out the window: {waited:?}"
+    );
+
+    let passes_before = broadcast_passes(&s);
+    for emoji in [":one:", ":two:", ":three:", ":four:", ":five:"] {
+        host.send(json!({"type": "reaction", "emoji": emoji})).await;
+    }
+    let mut seqs = SeqCheck::from_seq(v["seq"].as_u64().unwrap() + 1);
+    for emoji in [":one:", ":two:", ":three:", ":four:", ":five:"] {
+        let v = observer.wait_type("reaction").await;
+        assert!(seqs.see(&v));
+        assert_eq!(v["emoji"], emoji, "in the order sent");
+    }
+    assert_eq!(
+        broadcast_passes(&s) - passes_before,
+        1,
+        "five reactions within the window leave in one write"
+    );
+    s.stop().await;
+}
+
+/// Nothing but reactions ever waits: a playback command right behind lingering
+/// reactions writes them out and goes at once, after them, in seq order. (The
+/// window here is a minute; the client gives up long before that.)
+#[tokio::test]
+async fn a_sync_command_does_not_wait_behind_lingering_reactions() {
+    let dir = TempDir::new("sync");
+    let s = start(dir.path(), &[("TANDEM_ROOMS__REACTION_LINGER_MS", "60000")]).await;
+    let room = "no-wait";
+    let host = Client::connect(&s.url(room, &s.token(room, "h", false)), 0.0, None).await;
+    let mut observer = Client::connect(&s.url(room, &s.token(room, "o", false)), 0.0, None).await;
+    let mut seqs = SeqCheck::from_welcome(&observer);
+    for _ in 0..3 {
+        host.send(json!({"type": "reaction", "emoji": ":clap:"}))
+            .await;
+    }
+    host.send(
+        json!({"type": "playback.command", "action": "play", "position": 5.0,
+                      "at": host.local_now()}),
+    )
+    .await;
+    let mut reactions = 0;
+    let state = loop {
+        let v = observer.next().await;
+        if !seqs.see(&v) {
+            continue;
+        }
+        match v["type"].as_str() {
+            Some("reaction") => reactions += 1,
+            Some("playback.state") => break v,
+            _ => {}
+        }
+    };
+    assert_eq!(reactions, 3, "the reactions came first: {state}");
+    assert_eq!(state["paused"], false);
     s.stop().await;
 }

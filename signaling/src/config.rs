@@ -50,6 +50,12 @@ pub struct RoomsConfig {
     pub burst_interval_ms: u64,
     /// Granularity of the room timer (grace, barrier, idle, pings).
     pub tick_ms: u64,
+    /// Longest a `reaction` broadcast may wait for company: reactions arriving
+    /// within this window leave together, one write per member, instead of one
+    /// write per reaction each. Anything else the room sends (sync, chat,
+    /// presence, a reply) writes waiting reactions out first, so order is kept
+    /// and nothing but reactions ever waits. 0 sends each reaction at once.
+    pub reaction_linger_ms: u64,
     /// A room with more members than this is *large*: its presence changes go out
     /// as one `presence.batch` per `presence_batch_ms` instead of one message per
     /// change, and its `welcome` lists at most `welcome_members` members (the rest
@@ -88,6 +94,7 @@ impl Default for RoomsConfig {
             ping_burst: 8,
             burst_interval_ms: 100,
             tick_ms: 50,
+            reaction_linger_ms: 20,
             large_room_above: 200,
             presence_batch_ms: 1_000,
             welcome_members: 20,

@@ -129,6 +129,10 @@ pub(crate) struct Room {
     /// write per member, when the pass ends or before anything else reaches a member.
     unsent: Vec<Bytes>,
     unsent_since: Instant,
+    /// Set while `unsent` holds only reactions: when they must leave
+    /// (`reaction_linger_ms` after the first). `None` with frames unsent means
+    /// they leave at the end of this pass.
+    linger_until: Option<tokio::time::Instant>,
     next_ping_id: u64,
     last_correction: Option<Instant>,
     /// Connection id → index in `members`: every client message names its
@@ -220,6 +224,7 @@ impl Room {
             slow: Vec::new(),
             unsent: Vec::with_capacity(MAX_FRAMES_PER_WRITE),
             unsent_since: Instant::now(),
+            linger_until: None,
             next_ping_id: 1,
             last_correction: None,
             by_conn: HashMap::new(),
@@ -253,6 +258,8 @@ impl Room {
                     while let Some(ev) = events.next() {
                         if let RoomEvent::Shutdown(reply) = ev {
                             after_shutdown.extend(events);
+                            // What the room said before the shutdown still reaches its members.
+                            self.write_unsent();
                             for m in self.members.iter_mut() {
                                 if let Some(c) = m.conn.take() {
                                     c.close(1001, "server shutting down");
@@ -267,8 +274,12 @@ impl Room {
                     }
                 }
                 _ = tick.tick() => self.on_tick(),
+                _ = tokio::time::sleep_until(self.linger_until.unwrap_or_else(tokio::time::Instant::now)),
+                    if self.linger_until.is_some() => self.write_unsent(),
             }
-            self.write_unsent();
+            if self.linger_until.is_none() {
+                self.write_unsent();
+            }
             self.flush_slow();
             if self.members.is_empty() {
                 break;
@@ -485,8 +496,26 @@ impl Room {
 
     // ---- output -------------------------------------------------------------------
 
-    /// Serialises once, logs for resumes, and queues the same bytes to every connection.
-    fn broadcast(&mut self, mut v: Map<String, Value>) -> u64 {
+    /// Serialises once, logs for resumes, and queues the same bytes to every
+    /// connection; they leave at the end of the pass.
+    fn broadcast(&mut self, v: Map<String, Value>) -> u64 {
+        self.linger_until = None;
+        self.queue_broadcast(v)
+    }
+
+    /// A broadcast that may wait up to `reaction_linger_ms` for others to join it
+    /// in the same write (reactions: a storm then costs one write per member per
+    /// window, not per reaction).
+    fn broadcast_lingering(&mut self, v: Map<String, Value>) -> u64 {
+        if self.unsent.is_empty() && self.cfg.reaction_linger_ms > 0 {
+            self.linger_until = Some(
+                tokio::time::Instant::now() + Duration::from_millis(self.cfg.reaction_linger_ms),
+            );
+        }
+        self.queue_broadcast(v)
+    }
+
+    fn queue_broadcast(&mut self, mut v: Map<String, Value>) -> u64 {
         self.seq += 1;
         let seq = self.seq;
         v.insert("seq".into(), seq.into());
@@ -510,6 +539,7 @@ impl Room {
 
     /// Hands this pass's broadcasts to every connected member, one vectored write each.
     fn write_unsent(&mut self) {
+        self.linger_until = None;
         if self.unsent.is_empty() {
             return;
         }
@@ -994,7 +1024,7 @@ impl Room {
                 if let Some(t) = media_time.filter(|t| t.is_finite()) {
                     v.insert("media_time".into(), t.into());
                 }
-                self.broadcast(v);
+                self.broadcast_lingering(v);
             }
             ClientMsg::ChatDelete { id } => self.on_delete(idx, id.as_i64()),
             ClientMsg::Mute { user, seconds } => {
@@ -1703,7 +1733,11 @@ impl Room {
     // ---- timers -------------------------------------------------------------------
 
     fn on_tick(&mut self) {
-        self.write_unsent();
+        // Lingering reactions keep waiting: nothing below is ordered against them
+        // except what writes them out itself (a removal, a broadcast, a reply).
+        if self.linger_until.is_none() {
+            self.write_unsent();
+        }
         let now = Instant::now();
         let grace = Duration::from_millis(self.cfg.grace_period_ms);
         while let Some(i) = self.members.iter().position(|m| {
