@@ -123,13 +123,8 @@ async fn a_burst_reaches_every_member_once_in_order_and_a_joiner_from_its_welcom
         "late member from seq {late_from}, end at {end}"
     );
 
-    let passes: f64 = s
-        .metrics()
-        .lines()
-        .find_map(|l| l.strip_prefix("tandem_room_broadcast_pass_seconds_count "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("the broadcast pass histogram is exported");
-    assert!(passes > 0.0, "broadcast passes counted: {passes}");
+    let passes = broadcast_passes(&s);
+    assert!(passes > 0, "broadcast passes counted: {passes}");
     s.stop().await;
 }
 
@@ -140,7 +135,7 @@ fn broadcast_passes(s: &sync_support::Server) -> u64 {
         .lines()
         .find_map(|l| l.strip_prefix("tandem_room_broadcast_pass_seconds_count "))
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+        .expect("the broadcast pass histogram is exported")
 }
 
 /// Reactions wait up to `reaction_linger_ms` for company, so that a storm leaves
