@@ -24,13 +24,7 @@ async fn sync_mode_reports_fanout_latency_and_position_error() {
         skew_ms: 10_000.0,
         drift_ppm: 100.0,
         bare_duration: Duration::from_millis(200),
-        progress: false,
-        network: "loopback".into(),
-        deadband_ms: 30.0,
-        delay: Duration::ZERO,
-        jitter: Duration::ZERO,
-        reaction_rate: 0.0,
-        listen_only: false,
+        ..SyncConfig::default()
     };
     let r = sync::run(&cfg).await.expect("the sync run completes");
     let table = tandem_loadtest::report::table("sync", &sync::rows(&r));

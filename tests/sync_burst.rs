@@ -5,7 +5,7 @@
 mod sync_support;
 
 use serde_json::{Value, json};
-use sync_support::{Client, TempDir, start};
+use sync_support::{Client, Server, TempDir, start};
 
 const SENDERS: usize = 3;
 const REACTIONS_EACH: usize = 300;
@@ -130,7 +130,7 @@ async fn a_burst_reaches_every_member_once_in_order_and_a_joiner_from_its_welcom
 
 /// Pass count so far (`tandem_room_broadcast_pass_seconds_count`): one per write-out
 /// of a room's unsent broadcasts.
-fn broadcast_passes(s: &sync_support::Server) -> u64 {
+fn broadcast_passes(s: &Server) -> u64 {
     s.metrics()
         .lines()
         .find_map(|l| l.strip_prefix("tandem_room_broadcast_pass_seconds_count "))
@@ -138,17 +138,26 @@ fn broadcast_passes(s: &sync_support::Server) -> u64 {
         .expect("the broadcast pass histogram is exported")
 }
 
+/// A server with the given reaction window and a room of two: the host (who
+/// sends) and an observer.
+async fn room_of_two(linger_ms: &str, room: &str) -> (TempDir, Server, Client, Client) {
+    let dir = TempDir::new("sync");
+    let s = start(
+        dir.path(),
+        &[("TANDEM_ROOMS__REACTION_LINGER_MS", linger_ms)],
+    )
+    .await;
+    let host = Client::connect(&s.url(room, &s.token(room, "h", false)), 0.0, None).await;
+    let observer = Client::connect(&s.url(room, &s.token(room, "o", false)), 0.0, None).await;
+    (dir, s, host, observer)
+}
+
 /// Reactions wait up to `reaction_linger_ms` for company, so that a storm leaves
 /// in one write per member per window: a lone reaction arrives no sooner than the
 /// window, and reactions sent together leave in one pass.
 #[tokio::test]
 async fn reactions_linger_together_for_the_configured_window() {
-    let dir = TempDir::new("sync");
-    let s = start(dir.path(), &[("TANDEM_ROOMS__REACTION_LINGER_MS", "300")]).await;
-    let room = "linger";
-    let host = Client::connect(&s.url(room, &s.token(room, "h", false)), 0.0, None).await;
-    let mut observer = Client::connect(&s.url(room, &s.token(room, "o", false)), 0.0, None).await;
-    // The observer's own join has been written out once it sees a later broadcast.
+    let (_dir, s, host, mut observer) = room_of_two("300", "linger").await;
     let sent = std::time::Instant::now();
     host.send(json!({"type": "reaction", "emoji": ":wave:"}))
         .await;
@@ -183,11 +192,7 @@ async fn reactions_linger_together_for_the_configured_window() {
 /// window here is a minute; the client gives up long before that.)
 #[tokio::test]
 async fn a_sync_command_does_not_wait_behind_lingering_reactions() {
-    let dir = TempDir::new("sync");
-    let s = start(dir.path(), &[("TANDEM_ROOMS__REACTION_LINGER_MS", "60000")]).await;
-    let room = "no-wait";
-    let host = Client::connect(&s.url(room, &s.token(room, "h", false)), 0.0, None).await;
-    let mut observer = Client::connect(&s.url(room, &s.token(room, "o", false)), 0.0, None).await;
+    let (_dir, s, host, mut observer) = room_of_two("60000", "no-wait").await;
     let mut seqs = SeqCheck::from_welcome(&observer);
     for _ in 0..3 {
         host.send(json!({"type": "reaction", "emoji": ":clap:"}))

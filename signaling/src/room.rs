@@ -248,7 +248,16 @@ impl Room {
         let mut batch = Vec::with_capacity(EVENTS_PER_PASS);
         // Events of the batch that came after a shutdown: answered like queued ones.
         let mut after_shutdown = Vec::new();
+        // One timer for the reactions' linger window, moved only when a new window
+        // opens (not rebuilt on every pass of a busy room).
+        let linger = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(linger);
         'serve: loop {
+            if let Some(until) = self.linger_until
+                && linger.deadline() != until
+            {
+                linger.as_mut().reset(until);
+            }
             tokio::select! {
                 n = rx.recv_many(&mut batch, EVENTS_PER_PASS) => {
                     if n == 0 {
@@ -274,8 +283,7 @@ impl Room {
                     }
                 }
                 _ = tick.tick() => self.on_tick(),
-                _ = tokio::time::sleep_until(self.linger_until.unwrap_or_else(tokio::time::Instant::now)),
-                    if self.linger_until.is_some() => self.write_unsent(),
+                _ = &mut linger, if self.linger_until.is_some() => self.write_unsent(),
             }
             if self.linger_until.is_none() {
                 self.write_unsent();

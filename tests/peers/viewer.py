@@ -104,34 +104,47 @@ class NackRetrier:
     """
 
     MAX_RETRIES = 10
+    # aiortc's own state, read rather than duplicated (name-mangled privates).
+    GENERATOR = "_RTCRtpReceiver__nack_generator"
+    STREAMS = "_RTCRtpReceiver__remote_streams"
 
     def __init__(self, pc, interval_s):
         self.pc = pc
         self.interval_s = interval_s
         self.asked = {}  # (receiver id, seq) -> (last asked at, retries)
         self.resent = 0
+        # Set when aiortc no longer looks as expected: the viewer then fails
+        # instead of quietly running without retries.
+        self.error = None
 
     async def run(self):
-        while True:
-            await asyncio.sleep(self.interval_s / 2)
-            now = time.monotonic()
-            for receiver in self.pc.getReceivers():
-                await self.retry(receiver, now)
+        try:
+            while True:
+                await asyncio.sleep(self.interval_s / 2)
+                now = time.monotonic()
+                for receiver in self.pc.getReceivers():
+                    await self.retry(receiver, now)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            self.error = f"--nack-retry-ms: {e!r}"
 
     async def retry(self, receiver, now):
-        generator = getattr(receiver, "_RTCRtpReceiver__nack_generator", None)
-        streams = getattr(receiver, "_RTCRtpReceiver__remote_streams", {})
+        if not (hasattr(receiver, self.GENERATOR) and hasattr(receiver, self.STREAMS)):
+            raise RuntimeError(f"aiortc's RTCRtpReceiver has no {self.GENERATOR} / {self.STREAMS}")
+        generator = getattr(receiver, self.GENERATOR)  # None for audio: no NACKs
+        streams = getattr(receiver, self.STREAMS)
         if generator is None or not generator.missing or len(streams) != 1:
             return
         (media_ssrc,) = streams.keys()
         due = []
         for seq in sorted(generator.missing):
             key = (id(receiver), seq)
-            asked_at, retries = self.asked.get(key, (now, 0))
             if key not in self.asked:
-                # aiortc NACKed it when the gap appeared.
-                self.asked[key] = (now, 0)
-            elif now - asked_at >= self.interval_s and retries < self.MAX_RETRIES:
+                self.asked[key] = (now, 0)  # aiortc NACKed it when the gap appeared
+                continue
+            asked_at, retries = self.asked[key]
+            if now - asked_at >= self.interval_s and retries < self.MAX_RETRIES:
                 self.asked[key] = (now, retries + 1)
                 due.append(seq)
         for key in [k for k in self.asked if k[0] == id(receiver) and k[1] not in generator.missing]:
@@ -193,6 +206,8 @@ async def run(args):
                     )
                 if failed.is_set():
                     raise ConnectionError(f"connection {pc.connectionState}")
+                if retrier is not None and retrier.error:
+                    raise RuntimeError(retrier.error)
                 counter.progress.clear()
                 try:
                     await asyncio.wait_for(counter.progress.wait(), timeout=min(left, 0.5))
