@@ -41,6 +41,19 @@ async fn sync_mode_reports_fanout_latency_and_position_error() {
         r.fanout_latency.p50_ms > 0.0 && r.fanout_latency.p99_ms < 1000.0,
         "{table}"
     );
+    // The kernel stamped each message as it reached the member's socket, which
+    // is never after the member read it.
+    let socket = &r.fanout_latency_at_socket;
+    assert!(socket.count > 0 && socket.p50_ms > 0.0, "{table}");
+    assert!(
+        socket.p50_ms <= r.fanout_latency.p50_ms && socket.p99_ms <= r.fanout_latency.p99_ms,
+        "{table}"
+    );
+    assert!(
+        r.fanout_complete_at_socket.count > 0
+            && r.fanout_complete_at_socket.p99_ms <= r.fanout_complete.p99_ms,
+        "{table}"
+    );
     assert!(r.position_samples > 0, "{table}");
     // Clocks 10 s apart still agree on the position: correction works end to end.
     assert!(r.position_error.p50_ms < 200.0, "{table}");

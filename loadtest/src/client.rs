@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
@@ -41,6 +42,7 @@ use rtc::shared::marshal::{MarshalSize, Unmarshal};
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
 use crate::media::{self, AudioSource, PT_OPUS, PT_VP8, VideoSource};
+use crate::rxtime;
 use crate::stats::{ViewerStats, new_histogram};
 
 /// What the publisher sends.
@@ -163,7 +165,8 @@ pub struct Peer {
     /// RTCP, ICE and DTLS still go through the peer connection.
     srtp_in: Option<rtc::srtp::context::Context>,
     /// RTP decrypted by `srtp_in`, counted at the next `service`.
-    inbox: Vec<(rtc::rtp::Header, bytes::Bytes)>,
+    /// Decrypted RTP with the kernel's receive time (µs since [`media::base`]).
+    inbox: Vec<(rtc::rtp::Header, bytes::Bytes, Option<u64>)>,
 }
 
 fn build_pc(publisher: bool) -> Result<RTCPeerConnection, String> {
@@ -347,6 +350,7 @@ impl Peer {
         let mut pc = build_pc(publish.is_some())?;
         let std_socket = std::net::UdpSocket::bind("127.0.0.1:0").map_err(err("bind"))?;
         std_socket.set_nonblocking(true).map_err(err("socket"))?;
+        rxtime::enable(std_socket.as_raw_fd()).map_err(err("SO_TIMESTAMPNS"))?;
         let local = std_socket.local_addr().map_err(err("socket"))?;
         let candidate = CandidateHostConfig {
             base_config: CandidateConfig {
@@ -399,7 +403,13 @@ impl Peer {
         Ok((pc, UdpSocket::from_std(std_socket), local, senders))
     }
 
-    fn handle_datagram(&mut self, from: SocketAddr, data: &[u8], now: Instant) {
+    fn handle_datagram(
+        &mut self,
+        from: SocketAddr,
+        data: &[u8],
+        now: Instant,
+        arrived: Option<u64>,
+    ) {
         if let Role::Publisher(p) = &mut self.role
             && is_keyframe_request(data)
         {
@@ -420,7 +430,7 @@ impl Peer {
                         }
                         let start = header.marshal_size().min(end);
                         let payload = plain.freeze().slice(start..end);
-                        self.inbox.push((header, payload));
+                        self.inbox.push((header, payload, arrived));
                     }
                 }
                 Err(e) => log::debug!("loadtest peer {}: SRTP refused: {e}", self.local),
@@ -450,7 +460,7 @@ impl Peer {
     }
 
     /// Drains events, received media and outgoing datagrams after anything happened.
-    fn service(&mut self, now: Instant, c: &Counters, latency: &mut Histogram<u64>) {
+    fn service(&mut self, now: Instant, c: &Counters, latency: &mut Latencies) {
         self.flush();
         while let Some(event) = self.pc.poll_event() {
             if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = event {
@@ -503,8 +513,12 @@ impl Peer {
         }
         let measuring = c.measuring.load(Ordering::Relaxed);
         if let Role::Viewer(v) = &mut self.role {
-            for (header, payload) in self.inbox.drain(..) {
-                on_viewer_rtp(v, &header, &payload, now, c, measuring, latency);
+            for (header, payload, arrived) in self.inbox.drain(..) {
+                let at = Arrival {
+                    read: now,
+                    wire_us: arrived,
+                };
+                on_viewer_rtp(v, &header, &payload, at, c, measuring, latency);
             }
         }
         while let Some(TaggedRTCMessage { message, .. }) = self.pc.poll_read() {
@@ -514,7 +528,10 @@ impl Peer {
                         v,
                         &packet.header,
                         &packet.payload,
-                        now,
+                        Arrival {
+                            read: now,
+                            wire_us: None,
+                        },
                         c,
                         measuring,
                         latency,
@@ -555,7 +572,7 @@ impl Peer {
         }
     }
 
-    fn on_due(&mut self, now: Instant, c: &Counters, latency: &mut Histogram<u64>) {
+    fn on_due(&mut self, now: Instant, c: &Counters, latency: &mut Latencies) {
         if self.next_timeout.is_some_and(|t| t <= now) {
             let _ = self.pc.handle_timeout(now);
         }
@@ -572,16 +589,17 @@ fn on_viewer_rtp(
     v: &mut ViewerStats,
     header: &rtc::rtp::Header,
     payload: &[u8],
-    now: Instant,
+    at: Arrival,
     c: &Counters,
     measuring: bool,
-    latency: &mut Histogram<u64>,
+    latency: &mut Latencies,
 ) {
     v.packets += 1;
     v.bytes += payload.len() as u64;
     c.rx_packets.fetch_add(1, Ordering::Relaxed);
     c.rx_bytes
         .fetch_add(payload.len() as u64, Ordering::Relaxed);
+    let now = at.read;
     if v.first_packet_at.is_none() {
         v.first_packet_at = Some(now);
     }
@@ -594,7 +612,12 @@ fn on_viewer_rtp(
         }
     }
     if measuring && let Some(sent) = media::read_trailer(payload) {
-        let _ = latency.record(media::us_of(now).saturating_sub(sent).max(1));
+        let _ = latency
+            .read
+            .record(media::us_of(at.read).saturating_sub(sent).max(1));
+        if let Some(wire) = at.wire_us {
+            let _ = latency.wire.record(wire.saturating_sub(sent).max(1));
+        }
     }
 }
 
@@ -704,10 +727,44 @@ fn send_media(pc: &mut RTCPeerConnection, p: &mut Publisher, now: Instant, c: &C
     }
 }
 
+/// When a viewer got a packet: when its thread read it, and when the kernel put it
+/// in the socket (µs since [`media::base`]; see [`rxtime`]).
+#[derive(Clone, Copy)]
+struct Arrival {
+    read: Instant,
+    wire_us: Option<u64>,
+}
+
+/// Publisher send → viewer, in µs: to the viewer's read, and to its socket.
+pub struct Latencies {
+    pub read: Histogram<u64>,
+    pub wire: Histogram<u64>,
+}
+
+impl Latencies {
+    pub fn new() -> Self {
+        Latencies {
+            read: new_histogram(),
+            wire: new_histogram(),
+        }
+    }
+
+    pub fn add(&mut self, other: &Latencies) {
+        let _ = self.read.add(&other.read);
+        let _ = self.wire.add(&other.wire);
+    }
+}
+
+impl Default for Latencies {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// What a driver hands back when it stops.
 pub struct DriverResult {
     pub viewers: Vec<ViewerStats>,
-    pub latency: Histogram<u64>,
+    pub latency: Latencies,
     pub session_urls: Vec<String>,
 }
 
@@ -755,7 +812,7 @@ impl Driver {
             .and_then(|j| j.join().ok())
             .unwrap_or_else(|| DriverResult {
                 viewers: Vec::new(),
-                latency: new_histogram(),
+                latency: Latencies::new(),
                 session_urls: Vec::new(),
             })
     }
@@ -766,7 +823,9 @@ fn run(mut poll: Poll, rx: mpsc::Receiver<Peer>, c: Arc<Counters>) -> DriverResu
     let mut next_token = 0usize;
     let mut events = Events::with_capacity(1024);
     let mut buf = vec![0u8; 2048];
-    let mut latency = new_histogram();
+    let mut latency = Latencies::new();
+    // Kernel stamps are wall-clock µs; trailers count µs since media::base().
+    let wall_base = rxtime::wall_us_at(media::base());
     let mut due: Vec<usize> = Vec::new();
     while !c.stop.load(Ordering::Acquire) {
         let now = Instant::now();
@@ -803,8 +862,11 @@ fn run(mut poll: Poll, rx: mpsc::Receiver<Peer>, c: Arc<Counters>) -> DriverResu
             };
             let now = Instant::now();
             let mut got = false;
-            while let Ok((n, from)) = peer.socket.recv_from(&mut buf) {
-                peer.handle_datagram(from, &buf[..n], now);
+            let fd = peer.socket.as_raw_fd();
+            while let Ok((n, from, stamp)) = rxtime::recv(fd, &mut buf) {
+                let Some(from) = from else { continue };
+                let arrived = stamp.map(|t| t.saturating_sub(wall_base));
+                peer.handle_datagram(from, &buf[..n], now, arrived);
                 got = true;
             }
             if got {

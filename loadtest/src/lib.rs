@@ -9,6 +9,7 @@ pub mod media;
 pub mod netns;
 pub mod procstat;
 pub mod report;
+pub mod rxtime;
 pub mod server;
 pub mod stats;
 pub mod sync;

@@ -15,12 +15,16 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use serde_json::{Value, json};
 use tandem_signaling::clock::{ClockFilter, sample};
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::client::Response;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::bare::{self, BareResult};
 use crate::procstat;
 use crate::report::{self, Row};
+use crate::rxtime::StampedTcp;
 use crate::server::{metric, scrape};
 use crate::stats::{Percentiles, new_histogram};
 
@@ -102,10 +106,16 @@ pub struct SyncReport {
     pub commands_sent: u64,
     pub reactions_sent: u64,
     pub listen_only: bool,
-    /// Host's send → each member's receipt of the resulting `playback.state`.
+    /// Host's send → each member's read of the resulting `playback.state`: includes
+    /// the member's wait behind the generator's other clients on the same core.
     pub fanout_latency: Percentiles,
-    /// Host's send → the last member's receipt, per command.
+    /// Host's send → the last member's read, per command.
     pub fanout_complete: Percentiles,
+    /// Host's send → the `playback.state` in each member's socket (the kernel's
+    /// receive stamp, `SO_TIMESTAMPNS`): the fan-out a member on its own machine sees.
+    pub fanout_latency_at_socket: Percentiles,
+    /// Host's send → the last member's socket, per command.
+    pub fanout_complete_at_socket: Percentiles,
     /// |position_i − position_j| over every pair in a room, sampled every 50 ms while playing.
     pub position_error: Percentiles,
     pub position_samples: u64,
@@ -328,12 +338,20 @@ struct ClientView {
     offset: Option<(f64, f64)>,
 }
 
+/// The longest host → member time of one command (µs): to the member's read, and
+/// to its socket (the kernel's receive stamp).
+#[derive(Default)]
+struct Slowest {
+    read_us: u64,
+    socket_us: u64,
+}
+
 struct Room {
     /// Wall µs when the host sent its latest command (0: none yet).
     command_sent_us: AtomicU64,
     command_seq: AtomicU64,
-    /// Latest fan-out receipt (wall µs) for the current command, per command.
-    last_receipt: Mutex<HashMap<u64, (u64, usize)>>,
+    /// The slowest member's fan-out so far, per command.
+    last_receipt: Mutex<HashMap<u64, Slowest>>,
     clients: Vec<Arc<Mutex<ClientView>>>,
 }
 
@@ -346,7 +364,9 @@ struct Shared {
     commands: AtomicU64,
     reactions: AtomicU64,
     fanout: Mutex<Histogram<u64>>,
+    fanout_at_socket: Mutex<Histogram<u64>>,
     complete: Mutex<Histogram<u64>>,
+    complete_at_socket: Mutex<Histogram<u64>>,
 }
 
 fn wall_us() -> u64 {
@@ -409,6 +429,30 @@ struct Behaviour {
     listen_only: bool,
 }
 
+/// Opens a client's WebSocket over a [`StampedTcp`], so each message's arrival in the
+/// socket is known; Nagle off, as `connect_async_with_config(.., true)` would.
+async fn connect_stamped(
+    url: &str,
+    config: WebSocketConfig,
+) -> Result<(WebSocketStream<StampedTcp>, Response), String> {
+    let request = url.into_client_request().map_err(|e| e.to_string())?;
+    let uri = request.uri();
+    let host = uri.host().ok_or("the URL has no host")?;
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = uri.port_u16().unwrap_or(80);
+    let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+        .await
+        .map_err(|e| e.to_string())?;
+    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+    let stamped = StampedTcp::new(tcp).map_err(|e| format!("SO_TIMESTAMPNS: {e}"))?;
+    tokio_tungstenite::client_async_with_config(request, stamped, Some(config))
+        .await
+        .map_err(|e| e.to_string())
+}
+
 async fn client(
     ws_url: String,
     plan: Behaviour,
@@ -427,7 +471,7 @@ async fn client(
     // tungstenite's default 128 KiB read buffer is zero-filled on every read: a third
     // of the generator's CPU with 1,000 clients, delaying every client behind it.
     let small_reads = WebSocketConfig::default().read_buffer_size(4096);
-    let conn = tokio_tungstenite::connect_async_with_config(&ws_url, Some(small_reads), true).await;
+    let conn = connect_stamped(&ws_url, small_reads).await;
     let (mut ws, _) = match conn {
         Ok(c) => c,
         Err(e) => {
@@ -485,6 +529,7 @@ async fn client(
                 let Some(Ok(msg)) = msg else { break };
                 let Message::Text(text) = msg else { continue };
                 let recv_us = wall_us();
+                let socket_us = ws.get_ref().last_rx_us();
                 shared.messages.fetch_add(1, Ordering::Relaxed);
                 shared.message_bytes.fetch_add(text.len() as u64, Ordering::Relaxed);
                 let Ok(v) = serde_json::from_str::<Value>(&text) else { continue };
@@ -527,11 +572,16 @@ async fn client(
                             let cseq = room.command_seq.load(Ordering::Acquire);
                             if sent > 0 && recv_us >= sent && shared.measuring.load(Ordering::Relaxed) {
                                 let d = (recv_us - sent).max(1);
+                                // A stamp before the send is an older segment's: no figure.
+                                let at_socket = (socket_us >= sent).then(|| (socket_us - sent).max(1));
                                 if let Ok(mut h) = shared.fanout.lock() { let _ = h.record(d); }
+                                if let Some(w) = at_socket && let Ok(mut h) = shared.fanout_at_socket.lock() {
+                                    let _ = h.record(w);
+                                }
                                 if let Ok(mut m) = room.last_receipt.lock() {
-                                    let e = m.entry(cseq).or_insert((0, 0));
-                                    e.0 = e.0.max(d);
-                                    e.1 += 1;
+                                    let e = m.entry(cseq).or_default();
+                                    e.read_us = e.read_us.max(d);
+                                    e.socket_us = e.socket_us.max(at_socket.unwrap_or(d));
                                 }
                             }
                         }
@@ -625,10 +675,14 @@ async fn client(
                 // Settle the previous command's completion time first.
                 let prev = room.command_seq.load(Ordering::Acquire);
                 if let Ok(mut m) = room.last_receipt.lock()
-                    && let Some((worst, _)) = m.remove(&prev)
-                    && let Ok(mut h) = shared.complete.lock()
+                    && let Some(worst) = m.remove(&prev)
                 {
-                    let _ = h.record(worst.max(1));
+                    if let Ok(mut h) = shared.complete.lock() {
+                        let _ = h.record(worst.read_us.max(1));
+                    }
+                    if let Ok(mut h) = shared.complete_at_socket.lock() {
+                        let _ = h.record(worst.socket_us.max(1));
+                    }
                 }
                 room.command_seq.store(prev + 1, Ordering::Release);
                 room.command_sent_us.store(wall_us(), Ordering::Release);
@@ -754,7 +808,9 @@ pub async fn run(cfg: &SyncConfig) -> Result<SyncReport, String> {
         commands: AtomicU64::new(0),
         reactions: AtomicU64::new(0),
         fanout: Mutex::new(new_histogram()),
+        fanout_at_socket: Mutex::new(new_histogram()),
         complete: Mutex::new(new_histogram()),
+        complete_at_socket: Mutex::new(new_histogram()),
     });
     let rss_before = cfg
         .server_pid
@@ -963,6 +1019,16 @@ pub async fn run(cfg: &SyncConfig) -> Result<SyncReport, String> {
         .lock()
         .map(|h| Percentiles::of(&h))
         .unwrap_or_default();
+    report.fanout_latency_at_socket = shared
+        .fanout_at_socket
+        .lock()
+        .map(|h| Percentiles::of(&h))
+        .unwrap_or_default();
+    report.fanout_complete_at_socket = shared
+        .complete_at_socket
+        .lock()
+        .map(|h| Percentiles::of(&h))
+        .unwrap_or_default();
     report.position_error = Percentiles::of(&pos_h);
     report.position_samples = samples;
     report.messages_received = msgs;
@@ -1065,35 +1131,49 @@ pub fn rows(r: &SyncReport) -> Vec<Row> {
     } else {
         None
     };
+    let socket = &r.fanout_latency_at_socket;
     let mut fan = Row::new(
-        "fan-out latency p50 / p99",
+        "fan-out to the member's socket p50 / p99",
+        format!(
+            "{} / {}",
+            report::ms(socket.p50_ms),
+            report::ms(socket.p99_ms)
+        ),
+    );
+    if let Some(t) = fan_target {
+        fan = fan.target(t, (socket.count > 0).then_some(socket.p99_ms < 10.0));
+    }
+    rows.push(fan);
+    rows.push(Row::new(
+        "fan-out to the member's read p50 / p99",
         format!(
             "{} / {}",
             report::ms(r.fanout_latency.p50_ms),
             report::ms(r.fanout_latency.p99_ms)
         ),
-    );
-    if let Some(t) = fan_target {
-        fan = fan.target(t, Some(r.fanout_latency.p99_ms < 10.0));
-    }
-    rows.push(fan);
+    ));
+    let last = &r.fanout_complete_at_socket;
     let mut complete = Row::new(
-        "fan-out to last member p50 / p99",
-        format!(
-            "{} / {}",
-            report::ms(r.fanout_complete.p50_ms),
-            report::ms(r.fanout_complete.p99_ms)
-        ),
+        "fan-out to the last member's socket p50 / p99",
+        format!("{} / {}", report::ms(last.p50_ms), report::ms(last.p99_ms)),
     );
     if let Some(b) = r.bare_tcp_write.as_ref().filter(|_| members >= 1000) {
         let bare_ms = b.total_us_per_op * members as f64 / 1000.0;
-        let ratio = r.fanout_complete.p99_ms / bare_ms.max(1e-9);
+        let ratio = last.p99_ms / bare_ms.max(1e-9);
         complete = complete.bare(
             format!("{} ({} writes)", report::ms(bare_ms), members),
             ratio,
         );
     }
     rows.push(complete);
+    rows.push(Row::new(
+        "fan-out to the last member's read p50 / p99",
+        format!(
+            "{} / {}",
+            report::ms(r.fanout_complete.p50_ms),
+            report::ms(r.fanout_complete.p99_ms)
+        ),
+    ));
     if let Some(mean) = r.server_broadcast_pass_mean_ms {
         let p99 = r
             .server_broadcast_pass_p99_le_ms
