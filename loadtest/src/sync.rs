@@ -1207,9 +1207,12 @@ pub fn rows(r: &SyncReport) -> Vec<Row> {
     if let Some(b) = &r.bare_tcp_write {
         let bare_rate = 1e6 / b.total_us_per_op.max(1e-9);
         let ratio = r.messages_per_server_core_s / bare_rate;
-        per_core = per_core
-            .bare(format!("{bare_rate:.0} (1 frame/write)"), ratio)
-            .target("≥ 0.8× bare", Some(ratio >= 0.8));
+        per_core = per_core.bare(format!("{bare_rate:.0} (1 frame/write)"), ratio);
+        // The target is about fan-out; in small rooms timers and clock pings, not
+        // deliveries, are most of the server's CPU.
+        if members >= 1000 {
+            per_core = per_core.target("≥ 0.8× bare", Some(ratio >= 0.8));
+        }
     }
     rows.push(per_core);
     if let Some(b) = &r.bare_tcp_write_batched {
@@ -1231,36 +1234,43 @@ pub fn rows(r: &SyncReport) -> Vec<Row> {
             ),
         );
     }
-    rows.push(
-        Row::new(
-            "server RSS per connection",
-            format!("{:.1} KiB", r.server_rss_per_connection_bytes / 1024.0),
-        )
-        .target(
+    let mut rss = Row::new(
+        "server RSS per connection",
+        format!("{:.1} KiB", r.server_rss_per_connection_bytes / 1024.0),
+    );
+    // Below a thousand connections the server's fixed costs (allocator arenas,
+    // buffers of the first rooms) are most of the difference, not the connections.
+    if r.clients_connected >= 1000 {
+        rss = rss.target(
             "≤ 10 KiB idle",
             Some(r.server_rss_per_connection_bytes <= 10.0 * 1024.0),
-        ),
-    );
+        );
+    }
+    rows.push(rss);
     let pos_target = if r.network == "loopback" {
         ("p95 < 20 ms", 20.0)
     } else {
         ("p95 < 50 ms", 50.0)
     };
-    rows.push(
-        Row::new(
-            "pairwise position error p50 / p95 / p99",
-            format!(
-                "{} / {} / {}",
-                report::ms(r.position_error.p50_ms),
-                report::ms(r.position_error.p95_ms),
-                report::ms(r.position_error.p99_ms)
-            ),
-        )
-        .target(
-            pos_target.0,
-            (r.position_error.count > 0).then_some(r.position_error.p95_ms < pos_target.1),
+    let position = Row::new(
+        "pairwise position error p50 / p95 / p99",
+        format!(
+            "{} / {} / {}",
+            report::ms(r.position_error.p50_ms),
+            report::ms(r.position_error.p95_ms),
+            report::ms(r.position_error.p99_ms)
         ),
     );
+    // Listen-only members send no clock pings, so they never learn their clock's
+    // offset and their positions differ by their skew: nothing to hold them to.
+    rows.push(if r.listen_only {
+        position.target("none (listen-only: no clock sync)", None)
+    } else {
+        position.target(
+            pos_target.0,
+            (r.position_error.count > 0).then_some(r.position_error.p95_ms < pos_target.1),
+        )
+    });
     rows.push(Row::new(
         "position samples (pairs)",
         r.position_samples.to_string(),
