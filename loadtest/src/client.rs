@@ -41,13 +41,14 @@ use rtc::sansio::Protocol;
 use rtc::shared::marshal::{MarshalSize, Unmarshal};
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
-use crate::media::{self, AudioSource, PT_OPUS, PT_VP8, VideoSource};
+use crate::media::{self, AudioSource, PT_H264, PT_OPUS, VideoCodec, VideoSource};
 use crate::rxtime;
 use crate::stats::{ViewerStats, new_histogram};
 
 /// What the publisher sends.
 #[derive(Debug, Clone)]
 pub struct PublishOptions {
+    pub codec: VideoCodec,
     pub video_bitrate_bps: u64,
     pub fps: u32,
     pub keyframe_interval_s: f64,
@@ -60,6 +61,7 @@ pub struct PublishOptions {
 impl Default for PublishOptions {
     fn default() -> Self {
         Self {
+            codec: VideoCodec::Vp8,
             video_bitrate_bps: 2_500_000,
             fps: 30,
             keyframe_interval_s: 2.0,
@@ -110,6 +112,23 @@ fn vp8() -> RTCRtpCodec {
         "",
         &[("nack", ""), ("nack", "pli"), ("ccm", "fir")],
     )
+}
+
+fn h264() -> RTCRtpCodec {
+    codec(
+        "video/H264",
+        90000,
+        0,
+        "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
+        &[("nack", ""), ("nack", "pli"), ("ccm", "fir")],
+    )
+}
+
+fn video_codec(c: VideoCodec) -> RTCRtpCodec {
+    match c {
+        VideoCodec::Vp8 => vp8(),
+        VideoCodec::H264 => h264(),
+    }
 }
 
 fn opus() -> RTCRtpCodec {
@@ -169,19 +188,28 @@ pub struct Peer {
     inbox: Vec<(rtc::rtp::Header, bytes::Bytes, Option<u64>)>,
 }
 
-fn build_pc(publisher: bool) -> Result<RTCPeerConnection, String> {
+/// A peer connection offering `publish`'s video codec, or (a viewer) every codec the
+/// publisher might send, so the server's answer picks the publisher's.
+fn build_pc(publish: Option<VideoCodec>) -> Result<RTCPeerConnection, String> {
+    let publisher = publish.is_some();
     let mut engine = MediaEngine::default();
-    let video = RTCRtpCodecParameters {
-        rtp_codec: vp8(),
-        payload_type: PT_VP8,
+    let videos = match publish {
+        Some(c) => vec![c],
+        None => vec![VideoCodec::Vp8, VideoCodec::H264],
     };
+    for c in videos {
+        let video = RTCRtpCodecParameters {
+            rtp_codec: video_codec(c),
+            payload_type: c.payload_type(),
+        };
+        engine
+            .register_codec(video, RtpCodecKind::Video)
+            .map_err(err("codec"))?;
+    }
     let audio = RTCRtpCodecParameters {
         rtp_codec: opus(),
         payload_type: PT_OPUS,
     };
-    engine
-        .register_codec(video, RtpCodecKind::Video)
-        .map_err(err("codec"))?;
     engine
         .register_codec(audio, RtpCodecKind::Audio)
         .map_err(err("codec"))?;
@@ -204,10 +232,10 @@ fn build_pc(publisher: bool) -> Result<RTCPeerConnection, String> {
         .map_err(err("peer connection"))
 }
 
-fn track(kind: RtpCodecKind, ssrc: u32) -> MediaStreamTrack {
+fn track(kind: RtpCodecKind, ssrc: u32, video: VideoCodec) -> MediaStreamTrack {
     let (id, codec) = match kind {
         RtpCodecKind::Audio => ("audio", opus()),
-        _ => ("video", vp8()),
+        _ => ("video", video_codec(video)),
     };
     MediaStreamTrack::new(
         "loadtest".to_string(),
@@ -290,7 +318,7 @@ impl Peer {
                         .unwrap_or(if kind == RtpCodecKind::Audio {
                             PT_OPUS
                         } else {
-                            PT_VP8
+                            opts.codec.payload_type()
                         });
                     Some(Outgoing {
                         sender,
@@ -304,6 +332,7 @@ impl Peer {
                 let audio = out(RtpCodecKind::Audio, senders.1);
                 Role::Publisher(Box::new(Publisher {
                     video_src: VideoSource::new(
+                        opts.codec,
                         opts.video_bitrate_bps,
                         opts.fps,
                         opts.keyframe_interval_s,
@@ -347,7 +376,7 @@ impl Peer {
         ),
         String,
     > {
-        let mut pc = build_pc(publish.is_some())?;
+        let mut pc = build_pc(publish.map(|o| o.codec))?;
         let std_socket = std::net::UdpSocket::bind("127.0.0.1:0").map_err(err("bind"))?;
         std_socket.set_nonblocking(true).map_err(err("socket"))?;
         rxtime::enable(std_socket.as_raw_fd()).map_err(err("SO_TIMESTAMPNS"))?;
@@ -373,14 +402,14 @@ impl Peer {
             Some(opts) => {
                 let ssrc: u32 = rand::random();
                 senders.0 = Some((
-                    pc.add_track(track(RtpCodecKind::Video, ssrc))
+                    pc.add_track(track(RtpCodecKind::Video, ssrc, opts.codec))
                         .map_err(err("video track"))?,
                     ssrc,
                 ));
                 if opts.audio {
                     let ssrc: u32 = rand::random();
                     senders.1 = Some((
-                        pc.add_track(track(RtpCodecKind::Audio, ssrc))
+                        pc.add_track(track(RtpCodecKind::Audio, ssrc, opts.codec))
                             .map_err(err("audio track"))?,
                         ssrc,
                     ));
@@ -607,7 +636,11 @@ fn on_viewer_rtp(
         v.audio.on_packet(header.sequence_number);
     } else {
         v.video.on_packet(header.sequence_number);
-        if v.first_keyframe_at.is_none() && media::vp8_starts_keyframe(payload) {
+        let starts_key = || match header.payload_type {
+            PT_H264 => media::h264_starts_keyframe(payload),
+            _ => media::vp8_starts_keyframe(payload),
+        };
+        if v.first_keyframe_at.is_none() && starts_key() {
             v.first_keyframe_at = Some(now);
         }
     }

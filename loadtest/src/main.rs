@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use tandem_loadtest::client::PublishOptions;
+use tandem_loadtest::media::VideoCodec;
 use tandem_loadtest::report;
 use tandem_loadtest::server::Target;
 use tandem_loadtest::whep;
@@ -22,7 +23,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Mode {
-    /// One WHIP publisher (synthetic VP8 + Opus) and N WHEP viewers.
+    /// One WHIP publisher (synthetic VP8 or H.264 + Opus) and N WHEP viewers.
     Whep(WhepArgs),
     /// R rooms × M sync clients (SDK clock sync + correction on simulated players).
     Sync(SyncArgs),
@@ -165,6 +166,9 @@ struct WhepArgs {
     /// Threads running viewers.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Video codec of the synthetic frames (no encoder runs either way).
+    #[arg(long, value_enum, default_value_t = VideoCodec::Vp8)]
+    codec: VideoCodec,
     /// Video bitrate in kbit/s.
     #[arg(long, default_value_t = 2500)]
     bitrate: u64,
@@ -272,6 +276,7 @@ async fn run_whep(a: WhepArgs) -> Result<(), String> {
         duration: Duration::from_secs(a.duration),
         connect_timeout: Duration::from_secs(60),
         publish: PublishOptions {
+            codec: a.codec,
             video_bitrate_bps: a.bitrate * 1000,
             fps: a.fps,
             keyframe_interval_s: a.keyframe_interval,

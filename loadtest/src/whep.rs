@@ -1,4 +1,4 @@
-//! `tandem-loadtest whep`: one WHIP publisher of synthetic VP8 + Opus and N WHEP
+//! `tandem-loadtest whep`: one WHIP publisher of synthetic VP8 or H.264 + Opus and N WHEP
 //! viewers ramped at a given rate; measures forwarding cost, latency, loss, keyframe wait.
 
 use std::sync::Arc;
@@ -10,6 +10,7 @@ use tokio::sync::Semaphore;
 
 use crate::bare::{self, BareResult};
 use crate::client::{Counters, Driver, Latencies, Peer, PublishOptions};
+use crate::media::VideoCodec;
 use crate::procstat;
 use crate::report::{self, Row};
 use crate::server::{metric, scrape};
@@ -94,6 +95,7 @@ pub struct WhepReport {
     pub viewers_connected: usize,
     pub viewers_failed: usize,
     pub setup_errors: Vec<String>,
+    pub codec: VideoCodec,
     pub video_bitrate_bps: u64,
     pub fps: u32,
     pub window_s: f64,
@@ -157,6 +159,7 @@ pub async fn run(cfg: &WhepConfig) -> Result<WhepReport, String> {
     let counters = Arc::new(Counters::default());
     let mut report = WhepReport {
         viewers_requested: cfg.viewers,
+        codec: cfg.publish.codec,
         video_bitrate_bps: cfg.publish.video_bitrate_bps,
         fps: cfg.publish.fps,
         load_average_before: procstat::loadavg(),
@@ -404,8 +407,9 @@ pub fn rows(r: &WhepReport) -> Vec<Row> {
         Row::new(
             "stream",
             format!(
-                "{:.2} Mbps VP8 @ {} fps + Opus",
+                "{:.2} Mbps {} @ {} fps + Opus",
                 r.video_bitrate_bps as f64 / 1e6,
+                r.codec.name(),
                 r.fps
             ),
         ),
