@@ -351,19 +351,11 @@ pub fn rows(r: &EnrollReport) -> Vec<Row> {
         ),
         Row::new(
             "enrollment latency p50 / p99",
-            format!(
-                "{} / {}",
-                report::ms(r.enroll_latency.p50_ms),
-                report::ms(r.enroll_latency.p99_ms)
-            ),
+            report::ms_each(&[r.enroll_latency.p50_ms, r.enroll_latency.p99_ms]),
         ),
         Row::new(
             "balance read latency p50 / p99",
-            format!(
-                "{} / {}",
-                report::ms(r.read_latency.p50_ms),
-                report::ms(r.read_latency.p99_ms)
-            ),
+            report::ms_each(&[r.read_latency.p50_ms, r.read_latency.p99_ms]),
         ),
         Row::new(
             "server CPU / enrollment",

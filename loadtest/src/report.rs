@@ -118,6 +118,15 @@ pub fn us(x: f64) -> String {
     format!("{x:.2} µs")
 }
 
+/// Several durations in ms, " / " between them (p50 / p99 / p999 and the like).
+pub fn ms_each(values: &[f64]) -> String {
+    values
+        .iter()
+        .map(|&x| ms(x))
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
 /// Formats milliseconds compactly.
 pub fn ms(x: f64) -> String {
     if x >= 100.0 {

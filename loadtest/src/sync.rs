@@ -783,6 +783,10 @@ const PASS_BUCKETS: [&str; 15] = [
 ];
 
 /// Runs the sync load and returns the report.
+fn percentiles_of(h: &Mutex<Histogram<u64>>) -> Percentiles {
+    h.lock().map(|h| Percentiles::of(&h)).unwrap_or_default()
+}
+
 pub async fn run(cfg: &SyncConfig) -> Result<SyncReport, String> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -1009,26 +1013,10 @@ pub async fn run(cfg: &SyncConfig) -> Result<SyncReport, String> {
     report.commands_sent = shared.commands.load(Ordering::Relaxed);
     report.reactions_sent = shared.reactions.load(Ordering::Relaxed);
     report.listen_only = cfg.listen_only;
-    report.fanout_latency = shared
-        .fanout
-        .lock()
-        .map(|h| Percentiles::of(&h))
-        .unwrap_or_default();
-    report.fanout_complete = shared
-        .complete
-        .lock()
-        .map(|h| Percentiles::of(&h))
-        .unwrap_or_default();
-    report.fanout_latency_at_socket = shared
-        .fanout_at_socket
-        .lock()
-        .map(|h| Percentiles::of(&h))
-        .unwrap_or_default();
-    report.fanout_complete_at_socket = shared
-        .complete_at_socket
-        .lock()
-        .map(|h| Percentiles::of(&h))
-        .unwrap_or_default();
+    report.fanout_latency = percentiles_of(&shared.fanout);
+    report.fanout_complete = percentiles_of(&shared.complete);
+    report.fanout_latency_at_socket = percentiles_of(&shared.fanout_at_socket);
+    report.fanout_complete_at_socket = percentiles_of(&shared.complete_at_socket);
     report.position_error = Percentiles::of(&pos_h);
     report.position_samples = samples;
     report.messages_received = msgs;
@@ -1134,11 +1122,7 @@ pub fn rows(r: &SyncReport) -> Vec<Row> {
     let socket = &r.fanout_latency_at_socket;
     let mut fan = Row::new(
         "fan-out to the member's socket p50 / p99",
-        format!(
-            "{} / {}",
-            report::ms(socket.p50_ms),
-            report::ms(socket.p99_ms)
-        ),
+        report::ms_each(&[socket.p50_ms, socket.p99_ms]),
     );
     if let Some(t) = fan_target {
         fan = fan.target(t, (socket.count > 0).then_some(socket.p99_ms < 10.0));
@@ -1146,16 +1130,12 @@ pub fn rows(r: &SyncReport) -> Vec<Row> {
     rows.push(fan);
     rows.push(Row::new(
         "fan-out to the member's read p50 / p99",
-        format!(
-            "{} / {}",
-            report::ms(r.fanout_latency.p50_ms),
-            report::ms(r.fanout_latency.p99_ms)
-        ),
+        report::ms_each(&[r.fanout_latency.p50_ms, r.fanout_latency.p99_ms]),
     ));
     let last = &r.fanout_complete_at_socket;
     let mut complete = Row::new(
         "fan-out to the last member's socket p50 / p99",
-        format!("{} / {}", report::ms(last.p50_ms), report::ms(last.p99_ms)),
+        report::ms_each(&[last.p50_ms, last.p99_ms]),
     );
     if let Some(b) = r.bare_tcp_write.as_ref().filter(|_| members >= 1000) {
         let bare_ms = b.total_us_per_op * members as f64 / 1000.0;
@@ -1168,11 +1148,7 @@ pub fn rows(r: &SyncReport) -> Vec<Row> {
     rows.push(complete);
     rows.push(Row::new(
         "fan-out to the last member's read p50 / p99",
-        format!(
-            "{} / {}",
-            report::ms(r.fanout_complete.p50_ms),
-            report::ms(r.fanout_complete.p99_ms)
-        ),
+        report::ms_each(&[r.fanout_complete.p50_ms, r.fanout_complete.p99_ms]),
     ));
     if let Some(mean) = r.server_broadcast_pass_mean_ms {
         let p99 = r
@@ -1254,12 +1230,11 @@ pub fn rows(r: &SyncReport) -> Vec<Row> {
     };
     let position = Row::new(
         "pairwise position error p50 / p95 / p99",
-        format!(
-            "{} / {} / {}",
-            report::ms(r.position_error.p50_ms),
-            report::ms(r.position_error.p95_ms),
-            report::ms(r.position_error.p99_ms)
-        ),
+        report::ms_each(&[
+            r.position_error.p50_ms,
+            r.position_error.p95_ms,
+            r.position_error.p99_ms,
+        ]),
     );
     // Listen-only members send no clock pings, so they never learn their clock's
     // offset and their positions differ by their skew: nothing to hold them to.

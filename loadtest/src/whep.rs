@@ -481,23 +481,13 @@ pub fn rows(r: &WhepReport) -> Vec<Row> {
     rows.push(
         Row::new(
             "latency to the viewer's socket p50 / p99 / p999",
-            format!(
-                "{} / {} / {}",
-                report::ms(wire.p50_ms),
-                report::ms(wire.p99_ms),
-                report::ms(wire.p999_ms)
-            ),
+            report::ms_each(&[wire.p50_ms, wire.p99_ms, wire.p999_ms]),
         )
         .target("p99 < 2 ms", (wire.count > 0).then_some(wire.p99_ms < 2.0)),
     );
     rows.push(Row::new(
         "latency to the viewer's read p50 / p99 / p999",
-        format!(
-            "{} / {} / {}",
-            report::ms(r.latency.p50_ms),
-            report::ms(r.latency.p99_ms),
-            report::ms(r.latency.p999_ms)
-        ),
+        report::ms_each(&[r.latency.p50_ms, r.latency.p99_ms, r.latency.p999_ms]),
     ));
     rows.push(Row::new(
         "server forwarding delay mean / p99",
@@ -532,11 +522,7 @@ pub fn rows(r: &WhepReport) -> Vec<Row> {
     rows.push(
         Row::new(
             "keyframe wait p50 / p99",
-            format!(
-                "{} / {}",
-                report::ms(r.keyframe_wait.p50_ms),
-                report::ms(r.keyframe_wait.p99_ms)
-            ),
+            report::ms_each(&[r.keyframe_wait.p50_ms, r.keyframe_wait.p99_ms]),
         )
         .target(
             "p99 < 600 ms",
@@ -545,11 +531,7 @@ pub fn rows(r: &WhepReport) -> Vec<Row> {
     );
     rows.push(Row::new(
         "session setup p50 / p99",
-        format!(
-            "{} / {}",
-            report::ms(r.setup_time.p50_ms),
-            report::ms(r.setup_time.p99_ms)
-        ),
+        report::ms_each(&[r.setup_time.p50_ms, r.setup_time.p99_ms]),
     ));
     rows.push(Row::new(
         "load average before / after",
