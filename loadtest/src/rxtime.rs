@@ -21,6 +21,10 @@ use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 /// Asks the kernel to stamp every packet this socket receives (`SO_TIMESTAMPNS`).
+///
+/// When no socket on the machine had asked before, the kernel turns stamping on
+/// a moment later (`net_enable_timestamp` defers it to a work item). Until then
+/// TCP reads come without a stamp; UDP reads are stamped when read.
 pub fn enable(fd: RawFd) -> io::Result<()> {
     let on: libc::c_int = 1;
     // SAFETY: a plain setsockopt of an int on a descriptor the caller owns.
@@ -136,7 +140,7 @@ impl StampedTcp {
     }
 
     /// Kernel receive time (µs since the Unix epoch) of the newest segment read; 0
-    /// before the first. A message parsed from an earlier read is stamped no earlier
+    /// when the last read had none. A message parsed from an earlier read is stamped no earlier
     /// than it arrived, so a latency from it errs long, never short.
     pub fn last_rx_us(&self) -> u64 {
         self.last_rx_us.load(Ordering::Relaxed)
@@ -160,9 +164,8 @@ impl AsyncRead for StampedTcp {
                 .try_io(Interest::READABLE, || recv(fd, dst).map(|(n, _, t)| (n, t)))
             {
                 Ok((n, stamp)) => {
-                    if let Some(t) = stamp {
-                        this.last_rx_us.store(t, Ordering::Relaxed);
-                    }
+                    // No stamp (see `enable`) means unknown, not the previous read's.
+                    this.last_rx_us.store(stamp.unwrap_or(0), Ordering::Relaxed);
                     buf.advance(n);
                     return Poll::Ready(Ok(()));
                 }
@@ -226,17 +229,28 @@ mod tests {
         let mut stamped = StampedTcp::new(client).unwrap();
         assert_eq!(stamped.last_rx_us(), 0);
 
-        let before = wall_now_us();
-        server.write_all(b"hello").await.unwrap();
+        // The first socket on the machine to ask gets stamps a moment later (see
+        // `enable`): until then reads report none (0), never a stale stamp.
         let mut buf = [0u8; 16];
-        let n = stamped.read(&mut buf).await.unwrap();
-        let after = wall_now_us();
-        assert_eq!(&buf[..n], b"hello");
-        let t = stamped.last_rx_us();
-        assert!(
-            (before..=after).contains(&t),
-            "stamp {t} outside [{before}, {after}]"
-        );
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let before = wall_now_us();
+            server.write_all(b"hello").await.unwrap();
+            let n = stamped.read(&mut buf).await.unwrap();
+            let after = wall_now_us();
+            assert_eq!(&buf[..n], b"hello");
+            let t = stamped.last_rx_us();
+            if t == 0 {
+                assert!(Instant::now() < deadline, "no TCP receive stamp in 5 s");
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                continue;
+            }
+            assert!(
+                (before..=after).contains(&t),
+                "stamp {t} outside [{before}, {after}]"
+            );
+            break;
+        }
 
         stamped.write_all(b"back").await.unwrap();
         let n = server.read(&mut buf).await.unwrap();
