@@ -183,8 +183,8 @@ pub struct Peer {
     /// the generator's own CPU per packet (on the server's cores) stays small.
     /// RTCP, ICE and DTLS still go through the peer connection.
     srtp_in: Option<rtc::srtp::context::Context>,
-    /// RTP decrypted by `srtp_in`, counted at the next `service`.
-    /// Decrypted RTP with the kernel's receive time (µs since [`media::base`]).
+    /// RTP decrypted by `srtp_in`, with the kernel's receive time (µs since
+    /// [`media::base`]), counted at the next `service`.
     inbox: Vec<(rtc::rtp::Header, bytes::Bytes, Option<u64>)>,
 }
 

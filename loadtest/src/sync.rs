@@ -591,7 +591,7 @@ async fn client(
                             let cseq = room.command_seq.load(Ordering::Acquire);
                             if sent > 0 && recv_us >= sent && shared.measuring.load(Ordering::Relaxed) {
                                 let d = (recv_us - sent).max(1);
-                                // A stamp before the send is an older segment's: no figure.
+                                // No stamp (0), or one from before the send (an older segment): no figure.
                                 let at_socket = (socket_us >= sent).then(|| (socket_us - sent).max(1));
                                 if let Ok(mut h) = shared.fanout.lock() { let _ = h.record(d); }
                                 if let Some(w) = at_socket && let Ok(mut h) = shared.fanout_at_socket.lock() {
