@@ -93,7 +93,9 @@ struct SyncArgs {
 struct EnrollArgs {
     #[command(flatten)]
     server: ServerArgs,
-    #[arg(long, default_value_t = 200)]
+    /// Users, each trying every stream once: 3,000 × 20 = 60,000 attempts, a storm
+    /// long enough (~20 s on PostgreSQL) that its first seconds do not set the rate.
+    #[arg(long, default_value_t = 3000)]
     users: usize,
     #[arg(long, default_value_t = 20)]
     streams: usize,
