@@ -68,13 +68,16 @@ async fn whep_mode_reports_packets_latency_and_no_loss() {
     );
     assert!(r.latency.p99_ms >= r.latency.p50_ms, "{table}");
     // Every measured packet also carries the kernel's stamp of its arrival in the
-    // viewer's socket, which comes before the viewer thread reads it.
+    // viewer's socket, which comes before the viewer thread reads it, packet by
+    // packet, so at every percentile.
     let socket = &r.latency_at_socket;
     assert_eq!(socket.count, r.latency.count, "{table}");
     assert!(
         socket.p50_ms > 0.0 && socket.p50_ms <= r.latency.p50_ms,
         "{table}"
     );
+    assert!(socket.p99_ms <= r.latency.p99_ms, "{table}");
+    assert!(socket.p999_ms <= r.latency.p999_ms, "{table}");
     // The server's own share, read from its histogram: a bucket bound, never above
     // what the clients measured end to end plus a bucket's width.
     assert!(r.server_forwarding_delay_mean_ms > 0.0, "{table}");

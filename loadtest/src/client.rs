@@ -545,7 +545,7 @@ impl Peer {
             for (header, payload, arrived) in self.inbox.drain(..) {
                 let at = Arrival {
                     read: now,
-                    wire_us: arrived,
+                    socket_us: arrived,
                 };
                 on_viewer_rtp(v, &header, &payload, at, c, measuring, latency);
             }
@@ -559,7 +559,7 @@ impl Peer {
                         &packet.payload,
                         Arrival {
                             read: now,
-                            wire_us: None,
+                            socket_us: None,
                         },
                         c,
                         measuring,
@@ -648,8 +648,8 @@ fn on_viewer_rtp(
         let _ = latency
             .read
             .record(media::us_of(at.read).saturating_sub(sent).max(1));
-        if let Some(wire) = at.wire_us {
-            let _ = latency.wire.record(wire.saturating_sub(sent).max(1));
+        if let Some(socket) = at.socket_us {
+            let _ = latency.socket.record(socket.saturating_sub(sent).max(1));
         }
     }
 }
@@ -765,26 +765,26 @@ fn send_media(pc: &mut RTCPeerConnection, p: &mut Publisher, now: Instant, c: &C
 #[derive(Clone, Copy)]
 struct Arrival {
     read: Instant,
-    wire_us: Option<u64>,
+    socket_us: Option<u64>,
 }
 
 /// Publisher send → viewer, in µs: to the viewer's read, and to its socket.
 pub struct Latencies {
     pub read: Histogram<u64>,
-    pub wire: Histogram<u64>,
+    pub socket: Histogram<u64>,
 }
 
 impl Latencies {
     pub fn new() -> Self {
         Latencies {
             read: new_histogram(),
-            wire: new_histogram(),
+            socket: new_histogram(),
         }
     }
 
     pub fn add(&mut self, other: &Latencies) {
         let _ = self.read.add(&other.read);
-        let _ = self.wire.add(&other.wire);
+        let _ = self.socket.add(&other.socket);
     }
 }
 
@@ -903,7 +903,10 @@ fn run(mut poll: Poll, rx: mpsc::Receiver<Peer>, c: Arc<Counters>) -> DriverResu
                 got = true;
             }
             if got {
-                peer.service(now, &c, &mut latency);
+                // Read once the socket is drained: every packet in the inbox reached
+                // its socket before this instant, so no latency to the read is
+                // shorter than the same packet's latency to the socket.
+                peer.service(Instant::now(), &c, &mut latency);
             }
         }
         let now = Instant::now();

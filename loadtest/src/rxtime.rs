@@ -103,18 +103,20 @@ fn address(name: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<Socket
     }
 }
 
+/// The wall clock now, in µs since the Unix epoch: the clock kernel stamps use.
+pub fn wall_now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
 /// The wall clock (µs since the Unix epoch) at a given instant, by one pairing of
 /// the two clocks per process. Kernel stamps are wall-clock time; the generator's
 /// send times are `Instant`s.
 pub fn wall_us_at(t: Instant) -> u64 {
     static PAIR: OnceLock<(Instant, u64)> = OnceLock::new();
-    let (base, wall) = *PAIR.get_or_init(|| {
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or(0);
-        (Instant::now(), wall)
-    });
+    let (base, wall) = *PAIR.get_or_init(|| (Instant::now(), wall_now_us()));
     match t.checked_duration_since(base) {
         Some(d) => wall + d.as_micros() as u64,
         None => wall.saturating_sub(base.duration_since(t).as_micros() as u64),
@@ -210,13 +212,6 @@ impl AsyncWrite for StampedTcp {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    fn wall_now_us() -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_micros() as u64
-    }
 
     /// The stamp must fall between the send and the read, or every latency built
     /// on it is wrong (and it must exist at all: the kernel could ignore the option).

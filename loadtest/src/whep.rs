@@ -352,7 +352,7 @@ pub async fn run(cfg: &WhepConfig) -> Result<WhepReport, String> {
     loss.loss_ratio = loss.lost as f64 / loss.expected.max(1) as f64;
     report.loss = loss;
     report.latency = Percentiles::of(&latency.read);
-    report.latency_at_socket = Percentiles::of(&latency.wire);
+    report.latency_at_socket = Percentiles::of(&latency.socket);
     report.keyframe_wait = Percentiles::of(&keyframe);
     report.setup_time = Percentiles::of(&setup);
     report.viewers_connected = counters.viewers_connected.load(Ordering::Relaxed);
@@ -477,13 +477,16 @@ pub fn rows(r: &WhepReport) -> Vec<Row> {
             format!("{:.0} KiB", s.rss_per_viewer_bytes / 1024.0),
         ));
     }
-    let wire = &r.latency_at_socket;
+    let socket = &r.latency_at_socket;
     rows.push(
         Row::new(
             "latency to the viewer's socket p50 / p99 / p999",
-            report::ms_each(&[wire.p50_ms, wire.p99_ms, wire.p999_ms]),
+            report::ms_each(&[socket.p50_ms, socket.p99_ms, socket.p999_ms]),
         )
-        .target("p99 < 2 ms", (wire.count > 0).then_some(wire.p99_ms < 2.0)),
+        .target(
+            "p99 < 2 ms",
+            (socket.count > 0).then_some(socket.p99_ms < 2.0),
+        ),
     );
     rows.push(Row::new(
         "latency to the viewer's read p50 / p99 / p999",
