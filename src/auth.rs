@@ -15,6 +15,10 @@ pub const MAX_MEDIA_TOKEN_TTL_SECS: u64 = 24 * 3600;
 /// Default media token lifetime (API.md: 6 h).
 pub const DEFAULT_MEDIA_TOKEN_TTL_SECS: u64 = 6 * 3600;
 const MEDIA_AUDIENCE: &str = "tandem-media";
+/// How far a media token's `iat` may lie in the future: 60 s covers the clock skew
+/// between the nodes of one deployment (NTP-synced) without letting a token
+/// "issued later" stretch its 24 h lifetime cap.
+pub const CLOCK_LEEWAY_SECS: u64 = 60;
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Grants {
@@ -154,12 +158,35 @@ impl MediaTokens {
                 }
                 _ => AppError::unauthorized("the media token is not valid"),
             })?;
-        if data.claims.exp > data.claims.iat + MAX_MEDIA_TOKEN_TTL_SECS {
+        let c = data.claims;
+        if c.exp > c.iat.saturating_add(MAX_MEDIA_TOKEN_TTL_SECS) {
             return Err(AppError::unauthorized(
                 "the media token lives longer than 24 h",
             ));
         }
-        Ok(data.claims)
+        // Without this a token "issued" years ahead passes the 24 h cap above
+        // (exp - iat) while living for years.
+        if c.iat > now_secs() + CLOCK_LEEWAY_SECS {
+            return Err(AppError::unauthorized(
+                "the media token is issued in the future",
+            ));
+        }
+        // Every claim that reaches SQL or a room must be clean text (tokens are only
+        // minted from checked input, so this catches forged-with-the-key tokens).
+        let names = [
+            Some(c.sub.as_str()),
+            c.stream.as_deref(),
+            c.room.as_deref(),
+            c.name.as_deref(),
+            c.role.as_deref(),
+            Some(c.jti.as_str()),
+        ];
+        if !crate::text::is_clean_id(&c.sub)
+            || names.iter().flatten().any(|v| !crate::text::is_clean_line(v))
+        {
+            return Err(AppError::unauthorized("the media token is not valid"));
+        }
+        Ok(c)
     }
 }
 
@@ -242,7 +269,10 @@ impl IdentityVerifier {
         })?;
         let mut validation = Validation::new(Algorithm::HS256);
         validation.validate_aud = false;
+        // `nbf` is checked with the same (zero) leeway as `exp`: an expired token is
+        // expired, and a token that is not valid yet is not valid.
         validation.leeway = 0;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         let data =
             jsonwebtoken::decode::<IdentityClaims>(token, key, &validation).map_err(|e| match e
@@ -251,9 +281,19 @@ impl IdentityVerifier {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
                     AppError::unauthorized("the identity token has expired")
                 }
+                jsonwebtoken::errors::ErrorKind::ImmatureSignature => {
+                    AppError::unauthorized("the identity token is not valid yet (nbf)")
+                }
                 _ => AppError::unauthorized("the identity token is not valid"),
             })?;
         let claims = data.claims;
+        // The user id keys balances, enrollments and chat: an empty one would be a
+        // shared anonymous account, a control character a 500 on PostgreSQL.
+        if !crate::text::is_clean_id(&claims.sub) {
+            return Err(AppError::unauthorized(
+                "the identity token's sub must be a non-empty user id without control characters",
+            ));
+        }
         // Supabase puts the platform role in app_metadata; its top-level `role` is
         // usually "authenticated", which is not one of ours.
         let role = claims

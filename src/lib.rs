@@ -5,6 +5,7 @@
 //! - [`config`]: defaults, `--config` file, `TANDEM_*` environment.
 //! - [`error`]: [`error::AppError`], the one error type of the HTTP surface.
 //! - [`auth`]: identity JWTs, tandem media/room tokens, the service key.
+//! - [`text`]: clean text at the edge (no NUL/control characters into SQL).
 //! - [`storage`]: the sqlx pool (SQLite default, PostgreSQL) and migrations.
 //! - [`metrics`]: the Prometheus registry and `/metrics`.
 //! - [`whip`]: WHIP ingest and WHEP egress routes over [`tandem_media::Sfu`].
@@ -22,6 +23,7 @@ pub mod pages;
 pub mod rooms;
 pub mod server;
 pub mod storage;
+pub mod text;
 pub mod whip;
 
 pub use server::{AppState, Running, app, start};

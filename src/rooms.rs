@@ -20,6 +20,7 @@ use tandem_signaling::chat::{
 };
 use tandem_signaling::{Identity, InProcessBroker, Rooms, WsUpgrade, valid_room_id};
 
+use crate::api::access::{self, RoomAccess};
 use crate::auth::{DEFAULT_MEDIA_TOKEN_TTL_SECS, Grants, Role, TokenRequest, bearer};
 use crate::config::Config;
 use crate::error::{AppError, AppResult};
@@ -41,6 +42,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/rooms/{room}/ws", get(ws))
         .route("/v1/rooms/{room}/token", post(mint))
         .route("/media/{file}", get(media_file))
+        .route_layer(axum::middleware::from_fn(crate::text::refuse_control_chars))
 }
 
 /// `GET /media/{file}`: videos for Watch Together pages, from `data_dir/media`
@@ -108,6 +110,12 @@ async fn ws(
     if !claims.allows_room(&room) {
         return Err(AppError::unauthorized("the token is not for this room"));
     }
+    // A stream's room admits its enrollees, owner and admins, checked now (not only
+    // when the token was minted: a refund since then counts). Operator `*` tokens
+    // (`tandem token --room '*'`) pass.
+    if claims.room.as_deref() != Some("*") {
+        access::room_access(&state, &room, &claims.sub, claims.role.as_deref()).await?;
+    }
     let Some(upgrade) = upgrade.0 else {
         return Err(AppError::bad_request(
             "this route needs a WebSocket upgrade: GET over HTTP/1.1 with Connection: upgrade, \
@@ -149,17 +157,31 @@ async fn mint(
         .ok_or_else(|| AppError::unauthorized("Authorization: Bearer <identity JWT> required"))?;
     let who = state.identity.verify(token)?;
     let body = body.map(|Json(b)| b).unwrap_or_default();
+    if body
+        .name
+        .as_deref()
+        .is_some_and(|n| !crate::text::is_clean_line(n))
+    {
+        return Err(crate::text::control_char_error("name"));
+    }
     let name = body
         .name
         .map(|n| n.trim().chars().take(64).collect::<String>())
         .filter(|n| !n.is_empty());
+    // In a stream's room only its owner and admins moderate; non-members get 403
+    // here already (and again when they connect).
+    let staff = match access::room_access(&state, &room, &who.user, Some(who.role.as_str())).await? {
+        RoomAccess::Open => matches!(who.role, Role::Instructor | Role::Admin),
+        RoomAccess::Staff => true,
+        RoomAccess::Enrolled => false,
+    };
     let (token, claims) = state.tokens.mint(&TokenRequest {
         user: who.user.clone(),
         stream: None,
         room: Some(room.clone()),
         grants: Grants {
             chat: true,
-            moderate: matches!(who.role, Role::Instructor | Role::Admin),
+            moderate: staff,
             ..Default::default()
         },
         name,

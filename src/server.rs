@@ -176,6 +176,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         "database ready"
     );
 
+    // Sessions the previous process left open (it died, or their ends were never
+    // written) are ended before this node runs any.
+    match crate::storage::end_open_sessions(&db, crate::whip::now_ms()).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(ended = n, "ended media session records left open"),
+        Err(err) => tracing::warn!(error = %err, "ending media session records left open"),
+    }
     let registry = Registry::new();
     HttpMetrics::register(&registry)?;
     let recorder = crate::whip::SessionRecorder::spawn(db.clone());

@@ -110,6 +110,89 @@ impl Db {
     }
 }
 
+/// Ends every media session record that has no end time (at `now`, unix ms).
+/// Called at start, before this node runs any session: a record still open then
+/// belongs to a session that died with the previous process (or whose end could
+/// not be written). The records carry no node id, so with several nodes on one
+/// database a starting node would also end the records of sessions running on the
+/// others; such deployments need a `node` column to scope this (see docs/MEDIA.md).
+pub async fn end_open_sessions(db: &Db, now: i64) -> Result<u64, sqlx::Error> {
+    Ok(
+        sqlx::query("UPDATE media_sessions SET ended_at = $1 WHERE ended_at IS NULL")
+            .bind(now)
+            .execute(&db.pool)
+            .await?
+            .rows_affected(),
+    )
+}
+
+/// Ends of media sessions that could not be written (the database was down), kept
+/// to be written when it answers again. Bounded: past [`SessionEnds::CAPACITY`] the
+/// oldest is dropped (the next start's [`end_open_sessions`] still closes it).
+#[derive(Debug, Default)]
+pub struct SessionEnds {
+    pending: std::collections::VecDeque<(String, i64)>,
+}
+
+impl SessionEnds {
+    /// 10,000 ends ≈ 1 MB: hours of churn on one node, a bounded cost however long
+    /// the database stays away.
+    pub const CAPACITY: usize = 10_000;
+
+    /// Ends still waiting for the database.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Writes one session's end; on failure keeps it for [`SessionEnds::retry`].
+    /// A success also retries what is pending (the database is back).
+    pub async fn end(&mut self, db: &Db, id: String, at: i64) -> Result<(), sqlx::Error> {
+        match write_end(db, &id, at).await {
+            Ok(()) => {
+                self.retry(db).await;
+                Ok(())
+            }
+            Err(err) => {
+                if self.pending.len() >= Self::CAPACITY {
+                    self.pending.pop_front();
+                }
+                self.pending.push_back((id, at));
+                Err(err)
+            }
+        }
+    }
+
+    /// Writes the pending ends, oldest first, until one fails (the database is
+    /// still away: the rest wait for the next try). Returns how many were written.
+    pub async fn retry(&mut self, db: &Db) -> usize {
+        let mut written = 0;
+        while let Some((id, at)) = self.pending.front() {
+            if write_end(db, id, *at).await.is_err() {
+                break;
+            }
+            self.pending.pop_front();
+            written += 1;
+        }
+        if written > 0 {
+            tracing::info!(
+                written,
+                left = self.pending.len(),
+                "wrote media session ends kept while the database was away"
+            );
+        }
+        written
+    }
+}
+
+async fn write_end(db: &Db, id: &str, at: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE media_sessions SET ended_at = $1 WHERE id = $2 AND ended_at IS NULL")
+        .bind(at)
+        .bind(id)
+        .execute(&db.pool)
+        .await
+        .map(|_| ())
+}
+
 /// A database URL with any password removed, for logs and errors.
 pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {

@@ -373,7 +373,22 @@ impl SessionRecorder {
     pub fn spawn(db: Db) -> Self {
         let (tx, mut rx) = mpsc::unbounded_channel::<SessionEvent>();
         tokio::spawn(async move {
-            while let Some(event) = rx.recv().await {
+            // Ends that failed (database away) are retried on the next write and
+            // every 5 s while some are pending (storage::SessionEnds).
+            let mut ends = crate::storage::SessionEnds::default();
+            loop {
+                let event = if ends.pending() > 0 {
+                    match tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv()).await {
+                        Ok(event) => event,
+                        Err(_) => {
+                            ends.retry(&db).await;
+                            continue;
+                        }
+                    }
+                } else {
+                    rx.recv().await
+                };
+                let Some(event) = event else { break };
                 let result = match event {
                     SessionEvent::Flush(done) => {
                         let _ = done.send(());
@@ -388,14 +403,9 @@ impl SessionRecorder {
                     .bind(s.user.to_string())
                     .bind(s.started_at_ms)
                     .execute(&db.pool)
-                    .await,
-                    SessionEvent::Ended(s) => {
-                        sqlx::query("UPDATE media_sessions SET ended_at = $1 WHERE id = $2")
-                            .bind(crate::whip::now_ms())
-                            .bind(s.id.to_string())
-                            .execute(&db.pool)
-                            .await
-                    }
+                    .await
+                    .map(|_| ()),
+                    SessionEvent::Ended(s) => ends.end(&db, s.id.to_string(), now_ms()).await,
                 };
                 if let Err(err) = result {
                     tracing::warn!(error = %err, "recording media session");

@@ -199,6 +199,21 @@ impl Rooms {
         })
     }
 
+    /// Withdraws `user`'s access to `room` on this node: each of their connections
+    /// gets `error {code, message}` and close 4004, and leaves the room at once (no
+    /// grace period, no resume). Nothing happens when the room or the user is not here.
+    /// The server checks access again when a connection joins, so a later reconnect
+    /// is refused there.
+    pub async fn evict(&self, room: &str, user: &str, code: &'static str, message: &str) {
+        let Some(handle) = self.inner.rooms.get(room).map(|h| h.clone()) else {
+            return;
+        };
+        let (user, message) = (user.to_string(), message.to_string());
+        let apply = move |r: &mut room::Room| r.evict(&user, code, &message);
+        // A room that ended meanwhile has no members to evict.
+        let _ = handle.tx.send(RoomEvent::Apply(Box::new(apply))).await;
+    }
+
     /// Closes every connection (1001) and ends every room, waiting up to `grace`.
     pub async fn shutdown(&self, grace: Duration) {
         let handles: Vec<RoomHandle> = self.inner.rooms.iter().map(|e| e.clone()).collect();

@@ -1217,6 +1217,17 @@ impl Room {
         });
     }
 
+    /// The server withdrew `user`'s access to the room (e.g. their enrollment in the
+    /// stream the room belongs to was refunded): each of their connections gets an
+    /// `error {code, message}` and is closed with 4004; members in their grace
+    /// period are removed too, so they cannot resume.
+    pub(crate) fn evict(&mut self, user: &str, code: &'static str, message: &str) {
+        while let Some(i) = self.members.iter().position(|m| m.user_id == user) {
+            self.send_error(i, code, message, None);
+            self.remove_member(i, "left", Some((4004, "access revoked")));
+        }
+    }
+
     fn remove_user(&mut self, user: &str, close: (u16, &'static str)) {
         while let Some(i) = self.members.iter().position(|m| m.user_id == user) {
             self.remove_member(i, "left", Some(close));

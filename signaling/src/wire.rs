@@ -228,6 +228,17 @@ pub fn parse(text: &str) -> Result<ClientMsg, ParseError> {
             r#ref: Some(ty.chars().take(64).collect()),
         });
     }
+    if let Some(field) = control_char_field(&value, "") {
+        // The store would refuse it (PostgreSQL has no NUL in TEXT) and peers could
+        // not render it: refused here, naming the field, whatever the backend.
+        return Err(ParseError {
+            code: "bad_request",
+            message: format!(
+                "{ty}: {field} contains a NUL or another control character; send plain text"
+            ),
+            r#ref: Some(ty.to_string()),
+        });
+    }
     let ty = ty.to_string();
     let r#ref = obj
         .get("client_msg_id")
@@ -239,6 +250,40 @@ pub fn parse(text: &str) -> Result<ClientMsg, ParseError> {
         message: format!("{ty}: {e}"),
         r#ref,
     })
+}
+
+/// The JSON path of the first string with a control character, if any: chat
+/// `text` may hold tab, CR and LF (multi-line messages); every other string (ids,
+/// names, reasons) no control character at all. Allocates only when it finds one
+/// (every frame passes here).
+fn control_char_field(v: &Value, key: &str) -> Option<String> {
+    match v {
+        Value::String(s) => {
+            let multiline = key == "text";
+            s.chars()
+                .any(|c| c.is_control() && !(multiline && matches!(c, '\t' | '\n' | '\r')))
+                .then(String::new)
+        }
+        Value::Array(items) => items.iter().enumerate().find_map(|(i, x)| {
+            control_char_field(x, key).map(|rest| format!("[{i}]{}", dot(&rest)))
+        }),
+        Value::Object(map) => map.iter().find_map(|(k, x)| {
+            if k.chars().any(char::is_control) {
+                return Some(k.escape_debug().to_string());
+            }
+            control_char_field(x, k).map(|rest| format!("{k}{}", dot(&rest)))
+        }),
+        _ => None,
+    }
+}
+
+/// `.rest` for a nested path, nothing for a leaf (`[i]` paths need no dot).
+fn dot(rest: &str) -> String {
+    if rest.is_empty() || rest.starts_with('[') {
+        rest.to_string()
+    } else {
+        format!(".{rest}")
+    }
 }
 
 /// `{"type":"error",...}` for one connection.
@@ -283,6 +328,20 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn control_characters_are_refused_with_the_field_named() {
+        let e = parse(r#"{"type":"chat.send","text":"a\u0000b","client_msg_id":"c1"}"#)
+            .unwrap_err();
+        assert_eq!(e.code, "bad_request");
+        assert!(e.message.contains("text"), "{}", e.message);
+        let e = parse(r#"{"type":"chat.send","text":"hi","client_msg_id":"c\u0000"}"#)
+            .unwrap_err();
+        assert!(e.message.contains("client_msg_id"), "{}", e.message);
+        let e = parse(r#"{"type":"hello","user":{"name":"a\nb"}}"#).unwrap_err();
+        assert!(e.message.contains("user.name"), "{}", e.message);
+        assert!(parse(r#"{"type":"chat.send","text":"two\nlines","client_msg_id":"c1"}"#).is_ok());
     }
 
     #[test]

@@ -123,3 +123,68 @@ pub async fn session_started(
         tracing::warn!(error = %err, stream, "updating the stream after a session start");
     }
 }
+
+/// Who may be in the room of a business stream (a room named after a stream id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoomAccess {
+    /// The room is not a business stream's: any holder of a room token may join.
+    Open,
+    /// The stream's owner or an admin: joins and moderates.
+    Staff,
+    /// A user with an active enrollment in the stream (free streams too:
+    /// enrollment is the gate there as for `viewer-token`).
+    Enrolled,
+}
+
+/// Decides whether `user` (with platform role `role`) may be in `room`. The room of
+/// a business stream admits its owner, admins and active enrollees only; anyone
+/// else gets 403 `not_enrolled`. Called when a room token is minted and again when
+/// the WebSocket connects (tokens live hours; a refund in between must count).
+pub async fn room_access(
+    state: &AppState,
+    room: &str,
+    user: &str,
+    role: Option<&str>,
+) -> AppResult<RoomAccess> {
+    let mut conn = state.db.pool.acquire().await?;
+    let owner: Option<(String,)> = sqlx::query_as("SELECT instructor_id FROM streams WHERE id = $1")
+        .bind(room)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some((owner,)) = owner else {
+        return Ok(RoomAccess::Open);
+    };
+    if owner == user || role == Some("admin") {
+        return Ok(RoomAccess::Staff);
+    }
+    let active: Option<(String,)> = sqlx::query_as(
+        "SELECT id FROM enrollments WHERE user_id = $1 AND stream_id = $2 AND status = 'active'",
+    )
+    .bind(user)
+    .bind(room)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match active {
+        Some(_) => Ok(RoomAccess::Enrolled),
+        None => Err(AppError::new(
+            StatusCode::FORBIDDEN,
+            "not_enrolled",
+            "this room is the chat of a stream: only its enrolled viewers, its instructor \
+             and admins may join; enroll in the stream first",
+        )),
+    }
+}
+
+/// What the rooms are told when an enrollment is refunded: its user's connections to
+/// the stream's room are closed (`error not_enrolled`, close 4004).
+pub async fn evict_from_room(state: &AppState, stream: &str, user: &str) {
+    state
+        .rooms
+        .evict(
+            stream,
+            user,
+            "not_enrolled",
+            "your enrollment in this stream was refunded; you are no longer in its room",
+        )
+        .await;
+}

@@ -471,25 +471,26 @@ pub async fn refund_one(
     Ok(true)
 }
 
-/// Refunds every active paid enrollment of a stream (cancellation); returns how many.
+/// Refunds every active paid enrollment of a stream (cancellation); returns the
+/// users refunded.
 pub async fn refund_all(
     conn: &mut AnyConnection,
     stream_id: &str,
     now: i64,
-) -> Result<i64, sqlx::Error> {
+) -> Result<Vec<String>, sqlx::Error> {
     let rows: Vec<EnrollmentRow> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM enrollments WHERE stream_id = $1 AND status = 'active' AND price_paid > 0"
     ))
     .bind(stream_id)
     .fetch_all(&mut *conn)
     .await?;
-    let mut n = 0;
+    let mut users = Vec::with_capacity(rows.len());
     for e in &rows {
         if refund_one(conn, e, now).await? {
-            n += 1;
+            users.push(e.user_id.clone());
         }
     }
-    Ok(n)
+    Ok(users)
 }
 
 /// The caller's enrollments with what they may watch now.
@@ -654,6 +655,7 @@ pub async fn admin_refund(
     service(&state, &headers)?;
     let key = IdemKey::from_headers(&headers, "service", &format!("refund:{id}"), &body)?;
     let mut tx = begin_write(&state.db).await?;
+    let mut refunded: Option<(String, String)> = None;
     let outcome = async {
         let e: EnrollmentRow =
             sqlx::query_as(&format!("SELECT {COLUMNS} FROM enrollments WHERE id = $1"))
@@ -667,6 +669,7 @@ pub async fn admin_refund(
                 "the enrollment was already refunded",
             ));
         }
+        refunded = Some((e.stream_id.clone(), e.user_id.clone()));
         let e: EnrollmentRow =
             sqlx::query_as(&format!("SELECT {COLUMNS} FROM enrollments WHERE id = $1"))
                 .bind(&id)
@@ -678,5 +681,14 @@ pub async fn admin_refund(
         ))
     }
     .await;
-    idempotency::finish(&state.db, tx, key.as_ref(), outcome).await
+    let resp = idempotency::finish(&state.db, tx, key.as_ref(), outcome).await?;
+    // Committed (a replayed answer refunded nothing now): the refunded viewer
+    // leaves the stream's room.
+    if resp.status() == StatusCode::OK
+        && !resp.headers().contains_key("idempotent-replayed")
+        && let Some((stream, user)) = refunded
+    {
+        super::access::evict_from_room(&state, &stream, &user).await;
+    }
+    Ok(resp)
 }

@@ -41,6 +41,7 @@ pub fn routes() -> Router<AppState> {
         .merge(streams::routes())
         .merge(enrollment::routes())
         .merge(openapi::routes())
+        .route_layer(axum::middleware::from_fn(crate::text::refuse_control_chars))
 }
 
 /// Wall-clock unix milliseconds.
@@ -94,6 +95,11 @@ pub fn parse_json<T: DeserializeOwned>(headers: &HeaderMap, body: &Bytes) -> App
             "unsupported_media_type",
             "Content-Type must be application/json",
         ));
+    }
+    // Every string of the body is clean text (no NUL for PostgreSQL to refuse);
+    // a body that is not JSON at all gets the syntax error below.
+    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) {
+        crate::text::check_json(&value)?;
     }
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|err| {

@@ -197,8 +197,12 @@ pub struct ListQuery {
 }
 
 fn validate_title(t: &str) -> AppResult<()> {
-    if t.trim().is_empty() || t.chars().count() > 200 {
-        return Err(AppError::bad_request("title must be 1-200 characters").with("field", "title"));
+    // One line: a title goes into calendar SUMMARY lines and page titles.
+    if t.trim().is_empty() || t.chars().count() > 200 || !crate::text::is_clean_line(t) {
+        return Err(AppError::bad_request(
+            "title must be 1-200 characters on one line (no control characters)",
+        )
+        .with("field", "title"));
     }
     Ok(())
 }
@@ -222,6 +226,22 @@ fn validate_price(p: i64) -> AppResult<()> {
     if !(0..=1_000_000_000).contains(&p) {
         return Err(AppError::bad_request("price_tokens must be 0-1000000000")
             .with("field", "price_tokens"));
+    }
+    Ok(())
+}
+/// 2000-01-01T00:00:00Z and 2100-01-01T00:00:00Z in unix ms: a stream starts in
+/// this century. Wide enough for any real schedule (and for back-filled history),
+/// narrow enough that every derived time (`DTEND` = start + at most 7 days, replay
+/// and catalog dates) stays a valid 4-digit-year date in calendars and RFC 3339.
+pub const EARLIEST_START_MS: i64 = 946_684_800_000;
+pub const LATEST_START_MS: i64 = 4_102_444_800_000;
+
+fn validate_start(ms: i64) -> AppResult<()> {
+    if !(EARLIEST_START_MS..LATEST_START_MS).contains(&ms) {
+        return Err(AppError::bad_request(
+            "scheduled_start must be in 2000-01-01T00:00:00Z .. 2099-12-31T23:59:59Z",
+        )
+        .with("field", "scheduled_start"));
     }
     Ok(())
 }
@@ -315,6 +335,7 @@ pub async fn create(
         validate_description(d)?;
     }
     let start = parse_rfc3339(&input.scheduled_start, "scheduled_start")?;
+    validate_start(start)?;
     if let Some(d) = input.duration_minutes {
         validate_duration(d)?;
     }
@@ -381,7 +402,11 @@ pub async fn edit(
         validate_description(d)?;
     }
     let start = match &input.scheduled_start {
-        Some(s) => parse_rfc3339(s, "scheduled_start")?,
+        Some(s) => {
+            let start = parse_rfc3339(s, "scheduled_start")?;
+            validate_start(start)?;
+            start
+        }
         None => row.scheduled_start,
     };
     if let Some(d) = input.duration_minutes {
@@ -529,6 +554,7 @@ pub async fn cancel(
         &body,
     )?;
     let mut tx = begin_write(&state.db).await?;
+    let mut refunded_users = Vec::new();
     let outcome = async {
         let now = now_ms();
         let row = load_owned(&mut tx, &id, &me).await?;
@@ -544,21 +570,28 @@ pub async fn cancel(
         if changed == 0 {
             return Err(invalid_transition(&row, "cancelled"));
         }
-        let refunded = super::enrollment::refund_all(&mut tx, &id, now).await?;
+        refunded_users = super::enrollment::refund_all(&mut tx, &id, now).await?;
         let row = load(&mut tx, &id).await?;
         let mut value = json_value(&to_out(&state, &row, now));
-        value["refunded_enrollments"] = Value::from(refunded);
+        value["refunded_enrollments"] = Value::from(refunded_users.len());
         Ok((StatusCode::OK, value))
     }
     .await;
-    idempotency::finish(&state.db, tx, key.as_ref(), outcome).await
+    let resp = idempotency::finish(&state.db, tx, key.as_ref(), outcome).await?;
+    // Committed: the refunded viewers leave the stream's room.
+    if resp.status() == StatusCode::OK && !resp.headers().contains_key("idempotent-replayed") {
+        for user in &refunded_users {
+            super::access::evict_from_room(&state, &id, user).await;
+        }
+    }
+    Ok(resp)
 }
 
-/// Deletes a stream without paid enrollments (owner).
+/// Deletes a stream that never had paid enrollments (owner).
 #[utoipa::path(delete, path = "/v1/streams/{id}", tag = "streams", security(("identity" = [])),
     params(("id" = String, Path)),
     responses((status = 204), (status = 401), (status = 403), (status = 404),
-              (status = 409, description = "has_paid_enrollments, or invalid_transition while live")))]
+              (status = 409, description = "has_paid_enrollments, has_enrollment_history (refunded paid enrollments), or invalid_transition while live")))]
 pub async fn remove(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -581,20 +614,39 @@ pub async fn remove(
         )
         .with("status", row.status));
     }
-    let deleted = sqlx::query(
-        "DELETE FROM streams WHERE id = $1 AND NOT EXISTS \
-         (SELECT 1 FROM enrollments WHERE stream_id = $1 AND status = 'active' AND price_paid > 0)",
+    // Enrollments that moved money (paid, active or refunded) are the history the
+    // ledger rows point at: such a stream is never deleted (the enrollments' foreign
+    // key restricts it too, migration 0006). Free enrollments carry no money and go
+    // with the stream.
+    let (active_paid, paid_history): (i64, i64) = sqlx::query_as(
+        "SELECT CAST(COALESCE(SUM(CASE WHEN status = 'active' THEN 1 ELSE 0 END), 0) AS BIGINT), \
+         COUNT(*) FROM enrollments WHERE stream_id = $1 AND price_paid > 0",
     )
     .bind(&id)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if deleted == 0 {
+    .fetch_one(&mut *tx)
+    .await?;
+    if active_paid > 0 {
         return Err(AppError::conflict(
             "has_paid_enrollments",
             "the stream has paid enrollments; cancel it (which refunds them) instead",
         ));
     }
+    if paid_history > 0 {
+        return Err(AppError::conflict(
+            "has_enrollment_history",
+            "the stream has refunded paid enrollments, which the token ledger refers to; \
+             it stays (cancelled streams are hidden from the public list) as their record",
+        )
+        .with("enrollments", paid_history));
+    }
+    sqlx::query("DELETE FROM enrollments WHERE stream_id = $1")
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM streams WHERE id = $1")
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -764,6 +816,8 @@ fn decode_cursor(c: &str) -> Option<(i64, String)> {
         .ok()?;
     let text = String::from_utf8(raw).ok()?;
     let (start, id) = text.split_once(':')?;
+    // The id is bound in SQL: a forged cursor must not smuggle a NUL in.
+    crate::text::is_clean_line(id).then_some(())?;
     Some((start.parse().ok()?, id.to_string()))
 }
 
@@ -877,6 +931,11 @@ pub async fn calendar(
 
 /// UTC date-time in the RFC 5545 basic format (`20300131T180000Z`).
 fn ics_time(ms: i64) -> String {
+    // Clamped to years 0000-9999 (4-digit years, RFC 5545), so DTSTART/DTEND are
+    // never empty even for rows stored before starts were bounded.
+    const MIN_MS: i64 = -62_167_219_200_000; // 0000-01-01T00:00:00Z
+    const MAX_MS: i64 = 253_402_300_799_000; // 9999-12-31T23:59:59Z
+    let ms = ms.clamp(MIN_MS, MAX_MS);
     time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
         .ok()
         .and_then(|t| {
