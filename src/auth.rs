@@ -182,7 +182,10 @@ impl MediaTokens {
             Some(c.jti.as_str()),
         ];
         if !crate::text::is_clean_id(&c.sub)
-            || names.iter().flatten().any(|v| !crate::text::is_clean_line(v))
+            || names
+                .iter()
+                .flatten()
+                .any(|v| !crate::text::is_clean_line(v))
         {
             return Err(AppError::unauthorized("the media token is not valid"));
         }

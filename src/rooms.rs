@@ -170,7 +170,8 @@ async fn mint(
         .filter(|n| !n.is_empty());
     // In a stream's room only its owner and admins moderate; non-members get 403
     // here already (and again when they connect).
-    let staff = match access::room_access(&state, &room, &who.user, Some(who.role.as_str())).await? {
+    let staff = match access::room_access(&state, &room, &who.user, Some(who.role.as_str())).await?
+    {
         RoomAccess::Open => matches!(who.role, Role::Instructor | Role::Admin),
         RoomAccess::Staff => true,
         RoomAccess::Enrolled => false,

@@ -332,12 +332,11 @@ mod tests {
 
     #[test]
     fn control_characters_are_refused_with_the_field_named() {
-        let e = parse(r#"{"type":"chat.send","text":"a\u0000b","client_msg_id":"c1"}"#)
-            .unwrap_err();
+        let e =
+            parse(r#"{"type":"chat.send","text":"a\u0000b","client_msg_id":"c1"}"#).unwrap_err();
         assert_eq!(e.code, "bad_request");
         assert!(e.message.contains("text"), "{}", e.message);
-        let e = parse(r#"{"type":"chat.send","text":"hi","client_msg_id":"c\u0000"}"#)
-            .unwrap_err();
+        let e = parse(r#"{"type":"chat.send","text":"hi","client_msg_id":"c\u0000"}"#).unwrap_err();
         assert!(e.message.contains("client_msg_id"), "{}", e.message);
         let e = parse(r#"{"type":"hello","user":{"name":"a\nb"}}"#).unwrap_err();
         assert!(e.message.contains("user.name"), "{}", e.message);

@@ -147,10 +147,11 @@ pub async fn room_access(
     role: Option<&str>,
 ) -> AppResult<RoomAccess> {
     let mut conn = state.db.pool.acquire().await?;
-    let owner: Option<(String,)> = sqlx::query_as("SELECT instructor_id FROM streams WHERE id = $1")
-        .bind(room)
-        .fetch_optional(&mut *conn)
-        .await?;
+    let owner: Option<(String,)> =
+        sqlx::query_as("SELECT instructor_id FROM streams WHERE id = $1")
+            .bind(room)
+            .fetch_optional(&mut *conn)
+            .await?;
     let Some((owner,)) = owner else {
         return Ok(RoomAccess::Open);
     };

@@ -66,7 +66,9 @@ async fn stream_room_admits_only_enrollees(backend: Backend) {
     let mint = |room: &str| format!("/v1/rooms/{room}/token");
 
     // A non-enrolled user cannot mint a token for the stream's room…
-    let r = app.post(&mint(&paid), Some(&user("mallory")), json!({})).await;
+    let r = app
+        .post(&mint(&paid), Some(&user("mallory")), json!({}))
+        .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
     assert_eq!(r.code(), "not_enrolled");
     // …nor connect with a room token minted otherwise (checked at join).
@@ -78,11 +80,15 @@ async fn stream_room_admits_only_enrollees(backend: Backend) {
         "a non-enrolled user's WebSocket must be refused"
     );
     // Another instructor is not a moderator of someone else's stream room.
-    let r = app.post(&mint(&paid), Some(&instructor("otto")), json!({})).await;
+    let r = app
+        .post(&mint(&paid), Some(&instructor("otto")), json!({}))
+        .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
 
     // The owner gets in with the moderate grant.
-    let r = app.post(&mint(&paid), Some(&instructor("ines")), json!({})).await;
+    let r = app
+        .post(&mint(&paid), Some(&instructor("ines")), json!({}))
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let claims = app
         .state()
@@ -90,13 +96,22 @@ async fn stream_room_admits_only_enrollees(backend: Backend) {
         .verify(r.body["token"].as_str().unwrap())
         .unwrap();
     assert!(claims.grants.moderate);
-    let mut owner = Client::connect(&ws_url(&app, &paid, r.body["token"].as_str().unwrap()), 0.0, None).await;
+    let mut owner = Client::connect(
+        &ws_url(&app, &paid, r.body["token"].as_str().unwrap()),
+        0.0,
+        None,
+    )
+    .await;
 
     // An enrolled viewer joins with the viewer token (it names the room too).
     app.credit("ulla", 5).await;
     enroll(&app, &paid, "ulla").await;
     let r = app
-        .post(&format!("/v1/streams/{paid}/viewer-token"), Some(&user("ulla")), json!({}))
+        .post(
+            &format!("/v1/streams/{paid}/viewer-token"),
+            Some(&user("ulla")),
+            json!({}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let viewer_token = r.body["token"].as_str().unwrap().to_string();
@@ -135,10 +150,17 @@ async fn stream_room_admits_only_enrollees(backend: Backend) {
     enroll(&app, &free, "vic").await;
     let r = app.post(&mint(&free), Some(&user("vic")), json!({})).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    let _vic = Client::connect(&ws_url(&app, &free, r.body["token"].as_str().unwrap()), 0.0, None).await;
+    let _vic = Client::connect(
+        &ws_url(&app, &free, r.body["token"].as_str().unwrap()),
+        0.0,
+        None,
+    )
+    .await;
 
     // Rooms that are not streams stay open to any room token.
-    let r = app.post(&mint("party-1"), Some(&user("mallory")), json!({})).await;
+    let r = app
+        .post(&mint("party-1"), Some(&user("mallory")), json!({}))
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     drop((owner, ulla));
     app.finish().await;
@@ -151,15 +173,27 @@ async fn cancel_disconnects_refunded_members(backend: Backend) {
     let paid = app.create_stream("ines", 3).await;
     app.credit("ulla", 3).await;
     enroll(&app, &paid, "ulla").await;
-    let mut ulla = Client::connect(&ws_url(&app, &paid, &room_token(&app, &paid, "ulla")), 0.0, None).await;
+    let mut ulla = Client::connect(
+        &ws_url(&app, &paid, &room_token(&app, &paid, "ulla")),
+        0.0,
+        None,
+    )
+    .await;
     let r = app
-        .post(&format!("/v1/streams/{paid}/cancel"), Some(&instructor("ines")), json!({}))
+        .post(
+            &format!("/v1/streams/{paid}/cancel"),
+            Some(&instructor("ines")),
+            json!({}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(ulla.wait_type("error").await["code"], "not_enrolled");
     assert_eq!(ulla.closed().await, Some(4004));
     app.finish().await;
 }
+
+/// method, path, bearer, JSON body, the field the 400 must name.
+type Case<'a> = (Method, String, Option<&'a str>, Option<Value>, &'a str);
 
 // Item 5: NUL (and control characters) in any string that reaches SQL answer 400
 // naming the field, on both backends. Before: 500 on PostgreSQL (with an ERROR line
@@ -173,36 +207,130 @@ async fn control_characters_answer_400_naming_the_field(backend: Backend) {
         use base64::Engine;
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("1:a\0b")
     };
-    let cases: Vec<(Method, String, Option<&str>, Option<Value>, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (Method::GET, "/v1/streams?q=a%00b".into(), None, None, "q"),
-        (Method::GET, "/v1/streams?status=live%00".into(), None, None, "status"),
-        (Method::GET, format!("/v1/streams?cursor={bad_cursor}"), None, None, "cursor"),
+        (
+            Method::GET,
+            "/v1/streams?status=live%00".into(),
+            None,
+            None,
+            "status",
+        ),
+        (
+            Method::GET,
+            format!("/v1/streams?cursor={bad_cursor}"),
+            None,
+            None,
+            "cursor",
+        ),
         (Method::GET, "/v1/streams/a%00b".into(), None, None, "id"),
-        (Method::GET, "/v1/streams/a%00b/calendar.ics".into(), None, None, "id"),
-        (Method::PATCH, "/v1/streams/a%00b".into(), Some(&ines), Some(json!({})), "id"),
-        (Method::DELETE, "/v1/streams/a%01b".into(), Some(&ines), None, "id"),
-        (Method::POST, "/v1/streams/a%00b/start".into(), Some(&ines), Some(json!({})), "id"),
-        (Method::POST, "/v1/streams/a%00b/cancel".into(), Some(&ines), Some(json!({})), "id"),
-        (Method::POST, "/v1/streams/a%00b/publish-token".into(), Some(&ines), Some(json!({})), "id"),
-        (Method::POST, "/v1/streams/a%00b/enrollments".into(), Some(&ulla), Some(json!({})), "id"),
-        (Method::POST, "/v1/streams/a%00b/viewer-token".into(), Some(&ulla), Some(json!({})), "id"),
-        (Method::POST, "/v1/admin/enrollments/a%00b/refund".into(), Some(SERVICE_KEY), Some(json!({})), "id"),
-        (Method::POST, "/v1/admin/accounts/a%00b/credits".into(), Some(SERVICE_KEY), Some(json!({"amount": 1})), "user"),
-        (Method::POST, "/v1/admin/accounts/bob/credits".into(), Some(SERVICE_KEY), Some(json!({"amount": 1, "reason": "x\u{0}"})), "reason"),
-        (Method::GET, "/v1/instructor/streams?q=%00".into(), Some(&ines), None, "q"),
-        (Method::GET, "/v1/me/transactions?before=1&x%00=1".into(), Some(&ulla), None, "x\\0"),
+        (
+            Method::GET,
+            "/v1/streams/a%00b/calendar.ics".into(),
+            None,
+            None,
+            "id",
+        ),
+        (
+            Method::PATCH,
+            "/v1/streams/a%00b".into(),
+            Some(&ines),
+            Some(json!({})),
+            "id",
+        ),
+        (
+            Method::DELETE,
+            "/v1/streams/a%01b".into(),
+            Some(&ines),
+            None,
+            "id",
+        ),
+        (
+            Method::POST,
+            "/v1/streams/a%00b/start".into(),
+            Some(&ines),
+            Some(json!({})),
+            "id",
+        ),
+        (
+            Method::POST,
+            "/v1/streams/a%00b/cancel".into(),
+            Some(&ines),
+            Some(json!({})),
+            "id",
+        ),
+        (
+            Method::POST,
+            "/v1/streams/a%00b/publish-token".into(),
+            Some(&ines),
+            Some(json!({})),
+            "id",
+        ),
+        (
+            Method::POST,
+            "/v1/streams/a%00b/enrollments".into(),
+            Some(&ulla),
+            Some(json!({})),
+            "id",
+        ),
+        (
+            Method::POST,
+            "/v1/streams/a%00b/viewer-token".into(),
+            Some(&ulla),
+            Some(json!({})),
+            "id",
+        ),
+        (
+            Method::POST,
+            "/v1/admin/enrollments/a%00b/refund".into(),
+            Some(SERVICE_KEY),
+            Some(json!({})),
+            "id",
+        ),
+        (
+            Method::POST,
+            "/v1/admin/accounts/a%00b/credits".into(),
+            Some(SERVICE_KEY),
+            Some(json!({"amount": 1})),
+            "user",
+        ),
+        (
+            Method::POST,
+            "/v1/admin/accounts/bob/credits".into(),
+            Some(SERVICE_KEY),
+            Some(json!({"amount": 1, "reason": "x\u{0}"})),
+            "reason",
+        ),
+        (
+            Method::GET,
+            "/v1/instructor/streams?q=%00".into(),
+            Some(&ines),
+            None,
+            "q",
+        ),
+        (
+            Method::GET,
+            "/v1/me/transactions?before=1&x%00=1".into(),
+            Some(&ulla),
+            None,
+            "x\\0",
+        ),
         (
             Method::POST,
             "/v1/streams".into(),
             Some(&ines),
-            Some(json!({"title": "a\u{0}b", "scheduled_start": "2030-01-31T18:00:00Z", "price_tokens": 0})),
+            Some(
+                json!({"title": "a\u{0}b", "scheduled_start": "2030-01-31T18:00:00Z", "price_tokens": 0}),
+            ),
             "title",
         ),
         (
             Method::POST,
             "/v1/streams".into(),
             Some(&ines),
-            Some(json!({"title": "t", "description": "d\u{0}", "scheduled_start": "2030-01-31T18:00:00Z", "price_tokens": 0})),
+            Some(
+                json!({"title": "t", "description": "d\u{0}", "scheduled_start": "2030-01-31T18:00:00Z", "price_tokens": 0}),
+            ),
             "description",
         ),
         (
@@ -212,8 +340,20 @@ async fn control_characters_answer_400_naming_the_field(backend: Backend) {
             Some(json!({"title": "tab\tin title"})),
             "title",
         ),
-        (Method::POST, "/v1/rooms/r1/token".into(), Some(&ulla), Some(json!({"name": "n\u{0}"})), "name"),
-        (Method::GET, "/v1/rooms/r1/ws?token=a%00b".into(), None, None, "token"),
+        (
+            Method::POST,
+            "/v1/rooms/r1/token".into(),
+            Some(&ulla),
+            Some(json!({"name": "n\u{0}"})),
+            "name",
+        ),
+        (
+            Method::GET,
+            "/v1/rooms/r1/ws?token=a%00b".into(),
+            None,
+            None,
+            "token",
+        ),
     ];
     let mut failures = Vec::new();
     for (method, path, bearer, body, field) in &cases {
@@ -225,7 +365,11 @@ async fn control_characters_answer_400_naming_the_field(backend: Backend) {
             failures.push(format!("{method} {path}: {} {}", r.status, r.text));
         }
     }
-    assert!(failures.is_empty(), "not a 400 naming the field:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "not a 400 naming the field:\n{}",
+        failures.join("\n")
+    );
     // Nothing was written by the refused creates.
     let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM streams")
         .fetch_one(app.pool())
@@ -281,7 +425,10 @@ fn media_token_issued_in_the_future_is_refused() {
     let future = sign(&claims(now + 10 * 365 * 86_400), secret);
     assert!(tokens.verify(&future).is_err(), "iat ten years ahead");
     let skewed = sign(&claims(now + 30), secret);
-    assert!(tokens.verify(&skewed).is_ok(), "30 s of clock skew is within the leeway");
+    assert!(
+        tokens.verify(&skewed).is_ok(),
+        "30 s of clock skew is within the leeway"
+    );
     let fine = sign(&claims(now), secret);
     assert!(tokens.verify(&fine).is_ok());
 }
@@ -295,13 +442,17 @@ fn identity_tokens_check_nbf_and_sub() {
     let tok = |claims: Value| sign(&claims, JWT_SECRET.as_bytes());
     assert!(v.verify(&tok(json!({"sub": "u1", "exp": exp}))).is_ok());
     assert!(
-        v.verify(&tok(json!({"sub": "u1", "exp": exp, "nbf": now_secs() + 300})))
-            .is_err(),
+        v.verify(&tok(
+            json!({"sub": "u1", "exp": exp, "nbf": now_secs() + 300})
+        ))
+        .is_err(),
         "nbf in the future"
     );
     assert!(
-        v.verify(&tok(json!({"sub": "u1", "exp": exp, "nbf": now_secs() - 5})))
-            .is_ok()
+        v.verify(&tok(
+            json!({"sub": "u1", "exp": exp, "nbf": now_secs() - 5})
+        ))
+        .is_ok()
     );
     for sub in ["", "   ", "a\u{0}b", "a\nb"] {
         let err = v.verify(&tok(json!({"sub": sub, "exp": exp}))).unwrap_err();
@@ -318,11 +469,21 @@ async fn refunded_enrollments_survive_stream_delete(backend: Backend) {
     app.credit("ulla", 4).await;
     enroll(&app, &paid, "ulla").await;
     let r = app
-        .post(&format!("/v1/streams/{paid}/cancel"), Some(&instructor("ines")), json!({}))
+        .post(
+            &format!("/v1/streams/{paid}/cancel"),
+            Some(&instructor("ines")),
+            json!({}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let r = app
-        .send(Method::DELETE, &format!("/v1/streams/{paid}"), Some(&instructor("ines")), None, &[])
+        .send(
+            Method::DELETE,
+            &format!("/v1/streams/{paid}"),
+            Some(&instructor("ines")),
+            None,
+            &[],
+        )
         .await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
     assert_eq!(r.code(), "has_enrollment_history");
@@ -420,7 +581,12 @@ async fn session_ends_kept_while_the_database_is_away(backend: Backend) {
 async fn scheduled_start_is_bounded_and_dtend_valid(backend: Backend) {
     let app = spawn_app(backend).await;
     let ines = instructor("ines");
-    for start in ["9999-12-31T23:00:00Z", "0000-01-01T00:00:00Z", "1999-12-31T23:59:59Z", "2100-01-01T00:00:00Z"] {
+    for start in [
+        "9999-12-31T23:00:00Z",
+        "0000-01-01T00:00:00Z",
+        "1999-12-31T23:59:59Z",
+        "2100-01-01T00:00:00Z",
+    ] {
         let r = app
             .post(
                 "/v1/streams",
@@ -450,7 +616,9 @@ async fn scheduled_start_is_bounded_and_dtend_valid(backend: Backend) {
         .execute(app.pool())
         .await
         .unwrap();
-    let r = app.get(&format!("/v1/streams/{id}/calendar.ics"), None).await;
+    let r = app
+        .get(&format!("/v1/streams/{id}/calendar.ics"), None)
+        .await;
     assert_eq!(r.status, StatusCode::OK);
     let dtend = r
         .text
