@@ -79,6 +79,7 @@ pub fn check_offer(sdp: &str, kind: SessionKind) -> Result<CheckedOffer, MediaEr
     let mut media_ufrag: Vec<bool> = Vec::new();
     let mut media_pwd: Vec<bool> = Vec::new();
     let mut media_fingerprint: Vec<bool> = Vec::new();
+    let mut bundle_only: Vec<bool> = Vec::new();
     let mut others = 0usize;
     let mut in_other = false;
     for (n, raw) in sdp.lines().enumerate() {
@@ -124,6 +125,7 @@ pub fn check_offer(sdp: &str, kind: SessionKind) -> Result<CheckedOffer, MediaEr
                         media_ufrag.push(false);
                         media_pwd.push(false);
                         media_fingerprint.push(false);
+                        bundle_only.push(false);
                     }
                     None => {
                         in_other = true;
@@ -134,6 +136,17 @@ pub fn check_offer(sdp: &str, kind: SessionKind) -> Result<CheckedOffer, MediaEr
             b'a' => {
                 let (attr, arg) = value.split_once(':').unwrap_or((value, ""));
                 let current = (!in_other).then(|| media.len().checked_sub(1)).flatten();
+                // Malformed transport attributes are refused wherever they are:
+                // the peer connection cannot use them, and a session built on
+                // them would hold its slot (and a publisher its stream) until it
+                // timed out.
+                match attr {
+                    "ice-ufrag" => check_ice_credential(n, "ice-ufrag", arg, 4)?,
+                    "ice-pwd" => check_ice_credential(n, "ice-pwd", arg, 22)?,
+                    "fingerprint" => check_fingerprint(n, arg)?,
+                    "setup" => check_setup(n, arg)?,
+                    _ => {}
+                }
                 match (attr, current) {
                     ("ice-ufrag", None) if !in_other => session_ufrag = true,
                     ("ice-pwd", None) if !in_other => session_pwd = true,
@@ -141,6 +154,7 @@ pub fn check_offer(sdp: &str, kind: SessionKind) -> Result<CheckedOffer, MediaEr
                     ("ice-ufrag", Some(i)) => media_ufrag[i] = true,
                     ("ice-pwd", Some(i)) => media_pwd[i] = true,
                     ("fingerprint", Some(i)) => media_fingerprint[i] = true,
+                    ("bundle-only", Some(i)) => bundle_only[i] = true,
                     ("mid", Some(i)) => media[i].mid = Some(arg.to_string()),
                     ("sendrecv", Some(i)) => media[i].direction = Direction::SendRecv,
                     ("sendonly", Some(i)) => media[i].direction = Direction::SendOnly,
@@ -174,16 +188,25 @@ pub fn check_offer(sdp: &str, kind: SessionKind) -> Result<CheckedOffer, MediaEr
             MediaError::BadSdp("the offer has no media section (m=)".into())
         });
     }
-    for i in 0..media.len() {
-        if !(session_ufrag || media_ufrag[i]) || !(session_pwd || media_pwd[i]) {
-            return Err(MediaError::BadSdp(
-                "missing a=ice-ufrag/a=ice-pwd: ICE credentials are required".into(),
-            ));
+    // ICE credentials and the DTLS fingerprint may be at session level or in the
+    // media section (RFC 8839 §5.4, RFC 8122 §5); a `bundle-only` section carries
+    // none and uses its bundle's (RFC 8843 §7.1.3). Every other section needs them.
+    for i in (0..media.len()).filter(|&i| !bundle_only[i]) {
+        let section = i + 1;
+        if !(session_ufrag || media_ufrag[i]) {
+            return Err(MediaError::BadSdp(format!(
+                "missing a=ice-ufrag (media section {section}): ICE credentials are required"
+            )));
+        }
+        if !(session_pwd || media_pwd[i]) {
+            return Err(MediaError::BadSdp(format!(
+                "missing a=ice-pwd (media section {section}): ICE credentials are required"
+            )));
         }
         if !(session_fingerprint || media_fingerprint[i]) {
-            return Err(MediaError::BadSdp(
-                "missing a=fingerprint: DTLS-SRTP is required".into(),
-            ));
+            return Err(MediaError::BadSdp(format!(
+                "missing a=fingerprint (media section {section}): DTLS-SRTP is required"
+            )));
         }
     }
     let wanted = |m: &OfferedMedia| match kind {
@@ -218,6 +241,78 @@ pub fn check_offer(sdp: &str, kind: SessionKind) -> Result<CheckedOffer, MediaEr
         )));
     }
     Ok(CheckedOffer { media })
+}
+
+/// `a=ice-ufrag` / `a=ice-pwd`: RFC 8839 §5.4 asks for 4 (ufrag) or 22 (pwd) to
+/// 256 ice-chars. Only the length and "visible ASCII" are enforced, so a client
+/// with a slightly unusual alphabet still works (Chromium sends 4 + 24
+/// characters, Firefox 8 + 32, aiortc 4 + 22).
+fn check_ice_credential(
+    line: usize,
+    attr: &str,
+    value: &str,
+    min: usize,
+) -> Result<(), MediaError> {
+    let value = value.trim();
+    let visible = value.bytes().all(|b| b.is_ascii_graphic());
+    if value.len() < min || value.len() > 256 || !visible {
+        return Err(MediaError::BadSdp(format!(
+            "line {}: a={attr} must be {min} to 256 visible characters (RFC 8839), got {} characters",
+            line + 1,
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+/// `a=fingerprint:<hash-func> <XX:XX:...>` (RFC 8122 §5) with a digest of the
+/// length its hash function makes.
+fn check_fingerprint(line: usize, value: &str) -> Result<(), MediaError> {
+    let bad = |why: &str| {
+        Err(MediaError::BadSdp(format!(
+            "line {}: a=fingerprint {why}; expected e.g. 'a=fingerprint:sha-256 AB:CD:...'",
+            line + 1
+        )))
+    };
+    let (hash, digest) = match value.trim().split_once(' ') {
+        Some((h, d)) => (h, d.trim()),
+        None => return bad("has no digest"),
+    };
+    let bytes = match hash.to_ascii_lowercase().as_str() {
+        "sha-1" => 20,
+        "sha-224" => 28,
+        "sha-256" => 32,
+        "sha-384" => 48,
+        "sha-512" => 64,
+        "md5" | "md2" => 16,
+        _ => return bad("names an unknown hash function"),
+    };
+    let pairs: Vec<&str> = digest.split(':').collect();
+    let hex = pairs
+        .iter()
+        .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()));
+    if !hex || pairs.len() != bytes {
+        return bad(&format!("is not {bytes} hex bytes separated by ':'"));
+    }
+    Ok(())
+}
+
+/// `a=setup` (RFC 8842 §5.2): the server answers `passive` (it is the DTLS
+/// server and never connects out), so the client must be able to be active.
+fn check_setup(line: usize, value: &str) -> Result<(), MediaError> {
+    match value.trim() {
+        "actpass" | "active" => Ok(()),
+        "passive" => Err(MediaError::BadSdp(format!(
+            "line {}: a=setup:passive cannot work: the server is passive too (ICE-lite, DTLS \
+             server); offer a=setup:actpass or a=setup:active",
+            line + 1
+        ))),
+        other => Err(MediaError::BadSdp(format!(
+            "line {}: a=setup:{} is not actpass or active",
+            line + 1,
+            truncate(other, 20)
+        ))),
+    }
 }
 
 fn truncate(s: &str, max: usize) -> &str {
