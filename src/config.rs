@@ -252,6 +252,28 @@ mod tests {
     }
 
     #[test]
+    fn media_session_limits_default_as_the_media_crate_does() {
+        let c = Config::load_with_env(None, env(&[])).unwrap().media;
+        let d = tandem_media::MediaConfig::default();
+        assert_eq!(c.max_sessions, d.max_sessions);
+        assert_eq!(c.max_sessions_per_token, d.max_sessions_per_token);
+        assert_eq!(c.max_sessions_per_user, d.max_sessions_per_user);
+        assert_eq!(c.publisher_reserve_percent, d.publisher_reserve_percent);
+        assert_eq!(
+            c.ice_start_timeout_ms,
+            d.ice_start_timeout.as_millis() as u64
+        );
+        assert_eq!(c.connect_timeout_seconds, d.connect_timeout.as_secs());
+        let err = Config::load_with_env(
+            None,
+            env(&[("TANDEM_MEDIA__PUBLISHER_RESERVE_PERCENT", "80")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("publisher_reserve_percent"), "{err}");
+    }
+
+    #[test]
     fn bad_public_ip_is_a_clear_error() {
         let err = Config::load_with_env(None, env(&[("TANDEM_PUBLIC_IP", "not-an-ip")]))
             .unwrap_err()

@@ -58,12 +58,15 @@ impl Default for MediaConfig {
 
 impl MediaConfig {
     /// Sessions of `max_sessions` only publishers may take: `publisher_reserve_percent`
-    /// of it, at least one when the percentage is not 0.
+    /// of it, at least one when the percentage is not 0, and never all of them
+    /// (a server of one session takes whoever comes first).
     pub fn publisher_reserve(&self) -> usize {
         if self.publisher_reserve_percent == 0 {
             return 0;
         }
-        (self.max_sessions * self.publisher_reserve_percent / 100).max(1)
+        (self.max_sessions * self.publisher_reserve_percent / 100)
+            .max(1)
+            .min(self.max_sessions.saturating_sub(1))
     }
 
     pub fn worker_count(&self) -> usize {
@@ -74,5 +77,24 @@ impl MediaConfig {
                 .map(|n| n.get())
                 .unwrap_or(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publisher_reserve_is_a_share_of_at_least_one_but_never_all() {
+        let with = |max_sessions, publisher_reserve_percent| MediaConfig {
+            max_sessions,
+            publisher_reserve_percent,
+            ..Default::default()
+        };
+        assert_eq!(MediaConfig::default().publisher_reserve(), 100);
+        assert_eq!(with(4, 5).publisher_reserve(), 1);
+        assert_eq!(with(1, 5).publisher_reserve(), 0);
+        assert_eq!(with(2, 50).publisher_reserve(), 1);
+        assert_eq!(with(100, 0).publisher_reserve(), 0);
     }
 }

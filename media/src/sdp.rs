@@ -190,8 +190,9 @@ pub fn check_offer(sdp: &str, kind: SessionKind) -> Result<CheckedOffer, MediaEr
     }
     // ICE credentials and the DTLS fingerprint may be at session level or in the
     // media section (RFC 8839 §5.4, RFC 8122 §5); a `bundle-only` section carries
-    // none and uses its bundle's (RFC 8843 §7.1.3). Every other section needs them.
-    for i in (0..media.len()).filter(|&i| !bundle_only[i]) {
+    // none and uses its bundle's (RFC 8843 §7.1.3), and a disabled one (port 0)
+    // needs none. Every other section needs them.
+    for i in (0..media.len()).filter(|&i| !bundle_only[i] && !media[i].rejected) {
         let section = i + 1;
         if !(session_ufrag || media_ufrag[i]) {
             return Err(MediaError::BadSdp(format!(
@@ -440,7 +441,8 @@ mod tests {
     use super::*;
 
     const OFFER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n\
-a=fingerprint:sha-256 AA:BB\r\na=ice-ufrag:abcd\r\na=ice-pwd:0123456789abcdef0123456789\r\n\
+a=fingerprint:sha-256 36:2D:A1:C0:36:B5:33:F0:7C:16:21:CF:CC:17:9B:06:41:D5:9B:32:34:6C:6C:93:8D:13:26:5B:58:F5:1C:7E\r\n\
+a=ice-ufrag:abcd\r\na=ice-pwd:0123456789abcdef0123456789\r\n\
 m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=sendonly\r\na=rtpmap:111 opus/48000/2\r\n\
 m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\na=sendonly\r\na=rtpmap:96 VP8/90000\r\n";
 
@@ -467,7 +469,11 @@ m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\na=sendonly\r\na=rtpmap:96 VP8/90000
             .unwrap_err()
             .to_string();
         assert!(e.contains("v=0"), "{e}");
-        let no_fp = OFFER.replace("a=fingerprint:sha-256 AA:BB\r\n", "");
+        let no_fp = OFFER
+            .lines()
+            .filter(|l| !l.starts_with("a=fingerprint"))
+            .map(|l| format!("{l}\r\n"))
+            .collect::<String>();
         let e = check_offer(&no_fp, SessionKind::Publisher)
             .unwrap_err()
             .to_string();
@@ -480,6 +486,44 @@ m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\na=sendonly\r\na=rtpmap:96 VP8/90000
             matches!(e, MediaError::NoCommonCodec(ref m) if m.contains("g722")),
             "{e}"
         );
+    }
+
+    #[test]
+    fn transport_attributes_are_checked_where_they_are() {
+        // Session-level credentials and fingerprint (the fixture) are enough.
+        assert!(check_offer(OFFER, SessionKind::Publisher).is_ok());
+        let active = OFFER.replace("a=sendonly\r\n", "a=sendonly\r\na=setup:active\r\n");
+        assert!(check_offer(&active, SessionKind::Publisher).is_ok());
+        let passive = OFFER.replace("a=sendonly\r\n", "a=sendonly\r\na=setup:passive\r\n");
+        let e = check_offer(&passive, SessionKind::Publisher).unwrap_err();
+        assert!(e.to_string().contains("a=setup:passive"), "{e}");
+        let short = OFFER.replace("a=ice-pwd:0123456789abcdef0123456789", "a=ice-pwd:0123");
+        let e = check_offer(&short, SessionKind::Publisher).unwrap_err();
+        assert!(e.to_string().contains("ice-pwd"), "{e}");
+        let bad_fp = OFFER.replace("sha-256 36:2D", "sha-256 36:ZZ");
+        let e = check_offer(&bad_fp, SessionKind::Publisher).unwrap_err();
+        assert!(e.to_string().contains("fingerprint"), "{e}");
+        let unknown_hash = OFFER.replace("sha-256 36:2D", "sha-999 36:2D");
+        assert!(check_offer(&unknown_hash, SessionKind::Publisher).is_err());
+    }
+
+    #[test]
+    fn bundle_only_sections_use_their_bundles_transport() {
+        // Credentials in the first (bundle tag) section only; the second is
+        // bundle-only (port 0) and carries none, as RFC 8843 has it.
+        let offer = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=sendonly\r\na=ice-ufrag:abcd\r\n\
+a=ice-pwd:0123456789abcdef0123456789\r\n\
+a=fingerprint:sha-256 36:2D:A1:C0:36:B5:33:F0:7C:16:21:CF:CC:17:9B:06:41:D5:9B:32:34:6C:6C:93:8D:13:26:5B:58:F5:1C:7E\r\n\
+a=setup:actpass\r\na=rtpmap:111 opus/48000/2\r\n\
+m=video 0 UDP/TLS/RTP/SAVPF 96\r\na=bundle-only\r\na=mid:1\r\na=sendonly\r\na=rtpmap:96 VP8/90000\r\n";
+        assert!(check_offer(offer, SessionKind::Publisher).is_ok());
+        // Without bundle-only the second section needs its own.
+        let unbundled = offer
+            .replace("m=video 0", "m=video 9")
+            .replace("a=bundle-only\r\n", "");
+        let e = check_offer(&unbundled, SessionKind::Publisher).unwrap_err();
+        assert!(e.to_string().contains("media section 2"), "{e}");
     }
 
     #[test]

@@ -364,6 +364,11 @@ impl Worker {
                 self.metrics.dropped.unknown_source.inc();
                 return;
             };
+            if session.addrs.is_empty() {
+                // What `media.ice_start_timeout_ms` bounds (Chromium and aiortc
+                // on loopback: about 50 ms after the answer, see docs/MEDIA.md).
+                tracing::debug!(session = %session.id, after_ms = now.saturating_duration_since(session.created).as_millis() as u64, "ICE started");
+            }
             session.addrs.push(addr_key);
             self.by_addr.insert(addr_key, route.key);
             route.key
