@@ -105,13 +105,6 @@ fn subscribe() -> Grants {
     }
 }
 
-fn publish() -> Grants {
-    Grants {
-        publish: true,
-        ..Default::default()
-    }
-}
-
 fn jti_of(app: &App, token: &str) -> String {
     app.state().tokens.verify(token).expect("a valid token").jti
 }
