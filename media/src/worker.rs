@@ -366,7 +366,7 @@ impl Worker {
             };
             if session.addrs.is_empty() {
                 // What `media.ice_start_timeout_ms` bounds (Chromium and aiortc
-                // on loopback: about 50 ms after the answer, see docs/MEDIA.md).
+                // on loopback: 3-70 ms after creation, see docs/MEDIA.md).
                 tracing::debug!(session = %session.id, after_ms = now.saturating_duration_since(session.created).as_millis() as u64, "ICE started");
             }
             session.addrs.push(addr_key);
