@@ -42,10 +42,15 @@ pub struct MediaSection {
     pub workers: usize,
     pub max_sessions: usize,
     pub max_viewers_per_stream: usize,
+    pub max_sessions_per_token: usize,
+    pub max_sessions_per_user: usize,
+    pub publisher_reserve_percent: usize,
     pub ice_tcp: bool,
     pub worker_queue_packets: usize,
     pub pli_interval_ms: u64,
     pub idle_timeout_seconds: u64,
+    pub ice_start_timeout_ms: u64,
+    pub connect_timeout_seconds: u64,
     pub max_sdp_bytes: usize,
 }
 
@@ -108,6 +113,17 @@ impl Config {
         if self.media.max_sdp_bytes == 0 || self.media.worker_queue_packets == 0 {
             return Err(ConfigError::Invalid(
                 "media.max_sdp_bytes and media.worker_queue_packets must be > 0".into(),
+            ));
+        }
+        if self.media.publisher_reserve_percent > 50 {
+            return Err(ConfigError::Invalid(format!(
+                "media.publisher_reserve_percent is {}: at most 50 (percent of media.max_sessions kept for publishers)",
+                self.media.publisher_reserve_percent
+            )));
+        }
+        if self.media.ice_start_timeout_ms == 0 || self.media.connect_timeout_seconds == 0 {
+            return Err(ConfigError::Invalid(
+                "media.ice_start_timeout_ms and media.connect_timeout_seconds must be > 0".into(),
             ));
         }
         if !self.public_ip.is_empty() {
@@ -233,6 +249,28 @@ mod tests {
         assert_eq!(c.database_url(), "postgres://localhost/x");
         assert_eq!(c.database_pool_size, 48);
         assert_eq!(c.advertised_ips().len(), 2);
+    }
+
+    #[test]
+    fn media_session_limits_default_as_the_media_crate_does() {
+        let c = Config::load_with_env(None, env(&[])).unwrap().media;
+        let d = tandem_media::MediaConfig::default();
+        assert_eq!(c.max_sessions, d.max_sessions);
+        assert_eq!(c.max_sessions_per_token, d.max_sessions_per_token);
+        assert_eq!(c.max_sessions_per_user, d.max_sessions_per_user);
+        assert_eq!(c.publisher_reserve_percent, d.publisher_reserve_percent);
+        assert_eq!(
+            c.ice_start_timeout_ms,
+            d.ice_start_timeout.as_millis() as u64
+        );
+        assert_eq!(c.connect_timeout_seconds, d.connect_timeout.as_secs());
+        let err = Config::load_with_env(
+            None,
+            env(&[("TANDEM_MEDIA__PUBLISHER_RESERVE_PERCENT", "80")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("publisher_reserve_percent"), "{err}");
     }
 
     #[test]

@@ -257,9 +257,14 @@ fn media_config(config: &Config) -> MediaConfig {
         workers: config.media.workers,
         max_sessions: config.media.max_sessions,
         max_viewers_per_stream: config.media.max_viewers_per_stream,
+        max_sessions_per_token: config.media.max_sessions_per_token,
+        max_sessions_per_user: config.media.max_sessions_per_user,
+        publisher_reserve_percent: config.media.publisher_reserve_percent,
         ice_tcp: config.media.ice_tcp,
         worker_queue_packets: config.media.worker_queue_packets,
         pli_interval: Duration::from_millis(config.media.pli_interval_ms),
         idle_timeout: Duration::from_secs(config.media.idle_timeout_seconds),
+        ice_start_timeout: Duration::from_millis(config.media.ice_start_timeout_ms),
+        connect_timeout: Duration::from_secs(config.media.connect_timeout_seconds),
     }
 }

@@ -7,7 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{patch, post};
-use tandem_media::{MediaError, PatchOutcome, SessionKind, SessionSummary};
+use tandem_media::{MediaError, PatchOutcome, SessionHolder, SessionKind, SessionSummary};
 use tokio::sync::mpsc;
 
 use crate::auth::{MediaClaims, bearer};
@@ -27,11 +27,11 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/whep/{stream}", post(whep_post))
         .route(
             "/v1/whip/{stream}/{session}",
-            patch(session_patch).delete(session_delete),
+            patch(whip_session_patch).delete(whip_session_delete),
         )
         .route(
             "/v1/whep/{stream}/{session}",
-            patch(session_patch).delete(session_delete),
+            patch(whep_session_patch).delete(whep_session_delete),
         )
 }
 
@@ -66,6 +66,16 @@ fn media_error(err: MediaError) -> AppError {
         MediaError::AtCapacity(m) => {
             let mut e = AppError::unavailable(format!("server at capacity: {m}; retry later"));
             e.retry_after_secs = Some(5);
+            e
+        }
+        MediaError::LimitReached {
+            limit,
+            message,
+            retry_after_secs,
+        } => {
+            let mut e = AppError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
+                .with("limit", limit);
+            e.retry_after_secs = Some(retry_after_secs);
             e
         }
         MediaError::ShuttingDown => {
@@ -182,13 +192,24 @@ async fn create_session(
             "unknown stream: names are 1-128 characters of A-Z a-z 0-9 _ . : -",
         ));
     }
+    // The token first: a client without a valid one learns nothing else (not
+    // the content rules, not the capacity or its limits), and no body is read.
+    let claims = authorize(&state, &headers, &stream, kind)?;
     require_content_type(&headers, SDP)?;
     let offer = read_body(body, state.config.media.max_sdp_bytes).await?;
-    let claims = authorize(&state, &headers, &stream, kind)?;
     crate::api::access::check_session(&state, &claims, &stream, kind).await?;
+    let holder = SessionHolder {
+        user: &claims.sub,
+        token: &claims.jti,
+        // Tokens the API mints for platform users carry their `role`; tokens
+        // without one were minted by the operator with the server's key (`tandem
+        // token`, the demo links): they are not held to the per-token and
+        // per-user limits (docs/MEDIA.md, "Limits and lifecycle").
+        limited: claims.role.is_some(),
+    };
     let answer = match kind {
-        SessionKind::Publisher => state.sfu.publish(&stream, &offer, &claims.sub).await,
-        SessionKind::Viewer => state.sfu.subscribe(&stream, &offer, &claims.sub).await,
+        SessionKind::Publisher => state.sfu.publish(&stream, &offer, &holder).await,
+        SessionKind::Viewer => state.sfu.subscribe(&stream, &offer, &holder).await,
     }
     .map_err(media_error)?;
     crate::api::access::session_started(&state, &claims, &stream, kind).await;
@@ -282,17 +303,20 @@ pub async fn options_headers(
 }
 
 /// The session URL is an unguessable capability (RFC 9725 §4.3); a token, when the
-/// client sends one, must still be valid for the stream.
+/// client sends one, must still be valid for the stream. A session answers only
+/// under its own URL: its kind (`/v1/whip` publishers, `/v1/whep` viewers) and
+/// its stream; anything else is 404, as for a session that does not exist.
 fn session_for(
     state: &AppState,
     headers: &HeaderMap,
     stream: &str,
     session: &str,
+    kind: SessionKind,
 ) -> AppResult<SessionSummary> {
     let summary = state
         .sfu
         .session(session)
-        .filter(|s| &*s.stream == stream)
+        .filter(|s| &*s.stream == stream && s.kind == kind)
         .ok_or_else(|| media_error(MediaError::UnknownSession))?;
     if bearer(headers).is_some() {
         let claims = state.tokens.verify(bearer(headers).unwrap_or_default())?;
@@ -305,13 +329,48 @@ fn session_for(
     Ok(summary)
 }
 
+async fn whip_session_patch(
+    state: State<AppState>,
+    path: Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> AppResult<Response> {
+    session_patch(state, path, headers, body, SessionKind::Publisher).await
+}
+
+async fn whep_session_patch(
+    state: State<AppState>,
+    path: Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> AppResult<Response> {
+    session_patch(state, path, headers, body, SessionKind::Viewer).await
+}
+
+async fn whip_session_delete(
+    state: State<AppState>,
+    path: Path<(String, String)>,
+    headers: HeaderMap,
+) -> AppResult<StatusCode> {
+    session_delete(state, path, headers, SessionKind::Publisher).await
+}
+
+async fn whep_session_delete(
+    state: State<AppState>,
+    path: Path<(String, String)>,
+    headers: HeaderMap,
+) -> AppResult<StatusCode> {
+    session_delete(state, path, headers, SessionKind::Viewer).await
+}
+
 async fn session_patch(
     State(state): State<AppState>,
     Path((stream, session)): Path<(String, String)>,
     headers: HeaderMap,
     body: Body,
+    kind: SessionKind,
 ) -> AppResult<Response> {
-    let summary = session_for(&state, &headers, &stream, &session)?;
+    let summary = session_for(&state, &headers, &stream, &session, kind)?;
     require_content_type(&headers, SDPFRAG)?;
     // Some clients send their entity-tag as `ETag` instead of `If-Match` (see TESTING.md).
     let tag = headers
@@ -350,8 +409,9 @@ async fn session_delete(
     State(state): State<AppState>,
     Path((stream, session)): Path<(String, String)>,
     headers: HeaderMap,
+    kind: SessionKind,
 ) -> AppResult<StatusCode> {
-    session_for(&state, &headers, &stream, &session)?;
+    session_for(&state, &headers, &stream, &session, kind)?;
     state.sfu.end(&session).await.map_err(media_error)?;
     Ok(StatusCode::OK)
 }

@@ -21,7 +21,8 @@ export class HttpError extends Error {
   }
   /** Whether trying again later may help (not an auth or request problem). */
   get retryable() {
-    return this.status >= 500 || this.status === 409 || this.status === 404 || this.status === 0;
+    // 429: a per-token or per-user session limit; old sessions end and free it.
+    return this.status >= 500 || this.status === 409 || this.status === 404 || this.status === 429 || this.status === 0;
   }
 }
 

@@ -17,6 +17,15 @@ pub enum MediaError {
     /// A configured limit was reached.
     #[error("at capacity: {0}")]
     AtCapacity(String),
+    /// A per-holder limit (sessions per token or per user) was reached: the
+    /// client should close sessions it no longer uses, or wait.
+    #[error("{message}")]
+    LimitReached {
+        /// The configuration key of the limit, e.g. `media.max_sessions_per_token`.
+        limit: &'static str,
+        message: String,
+        retry_after_secs: u64,
+    },
     /// The server is shutting down.
     #[error("the media server is shutting down")]
     ShuttingDown,

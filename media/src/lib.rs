@@ -34,5 +34,6 @@ pub mod worker;
 pub use config::MediaConfig;
 pub use error::MediaError;
 pub use sfu::{
-    PatchOutcome, SessionAnswer, SessionKind, SessionObserver, SessionSummary, Sfu, StreamSummary,
+    PatchOutcome, SessionAnswer, SessionHolder, SessionKind, SessionObserver, SessionSummary, Sfu,
+    StreamSummary,
 };

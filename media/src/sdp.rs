@@ -79,6 +79,7 @@ pub fn check_offer(sdp: &str, kind: SessionKind) -> Result<CheckedOffer, MediaEr
     let mut media_ufrag: Vec<bool> = Vec::new();
     let mut media_pwd: Vec<bool> = Vec::new();
     let mut media_fingerprint: Vec<bool> = Vec::new();
+    let mut bundle_only: Vec<bool> = Vec::new();
     let mut others = 0usize;
     let mut in_other = false;
     for (n, raw) in sdp.lines().enumerate() {
@@ -124,6 +125,7 @@ pub fn check_offer(sdp: &str, kind: SessionKind) -> Result<CheckedOffer, MediaEr
                         media_ufrag.push(false);
                         media_pwd.push(false);
                         media_fingerprint.push(false);
+                        bundle_only.push(false);
                     }
                     None => {
                         in_other = true;
@@ -134,6 +136,17 @@ pub fn check_offer(sdp: &str, kind: SessionKind) -> Result<CheckedOffer, MediaEr
             b'a' => {
                 let (attr, arg) = value.split_once(':').unwrap_or((value, ""));
                 let current = (!in_other).then(|| media.len().checked_sub(1)).flatten();
+                // Malformed transport attributes are refused wherever they are:
+                // the peer connection cannot use them, and a session built on
+                // them would hold its slot (and a publisher its stream) until it
+                // timed out.
+                match attr {
+                    "ice-ufrag" => check_ice_credential(n, "ice-ufrag", arg, 4)?,
+                    "ice-pwd" => check_ice_credential(n, "ice-pwd", arg, 22)?,
+                    "fingerprint" => check_fingerprint(n, arg)?,
+                    "setup" => check_setup(n, arg)?,
+                    _ => {}
+                }
                 match (attr, current) {
                     ("ice-ufrag", None) if !in_other => session_ufrag = true,
                     ("ice-pwd", None) if !in_other => session_pwd = true,
@@ -141,6 +154,7 @@ pub fn check_offer(sdp: &str, kind: SessionKind) -> Result<CheckedOffer, MediaEr
                     ("ice-ufrag", Some(i)) => media_ufrag[i] = true,
                     ("ice-pwd", Some(i)) => media_pwd[i] = true,
                     ("fingerprint", Some(i)) => media_fingerprint[i] = true,
+                    ("bundle-only", Some(i)) => bundle_only[i] = true,
                     ("mid", Some(i)) => media[i].mid = Some(arg.to_string()),
                     ("sendrecv", Some(i)) => media[i].direction = Direction::SendRecv,
                     ("sendonly", Some(i)) => media[i].direction = Direction::SendOnly,
@@ -174,16 +188,26 @@ pub fn check_offer(sdp: &str, kind: SessionKind) -> Result<CheckedOffer, MediaEr
             MediaError::BadSdp("the offer has no media section (m=)".into())
         });
     }
-    for i in 0..media.len() {
-        if !(session_ufrag || media_ufrag[i]) || !(session_pwd || media_pwd[i]) {
-            return Err(MediaError::BadSdp(
-                "missing a=ice-ufrag/a=ice-pwd: ICE credentials are required".into(),
-            ));
+    // ICE credentials and the DTLS fingerprint may be at session level or in the
+    // media section (RFC 8839 §5.4, RFC 8122 §5); a `bundle-only` section carries
+    // none and uses its bundle's (RFC 8843 §7.1.3), and a disabled one (port 0)
+    // needs none. Every other section needs them.
+    for i in (0..media.len()).filter(|&i| !bundle_only[i] && !media[i].rejected) {
+        let section = i + 1;
+        if !(session_ufrag || media_ufrag[i]) {
+            return Err(MediaError::BadSdp(format!(
+                "missing a=ice-ufrag (media section {section}): ICE credentials are required"
+            )));
+        }
+        if !(session_pwd || media_pwd[i]) {
+            return Err(MediaError::BadSdp(format!(
+                "missing a=ice-pwd (media section {section}): ICE credentials are required"
+            )));
         }
         if !(session_fingerprint || media_fingerprint[i]) {
-            return Err(MediaError::BadSdp(
-                "missing a=fingerprint: DTLS-SRTP is required".into(),
-            ));
+            return Err(MediaError::BadSdp(format!(
+                "missing a=fingerprint (media section {section}): DTLS-SRTP is required"
+            )));
         }
     }
     let wanted = |m: &OfferedMedia| match kind {
@@ -218,6 +242,78 @@ pub fn check_offer(sdp: &str, kind: SessionKind) -> Result<CheckedOffer, MediaEr
         )));
     }
     Ok(CheckedOffer { media })
+}
+
+/// `a=ice-ufrag` / `a=ice-pwd`: RFC 8839 §5.4 asks for 4 (ufrag) or 22 (pwd) to
+/// 256 ice-chars. Only the length and "visible ASCII" are enforced, so a client
+/// with a slightly unusual alphabet still works (Chromium sends 4 + 24
+/// characters, Firefox 8 + 32, aiortc 4 + 22).
+fn check_ice_credential(
+    line: usize,
+    attr: &str,
+    value: &str,
+    min: usize,
+) -> Result<(), MediaError> {
+    let value = value.trim();
+    let visible = value.bytes().all(|b| b.is_ascii_graphic());
+    if value.len() < min || value.len() > 256 || !visible {
+        return Err(MediaError::BadSdp(format!(
+            "line {}: a={attr} must be {min} to 256 visible characters (RFC 8839), got {} characters",
+            line + 1,
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+/// `a=fingerprint:<hash-func> <XX:XX:...>` (RFC 8122 §5) with a digest of the
+/// length its hash function makes.
+fn check_fingerprint(line: usize, value: &str) -> Result<(), MediaError> {
+    let bad = |why: &str| {
+        Err(MediaError::BadSdp(format!(
+            "line {}: a=fingerprint {why}; expected e.g. 'a=fingerprint:sha-256 AB:CD:...'",
+            line + 1
+        )))
+    };
+    let (hash, digest) = match value.trim().split_once(' ') {
+        Some((h, d)) => (h, d.trim()),
+        None => return bad("has no digest"),
+    };
+    let bytes = match hash.to_ascii_lowercase().as_str() {
+        "sha-1" => 20,
+        "sha-224" => 28,
+        "sha-256" => 32,
+        "sha-384" => 48,
+        "sha-512" => 64,
+        "md5" | "md2" => 16,
+        _ => return bad("names an unknown hash function"),
+    };
+    let pairs: Vec<&str> = digest.split(':').collect();
+    let hex = pairs
+        .iter()
+        .all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit()));
+    if !hex || pairs.len() != bytes {
+        return bad(&format!("is not {bytes} hex bytes separated by ':'"));
+    }
+    Ok(())
+}
+
+/// `a=setup` (RFC 8842 §5.2): the server answers `passive` (it is the DTLS
+/// server and never connects out), so the client must be able to be active.
+fn check_setup(line: usize, value: &str) -> Result<(), MediaError> {
+    match value.trim() {
+        "actpass" | "active" => Ok(()),
+        "passive" => Err(MediaError::BadSdp(format!(
+            "line {}: a=setup:passive cannot work: the server is passive too (ICE-lite, DTLS \
+             server); offer a=setup:actpass or a=setup:active",
+            line + 1
+        ))),
+        other => Err(MediaError::BadSdp(format!(
+            "line {}: a=setup:{} is not actpass or active",
+            line + 1,
+            truncate(other, 20)
+        ))),
+    }
 }
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -345,7 +441,8 @@ mod tests {
     use super::*;
 
     const OFFER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n\
-a=fingerprint:sha-256 AA:BB\r\na=ice-ufrag:abcd\r\na=ice-pwd:0123456789abcdef0123456789\r\n\
+a=fingerprint:sha-256 36:2D:A1:C0:36:B5:33:F0:7C:16:21:CF:CC:17:9B:06:41:D5:9B:32:34:6C:6C:93:8D:13:26:5B:58:F5:1C:7E\r\n\
+a=ice-ufrag:abcd\r\na=ice-pwd:0123456789abcdef0123456789\r\n\
 m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=sendonly\r\na=rtpmap:111 opus/48000/2\r\n\
 m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\na=sendonly\r\na=rtpmap:96 VP8/90000\r\n";
 
@@ -372,7 +469,11 @@ m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\na=sendonly\r\na=rtpmap:96 VP8/90000
             .unwrap_err()
             .to_string();
         assert!(e.contains("v=0"), "{e}");
-        let no_fp = OFFER.replace("a=fingerprint:sha-256 AA:BB\r\n", "");
+        let no_fp = OFFER
+            .lines()
+            .filter(|l| !l.starts_with("a=fingerprint"))
+            .map(|l| format!("{l}\r\n"))
+            .collect::<String>();
         let e = check_offer(&no_fp, SessionKind::Publisher)
             .unwrap_err()
             .to_string();
@@ -385,6 +486,44 @@ m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\na=sendonly\r\na=rtpmap:96 VP8/90000
             matches!(e, MediaError::NoCommonCodec(ref m) if m.contains("g722")),
             "{e}"
         );
+    }
+
+    #[test]
+    fn transport_attributes_are_checked_where_they_are() {
+        // Session-level credentials and fingerprint (the fixture) are enough.
+        assert!(check_offer(OFFER, SessionKind::Publisher).is_ok());
+        let active = OFFER.replace("a=sendonly\r\n", "a=sendonly\r\na=setup:active\r\n");
+        assert!(check_offer(&active, SessionKind::Publisher).is_ok());
+        let passive = OFFER.replace("a=sendonly\r\n", "a=sendonly\r\na=setup:passive\r\n");
+        let e = check_offer(&passive, SessionKind::Publisher).unwrap_err();
+        assert!(e.to_string().contains("a=setup:passive"), "{e}");
+        let short = OFFER.replace("a=ice-pwd:0123456789abcdef0123456789", "a=ice-pwd:0123");
+        let e = check_offer(&short, SessionKind::Publisher).unwrap_err();
+        assert!(e.to_string().contains("ice-pwd"), "{e}");
+        let bad_fp = OFFER.replace("sha-256 36:2D", "sha-256 36:ZZ");
+        let e = check_offer(&bad_fp, SessionKind::Publisher).unwrap_err();
+        assert!(e.to_string().contains("fingerprint"), "{e}");
+        let unknown_hash = OFFER.replace("sha-256 36:2D", "sha-999 36:2D");
+        assert!(check_offer(&unknown_hash, SessionKind::Publisher).is_err());
+    }
+
+    #[test]
+    fn bundle_only_sections_use_their_bundles_transport() {
+        // Credentials in the first (bundle tag) section only; the second is
+        // bundle-only (port 0) and carries none, as RFC 8843 has it.
+        let offer = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\na=sendonly\r\na=ice-ufrag:abcd\r\n\
+a=ice-pwd:0123456789abcdef0123456789\r\n\
+a=fingerprint:sha-256 36:2D:A1:C0:36:B5:33:F0:7C:16:21:CF:CC:17:9B:06:41:D5:9B:32:34:6C:6C:93:8D:13:26:5B:58:F5:1C:7E\r\n\
+a=setup:actpass\r\na=rtpmap:111 opus/48000/2\r\n\
+m=video 0 UDP/TLS/RTP/SAVPF 96\r\na=bundle-only\r\na=mid:1\r\na=sendonly\r\na=rtpmap:96 VP8/90000\r\n";
+        assert!(check_offer(offer, SessionKind::Publisher).is_ok());
+        // Without bundle-only the second section needs its own.
+        let unbundled = offer
+            .replace("m=video 0", "m=video 9")
+            .replace("a=bundle-only\r\n", "");
+        let e = check_offer(&unbundled, SessionKind::Publisher).unwrap_err();
+        assert!(e.to_string().contains("media section 2"), "{e}");
     }
 
     #[test]

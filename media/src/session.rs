@@ -31,7 +31,7 @@ use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 
 use crate::MediaError;
 use crate::sdp::{CheckedOffer, MediaKind};
-use crate::sfu::{SessionKind, StreamShared};
+use crate::sfu::{SessionKind, SessionSlot, StreamShared};
 use crate::srtp::{SrtpIndex, SrtpSender};
 use crate::track::Continuity;
 
@@ -81,6 +81,7 @@ pub struct Session {
     pub local_ufrag: String,
     /// Addresses (and transport) this session's packets come from.
     pub addrs: Vec<(SocketAddr, bool)>,
+    pub created: Instant,
     pub last_rx: Instant,
     pub next_timeout: Option<Instant>,
     pub connected: bool,
@@ -99,6 +100,9 @@ pub struct Session {
     /// session is serviced.
     pub media_dest: Option<(SocketAddr, bool)>,
     pub next_sender_report: Instant,
+    /// The session's place in the admission counts (sessions per token, per user,
+    /// in all): given back when the session is dropped, whatever ended it.
+    pub(crate) _slot: SessionSlot,
 }
 
 /// The RTP/RTCP pipeline of a session.

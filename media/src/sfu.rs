@@ -1,6 +1,7 @@
 //! [`Sfu`]: the handle the HTTP layer calls to create, patch and end sessions,
 //! and the registries (sessions, ICE ufrags, streams) the workers share.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -57,6 +58,18 @@ pub struct SessionSummary {
     pub user: Arc<str>,
     pub etag: String,
     pub started_at_ms: i64,
+}
+
+/// Who asks for a session: what the per-token and per-user limits count.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionHolder<'a> {
+    /// The user (`sub` of the media token).
+    pub user: &'a str,
+    /// The token's id (`jti`).
+    pub token: &'a str,
+    /// Whether `max_sessions_per_token` / `max_sessions_per_user` apply (the
+    /// server-wide limits always do). The HTTP layer decides who is exempt.
+    pub limited: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -120,6 +133,166 @@ impl StreamShared {
     }
 }
 
+/// Sessions held, in all and per token and per user: what admission checks.
+/// Locked on the HTTP path (admission) and when a session ends, never per packet.
+#[derive(Default)]
+pub(crate) struct Admission {
+    held: Mutex<Held>,
+    /// Unix second of the last "limit reached" log line, so refusals in a flood
+    /// log once every [`REFUSAL_LOG_INTERVAL_SECS`].
+    last_refusal_log: AtomicU64,
+}
+
+#[derive(Default)]
+struct Held {
+    total: usize,
+    by_token: HashMap<Arc<str>, usize>,
+    by_user: HashMap<Arc<str>, usize>,
+}
+
+const REFUSAL_LOG_INTERVAL_SECS: u64 = 10;
+
+/// One admitted session's place in the [`Admission`] counts. The session owns it
+/// from admission to its end; dropping it gives the place back, so the counts
+/// are released exactly once however the session ends (DELETE, a timeout, a
+/// failed connection, a failed creation, shutdown).
+pub(crate) struct SessionSlot {
+    admission: Arc<Admission>,
+    token: Arc<str>,
+    user: Arc<str>,
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        let mut held = self.admission.lock();
+        held.total = held.total.saturating_sub(1);
+        release(&mut held.by_token, &self.token);
+        release(&mut held.by_user, &self.user);
+    }
+}
+
+fn release(counts: &mut HashMap<Arc<str>, usize>, key: &Arc<str>) {
+    if let Some(n) = counts.get_mut(key) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            counts.remove(key);
+        }
+    }
+}
+
+impl Admission {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
+        // The counts stay consistent under a panic elsewhere (every update is a
+        // few integer operations), so a poisoned lock is still usable.
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes a place for a new session, or says which limit refuses it.
+    fn admit(
+        self: &Arc<Self>,
+        config: &MediaConfig,
+        kind: SessionKind,
+        holder: &SessionHolder<'_>,
+    ) -> Result<SessionSlot, MediaError> {
+        let mut held = self.lock();
+        let refusal = self.refusal(&held, config, kind, holder);
+        if let Some(err) = refusal {
+            drop(held);
+            self.log_refusal(&err, holder);
+            return Err(err);
+        }
+        let token: Arc<str> = Arc::from(holder.token);
+        let user: Arc<str> = Arc::from(holder.user);
+        held.total += 1;
+        *held.by_token.entry(token.clone()).or_default() += 1;
+        *held.by_user.entry(user.clone()).or_default() += 1;
+        Ok(SessionSlot {
+            admission: self.clone(),
+            token,
+            user,
+        })
+    }
+
+    fn refusal(
+        &self,
+        held: &Held,
+        config: &MediaConfig,
+        kind: SessionKind,
+        holder: &SessionHolder<'_>,
+    ) -> Option<MediaError> {
+        // A place held by a session whose client never starts ICE comes back
+        // after the ICE-start timeout: the earliest a retry can succeed.
+        let retry_after_secs = config.ice_start_timeout.as_secs().max(1);
+        let per_token = config.max_sessions_per_token;
+        let per_user = config.max_sessions_per_user;
+        let count = |m: &HashMap<Arc<str>, usize>, k: &str| m.get(k).copied().unwrap_or(0);
+        if holder.limited && per_token > 0 && count(&held.by_token, holder.token) >= per_token {
+            return Some(MediaError::LimitReached {
+                limit: "media.max_sessions_per_token",
+                message: format!(
+                    "this token already holds {per_token} sessions, the most one token may \
+                     (media.max_sessions_per_token); DELETE the sessions it no longer uses, \
+                     or retry after sessions that never connected have timed out"
+                ),
+                retry_after_secs,
+            });
+        }
+        if holder.limited && per_user > 0 && count(&held.by_user, holder.user) >= per_user {
+            return Some(MediaError::LimitReached {
+                limit: "media.max_sessions_per_user",
+                message: format!(
+                    "this user already holds {per_user} sessions, the most one user may over \
+                     all their tokens (media.max_sessions_per_user); DELETE the sessions no \
+                     longer used, or retry after sessions that never connected have timed out"
+                ),
+                retry_after_secs,
+            });
+        }
+        let max = config.max_sessions;
+        if held.total >= max {
+            return Some(MediaError::AtCapacity(format!(
+                "{max} sessions is the configured maximum (media.max_sessions)"
+            )));
+        }
+        let reserve = config.publisher_reserve();
+        if kind == SessionKind::Viewer && held.total >= max.saturating_sub(reserve) {
+            return Some(MediaError::AtCapacity(format!(
+                "viewers may hold {} of the {max} sessions; the other {reserve} are kept for \
+                 publishers (media.publisher_reserve_percent)",
+                max.saturating_sub(reserve)
+            )));
+        }
+        None
+    }
+
+    fn log_refusal(&self, err: &MediaError, holder: &SessionHolder<'_>) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let last = self.last_refusal_log.load(Ordering::Relaxed);
+        let due = now >= last + REFUSAL_LOG_INTERVAL_SECS;
+        if due
+            && self
+                .last_refusal_log
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(user = holder.user, error = %err, "session refused (logged at most every 10 s)");
+        } else {
+            tracing::debug!(user = holder.user, error = %err, "session refused");
+        }
+    }
+
+    fn of_token(&self, token: &str) -> usize {
+        self.lock().by_token.get(token).copied().unwrap_or(0)
+    }
+
+    fn of_user(&self, user: &str) -> usize {
+        self.lock().by_user.get(user).copied().unwrap_or(0)
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Route {
     pub key: u64,
@@ -149,6 +322,7 @@ pub(crate) struct Shared {
     pub streams: DashMap<Arc<str>, Arc<StreamShared>>,
     pub metrics: MediaMetrics,
     pub observer: Arc<dyn SessionObserver>,
+    pub admission: Arc<Admission>,
     pub running: AtomicBool,
     next_worker: AtomicUsize,
     next_stream_id: AtomicU64,
@@ -216,6 +390,7 @@ impl Sfu {
             streams: DashMap::new(),
             metrics,
             observer,
+            admission: Arc::default(),
             running: AtomicBool::new(true),
             next_worker: AtomicUsize::new(0),
             next_stream_id: AtomicU64::new(1),
@@ -261,9 +436,9 @@ impl Sfu {
         &self,
         stream: &str,
         offer: &str,
-        user: &str,
+        holder: &SessionHolder<'_>,
     ) -> Result<SessionAnswer, MediaError> {
-        self.create(SessionKind::Publisher, stream, offer, user)
+        self.create(SessionKind::Publisher, stream, offer, holder)
             .await
     }
 
@@ -272,9 +447,10 @@ impl Sfu {
         &self,
         stream: &str,
         offer: &str,
-        user: &str,
+        holder: &SessionHolder<'_>,
     ) -> Result<SessionAnswer, MediaError> {
-        self.create(SessionKind::Viewer, stream, offer, user).await
+        self.create(SessionKind::Viewer, stream, offer, holder)
+            .await
     }
 
     async fn create(
@@ -282,19 +458,17 @@ impl Sfu {
         kind: SessionKind,
         stream: &str,
         offer: &str,
-        user: &str,
+        holder: &SessionHolder<'_>,
     ) -> Result<SessionAnswer, MediaError> {
         let shared = &self.shared;
         if !self.is_running() {
             return Err(MediaError::ShuttingDown);
         }
         let checked = sdp::check_offer(offer, kind)?;
-        if shared.sessions.len() >= shared.config.max_sessions {
-            return Err(MediaError::AtCapacity(format!(
-                "{} sessions is the configured maximum (media.max_sessions)",
-                shared.config.max_sessions
-            )));
-        }
+        // Counted from here (not from when the worker has built the session), so
+        // concurrent requests cannot overshoot a limit; any failure below drops
+        // the slot and gives the place back.
+        let slot = shared.admission.admit(&shared.config, kind, holder)?;
         let key = shared.next_session_key.fetch_add(1, Ordering::Relaxed);
         let name: Arc<str> = Arc::from(stream);
         // Reserve under the stream's map entry, so an idle stream cannot be
@@ -341,7 +515,8 @@ impl Sfu {
             stream: stream.clone(),
             offer: offer.to_string(),
             checked,
-            user: Arc::from(user),
+            user: Arc::from(holder.user),
+            slot,
             reply,
         };
         let sent = shared.workers[worker]
@@ -416,6 +591,16 @@ impl Sfu {
             })
             .map_err(|_| MediaError::ShuttingDown)?;
         rx.await.unwrap_or(Err(MediaError::UnknownSession))
+    }
+
+    /// Sessions held by the media token with this `jti` (limited or not).
+    pub fn sessions_of_token(&self, jti: &str) -> usize {
+        self.shared.admission.of_token(jti)
+    }
+
+    /// Sessions held by this user over all their tokens (limited or not).
+    pub fn sessions_of_user(&self, user: &str) -> usize {
+        self.shared.admission.of_user(user)
     }
 
     /// Live sessions (publishers and viewers).

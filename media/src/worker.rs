@@ -31,8 +31,8 @@ use crate::metrics::MediaMetrics;
 use crate::sdp::{self, CheckedOffer, IceFragment, MediaKind};
 use crate::session::{self, BuildParams, PT_UNKNOWN, PT_UNSUPPORTED, PublisherTrack, Session};
 use crate::sfu::{
-    PatchOutcome, Route, SessionAnswer, SessionEntry, SessionKind, SessionSummary, Shared,
-    StreamShared, random_hex,
+    PatchOutcome, Route, SessionAnswer, SessionEntry, SessionKind, SessionSlot, SessionSummary,
+    Shared, StreamShared, random_hex,
 };
 use crate::srtp::{SrtpIndex, SrtpSender};
 use crate::tcp::TcpLink;
@@ -90,6 +90,8 @@ pub(crate) struct CreateRequest {
     pub offer: String,
     pub checked: CheckedOffer,
     pub user: Arc<str>,
+    /// The session's place in the admission counts, held until it ends.
+    pub slot: SessionSlot,
     pub reply: oneshot::Sender<Result<SessionAnswer, MediaError>>,
 }
 
@@ -362,6 +364,11 @@ impl Worker {
                 self.metrics.dropped.unknown_source.inc();
                 return;
             };
+            if session.addrs.is_empty() {
+                // What `media.ice_start_timeout_ms` bounds (Chromium and aiortc
+                // on loopback: 3-70 ms after creation, see docs/MEDIA.md).
+                tracing::debug!(session = %session.id, after_ms = now.saturating_duration_since(session.created).as_millis() as u64, "ICE started");
+            }
             session.addrs.push(addr_key);
             self.by_addr.insert(addr_key, route.key);
             route.key
@@ -675,6 +682,8 @@ impl Worker {
             self.last_refresh = now;
         }
         let idle_timeout = self.shared.config.idle_timeout;
+        let ice_start_timeout = self.shared.config.ice_start_timeout;
+        let connect_timeout = self.shared.config.connect_timeout;
         let mut keys = std::mem::take(&mut self.scratch_keys);
         keys.clear();
         keys.extend(self.sessions.keys().copied());
@@ -688,6 +697,20 @@ impl Worker {
             if now.saturating_duration_since(s.last_rx) > idle_timeout {
                 self.to_close.push((key, "idle timeout"));
                 continue;
+            }
+            // Never-connected sessions hold a place for a short time only: the
+            // client's first check (which binds its address) must come within
+            // the ICE-start timeout, the connection within the connect timeout.
+            if !s.connected {
+                let age = now.saturating_duration_since(s.created);
+                if s.addrs.is_empty() && age > ice_start_timeout {
+                    self.to_close.push((key, "ICE did not start"));
+                    continue;
+                }
+                if age > connect_timeout {
+                    self.to_close.push((key, "not connected in time"));
+                    continue;
+                }
             }
             let report_due = s.srtp.is_some() && s.next_sender_report <= now;
             if report_due {
@@ -843,6 +866,7 @@ impl Worker {
                 remote_offer: req.offer,
                 local_ufrag: built.local_ufrag,
                 addrs: Vec::new(),
+                created: now,
                 last_rx: now,
                 next_timeout: None,
                 connected: false,
@@ -855,6 +879,7 @@ impl Worker {
                 srtp: None,
                 media_dest: None,
                 next_sender_report: now + SENDER_REPORT_INTERVAL,
+                _slot: req.slot,
             },
         );
         self.shared.observer.session_started(&summary);
