@@ -68,8 +68,9 @@ struct Raw {
 /// The read half of a [`Raw`] client.
 struct Reader {
     rd: OwnedReadHalf,
-    /// Bytes read but not yet parsed into frames.
+    /// Bytes read; those before `pos` are parsed.
     buf: Vec<u8>,
+    pos: usize,
 }
 
 impl Raw {
@@ -106,7 +107,7 @@ impl Raw {
         buf.drain(..end);
         let (rd, wr) = tcp.into_split();
         Raw {
-            rd: Reader { rd, buf },
+            rd: Reader { rd, buf, pos: 0 },
             wr,
         }
     }
@@ -116,26 +117,29 @@ impl Reader {
     /// The next server frame `(opcode, payload)`; `None` at EOF or a reset.
     async fn read_frame(&mut self) -> Option<(u8, Vec<u8>)> {
         loop {
-            if self.buf.len() >= 2 {
-                let (op, len7) = (self.buf[0] & 0x0f, (self.buf[1] & 0x7f) as usize);
+            // Parsed from `pos` and compacted now and then: a flood's answers are
+            // megabytes of small frames, to be read before the server's drain
+            // deadline (moving the buffer per frame was too slow for it).
+            let b = &self.buf[self.pos..];
+            if b.len() >= 2 {
+                let (op, len7) = (b[0] & 0x0f, (b[1] & 0x7f) as usize);
                 let (hdr, len) = match len7 {
-                    126 if self.buf.len() >= 4 => {
-                        (4, u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize)
+                    126 if b.len() >= 4 => (4, u16::from_be_bytes([b[2], b[3]]) as usize),
+                    127 if b.len() >= 10 => {
+                        (10, u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize)
                     }
-                    127 if self.buf.len() >= 10 => (
-                        10,
-                        u64::from_be_bytes(self.buf[2..10].try_into().unwrap()) as usize,
-                    ),
                     126 | 127 => (usize::MAX, 0),
                     n => (2, n),
                 };
-                if hdr != usize::MAX && self.buf.len() >= hdr + len {
-                    let payload = self.buf[hdr..hdr + len].to_vec();
-                    self.buf.drain(..hdr + len);
+                if hdr != usize::MAX && b.len() >= hdr + len {
+                    let payload = b[hdr..hdr + len].to_vec();
+                    self.pos += hdr + len;
                     return Some((op, payload));
                 }
             }
-            let mut chunk = [0u8; 16 * 1024];
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+            let mut chunk = [0u8; 64 * 1024];
             match self.rd.read(&mut chunk).await {
                 Ok(0) | Err(_) => return None,
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
@@ -185,6 +189,12 @@ fn flood(
 }
 
 const BUDGET: u64 = 64 * 1024;
+
+/// The receive buffer of a client that does not read: small, so the server's
+/// answers back up into its queue soon, but not tiny: with a 4 KiB window the
+/// backlog it reads at the end crawled (delayed ACKs) past the server's drain
+/// deadline, and the close frame behind it was dropped.
+const SMALL_RCVBUF: u32 = 64 * 1024;
 const QUEUED_BYTES: &str = "tandem_ws_queued_bytes";
 const CLOSED_BACKLOG: &str = "tandem_ws_limit_closes_total{reason=\"queued_bytes\"}";
 
@@ -251,7 +261,7 @@ async fn flood_until_closed(s: &Server, raw: Raw, unit: Vec<u8>, reason: &str) -
 async fn ping_flood_from_a_member_that_never_reads_is_closed_at_the_byte_budget() {
     let dir = TempDir::new("h-ws");
     let s = budget_server(&dir).await;
-    let mut raw = Raw::connect(&s, "pings", "p", 4096).await;
+    let mut raw = Raw::connect(&s, "pings", "p", SMALL_RCVBUF).await;
     raw.wr
         .write_all(&text_frame(&json!({"type":"hello"})))
         .await
@@ -287,11 +297,11 @@ async fn bad_frames_before_hello_get_a_few_errors_then_1008() {
     assert!(texts.iter().all(|t| t["type"] == "error"), "{texts:?}");
 
     // A client that never reads: the same close, after a bounded amount.
-    let raw = Raw::connect(&s, "early", "f", 4096).await;
+    let raw = Raw::connect(&s, "early", "f", SMALL_RCVBUF).await;
     let code = flood_until_closed(&s, raw, frame(0x1, b"x"), "pre_hello_frames").await;
     assert_eq!(code, Some(1008));
     // Pings before hello count too.
-    let raw = Raw::connect(&s, "early", "g", 4096).await;
+    let raw = Raw::connect(&s, "early", "g", SMALL_RCVBUF).await;
     flood_until_closed(&s, raw, frame(0x9, &[b'p'; 125]), "pre_hello_frames").await;
     assert!(metric(&s, "tandem_ws_limit_closes_total{reason=\"pre_hello_frames\"}") >= 3.0);
     s.stop().await;
