@@ -505,10 +505,7 @@ impl AsyncWrite for SharedIo {
         // the budget the connection is closed now and the frame is dropped: the
         // reader stops at its next frame, so nothing more is queued. tungstenite
         // hands over whole frames, so dropping one leaves the stream well formed.
-        if !st.finishing
-            && !st.queue.is_empty()
-            && st.queued_bytes + buf.len() > link.max_bytes
-        {
+        if !st.finishing && !st.queue.is_empty() && st.queued_bytes + buf.len() > link.max_bytes {
             link.note_limit(&mut st, "queued_bytes");
             let k = st.close_after.take().unwrap_or(BACKLOG_CLOSE);
             st.kill.get_or_insert(k);

@@ -125,9 +125,10 @@ impl Reader {
                 let (op, len7) = (b[0] & 0x0f, (b[1] & 0x7f) as usize);
                 let (hdr, len) = match len7 {
                     126 if b.len() >= 4 => (4, u16::from_be_bytes([b[2], b[3]]) as usize),
-                    127 if b.len() >= 10 => {
-                        (10, u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize)
-                    }
+                    127 if b.len() >= 10 => (
+                        10,
+                        u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize,
+                    ),
                     126 | 127 => (usize::MAX, 0),
                     n => (2, n),
                 };
@@ -154,7 +155,10 @@ impl Reader {
         let code = tokio::time::timeout(WAIT, async {
             while let Some((op, payload)) = self.read_frame().await {
                 match op {
-                    0x8 => return (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]])),
+                    0x8 => {
+                        return (payload.len() >= 2)
+                            .then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                    }
                     0x1 => texts.push(serde_json::from_slice(&payload).unwrap()),
                     _ => {}
                 }
@@ -303,7 +307,12 @@ async fn bad_frames_before_hello_get_a_few_errors_then_1008() {
     // Pings before hello count too.
     let raw = Raw::connect(&s, "early", "g", SMALL_RCVBUF).await;
     flood_until_closed(&s, raw, frame(0x9, &[b'p'; 125]), "pre_hello_frames").await;
-    assert!(metric(&s, "tandem_ws_limit_closes_total{reason=\"pre_hello_frames\"}") >= 3.0);
+    assert!(
+        metric(
+            &s,
+            "tandem_ws_limit_closes_total{reason=\"pre_hello_frames\"}"
+        ) >= 3.0
+    );
     s.stop().await;
 }
 
