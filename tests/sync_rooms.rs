@@ -568,6 +568,11 @@ async fn a_member_whose_socket_blocks_still_gets_every_frame_in_order() {
         dir.path(),
         &[
             ("TANDEM_ROOMS__QUEUE_DEPTH", "100000"),
+            // It queues more than the default 1 MiB on purpose (several MB).
+            (
+                "TANDEM_ROOMS__MAX_QUEUED_BYTES_PER_CONNECTION",
+                "1000000000",
+            ),
             ("TANDEM_ROOMS__MESSAGES_PER_SECOND", "100000"),
             ("TANDEM_ROOMS__MESSAGES_BURST", "100000"),
         ],

@@ -15,6 +15,10 @@ pub struct RoomsConfig {
     pub max_frame_bytes: usize,
     /// Outbound messages queued per connection; a connection whose queue is full is closed with 1013.
     pub queue_depth: usize,
+    /// Outbound bytes queued per connection, whatever queued them (broadcasts,
+    /// replies, pongs to the client's pings, answers before `hello`); past it the
+    /// connection is closed with 1013. Keep it well above the largest `welcome`.
+    pub max_queued_bytes_per_connection: usize,
     /// How long a disconnected member (and the host role) is kept for a resume.
     pub grace_period_ms: u64,
     /// Broadcasts kept per room for resumes.
@@ -75,6 +79,7 @@ impl Default for RoomsConfig {
             max_members_per_room: 200,
             max_frame_bytes: 16 * 1024,
             queue_depth: 256,
+            max_queued_bytes_per_connection: 1024 * 1024,
             grace_period_ms: 30_000,
             log_size: 1024,
             chat_rate_count: 5,

@@ -3,6 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 
@@ -16,10 +18,28 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::clock::now_ms;
-use crate::link::{Io, Link, LinkEvent, SendError, SharedIo};
+use crate::link::{BACKLOG_CLOSE, Io, Link, LinkEvent, SendError, SharedIo};
 use crate::room::{JoinRequest, RoomEvent};
 use crate::wire::{self, ClientMsg};
 use crate::{Identity, Rooms};
+
+/// Frames other than `hello` a connection may send before it (each answered with
+/// an `error`, pings with a pong); one more closes it with 1008. Before this, every
+/// bad frame got its answer: 24 MB of 1-byte frames grew the server by 464 MB.
+pub(crate) const PRE_HELLO_FRAMES: usize = 8;
+
+/// How long a close after the queue waits for the client to read that queue.
+const CLOSE_DRAIN: Duration = Duration::from_secs(5);
+
+/// Most bytes read and dropped after the close frame (the rest of an oversize
+/// frame, a client's close reply, what a flooding client had in flight) before the
+/// socket is let go. Closing a socket with unread bytes resets it, and the reset
+/// throws away what the server's kernel has not sent yet, the close frame
+/// included: a flood can have a few MB in flight (loopback's receive buffer grows
+/// to 6 MiB). Reading costs no memory (one 4 KiB buffer) and is cut off after 1 s.
+const LINGER_BYTES: usize = 8 * 1024 * 1024;
+
+const TOO_LARGE: Kill = (1009, "frame too large");
 
 /// What a connection's writer sends. Broadcasts carry bytes serialised once by the room.
 #[derive(Debug)]
@@ -91,7 +111,12 @@ pub(crate) async fn serve(rooms: Rooms, io: Io, room: String, ident: Identity) {
     let cfg = inner.cfg.clone();
     inner.metrics.connections.inc();
     let _gauge = ConnGauge(inner.metrics.connections.clone());
-    let link = Link::new(io, cfg.queue_depth, inner.metrics.clone());
+    let link = Link::new(
+        io,
+        cfg.queue_depth,
+        cfg.max_queued_bytes_per_connection,
+        inner.metrics.clone(),
+    );
     // Frames a little past the limit are read and answered with 1009; far larger
     // ones are cut off by tungstenite (and also closed with 1009). Client frames are
     // mostly under 300 bytes: a 1 KiB read buffer (it grows for a larger frame) keeps
@@ -109,9 +134,10 @@ pub(crate) async fn serve(rooms: Rooms, io: Io, room: String, ident: Identity) {
     // 1. hello. This phase, the join and the close are boxed: an async fn's state is
     // as large as its largest await point, and the task keeps that size for the whole
     // connection, so inline they made every idle member's task ~2.3 KiB.
-    let (resume, user) = match Box::pin(hello(&inner, &cfg, &mut socket)).await {
+    let (resume, user) = match Box::pin(hello(&inner, &cfg, &link, &mut socket)).await {
         Hello::Joined(resume, user) => (resume, user),
         Hello::Close(close) => {
+            log_limit(&room, close);
             Box::pin(finish(&link, socket, close)).await;
             return;
         }
@@ -148,10 +174,24 @@ pub(crate) async fn serve(rooms: Rooms, io: Io, room: String, ident: Identity) {
     // 3. The room writes to the socket itself; this task reads, and writes out what
     // the room queued because the socket would have blocked (woken by the room).
     let mut clean = false;
+    // A close after the queue (kick, ban, the room let go) waits for the client to
+    // read what is queued, but not forever: a client that never reads is closed now.
+    let mut close_deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let close: Option<Kill> = loop {
         let ev = std::future::poll_fn(|cx| {
             if let Poll::Ready(e) = link.poll_event(cx) {
                 return Poll::Ready(Err(e));
+            }
+            if close_deadline.is_none() && link.close_pending() {
+                close_deadline = Some(Box::pin(tokio::time::sleep(CLOSE_DRAIN)));
+            }
+            if let Some(d) = &mut close_deadline
+                && d.as_mut().poll(cx).is_ready()
+            {
+                link.close_now();
+                if let Poll::Ready(e) = link.poll_event(cx) {
+                    return Poll::Ready(Err(e));
+                }
             }
             socket.poll_next_unpin(cx).map(Ok)
         })
@@ -166,16 +206,8 @@ pub(crate) async fn serve(rooms: Rooms, io: Io, room: String, ident: Identity) {
                 let recv_at = now_ms();
                 inner.metrics.messages_in.inc();
                 if t.len() > cfg.max_frame_bytes {
-                    let _ = to_room(
-                        &room_tx,
-                        RoomEvent::Kill {
-                            conn: conn_id,
-                            code: 1009,
-                            reason: "frame too large",
-                        },
-                    )
-                    .await;
-                    continue;
+                    link.limit_hit("frame_too_large");
+                    break Some(TOO_LARGE);
                 }
                 match wire::parse(&t) {
                     Ok(ClientMsg::TimePing { id, t0 }) => Some(Outbound::Pong {
@@ -217,18 +249,12 @@ pub(crate) async fn serve(rooms: Rooms, io: Io, room: String, ident: Identity) {
                 break None;
             }
             Some(Err(e)) => {
+                // tungstenite ends the stream after any error, so the 1009 is sent
+                // here: waiting for the room to send it raced the stream's end, and
+                // the connection then closed without a close frame.
                 if is_capacity(&e) {
-                    let _ = to_room(
-                        &room_tx,
-                        RoomEvent::Kill {
-                            conn: conn_id,
-                            code: 1009,
-                            reason: "frame too large",
-                        },
-                    )
-                    .await;
-                    // The room answers with a kill; wait for it to close.
-                    continue;
+                    link.limit_hit("frame_too_large");
+                    break Some(TOO_LARGE);
                 }
                 break None;
             }
@@ -237,9 +263,10 @@ pub(crate) async fn serve(rooms: Rooms, io: Io, room: String, ident: Identity) {
         if let Some(r) = reply
             && link.try_send(r) == Err(SendError::Full)
         {
-            break Some((1013, "too slow"));
+            break Some(BACKLOG_CLOSE);
         }
     };
+    log_limit(&room, close);
     let _ = to_room(
         &room_tx,
         RoomEvent::Leave {
@@ -262,27 +289,51 @@ enum Hello {
     Gone,
 }
 
-/// Waits for `hello`, answering anything else with an error, until the deadline.
+/// Waits for `hello`, answering anything else with an error, until the deadline or
+/// [`PRE_HELLO_FRAMES`] other frames. What is answered is written out as the
+/// socket takes it, within the connection's byte budget (a kill from the link,
+/// i.e. the budget, ends the wait too).
 async fn hello(
     inner: &crate::Inner,
     cfg: &crate::config::RoomsConfig,
+    link: &Link,
     socket: &mut WebSocketStream<SharedIo>,
 ) -> Hello {
     let hello_deadline = tokio::time::sleep(Duration::from_millis(cfg.hello_timeout_ms));
     tokio::pin!(hello_deadline);
+    let mut others = 0usize;
     loop {
+        let next = std::future::poll_fn(|cx| {
+            if let Poll::Ready(e) = link.poll_event(cx) {
+                return Poll::Ready(Err(e));
+            }
+            socket.poll_next_unpin(cx).map(Ok)
+        });
         let frame = tokio::select! {
-            f = socket.next() => f,
+            f = next => match f {
+                Ok(f) => f,
+                Err(LinkEvent::Kill(k)) => return Hello::Close(Some(k)),
+                Err(LinkEvent::Failed) => return Hello::Gone,
+            },
             _ = &mut hello_deadline => {
+                link.limit_hit("no_hello");
                 let _ = send_error_direct(socket, "bad_request", "no hello within the time limit", None).await;
                 return Hello::Close(Some((1008, "no hello")));
             }
         };
+        if !matches!(&frame, Some(Ok(Message::Close(_))) | Some(Err(_)) | None) {
+            others += 1;
+            if others > PRE_HELLO_FRAMES {
+                link.limit_hit("pre_hello_frames");
+                return Hello::Close(Some((1008, "the first message must be hello")));
+            }
+        }
         match frame {
             Some(Ok(Message::Text(t))) => {
                 inner.metrics.messages_in.inc();
                 if t.len() > cfg.max_frame_bytes {
-                    return Hello::Close(Some((1009, "frame too large")));
+                    link.limit_hit("frame_too_large");
+                    return Hello::Close(Some(TOO_LARGE));
                 }
                 match wire::parse(&t) {
                     Ok(ClientMsg::Hello { resume, user }) => return Hello::Joined(resume, user),
@@ -313,7 +364,8 @@ async fn hello(
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
             Some(Err(e)) => {
                 if is_capacity(&e) {
-                    return Hello::Close(Some((1009, "frame too large")));
+                    link.limit_hit("frame_too_large");
+                    return Hello::Close(Some(TOO_LARGE));
                 }
                 return Hello::Gone;
             }
@@ -336,8 +388,10 @@ async fn to_room(tx: &mpsc::Sender<RoomEvent>, ev: RoomEvent) -> Result<(), ()> 
 }
 
 /// Sends the close frame (after whatever is still queued; tungstenite also queues its
-/// reply to a client's close there), writes the queue out and shuts the socket down.
+/// reply to a client's close there), writes the queue out, shuts the socket down and
+/// reads what the client still sends until its EOF (all bounded in time and bytes).
 async fn finish(link: &Arc<Link>, mut socket: WebSocketStream<SharedIo>, close: Option<Kill>) {
+    link.finishing();
     if let Some((code, reason)) = close {
         let _ = socket
             .send(Message::Close(Some(CloseFrame {
@@ -353,6 +407,25 @@ async fn finish(link: &Arc<Link>, mut socket: WebSocketStream<SharedIo>, close: 
     )
     .await;
     let _ = tokio::time::timeout(Duration::from_secs(1), SinkExt::close(&mut socket)).await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        std::future::poll_fn(|cx| link.poll_shutdown(cx)),
+    )
+    .await;
+    let mut budget = LINGER_BYTES;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        std::future::poll_fn(|cx| link.poll_discard(cx, &mut budget)),
+    )
+    .await;
+}
+
+/// Logs (once: the connection then ends) a close caused by a limit. The room id is
+/// logged; the token never is.
+fn log_limit(room: &str, close: Option<Kill>) {
+    if let Some((code @ (1008 | 1009 | 1013), reason)) = close {
+        tracing::info!(room, code, reason, "closing a room WebSocket");
+    }
 }
 
 fn is_capacity(e: &tungstenite::Error) -> bool {

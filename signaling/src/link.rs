@@ -59,7 +59,8 @@ pub(crate) fn outside_io_budget<R>(f: impl FnOnce() -> R) -> R {
 /// Why the room could not hand a frame to a connection.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum SendError {
-    /// `queue_depth` frames are already waiting: the member stays behind (close 1013).
+    /// `queue_depth` frames or `max_queued_bytes_per_connection` bytes are already
+    /// waiting: the member stays behind (close 1013).
     Full,
     /// The connection is closing or broken; the frame is dropped.
     Closed,
@@ -83,12 +84,21 @@ struct State {
     io: Io,
     /// Bytes that would have blocked, in order; the head may be partly written.
     queue: VecDeque<Queued>,
+    /// Bytes in `queue` (what is left of each frame).
+    queued_bytes: usize,
+    /// `queued_bytes` as last added to the `tandem_ws_queued_bytes` gauge.
+    reported_bytes: usize,
     head_started: bool,
     waker: Option<Waker>,
     kill: Option<Kill>,
     close_after: Option<Kill>,
     closing: bool,
     failed: bool,
+    /// The connection task is sending its close frame: no more reads, so the few
+    /// frames tungstenite still writes (a pending pong, the close) pass the budget.
+    finishing: bool,
+    /// A limit closed this connection (counted and logged once).
+    limited: bool,
 }
 
 /// The write side of one connection, shared by the room (direct writes) and the
@@ -96,29 +106,92 @@ struct State {
 pub(crate) struct Link {
     st: Mutex<State>,
     depth: usize,
+    /// `rooms.max_queued_bytes_per_connection`: every byte queued for this socket,
+    /// whoever wrote it (room broadcasts and replies, tungstenite's pongs and the
+    /// answers sent before `hello`).
+    max_bytes: usize,
     metrics: Metrics,
 }
 
+/// The close of a connection whose queued bytes passed the budget.
+pub(crate) const BACKLOG_CLOSE: Kill = (1013, "too slow: outbound backlog");
+
 impl Link {
-    pub fn new(io: Io, depth: usize, metrics: Metrics) -> Arc<Self> {
+    pub fn new(io: Io, depth: usize, max_bytes: usize, metrics: Metrics) -> Arc<Self> {
         Arc::new(Self {
             st: Mutex::new(State {
                 io,
                 queue: VecDeque::new(),
+                queued_bytes: 0,
+                reported_bytes: 0,
                 head_started: false,
                 waker: None,
                 kill: None,
                 close_after: None,
                 closing: false,
                 failed: false,
+                finishing: false,
+                limited: false,
             }),
             depth: depth.max(1),
+            max_bytes: max_bytes.max(1),
             metrics,
         })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.st.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Brings the `tandem_ws_queued_bytes` gauge up to date: one atomic add per
+    /// operation that changed the queue, none when it did not.
+    fn settle(&self, st: &mut State) {
+        if st.queued_bytes != st.reported_bytes {
+            self.metrics
+                .ws_queued_bytes
+                .add(st.queued_bytes as i64 - st.reported_bytes as i64);
+            st.reported_bytes = st.queued_bytes;
+        }
+    }
+
+    /// Counts (once per connection) a close caused by limit `reason`.
+    fn note_limit(&self, st: &mut State, reason: &str) {
+        if !st.limited {
+            st.limited = true;
+            self.metrics
+                .ws_limit_closes
+                .with_label_values(&[reason])
+                .inc();
+        }
+    }
+
+    /// Counts a close caused by limit `reason` unless one was already counted.
+    pub fn limit_hit(&self, reason: &str) {
+        let mut st = self.lock();
+        self.note_limit(&mut st, reason);
+    }
+
+    /// The connection task is about to send its close frame: the room writes no
+    /// more, and that frame (with a pong tungstenite still owes) passes the budget.
+    pub fn finishing(&self) {
+        let mut st = self.lock();
+        st.closing = true;
+        st.finishing = true;
+    }
+
+    /// A close after the queue is waiting for the queue to drain.
+    pub fn close_pending(&self) -> bool {
+        self.lock().close_after.is_some()
+    }
+
+    /// Gives up waiting for the queue to drain (the client does not read): the
+    /// pending close becomes a kill.
+    pub fn close_now(&self) {
+        let mut st = self.lock();
+        if let Some(k) = st.close_after.take() {
+            st.kill.get_or_insert(k);
+            wake(&mut st);
+        }
     }
 
     /// Writes `o` now if the socket takes it and nothing is queued before it;
@@ -169,11 +242,19 @@ impl Link {
             return Err(SendError::Closed);
         }
         if !st.queue.is_empty() {
+            let bytes: usize = frames.iter().map(Bytes::len).sum();
             if st.queue.len() + frames.len() > self.depth.max(frames.len()) {
+                self.note_limit(&mut st, "queue_depth");
+                return Err(SendError::Full);
+            }
+            if st.queued_bytes + bytes > self.max_bytes {
+                self.note_limit(&mut st, "queued_bytes");
                 return Err(SendError::Full);
             }
             st.queue
                 .extend(frames.iter().map(|b| Queued::new(b.clone(), created)));
+            st.queued_bytes += bytes;
+            self.settle(&mut st);
             return Ok(());
         }
         // Nothing queued: the socket is ours. A noop waker is fine here because the
@@ -216,10 +297,19 @@ impl Link {
                     .iter()
                     .map(|b| Queued::new(b.clone(), created)),
             );
+            st.queued_bytes += frame.len() - n;
+            st.queued_bytes += frames[i + 1..].iter().map(Bytes::len).sum::<usize>();
+            self.settle(&mut st);
             wake(&mut st);
             break;
         }
         self.metrics.messages_out.inc_by(whole);
+        // What one write left may pass the budget once (at most one pass of
+        // frames); the room then closes the member, which drops the unstarted ones.
+        if st.queued_bytes > self.max_bytes {
+            self.note_limit(&mut st, "queued_bytes");
+            return Err(SendError::Full);
+        }
         Ok(())
     }
 
@@ -250,6 +340,7 @@ impl Link {
         let mut st = self.lock();
         if let Some(k) = st.kill.take() {
             st.drop_unstarted();
+            self.settle(&mut st);
             return Poll::Ready(LinkEvent::Kill(k));
         }
         if st.failed {
@@ -270,6 +361,30 @@ impl Link {
         Poll::Pending
     }
 
+    /// Sends FIN (the close frame has been written or given up on).
+    pub fn poll_shutdown(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut st = self.lock();
+        Pin::new(&mut st.io).poll_shutdown(cx)
+    }
+
+    /// Reads and drops what the client still sends, until its EOF or `*budget`
+    /// bytes. A socket closed with unread bytes is reset, which drops what its
+    /// kernel had not sent yet: the close frame could be lost that way.
+    pub fn poll_discard(&self, cx: &mut Context<'_>, budget: &mut usize) -> Poll<()> {
+        let mut st = self.lock();
+        let mut buf = [0u8; 4096];
+        while *budget > 0 {
+            let mut rb = ReadBuf::new(&mut buf);
+            match Pin::new(&mut st.io).poll_read(cx, &mut rb) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(_)) => break,
+                Poll::Ready(Ok(())) if rb.filled().is_empty() => break,
+                Poll::Ready(Ok(())) => *budget = budget.saturating_sub(rb.filled().len()),
+            }
+        }
+        Poll::Ready(())
+    }
+
     /// Writes out everything queued.
     pub fn poll_drain(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut st = self.lock();
@@ -277,6 +392,12 @@ impl Link {
     }
 
     fn poll_drain_locked(&self, st: &mut State, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = self.drain_locked(st, cx);
+        self.settle(st);
+        r
+    }
+
+    fn drain_locked(&self, st: &mut State, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !st.queue.is_empty() {
             let slices: Vec<IoSlice<'_>> = st
                 .queue
@@ -298,6 +419,7 @@ impl Link {
                 }
                 Poll::Ready(Ok(n)) => n,
             };
+            st.queued_bytes -= n;
             let now = Instant::now();
             while n > 0 {
                 let head = st.queue.front_mut().expect("written bytes were queued");
@@ -328,6 +450,14 @@ impl State {
     fn drop_unstarted(&mut self) {
         let keep = usize::from(self.head_started);
         self.queue.truncate(keep);
+        self.queued_bytes = self.queue.iter().map(|q| q.bytes.len()).sum();
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        let st = self.st.get_mut().unwrap_or_else(|e| e.into_inner());
+        self.metrics.ws_queued_bytes.sub(st.reported_bytes as i64);
     }
 }
 
@@ -344,7 +474,8 @@ pub(crate) enum LinkEvent {
 }
 
 /// The socket as tungstenite sees it: reads go to the socket; writes (its
-/// control frames: pongs, close replies) join the same ordered queue as the room's.
+/// control frames: pongs, close replies, and the connection's answers before
+/// `hello`) join the same ordered queue as the room's, under the same byte budget.
 pub(crate) struct SharedIo(pub Arc<Link>);
 
 impl AsyncRead for SharedIo {
@@ -364,9 +495,23 @@ impl AsyncWrite for SharedIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let mut st = self.0.lock();
+        let link = &*self.0;
+        let mut st = link.lock();
         if st.failed {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        // A client that sends pings (or anything answered) faster than it reads
+        // made this queue grow without end: 137 MB -> 1.96 GB RSS in 8.5 s. Past
+        // the budget the connection is closed now and the frame is dropped: the
+        // reader stops at its next frame, so nothing more is queued. tungstenite
+        // hands over whole frames, so dropping one leaves the stream well formed.
+        if !st.finishing && !st.queue.is_empty() && st.queued_bytes + buf.len() > link.max_bytes {
+            link.note_limit(&mut st, "queued_bytes");
+            let k = st.close_after.take().unwrap_or(BACKLOG_CLOSE);
+            st.kill.get_or_insert(k);
+            st.closing = true;
+            wake(&mut st);
+            return Poll::Ready(Ok(buf.len()));
         }
         let mut from = 0;
         if st.queue.is_empty() {
@@ -384,6 +529,8 @@ impl AsyncWrite for SharedIo {
             bytes: Bytes::copy_from_slice(&buf[from..]),
             created: None,
         });
+        st.queued_bytes += buf.len() - from;
+        link.settle(&mut st);
         wake(&mut st);
         Poll::Ready(Ok(buf.len()))
     }

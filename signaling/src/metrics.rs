@@ -19,6 +19,10 @@ pub struct Metrics {
     pub clock_rtt: Histogram,
     pub slow_disconnects: IntCounter,
     pub errors: IntCounterVec,
+    /// Bytes queued for room WebSockets, all connections together.
+    pub ws_queued_bytes: IntGauge,
+    /// Connections closed by a limit, by which one.
+    pub ws_limit_closes: IntCounterVec,
 }
 
 impl Metrics {
@@ -98,6 +102,19 @@ impl Metrics {
                 Opts::new("tandem_room_errors_total", "error messages sent, by code"),
                 &["code"],
             )?,
+            ws_queued_bytes: IntGauge::new(
+                "tandem_ws_queued_bytes",
+                "Bytes queued for room WebSocket connections that their sockets did not take \
+                 yet (each connection is bounded by rooms.max_queued_bytes_per_connection)",
+            )?,
+            ws_limit_closes: IntCounterVec::new(
+                Opts::new(
+                    "tandem_ws_limit_closes_total",
+                    "Room WebSocket connections closed by a limit: queued_bytes, queue_depth \
+                     (1013), frame_too_large (1009), pre_hello_frames, no_hello (1008)",
+                ),
+                &["reason"],
+            )?,
         };
         registry.register(Box::new(m.rooms.clone()))?;
         registry.register(Box::new(m.connections.clone()))?;
@@ -113,6 +130,8 @@ impl Metrics {
         registry.register(Box::new(m.clock_rtt.clone()))?;
         registry.register(Box::new(m.slow_disconnects.clone()))?;
         registry.register(Box::new(m.errors.clone()))?;
+        registry.register(Box::new(m.ws_queued_bytes.clone()))?;
+        registry.register(Box::new(m.ws_limit_closes.clone()))?;
         Ok(m)
     }
 }

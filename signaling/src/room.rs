@@ -54,11 +54,6 @@ pub(crate) enum RoomEvent {
         conn: u64,
         clean: bool,
     },
-    Kill {
-        conn: u64,
-        code: u16,
-        reason: &'static str,
-    },
     /// The result of work done off the room task (database), applied in order.
     Apply(Apply),
     Shutdown(oneshot::Sender<()>),
@@ -364,11 +359,6 @@ impl Room {
                     }
                 }
             }
-            RoomEvent::Kill { conn, code, reason } => {
-                if let Some(idx) = self.idx_by_conn(conn) {
-                    self.disconnect(idx, Some((code, reason)));
-                }
-            }
             RoomEvent::Apply(f) => f(self),
             RoomEvent::Shutdown(_) => {}
         }
@@ -638,6 +628,9 @@ impl Room {
                         .is_none_or(|t| t == m.resume_token)
             });
             if let Some(idx) = found {
+                // What this pass broadcast so far is in the log: it reaches the
+                // resuming connection replayed after `resumed`, not before it.
+                self.write_unsent();
                 let was_connected = self.members[idx].conn.is_some();
                 let m = &mut self.members[idx];
                 let new_id = conn.id;
@@ -760,6 +753,9 @@ impl Room {
         let mut j = self.member_json(&self.members[idx]);
         j["connected"] = true.into();
         self.presence("presence.join", j);
+        // The others get the join now; the joiner is listed in its `welcome`, which
+        // must be the first thing it receives (it got its own join before it).
+        self.write_unsent();
         self.by_conn.insert(conn.id, idx);
         self.members[idx].conn = Some(conn);
         let v = self.welcome(idx);
