@@ -133,6 +133,16 @@ async fn half_a_request_header_is_closed_after_the_header_timeout() {
     closed_within(&mut slow, Duration::from_secs(5))
         .await
         .expect("the server closes a connection whose header does not arrive");
+    // On HTTP/1 the same timeout bounds the wait for a kept-alive connection's
+    // next request (what README says of header_timeout_ms).
+    let mut kept = connect_from([127, 0, 0, 1], http_addr(&app)).await;
+    assert_eq!(
+        get_on(&mut kept, "/healthz").await.unwrap(),
+        (200, "ok".into())
+    );
+    closed_within(&mut kept, Duration::from_secs(5))
+        .await
+        .expect("a kept-alive connection without a next request is closed");
     app.finish().await;
 }
 
@@ -404,6 +414,38 @@ async fn a_read_only_database_refuses_to_start_naming_the_path() {
     let _ = std::fs::remove_dir_all(&src);
 }
 
+// Item 6: a database file that cannot be written (its directory can) stops the
+// start too, naming the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwritable_database_file_refuses_to_start_naming_it() {
+    let dir = std::env::temp_dir().join(format!(
+        "tandem-ro-file-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let first = tandem::start(test_config(&dir)).await.unwrap();
+    first.state.db.pool.close().await;
+    first.shutdown().await;
+    let db = dir.join("t.db");
+    let paths = [db.clone(), dir.join("t.db-wal"), dir.join("t.db-shm")];
+    let Some(guard) = immutable(&paths) else {
+        eprintln!("SKIPPED: chattr +i is not available");
+        return;
+    };
+    let err = match tandem::start(test_config(&dir)).await {
+        Ok(running) => {
+            running.shutdown().await;
+            panic!("the server started on a database file it cannot write");
+        }
+        Err(err) => err.to_string(),
+    };
+    eprintln!("start refused: {err}");
+    assert!(err.contains(db.to_str().unwrap()), "names the file: {err}");
+    assert!(err.contains("does not accept writes"), "{err}");
+    drop(guard);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 // Item 6: a running server whose database stops taking writes is not ready, and
 // says why; it is ready again once writes work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -576,4 +618,59 @@ async fn room_token_checks_identity_before_parsing_the_body() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert!(r.body["token"].is_string(), "{}", r.text);
     app.finish().await;
+}
+
+// Item 2: a WebSocket is not cut by the HTTP idle timeout (its room keeps its own
+// deadlines), but it holds its connection slot for as long as it is open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_outlive_the_idle_timeout_and_count_toward_the_caps() {
+    use crate::sync_support::{Client, TempDir, start};
+    let dir = TempDir::new("tandem-http-ws");
+    let s = start(
+        dir.path(),
+        &[
+            ("TANDEM_HTTP__IDLE_TIMEOUT_MS", "300"),
+            ("TANDEM_HTTP__HEADER_TIMEOUT_MS", "60000"),
+            ("TANDEM_HTTP__MAX_CONNECTIONS", "100"),
+            ("TANDEM_HTTP__MAX_CONNECTIONS_PER_IP", "2"),
+            // No server pings in the test's window: the WebSocket is truly silent.
+            ("TANDEM_ROOMS__PING_INTERVAL_MS", "600000"),
+        ],
+    )
+    .await;
+    let addr = s.running.as_ref().unwrap().http_addr;
+    let idle = || {
+        crate::common::metric_value(
+            &s.metrics(),
+            "tandem_http_connections_timed_out_total",
+            &[("reason", "idle")],
+        )
+    };
+    let mut ws = Client::connect(&s.url("r1", &s.token("r1", "u1", false)), 0.0, None).await;
+    // Opened after the WebSocket's last frame: once the server has idled this one
+    // out, the WebSocket has been silent longer than the idle timeout too.
+    let mut raw = connect_from([127, 0, 0, 1], addr).await;
+    closed_within(&mut raw, Duration::from_secs(5))
+        .await
+        .expect("a silent plain connection is idled out");
+    assert_eq!(idle(), 1.0, "only the plain connection was idled out");
+    let (_, snapshot) = ws.until_snapshot().await;
+    assert_eq!(snapshot["type"], "welcome", "the WebSocket still answers");
+    // The WebSocket holds one of 127.0.0.1's two slots: one more connection is
+    // served, the next refused.
+    let mut second = connect_from([127, 0, 0, 1], addr).await;
+    let mut third = connect_from([127, 0, 0, 1], addr).await;
+    closed_within(&mut third, Duration::from_secs(5)).await.unwrap();
+    let refused = crate::common::metric_value(
+        &s.metrics(),
+        "tandem_http_connections_refused_total",
+        &[("reason", "per_ip")],
+    );
+    assert_eq!(refused, 1.0, "the third connection from 127.0.0.1 was refused");
+    assert_eq!(
+        get_on(&mut second, "/healthz").await.unwrap(),
+        (200, "ok".into())
+    );
+    drop(ws);
+    s.stop().await;
 }
