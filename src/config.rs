@@ -270,7 +270,11 @@ mod tests {
         assert!(c.database_url().starts_with("sqlite://"));
         assert_eq!(c.database_pool_size, 16);
         assert_eq!(c.advertised_ips(), vec![IpAddr::from([127, 0, 0, 1])]);
-        assert_eq!(c.http, HttpSection::default(), "default.toml and Default agree");
+        assert_eq!(
+            c.http,
+            HttpSection::default(),
+            "default.toml and Default agree"
+        );
     }
 
     #[test]

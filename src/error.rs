@@ -157,9 +157,11 @@ pub async fn json_errors(req: Request, next: Next) -> Response {
         ),
         StatusCode::UNAUTHORIZED => AppError::unauthorized(or_default(&text, "unauthorized")),
         StatusCode::FORBIDDEN => AppError::forbidden(or_default(&text, "forbidden")),
-        StatusCode::REQUEST_TIMEOUT => {
-            AppError::new(status, "request_timeout", "the request took too long to arrive")
-        }
+        StatusCode::REQUEST_TIMEOUT => AppError::new(
+            status,
+            "request_timeout",
+            "the request took too long to arrive",
+        ),
         StatusCode::TOO_MANY_REQUESTS => {
             AppError::new(status, "rate_limited", "too many requests; retry later")
         }
@@ -173,7 +175,11 @@ pub async fn json_errors(req: Request, next: Next) -> Response {
             }
             AppError::new(s, "internal", "internal error; the server log has details")
         }
-        s => AppError::new(s, "bad_request", or_default(&text, "the request was refused")),
+        s => AppError::new(
+            s,
+            "bad_request",
+            or_default(&text, "the request was refused"),
+        ),
     };
     if let Some(secs) = parts
         .headers
@@ -237,10 +243,7 @@ mod tests {
     #[test]
     fn rejection_texts_name_their_field() {
         assert_eq!(field_of("Invalid UTF-8 in `id`"), "path");
-        assert_eq!(
-            field_of("Invalid URL: Cannot parse `x` to a `u64`"),
-            "path"
-        );
+        assert_eq!(field_of("Invalid URL: Cannot parse `x` to a `u64`"), "path");
         assert_eq!(
             field_of("Failed to deserialize query string: missing field `a`"),
             "query"

@@ -69,6 +69,8 @@ impl Limits {
 }
 
 /// The soft and hard `RLIMIT_NOFILE` of this process.
+// `rlim_t` is u64 on Linux, not on every unix.
+#[allow(clippy::unnecessary_cast)]
 pub fn nofile_limit() -> Option<(u64, u64)> {
     let mut l = libc::rlimit {
         rlim_cur: 0,
@@ -82,6 +84,7 @@ pub fn nofile_limit() -> Option<(u64, u64)> {
 /// Raises the soft `RLIMIT_NOFILE` to the hard one (once, at start: every
 /// connection, WebSocket and database connection is a descriptor, and the common
 /// soft default of 1024 is far below what the server serves) and logs both.
+#[allow(clippy::unnecessary_cast)]
 pub fn raise_nofile_limit() {
     let Some((soft, hard)) = nofile_limit() else {
         tracing::warn!(error = %io::Error::last_os_error(), "cannot read RLIMIT_NOFILE");

@@ -140,14 +140,13 @@ async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> 
                              the server log has details"
             .into(),
     };
-    let mut err = crate::error::AppError::unavailable(message)
-        .with(
-            "checks",
-            serde_json::json!({
-                "database": verdict.database.as_str(),
-                "media": if verdict.media { "ok" } else { "stopped" },
-            }),
-        );
+    let mut err = crate::error::AppError::unavailable(message).with(
+        "checks",
+        serde_json::json!({
+            "database": verdict.database.as_str(),
+            "media": if verdict.media { "ok" } else { "stopped" },
+        }),
+    );
     err.code = "not_ready";
     err.into_response()
 }

@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -67,10 +67,7 @@ async fn get_on(stream: &mut TcpStream, path: &str) -> Result<(u16, String), Str
                 .await
                 .map_err(|e| format!("read: {e}"))?;
             if n == 0 {
-                return Err(format!(
-                    "closed after {:?}",
-                    String::from_utf8_lossy(&data)
-                ));
+                return Err(format!("closed after {:?}", String::from_utf8_lossy(&data)));
             }
             data.extend_from_slice(&buf[..n]);
             let text = String::from_utf8_lossy(&data).to_string();
@@ -358,17 +355,16 @@ async fn a_read_only_database_refuses_to_start_naming_the_path() {
     first.state.db.pool.close().await;
     first.shutdown().await;
 
-    let (guard, data_dir) = if run("mount", &["--bind", src.to_str().unwrap(), mnt.to_str().unwrap()])
-    {
+    let (guard, data_dir) = if run(
+        "mount",
+        &["--bind", src.to_str().unwrap(), mnt.to_str().unwrap()],
+    ) {
         let guard = ReadOnly {
             mount: Some(mnt.clone()),
             immutable: Vec::new(),
         };
         assert!(
-            run(
-                "mount",
-                &["-o", "remount,bind,ro", mnt.to_str().unwrap()]
-            ),
+            run("mount", &["-o", "remount,bind,ro", mnt.to_str().unwrap()]),
             "remount read-only"
         );
         (guard, mnt.clone())
@@ -376,7 +372,13 @@ async fn a_read_only_database_refuses_to_start_naming_the_path() {
         // No mounts here: the immutable attribute stops root's writes as well.
         let paths: Vec<PathBuf> = ["t.db", "t.db-wal", "t.db-shm", ""]
             .iter()
-            .map(|f| if f.is_empty() { src.clone() } else { src.join(f) })
+            .map(|f| {
+                if f.is_empty() {
+                    src.clone()
+                } else {
+                    src.join(f)
+                }
+            })
             .collect();
         let Some(guard) = immutable(&paths) else {
             eprintln!("SKIPPED: neither a read-only bind mount nor chattr +i is available");
@@ -418,10 +420,8 @@ async fn a_read_only_database_refuses_to_start_naming_the_path() {
 // start too, naming the file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unwritable_database_file_refuses_to_start_naming_it() {
-    let dir = std::env::temp_dir().join(format!(
-        "tandem-ro-file-{}",
-        uuid::Uuid::new_v4().simple()
-    ));
+    let dir =
+        std::env::temp_dir().join(format!("tandem-ro-file-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
     let first = tandem::start(test_config(&dir)).await.unwrap();
     first.state.db.pool.close().await;
@@ -475,7 +475,11 @@ async fn readyz_is_503_json_while_the_database_cannot_write() {
     assert_eq!(r.code(), "not_ready", "{}", r.text);
     let msg = r.body["error"]["message"].as_str().unwrap_or("");
     assert!(msg.contains("database"), "{msg}");
-    assert_eq!(r.body["error"]["checks"]["database"], "read_only", "{}", r.text);
+    assert_eq!(
+        r.body["error"]["checks"]["database"], "read_only",
+        "{}",
+        r.text
+    );
     drop(guard);
     eventually("/readyz 200 again", Duration::from_secs(10), || async {
         let r = app.get("/readyz", None).await;
@@ -544,7 +548,12 @@ async fn wrong_methods_answer_405_json_with_allow() {
     ] {
         let what = format!("{method} {path}");
         let r = app.send(method, path, None, None, &[]).await;
-        assert_json_error(&r, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", &what);
+        assert_json_error(
+            &r,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            &what,
+        );
         let allow = r
             .headers
             .get("allow")
@@ -555,20 +564,85 @@ async fn wrong_methods_answer_405_json_with_allow() {
     app.finish().await;
 }
 
+/// POSTs `body` over raw TCP, reading the answer while the body is still being
+/// written: a server that answers 413 early and closes makes reqwest report the
+/// failed write instead of the answer. Returns the status, headers and body.
+async fn post_oversized(
+    addr: SocketAddr,
+    path: &str,
+    bearer: &str,
+    body: String,
+) -> (u16, String, Value) {
+    let stream = connect_from([127, 0, 0, 1], addr).await;
+    let (mut rd, mut wr) = stream.into_split();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: tandem\r\nAuthorization: Bearer {bearer}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let writer = tokio::spawn(async move {
+        // The server may close before it has read everything: that is its right.
+        let _ = wr.write_all(head.as_bytes()).await;
+        let _ = wr.write_all(body.as_bytes()).await;
+    });
+    let mut data = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 8192];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => data.extend_from_slice(&buf[..n]),
+            }
+            let text = String::from_utf8_lossy(&data);
+            if let Some(end) = text.find("\r\n\r\n") {
+                let len: usize = text[..end]
+                    .to_ascii_lowercase()
+                    .lines()
+                    .find_map(|l| {
+                        l.strip_prefix("content-length:")
+                            .map(|v| v.trim().to_string())
+                    })
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                if data.len() >= end + 4 + len {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+    writer.abort();
+    assert!(read.is_ok(), "no answer within 10 s");
+    let text = String::from_utf8_lossy(&data).to_string();
+    let end = text
+        .find("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no answer: {text:?}"));
+    let status = text[9..12].parse().unwrap();
+    let head = text[..end].to_ascii_lowercase();
+    let body = serde_json::from_str(&text[end + 4..]).unwrap_or(Value::Null);
+    (status, head, body)
+}
+
 // Item 11: a JSON body past the limit answers 413 JSON (WHIP/WHEP keep their own
 // `too_large`, tested in whip_protocol).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_json_bodies_answer_413_json() {
     let app = spawn_app(Backend::Sqlite).await;
     let big = format!("{{\"title\":\"{}\"}}", "x".repeat(3 * 1024 * 1024));
-    let r = app
-        .send(Method::POST, "/v1/streams", Some(&instructor("i1")), Some(&big), &[])
-        .await;
-    assert_json_error(&r, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "streams");
-    let r = app
-        .send(Method::POST, "/v1/rooms/r1/token", Some(&user("u1")), Some(&big), &[])
-        .await;
-    assert_json_error(&r, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "room token");
+    for (path, bearer) in [
+        ("/v1/streams", instructor("i1")),
+        ("/v1/rooms/r1/token", user("u1")),
+    ] {
+        let (status, head, body) =
+            post_oversized(http_addr(&app), path, &bearer, big.clone()).await;
+        assert_eq!(status, 413, "{path}: {head} {body}");
+        assert!(
+            head.contains("content-type: application/json"),
+            "{path}: {head}"
+        );
+        assert_eq!(body["error"]["code"], "payload_too_large", "{path}: {body}");
+        assert!(body["error"]["message"].is_string(), "{path}: {body}");
+    }
     app.finish().await;
 }
 
@@ -602,10 +676,17 @@ async fn room_token_checks_identity_before_parsing_the_body() {
         let r = app
             .send(Method::POST, path, bearer, Some("{broken"), &[])
             .await;
-        assert_json_error(&r, StatusCode::UNAUTHORIZED, "unauthorized", "broken body, no identity");
+        assert_json_error(
+            &r,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "broken body, no identity",
+        );
     }
     let me = user("u1");
-    let r = app.send(Method::POST, path, Some(&me), Some("{broken"), &[]).await;
+    let r = app
+        .send(Method::POST, path, Some(&me), Some("{broken"), &[])
+        .await;
     assert_json_error(&r, StatusCode::BAD_REQUEST, "bad_request", "broken body");
     assert_eq!(r.body["error"]["field"], "body", "{}", r.text);
     let r = app.post(path, Some(&me), json!({"name": 5})).await;
@@ -660,13 +741,18 @@ async fn websockets_outlive_the_idle_timeout_and_count_toward_the_caps() {
     // served, the next refused.
     let mut second = connect_from([127, 0, 0, 1], addr).await;
     let mut third = connect_from([127, 0, 0, 1], addr).await;
-    closed_within(&mut third, Duration::from_secs(5)).await.unwrap();
+    closed_within(&mut third, Duration::from_secs(5))
+        .await
+        .unwrap();
     let refused = crate::common::metric_value(
         &s.metrics(),
         "tandem_http_connections_refused_total",
         &[("reason", "per_ip")],
     );
-    assert_eq!(refused, 1.0, "the third connection from 127.0.0.1 was refused");
+    assert_eq!(
+        refused, 1.0,
+        "the third connection from 127.0.0.1 was refused"
+    );
     assert_eq!(
         get_on(&mut second, "/healthz").await.unwrap(),
         (200, "ok".into())
