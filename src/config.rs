@@ -74,7 +74,7 @@ impl Default for HttpSection {
     fn default() -> Self {
         Self {
             max_connections: 0,
-            max_connections_per_ip: 1000,
+            max_connections_per_ip: 2000,
             header_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,
         }
@@ -283,7 +283,7 @@ mod tests {
         assert_eq!(h.connection_cap(1024), 768);
         assert_eq!(h.connection_cap(65_536), 57_344);
         assert_eq!(h.per_ip_cap(768), Some(384));
-        assert_eq!(h.per_ip_cap(57_344), Some(1000));
+        assert_eq!(h.per_ip_cap(57_344), Some(2000));
         let h = HttpSection {
             max_connections: 100_000,
             max_connections_per_ip: 0,
