@@ -27,6 +27,9 @@ pub struct Config {
     pub demo: bool,
     pub cors_origins: Vec<String>,
     pub shutdown_grace_seconds: u64,
+    /// HTTP connections: caps and timeouts (src/serve.rs).
+    #[serde(default)]
+    pub http: HttpSection,
     pub media: MediaSection,
     #[serde(default)]
     pub ice_servers: Vec<IceServer>,
@@ -52,6 +55,58 @@ pub struct MediaSection {
     pub ice_start_timeout_ms: u64,
     pub connect_timeout_seconds: u64,
     pub max_sdp_bytes: usize,
+}
+
+/// `[http]`: what one client, and all of them, may hold of the HTTP listener.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct HttpSection {
+    /// Most open HTTP connections (WebSockets included). 0: derived from the
+    /// descriptor limit ([`HttpSection::connection_cap`]).
+    pub max_connections: usize,
+    /// Most open connections from one client address. 0: no per-address cap.
+    pub max_connections_per_ip: usize,
+    /// A request's header must arrive within this (and, on HTTP/1, the next
+    /// request's header after a keep-alive response).
+    pub header_timeout_ms: u64,
+    /// A connection that moves no byte either way for this long is closed
+    /// (WebSockets excepted: their rooms keep their own deadlines).
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for HttpSection {
+    /// The values of config/default.toml.
+    fn default() -> Self {
+        Self {
+            max_connections: 0,
+            max_connections_per_ip: 2000,
+            header_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+        }
+    }
+}
+
+impl HttpSection {
+    /// The global cap for a process allowed `nofile` descriptors: the configured
+    /// one, never more than `nofile` less a reserve (an eighth, at least 256) for
+    /// the database, media sockets, files and the listener itself.
+    pub fn connection_cap(&self, nofile: u64) -> usize {
+        let reserve = (nofile / 8).max(256);
+        let safe = nofile.saturating_sub(reserve).max(16) as usize;
+        match self.max_connections {
+            0 => safe,
+            n => n.min(safe),
+        }
+    }
+
+    /// The per-address cap under a global cap of `total`: the configured one, at
+    /// most half the global cap, so one address never holds every slot. None: no cap.
+    pub fn per_ip_cap(&self, total: usize) -> Option<usize> {
+        match self.max_connections_per_ip {
+            0 => None,
+            n => Some(n.min((total / 2).max(1))),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -124,6 +179,11 @@ impl Config {
         if self.media.ice_start_timeout_ms == 0 || self.media.connect_timeout_seconds == 0 {
             return Err(ConfigError::Invalid(
                 "media.ice_start_timeout_ms and media.connect_timeout_seconds must be > 0".into(),
+            ));
+        }
+        if self.http.header_timeout_ms == 0 || self.http.idle_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "http.header_timeout_ms and http.idle_timeout_ms must be > 0".into(),
             ));
         }
         if !self.public_ip.is_empty() {
@@ -226,6 +286,28 @@ mod tests {
         assert!(c.database_url().starts_with("sqlite://"));
         assert_eq!(c.database_pool_size, 16);
         assert_eq!(c.advertised_ips(), vec![IpAddr::from([127, 0, 0, 1])]);
+        assert_eq!(
+            c.http,
+            HttpSection::default(),
+            "default.toml and Default agree"
+        );
+    }
+
+    #[test]
+    fn connection_caps_stay_below_the_descriptor_limit() {
+        let h = HttpSection::default();
+        assert_eq!(h.connection_cap(1024), 768);
+        assert_eq!(h.connection_cap(65_536), 57_344);
+        assert_eq!(h.per_ip_cap(768), Some(384));
+        assert_eq!(h.per_ip_cap(57_344), Some(2000));
+        let h = HttpSection {
+            max_connections: 100_000,
+            max_connections_per_ip: 0,
+            ..h
+        };
+        assert_eq!(h.connection_cap(1024), 768, "clamped to the safe value");
+        assert_eq!(h.connection_cap(1 << 20), 100_000);
+        assert_eq!(h.per_ip_cap(100), None);
     }
 
     #[test]

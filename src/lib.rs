@@ -13,6 +13,7 @@
 //! - [`rooms`]: Watch Together WebSocket and room-token routes, the sqlx chat store.
 //! - [`api`]: business APIs (ledger, streams, enrollment, media access, jobs, OpenAPI).
 //! - [`server`]: [`server::AppState`], the router ([`server::app`]) and [`server::start`].
+//! - [`serve`]: the HTTP accept loop: connection caps, header and idle timeouts.
 
 pub mod api;
 pub mod auth;
@@ -21,6 +22,7 @@ pub mod error;
 pub mod metrics;
 pub mod pages;
 pub mod rooms;
+pub mod serve;
 pub mod server;
 pub mod storage;
 pub mod text;

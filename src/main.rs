@@ -124,6 +124,9 @@ fn serve(config: Config) -> std::process::ExitCode {
                 .unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER)),
         )
         .init();
+    // Every connection, WebSocket and database connection is a descriptor; the
+    // usual soft limit (1024) is far below what the server is meant to hold.
+    tandem::serve::raise_nofile_limit();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(err) => {

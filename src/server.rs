@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use prometheus::Registry;
 use tandem_media::{MediaConfig, Sfu};
 use tokio::net::TcpListener;
@@ -32,6 +32,8 @@ pub struct AppState {
     pub rooms: tandem_signaling::Rooms,
     /// Base URL clients reach this server at (links, `whep_url`).
     pub public_url: Arc<str>,
+    /// `/readyz`'s last verdict, reused for [`READY_CACHE`].
+    pub ready: Arc<tokio::sync::Mutex<Option<(std::time::Instant, Readiness)>>>,
 }
 
 /// Every route, with and without the `/.proxy` prefix (Discord Activity URL mapping).
@@ -54,6 +56,8 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             crate::whip::options_headers,
         ))
+        // Outermost: every error below (axum's rejections, 404, 405) leaves as JSON.
+        .layer(axum::middleware::from_fn(crate::error::json_errors))
         .with_state(state)
 }
 
@@ -96,14 +100,55 @@ fn cors_layer(config: &Config) -> CorsLayer {
         .max_age(Duration::from_secs(600))
 }
 
-async fn readyz(
-    axum::extract::State(state): axum::extract::State<AppState>,
-) -> (axum::http::StatusCode, &'static str) {
-    if state.db.ping().await && state.sfu.is_running() {
-        (axum::http::StatusCode::OK, "ready")
-    } else {
-        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "not ready")
+/// How long one `/readyz` verdict is reused: the write probe is one committed
+/// row update, and a load balancer may ask several times a second.
+pub const READY_CACHE: Duration = Duration::from_secs(1);
+
+/// What `/readyz` found: each check `ok` or why not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Readiness {
+    pub database: crate::storage::Health,
+    pub media: bool,
+}
+
+/// `GET /readyz`: 200 `ready` when the database takes writes and the SFU runs;
+/// otherwise 503 `not_ready` with the failing checks.
+async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
+    let verdict = {
+        let mut cached = state.ready.lock().await;
+        match *cached {
+            Some((at, r)) if at.elapsed() < READY_CACHE => r,
+            _ => {
+                let r = Readiness {
+                    database: state.db.health().await,
+                    media: state.sfu.is_running(),
+                };
+                *cached = Some((std::time::Instant::now(), r));
+                r
+            }
+        }
+    };
+    use crate::storage::Health;
+    if verdict.database == Health::Ok && verdict.media {
+        return "ready".into_response();
     }
+    let message = match verdict.database {
+        Health::Ok => "the media engine is not running".to_string(),
+        Health::Unreachable => "the database does not answer; the server log has details".into(),
+        Health::ReadOnly => "the database answers but does not accept writes (read-only \
+                             mount or permissions, full disk, or a read-only replica); \
+                             the server log has details"
+            .into(),
+    };
+    let mut err = crate::error::AppError::unavailable(message).with(
+        "checks",
+        serde_json::json!({
+            "database": verdict.database.as_str(),
+            "media": if verdict.media { "ok" } else { "stopped" },
+        }),
+    );
+    err.code = "not_ready";
+    err.into_response()
 }
 
 /// A started server. Dropping it does not stop it; call [`Running::shutdown`].
@@ -143,6 +188,11 @@ pub enum StartError {
     #[error("{0}")]
     Db(#[from] crate::storage::DbError),
     #[error(
+        "database {location} does not accept writes: {reason}. tandem writes there: \
+         mount it read-write and check its owner and permissions (and free space)"
+    )]
+    ReadOnlyDatabase { location: String, reason: String },
+    #[error(
         "cannot bind HTTP address {addr}: {source} (is another server running? set TANDEM_HTTP_ADDR)"
     )]
     HttpBind {
@@ -171,6 +221,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         },
     )?;
     let db = Db::connect(&config.database_url(), config.database_pool_size).await?;
+    // A database that opens but cannot write (read-only mount, immutable file,
+    // replica) would serve reads and fail every write: refuse to start instead.
+    if let Err(err) = db.write_probe().await {
+        return Err(StartError::ReadOnlyDatabase {
+            location: crate::storage::location(&config.database_url()),
+            reason: err.to_string(),
+        });
+    }
     tracing::info!(
         database = %crate::storage::redact_url(&config.database_url()),
         "database ready"
@@ -185,6 +243,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     }
     let registry = Registry::new();
     HttpMetrics::register(&registry)?;
+    let conn_metrics = crate::serve::ConnMetrics::register(&registry)?;
+    let limits = crate::serve::Limits::resolve(&config.http);
     let recorder = crate::whip::SessionRecorder::spawn(db.clone());
     let sfu = Sfu::start(media_config(&config), &registry, Arc::new(recorder.clone())).await?;
     let rooms = crate::rooms::build(&config, &db, &registry)?;
@@ -211,32 +271,18 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         registry,
         rooms,
         public_url,
+        ready: Arc::default(),
     };
-    let (stop, mut stopped) = watch::channel(false);
+    let (stop, stopped) = watch::channel(false);
     let router = app(state.clone());
     let jobs = crate::api::jobs::spawn(&state);
-    let served = tokio::spawn(async move {
-        let shutdown = async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        };
-        // `into_make_service` builds the route table once; serving the `Router` itself
-        // rebuilds it for every accepted connection (about 2.5 KiB held per connection,
-        // which idle WebSockets keep for hours).
-        // No Nagle: a room writes each member one small frame at a time, and a frame
-        // sent while the client's delayed ACK of the previous one is outstanding would
-        // wait for it (up to 40 ms on Linux): sync messages must leave at once.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(err) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %err, "TCP_NODELAY on an accepted connection");
-            }
-        });
-        if let Err(err) = axum::serve(listener, router.into_make_service())
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            tracing::error!(error = %err, "HTTP server failed");
-        }
-    });
+    let served = tokio::spawn(crate::serve::serve(
+        listener,
+        router,
+        limits,
+        conn_metrics,
+        stopped,
+    ));
     tracing::info!(http = %http_addr, media_port = sfu.local_port(), "tandem listening");
     Ok(Running {
         http_addr,

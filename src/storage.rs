@@ -32,6 +32,51 @@ pub enum DbError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database: {0}")]
     Io(#[from] std::io::Error),
+    #[error(
+        "data directory {dir} is not writable ({source}); the SQLite database and its \
+         journal live there: mount it read-write, fix its owner/permissions, or set \
+         data_dir / database_url elsewhere"
+    )]
+    NotWritable { dir: String, source: std::io::Error },
+}
+
+/// What the write probe found (`/readyz`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    Ok,
+    /// Not even `SELECT 1` answers.
+    Unreachable,
+    /// Reads work, writes fail.
+    ReadOnly,
+}
+
+impl Health {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Ok => "ok",
+            Health::Unreachable => "unreachable",
+            Health::ReadOnly => "read_only",
+        }
+    }
+}
+
+/// Where the database lives, for errors: the SQLite file, or the redacted URL.
+pub fn location(url: &str) -> String {
+    match SqliteConnectOptions::from_str(url) {
+        Ok(opts) if url.starts_with("sqlite:") => opts.get_filename().display().to_string(),
+        _ => redact_url(url),
+    }
+}
+
+/// Creates and removes a file in `dir`: the honest test of "can we write here"
+/// (permission bits say nothing of read-only mounts, and nothing at all to root).
+fn check_dir_writable(dir: &std::path::Path) -> Result<(), DbError> {
+    let probe = dir.join(format!(".tandem-write-probe-{}", std::process::id()));
+    let result = std::fs::write(&probe, b"").and_then(|()| std::fs::remove_file(&probe));
+    result.map_err(|source| DbError::NotWritable {
+        dir: dir.display().to_string(),
+        source,
+    })
 }
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -56,6 +101,7 @@ impl Db {
                     && !dir.as_os_str().is_empty()
                 {
                     std::fs::create_dir_all(dir)?;
+                    check_dir_writable(dir)?;
                 }
                 // WAL lets readers work while a writer holds the lock; busy_timeout makes
                 // concurrent writers wait instead of failing with SQLITE_BUSY.
@@ -104,9 +150,39 @@ impl Db {
         Ok(Db { pool, backend })
     }
 
-    /// True when a trivial query succeeds (`/readyz`).
+    /// True when a trivial query succeeds.
     pub async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
+    /// Rewrites the one `write_probe` row in a committed statement: a read-only
+    /// file or mount, a full disk or a read-only PostgreSQL replica all fail it.
+    pub async fn write_probe(&self) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO write_probe (id, at_ms) VALUES (1, $1) \
+             ON CONFLICT (id) DO UPDATE SET at_ms = excluded.at_ms",
+        )
+        .bind(crate::whip::now_ms())
+        .execute(&self.pool)
+        .await
+        .map(|_| ())
+    }
+
+    /// The write probe, told apart from an unreachable database. Failures are
+    /// logged at warn (callers cache the answer, so at most about once a second).
+    pub async fn health(&self) -> Health {
+        match self.write_probe().await {
+            Ok(()) => Health::Ok,
+            Err(err) => {
+                let health = if self.ping().await {
+                    Health::ReadOnly
+                } else {
+                    Health::Unreachable
+                };
+                tracing::warn!(error = %err, health = health.as_str(), "database write probe failed");
+                health
+            }
+        }
     }
 }
 

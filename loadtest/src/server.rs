@@ -79,6 +79,8 @@ impl Target {
             .env("TANDEM_SERVICE_KEY", &service_key)
             .env("TANDEM_MEDIA__MAX_SESSIONS", "20000")
             .env("TANDEM_MEDIA__MAX_VIEWERS_PER_STREAM", "20000")
+            // Every simulated client connects from 127.0.0.1: no per-address cap.
+            .env("TANDEM_HTTP__MAX_CONNECTIONS_PER_IP", "0")
             .env(
                 "RUST_LOG",
                 std::env::var("TANDEM_LOADTEST_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
