@@ -83,6 +83,10 @@ struct SyncArgs {
     /// without the ready reports that commands bring.
     #[arg(long, default_value_t = 0.0)]
     reaction_rate: f64,
+    /// Chat messages per second per room, each from a random non-host member
+    /// (persisted, so database writes too; mind the chat rate limit per user).
+    #[arg(long, default_value_t = 0.0)]
+    chat_rate: f64,
     /// Members other than the host send only what the protocol requires (hello,
     /// answers to server pings, ready at barriers): the server's fan-out cost alone.
     #[arg(long)]
@@ -338,6 +342,7 @@ async fn run_sync(a: SyncArgs) -> Result<(), String> {
         jitter: Duration::from_secs_f64(a.jitter_ms / 1000.0),
         deadband_ms: a.deadband_ms,
         reaction_rate: a.reaction_rate,
+        chat_rate: a.chat_rate,
         listen_only: a.listen_only,
     };
     let r = tandem_loadtest::sync::run(&cfg).await;

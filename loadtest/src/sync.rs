@@ -60,6 +60,10 @@ pub struct SyncConfig {
     /// A reaction is a broadcast to the whole room: this is the fan-out load without
     /// the inbound traffic of commands (ready reports).
     pub reaction_rate: f64,
+    /// Chat messages (`chat.send`) per second per room, each from a random non-host
+    /// member (zero: none). Chat is persisted before it is fanned out, so this adds
+    /// database writes and the chat history to the load (the soak script uses it).
+    pub chat_rate: f64,
     /// Members other than the host send only what the protocol requires of them
     /// (`hello`, answers to server pings, `ready` at barriers): no clock pings, no
     /// periodic `playback.report`. Isolates the server's fan-out cost.
@@ -86,6 +90,7 @@ impl Default for SyncConfig {
             delay: Duration::ZERO,
             jitter: Duration::ZERO,
             reaction_rate: 0.0,
+            chat_rate: 0.0,
             listen_only: false,
         }
     }
@@ -105,6 +110,7 @@ pub struct SyncReport {
     pub window_s: f64,
     pub commands_sent: u64,
     pub reactions_sent: u64,
+    pub chats_sent: u64,
     pub listen_only: bool,
     /// Host's send → each member's read of the resulting `playback.state`: includes
     /// the member's wait behind the generator's other clients on the same core.
@@ -363,6 +369,7 @@ struct Shared {
     message_bytes: AtomicU64,
     commands: AtomicU64,
     reactions: AtomicU64,
+    chats: AtomicU64,
     fanout: Mutex<Histogram<u64>>,
     fanout_at_socket: Mutex<Histogram<u64>>,
     complete: Mutex<Histogram<u64>>,
@@ -418,6 +425,8 @@ struct Behaviour {
     command_rate: f64,
     /// Seconds between this member's reactions (None: it sends none).
     reaction_every: Option<f64>,
+    /// Seconds between this member's chat messages (None: it sends none).
+    chat_every: Option<f64>,
     /// No clock pings and no periodic `playback.report` (see [`SyncConfig::listen_only`]).
     listen_only: bool,
 }
@@ -469,6 +478,7 @@ async fn client(
         host,
         command_rate,
         reaction_every,
+        chat_every,
         listen_only,
     } = plan;
     let chatty = host || !listen_only;
@@ -507,13 +517,16 @@ async fn client(
     let reaction_period = reaction_every.map(Duration::from_secs_f64);
     // A random phase within one period: members' reactions spread evenly over time.
     let mut reaction_due = reaction_period.map(|p| now + p.mul_f64(rand::random::<f64>()));
+    let chat_period = chat_every.map(Duration::from_secs_f64);
+    let mut chat_due = chat_period.map(|p| now + p.mul_f64(rand::random::<f64>()));
+    let mut chats = 0u64;
     let cmd_period = Duration::from_secs_f64(1.0 / command_rate.max(0.001));
     let mut cmd_due = host.then(|| now + cmd_period.mul_f64(1.0 + rand::random::<f64>()));
     // The SDK's start timer: a state that starts playing at a future `at` is applied
     // again exactly then, not at the next 100 ms tick.
     let mut start_due: Option<Instant> = None;
     let next_due =
-        |apply: Instant, ping: Instant, report: Instant, others: [Option<Instant>; 3]| {
+        |apply: Instant, ping: Instant, report: Instant, others: [Option<Instant>; 4]| {
             let mut next = apply;
             if chatty {
                 next = next.min(ping).min(report);
@@ -661,6 +674,18 @@ async fn client(
                     }
                     let _ = ws.send(Message::text(r#"{"type":"reaction","emoji":":clap:"}"#)).await;
                 }
+                if let (Some(due), Some(period)) = (chat_due, chat_period)
+                    && now >= due
+                {
+                    chat_due = Some(due + period);
+                    chats += 1;
+                    if shared.measuring.load(Ordering::Relaxed) {
+                        shared.chats.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // client_msg_id is the dedup key: unique per member and message.
+                    let msg = json!({"type":"chat.send","text":format!("load test message {chats}"),"client_msg_id":format!("lt{}-{chats}", rand::random::<u32>())});
+                    let _ = ws.send(Message::text(msg.to_string())).await;
+                }
                 if let Some(due) = cmd_due
                     && now >= due
                 {
@@ -708,7 +733,7 @@ async fn client(
             apply_due,
             ping_due,
             report_due,
-            [start_due, reaction_due, cmd_due],
+            [start_due, reaction_due, cmd_due, chat_due],
         );
         if next != timer.deadline().into_std() {
             timer.as_mut().reset(next.into());
@@ -821,6 +846,7 @@ pub async fn run(cfg: &SyncConfig) -> Result<SyncReport, String> {
         message_bytes: AtomicU64::new(0),
         commands: AtomicU64::new(0),
         reactions: AtomicU64::new(0),
+        chats: AtomicU64::new(0),
         fanout: Mutex::new(new_histogram()),
         fanout_at_socket: Mutex::new(new_histogram()),
         complete: Mutex::new(new_histogram()),
@@ -911,6 +937,7 @@ pub async fn run(cfg: &SyncConfig) -> Result<SyncReport, String> {
                 command_rate: cfg.command_rate,
                 reaction_every: (i > 0 && cfg.reaction_rate > 0.0)
                     .then(|| senders / cfg.reaction_rate),
+                chat_every: (i > 0 && cfg.chat_rate > 0.0).then(|| senders / cfg.chat_rate),
                 listen_only: cfg.listen_only,
             };
             tasks.push(tokio::spawn(client(
@@ -1022,6 +1049,7 @@ pub async fn run(cfg: &SyncConfig) -> Result<SyncReport, String> {
     report.window_s = window;
     report.commands_sent = shared.commands.load(Ordering::Relaxed);
     report.reactions_sent = shared.reactions.load(Ordering::Relaxed);
+    report.chats_sent = shared.chats.load(Ordering::Relaxed);
     report.listen_only = cfg.listen_only;
     report.fanout_latency = percentiles_of(&shared.fanout);
     report.fanout_complete = percentiles_of(&shared.complete);
@@ -1105,8 +1133,11 @@ pub fn rows(r: &SyncReport) -> Vec<Row> {
                 .unwrap_or_else(|| "none".into()),
         ),
         Row::new(
-            "commands / reactions (window)",
-            format!("{} / {}", r.commands_sent, r.reactions_sent),
+            "commands / reactions / chat (window)",
+            format!(
+                "{} / {} / {}",
+                r.commands_sent, r.reactions_sent, r.chats_sent
+            ),
         ),
         Row::new(
             "members send",
