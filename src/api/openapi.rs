@@ -169,7 +169,7 @@ impl Modify for Extras {
             vec![HttpMethod::Get],
             op(
                 "operations",
-                "database reachable and media sockets bound",
+                "database reachable and writable, media sockets bound",
                 &[("200", "ready"), ("503", "not ready")],
             ),
         );
