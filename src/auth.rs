@@ -241,6 +241,9 @@ impl Role {
 #[derive(Deserialize)]
 struct IdentityClaims {
     sub: String,
+    /// Read only to refuse tandem's own media and room tokens (a string or a list).
+    #[serde(default)]
+    aud: Option<serde_json::Value>,
     #[serde(default)]
     role: Option<String>,
     #[serde(default)]
@@ -290,6 +293,20 @@ impl IdentityVerifier {
                 _ => AppError::unauthorized("the identity token is not valid"),
             })?;
         let claims = data.claims;
+        // A media or room token is not an identity, even if an operator signed both
+        // with one secret (config validation refuses that too): without this a
+        // viewer's room token would pass as its user's identity, role claim included.
+        let media_aud = |v: &serde_json::Value| v.as_str() == Some(MEDIA_AUDIENCE);
+        if claims.aud.as_ref().is_some_and(|aud| {
+            media_aud(aud)
+                || aud
+                    .as_array()
+                    .is_some_and(|list| list.iter().any(media_aud))
+        }) {
+            return Err(AppError::unauthorized(
+                "a media or room token is not an identity token: send the platform's identity JWT",
+            ));
+        }
         // The user id keys balances, enrollments and chat: an empty one would be a
         // shared anonymous account, a control character a 500 on PostgreSQL.
         if !crate::text::is_clean_id(&claims.sub) {
@@ -376,6 +393,31 @@ mod tests {
             ..Default::default()
         });
         assert!(MediaTokens::new(b"b").verify(&t).is_err());
+    }
+
+    /// Issue 11 (SECURITY.md): with one secret for both, a media or room token (its
+    /// `role` claim included) must still not pass as the user's identity.
+    #[test]
+    fn a_media_token_is_not_an_identity_token() {
+        let secret = "one-secret-for-both";
+        let (t, _) = MediaTokens::new(secret.as_bytes()).mint(&TokenRequest {
+            user: "u1".into(),
+            ttl_secs: 60,
+            ..Default::default()
+        });
+        let err = IdentityVerifier::new(secret).verify(&t).unwrap_err();
+        assert_eq!(err.status, axum::http::StatusCode::UNAUTHORIZED);
+        // An audience list naming tandem's media audience is refused the same way.
+        let claims = serde_json::json!({
+            "sub": "u1", "exp": now_secs() + 60, "aud": ["x", MEDIA_AUDIENCE],
+        });
+        let t = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap();
+        assert!(IdentityVerifier::new(secret).verify(&t).is_err());
     }
 
     #[test]

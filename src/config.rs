@@ -181,6 +181,13 @@ impl Config {
                 "media.ice_start_timeout_ms and media.connect_timeout_seconds must be > 0".into(),
             ));
         }
+        if !self.jwt_secret.is_empty() && self.jwt_secret == self.media_token_secret {
+            return Err(ConfigError::Invalid(
+                "jwt_secret and media_token_secret are the same: give tandem's media tokens a secret of their own \
+                 (or leave media_token_secret empty to have one generated in data_dir)"
+                    .into(),
+            ));
+        }
         if self.http.header_timeout_ms == 0 || self.http.idle_timeout_ms == 0 {
             return Err(ConfigError::Invalid(
                 "http.header_timeout_ms and http.idle_timeout_ms must be > 0".into(),
@@ -291,6 +298,19 @@ mod tests {
             HttpSection::default(),
             "default.toml and Default agree"
         );
+    }
+
+    #[test]
+    fn one_secret_for_identities_and_media_tokens_is_refused() {
+        let err = Config::load_with_env(
+            None,
+            env(&[
+                ("TANDEM_JWT_SECRET", "same-secret"),
+                ("TANDEM_MEDIA_TOKEN_SECRET", "same-secret"),
+            ]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("media_token_secret"), "{err}");
     }
 
     #[test]

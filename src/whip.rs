@@ -221,7 +221,7 @@ async fn create_session(
     h.insert(header::LOCATION, header_value(&location));
     h.insert(header::ETAG, header_value(&quote_etag(&answer.etag)));
     h.insert("accept-patch", HeaderValue::from_static(SDPFRAG));
-    add_ice_server_links(h, &state.config.ice_servers);
+    add_ice_server_links(h, &state.config.ice_servers, true);
     Ok(resp)
 }
 
@@ -234,8 +234,14 @@ fn quote_etag(tag: &str) -> String {
 }
 
 /// `Link: <url>; rel="ice-server"` per configured ICE server URL (RFC 9725 §4.6).
-fn add_ice_server_links(headers: &mut HeaderMap, servers: &[IceServer]) {
+/// `with_credentials: false` leaves out servers that carry credentials (TURN): an
+/// OPTIONS request needs no token, and TURN credentials handed to anyone who asks
+/// make the relay an open one. The 201 answer, which took a valid token, has them all.
+fn add_ice_server_links(headers: &mut HeaderMap, servers: &[IceServer], with_credentials: bool) {
     for server in servers {
+        if !with_credentials && (server.username.is_some() || server.credential.is_some()) {
+            continue;
+        }
         for url in &server.urls {
             let mut link = format!("<{url}>; rel=\"ice-server\"");
             if let (Some(user), Some(cred)) = (&server.username, &server.credential) {
@@ -272,6 +278,12 @@ fn options_target(path: &str) -> Option<OptionsTarget> {
     }
 }
 
+/// The `{stream}` of a WHIP/WHEP endpoint path.
+fn options_stream(path: &str) -> Option<&str> {
+    let path = path.strip_prefix("/.proxy").unwrap_or(path);
+    path.trim_start_matches('/').split('/').nth(2)
+}
+
 /// Adds the WHIP/WHEP headers to OPTIONS answers. The CORS layer answers every
 /// OPTIONS itself (preflight or not), so this is the one place they are set.
 pub async fn options_headers(
@@ -282,13 +294,21 @@ pub async fn options_headers(
     let target = (request.method() == axum::http::Method::OPTIONS)
         .then(|| options_target(request.uri().path()))
         .flatten();
+    let token_for_stream = target == Some(OptionsTarget::Endpoint)
+        && options_stream(request.uri().path()).is_some_and(|stream| {
+            bearer(request.headers())
+                .and_then(|t| state.tokens.verify(t).ok())
+                .is_some_and(|c| c.allows_stream(stream))
+        });
     let mut resp = next.run(request).await;
     let h = resp.headers_mut();
     match target {
         Some(OptionsTarget::Endpoint) => {
             h.insert("accept-post", HeaderValue::from_static(SDP));
             h.insert(header::ALLOW, HeaderValue::from_static("OPTIONS, POST"));
-            add_ice_server_links(h, &state.config.ice_servers);
+            // A token valid for this stream (a WHIP client may send it with OPTIONS)
+            // also gets the TURN servers' credentials; a bare preflight does not.
+            add_ice_server_links(h, &state.config.ice_servers, token_for_stream);
         }
         Some(OptionsTarget::Session) => {
             h.insert("accept-patch", HeaderValue::from_static(SDPFRAG));

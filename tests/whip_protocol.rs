@@ -214,6 +214,14 @@ username = "user1"
 credential = "secret1"
 "#;
 
+fn link_headers(resp: &reqwest::Response) -> Vec<String> {
+    resp.headers()
+        .get_all(header::LINK)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect()
+}
+
 /// OPTIONS is the CORS preflight browsers send before a WHIP POST, and WHIP
 /// clients read `Accept-Post` and the ICE servers (`Link`) from it.
 #[tokio::test]
@@ -231,17 +239,31 @@ async fn options_answers_preflight_accept_post_and_ice_servers() {
             SDP,
             "Accept-Post on {path}"
         );
-        let links: Vec<String> = resp
-            .headers()
-            .get_all(header::LINK)
-            .iter()
-            .map(|v| v.to_str().unwrap().to_string())
-            .collect();
-        assert_eq!(links.len(), 2, "one Link per ICE server URL: {links:?}");
+        // Without a token only the credential-free servers: TURN credentials
+        // handed to anyone who asks would make the relay an open one.
+        let links = link_headers(&resp);
+        assert_eq!(
+            links.len(),
+            1,
+            "only the STUN server without a token: {links:?}"
+        );
         assert!(
             links[0].contains("<stun:stun.test.invalid:3478>")
                 && links[0].contains("rel=\"ice-server\"")
         );
+        // With a token valid for the stream, every server, TURN credentials included.
+        let token = app.publish_token("cam");
+        let resp = request(
+            &app,
+            Method::OPTIONS,
+            &app.url(path),
+            Some(&token),
+            None,
+            "",
+        )
+        .await;
+        let links = link_headers(&resp);
+        assert_eq!(links.len(), 2, "one Link per ICE server URL: {links:?}");
         assert!(
             links[1].contains("<turn:turn.test.invalid:3478?transport=udp>")
                 && links[1].contains("username=\"user1\"")
@@ -249,6 +271,18 @@ async fn options_answers_preflight_accept_post_and_ice_servers() {
             "TURN link carries credentials: {}",
             links[1]
         );
+        // A token for another stream is no better than none.
+        let other = app.publish_token("other");
+        let resp = request(
+            &app,
+            Method::OPTIONS,
+            &app.url(path),
+            Some(&other),
+            None,
+            "",
+        )
+        .await;
+        assert_eq!(link_headers(&resp).len(), 1, "a token for another stream");
 
         // A browser's preflight for a cross-origin POST with a bearer token.
         let pre = app

@@ -683,6 +683,14 @@ async fn bind_media_port(
     Err(last_error.unwrap_or_else(|| MediaError::Internal("binding the media port".into())))
 }
 
+/// What the logs show of a session id: its first 8 hex digits. The whole id is
+/// the secret part of the session URL (anyone holding it may PATCH or DELETE the
+/// session, RFC 9725 §4.3), so logs, which more people read, carry only enough
+/// to tell sessions apart: 32 of its 128 bits.
+pub(crate) fn log_id(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
+}
+
 pub(crate) fn random_hex(bytes: usize) -> String {
     let mut out = String::with_capacity(bytes * 2);
     for _ in 0..bytes {

@@ -32,7 +32,7 @@ use crate::sdp::{self, CheckedOffer, IceFragment, MediaKind};
 use crate::session::{self, BuildParams, PT_UNKNOWN, PT_UNSUPPORTED, PublisherTrack, Session};
 use crate::sfu::{
     PatchOutcome, Route, SessionAnswer, SessionEntry, SessionKind, SessionSlot, SessionSummary,
-    Shared, StreamShared, random_hex,
+    Shared, StreamShared, log_id, random_hex,
 };
 use crate::srtp::{SrtpIndex, SrtpSender};
 use crate::tcp::TcpLink;
@@ -367,7 +367,11 @@ impl Worker {
             if session.addrs.is_empty() {
                 // What `media.ice_start_timeout_ms` bounds (Chromium and aiortc
                 // on loopback: 3-70 ms after creation, see docs/MEDIA.md).
-                tracing::debug!(session = %session.id, after_ms = now.saturating_duration_since(session.created).as_millis() as u64, "ICE started");
+                tracing::debug!(
+                    session = log_id(&session.id),
+                    after_ms = now.saturating_duration_since(session.created).as_millis() as u64,
+                    "ICE started"
+                );
             }
             session.addrs.push(addr_key);
             self.by_addr.insert(addr_key, route.key);
@@ -399,7 +403,7 @@ impl Worker {
             message: BytesMut::from(data),
         });
         if let Err(e) = read {
-            tracing::trace!(session = %session.id, error = %e, "packet refused");
+            tracing::trace!(session = log_id(&session.id), error = %e, "packet refused");
         }
         self.service(key);
     }
@@ -440,7 +444,7 @@ impl Worker {
         while let Some(event) = s.pc.poll_event() {
             match event {
                 RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
-                    tracing::debug!(session = %s.id, %state, "connection state");
+                    tracing::debug!(session = log_id(&s.id), %state, "connection state");
                     match state {
                         RTCPeerConnectionState::Connected if !s.connected => {
                             s.connected = true;
@@ -467,16 +471,16 @@ impl Worker {
             } else {
                 "udp"
             };
-            tracing::info!(session = %s.id, stream = %s.stream.name, kind = s.kind.as_str(), transport, "session connected");
+            tracing::info!(session = log_id(&s.id), stream = %s.stream.name, kind = s.kind.as_str(), transport, "session connected");
             if s.kind == SessionKind::Viewer {
                 match s.pc.local_srtp_keying().map(SrtpSender::new) {
                     Some(Ok(sender)) => s.srtp = Some(sender),
                     Some(Err(e)) => {
-                        tracing::warn!(session = %s.id, error = %e, "viewer SRTP setup failed");
+                        tracing::warn!(session = log_id(&s.id), error = %e, "viewer SRTP setup failed");
                         to_close.push((key, "srtp setup failed"));
                     }
                     None => {
-                        tracing::warn!(session = %s.id, "connected without SRTP keys");
+                        tracing::warn!(session = log_id(&s.id), "connected without SRTP keys");
                         to_close.push((key, "srtp setup failed"));
                     }
                 }
@@ -719,7 +723,7 @@ impl Worker {
             }
             let timed_out = s.next_timeout.is_some_and(|t| t <= now);
             if timed_out && let Err(e) = s.pc.handle_timeout(now) {
-                tracing::debug!(session = %s.id, error = %e, "timeout handling");
+                tracing::debug!(session = log_id(&s.id), error = %e, "timeout handling");
             }
             if timed_out || report_due {
                 self.service(key);
@@ -883,7 +887,7 @@ impl Worker {
             },
         );
         self.shared.observer.session_started(&summary);
-        tracing::info!(session = %req.id, stream = %req.stream.name, kind = req.kind.as_str(), user = %req.user, "session created");
+        tracing::info!(session = log_id(&req.id), stream = %req.stream.name, kind = req.kind.as_str(), user = %req.user, "session created");
         let answer = SessionAnswer {
             session_id: req.id.to_string(),
             sdp: built.answer,
@@ -934,7 +938,7 @@ impl Worker {
                 );
                 s.local_ufrag = new_ufrag;
                 s.remote_offer = offer;
-                tracing::info!(session = %s.id, "ICE restart");
+                tracing::info!(session = log_id(&s.id), "ICE restart");
                 PatchOutcome::Restarted {
                     sdpfrag: sdp::restart_answer_fragment(&sdp_answer),
                     etag: random_hex(8),
@@ -950,7 +954,7 @@ impl Worker {
                         ..Default::default()
                     };
                     if let Err(e) = s.pc.add_remote_candidate(init) {
-                        tracing::debug!(session = %s.id, error = %e, "trickled candidate ignored");
+                        tracing::debug!(session = log_id(&s.id), error = %e, "trickled candidate ignored");
                     }
                 }
                 PatchOutcome::Trickled
@@ -1035,7 +1039,7 @@ impl Worker {
         if let Some(summary) = summary {
             self.shared.observer.session_ended(&summary);
         }
-        tracing::info!(session = %s.id, stream = %stream.name, kind = s.kind.as_str(), reason, "session ended");
+        tracing::info!(session = log_id(&s.id), stream = %stream.name, kind = s.kind.as_str(), reason, "session ended");
         true
     }
 }
@@ -1084,7 +1088,7 @@ fn open_publisher_track(s: &mut Session, init: RTCTrackEventInit, metrics: &Medi
         metrics.streams_live.inc();
     }
     s.stream.keyframe_wanted.store(true, Ordering::Release);
-    tracing::info!(session = %s.id, stream = %s.stream.name, kind = ?kind, ssrc = media_ssrc, "publisher track open");
+    tracing::info!(session = log_id(&s.id), stream = %s.stream.name, kind = ?kind, ssrc = media_ssrc, "publisher track open");
 }
 
 /// Answers a viewer's NACKs from the worker's per-track cache: the same packet
@@ -1163,7 +1167,7 @@ fn write_sender_reports(s: &mut Session, clock: &SystemInstant, now: Instant) {
         if let Some(mut sender) = s.pc.rtp_sender(track.sender)
             && let Err(e) = sender.write_rtcp(now, vec![Box::new(sr)])
         {
-            tracing::debug!(session = %s.id, error = %e, "sender report");
+            tracing::debug!(session = log_id(&s.id), error = %e, "sender report");
         }
     }
 }
