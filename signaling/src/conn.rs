@@ -17,6 +17,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 
+use crate::chat::TokenBucket;
 use crate::clock::now_ms;
 use crate::link::{BACKLOG_CLOSE, Io, Link, LinkEvent, SendError, SharedIo};
 use crate::room::{JoinRequest, RoomEvent};
@@ -174,6 +175,10 @@ pub(crate) async fn serve(rooms: Rooms, io: Io, room: String, ident: Identity) {
     // 3. The room writes to the socket itself; this task reads, and writes out what
     // the room queued because the socket would have blocked (woken by the room).
     let mut clean = false;
+    // `time.ping` is answered here, not by the room, so it needs a bucket of its own
+    // (the same rate as the room's for other messages): without one a client that
+    // reads its pongs could make the server answer as fast as it can send.
+    let mut pings = TokenBucket::new(cfg.messages_burst);
     // A close after the queue (kick, ban, the room let go) waits for the client to
     // read what is queued, but not forever: a client that never reads is closed now.
     let mut close_deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
@@ -210,11 +215,33 @@ pub(crate) async fn serve(rooms: Rooms, io: Io, room: String, ident: Identity) {
                     break Some(TOO_LARGE);
                 }
                 match wire::parse(&t) {
-                    Ok(ClientMsg::TimePing { id, t0 }) => Some(Outbound::Pong {
-                        id,
-                        t0,
-                        t1: recv_at,
-                    }),
+                    Ok(ClientMsg::TimePing { id, t0 }) => {
+                        match pings.take(
+                            Instant::now(),
+                            cfg.messages_per_second,
+                            cfg.messages_burst,
+                        ) {
+                            Ok(()) => Some(Outbound::Pong {
+                                id,
+                                t0,
+                                t1: recv_at,
+                            }),
+                            Err(retry) => {
+                                inner
+                                    .metrics
+                                    .errors
+                                    .with_label_values(&["rate_limited"])
+                                    .inc();
+                                let v = wire::error(
+                                    "rate_limited",
+                                    "too many time.ping messages: a burst of 8 on join, then one every few seconds is enough",
+                                    Some("time.ping"),
+                                    Some(retry.as_millis() as u64 + 1),
+                                );
+                                Some(Outbound::Text(text(&v), Instant::now()))
+                            }
+                        }
+                    }
                     Ok(msg) => {
                         if to_room(
                             &room_tx,

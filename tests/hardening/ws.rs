@@ -401,3 +401,41 @@ async fn welcome_comes_first_and_the_joiner_gets_no_presence_join_of_its_own() {
     assert_eq!(j["member"]["session"], me);
     s.stop().await;
 }
+
+// Found while closing item 1: `time.ping` was answered by the connection task
+// outside the per-connection message bucket, so a client that reads its pongs
+// could make the server answer as fast as it sent. Past the burst the pings get
+// `error rate_limited` (with `retry_after_ms`) instead of a pong.
+#[tokio::test]
+async fn time_pings_past_the_message_bucket_are_rate_limited() {
+    let dir = TempDir::new("h-ws");
+    let s = start(
+        dir.path(),
+        &[
+            ("TANDEM_ROOMS__MESSAGES_PER_SECOND", "1"),
+            ("TANDEM_ROOMS__MESSAGES_BURST", "10"),
+        ],
+    )
+    .await;
+    let url = s.url("pings", &s.token("pings", "p", false));
+    let mut c = Client::connect(&url, 0.0, None).await;
+    for id in 0..40 {
+        c.send(json!({"type":"time.ping","id":id,"t0":1.5})).await;
+    }
+    // One answer per ping, in order: pongs while the bucket lasts, then errors.
+    let (mut pongs, mut limited) = (0, 0);
+    while pongs + limited < 40 {
+        let v = c.wait_for(|v| v["type"] == "time.pong" || v["type"] == "error").await;
+        if v["type"] == "time.pong" {
+            pongs += 1;
+        } else {
+            assert_eq!(v["code"], "rate_limited", "{v}");
+            assert_eq!(v["ref"], "time.ping", "{v}");
+            assert!(v["retry_after_ms"].as_u64().unwrap() > 0, "{v}");
+            limited += 1;
+        }
+    }
+    // The bucket holds 10 and refills at 1/s: a slow machine may refill a few.
+    assert!((10..=15).contains(&pongs), "{pongs} pongs of 40");
+    s.stop().await;
+}
