@@ -355,6 +355,17 @@ fn edited(offer: &str, mut edit: impl FnMut(&str) -> Option<String>) -> String {
         .collect()
 }
 
+/// `offer` with every line starting with `prefix` replaced by `line`.
+fn replaced(offer: &str, prefix: &str, line: &str) -> String {
+    edited(offer, |l| {
+        Some(if l.starts_with(prefix) {
+            line.into()
+        } else {
+            l.into()
+        })
+    })
+}
+
 /// Item 8: offers the server cannot use are 400 `bad_sdp` naming what is missing,
 /// with no session created and nothing held: the real publisher gets 201 after
 /// each. Before the fix, `a=setup:passive` (both sides passive: no DTLS) and empty
@@ -385,35 +396,17 @@ async fn unusable_offers_are_400_and_hold_nothing() {
         (
             "empty ICE ufrag",
             "ice-ufrag",
-            edited(offer, |l| {
-                Some(if l.starts_with("a=ice-ufrag:") {
-                    "a=ice-ufrag:".into()
-                } else {
-                    l.into()
-                })
-            }),
+            replaced(offer, "a=ice-ufrag:", "a=ice-ufrag:"),
         ),
         (
             "empty ICE pwd",
             "ice-pwd",
-            edited(offer, |l| {
-                Some(if l.starts_with("a=ice-pwd:") {
-                    "a=ice-pwd:".into()
-                } else {
-                    l.into()
-                })
-            }),
+            replaced(offer, "a=ice-pwd:", "a=ice-pwd:"),
         ),
         (
             "fingerprint without a hash value",
             "fingerprint",
-            edited(offer, |l| {
-                Some(if l.starts_with("a=fingerprint:") {
-                    "a=fingerprint:sha-256".into()
-                } else {
-                    l.into()
-                })
-            }),
+            replaced(offer, "a=fingerprint:", "a=fingerprint:sha-256"),
         ),
         ("credentials only in the first section", "ice-ufrag", {
             // The video section keeps its credentials; the audio one loses them.
@@ -429,35 +422,21 @@ async fn unusable_offers_are_400_and_hold_nothing() {
         (
             "ICE ufrag shorter than 4 characters",
             "ice-ufrag",
-            edited(offer, |l| {
-                Some(if l.starts_with("a=ice-ufrag:") {
-                    "a=ice-ufrag:ab".into()
-                } else {
-                    l.into()
-                })
-            }),
+            replaced(offer, "a=ice-ufrag:", "a=ice-ufrag:ab"),
         ),
         (
             "ICE pwd shorter than 22 characters",
             "ice-pwd",
-            edited(offer, |l| {
-                Some(if l.starts_with("a=ice-pwd:") {
-                    "a=ice-pwd:short".into()
-                } else {
-                    l.into()
-                })
-            }),
+            replaced(offer, "a=ice-pwd:", "a=ice-pwd:short"),
         ),
         (
             "fingerprint that is not hex",
             "fingerprint",
-            edited(offer, |l| {
-                Some(if l.starts_with("a=fingerprint:") {
-                    "a=fingerprint:sha-256 not-a-fingerprint".into()
-                } else {
-                    l.into()
-                })
-            }),
+            replaced(
+                offer,
+                "a=fingerprint:",
+                "a=fingerprint:sha-256 not-a-fingerprint",
+            ),
         ),
         (
             "credentials and fingerprint only in a data channel section",
@@ -485,13 +464,7 @@ a=setup:actpass\r\na=mid:2\r\na=sctp-port:5000\r\n",
         (
             "setup:passive",
             "setup",
-            edited(offer, |l| {
-                Some(if l.starts_with("a=setup:") {
-                    "a=setup:passive".into()
-                } else {
-                    l.into()
-                })
-            }),
+            replaced(offer, "a=setup:", "a=setup:passive"),
         ),
     ];
     let token = app.publish_token("cam");

@@ -425,7 +425,9 @@ async fn time_pings_past_the_message_bucket_are_rate_limited() {
     // One answer per ping, in order: pongs while the bucket lasts, then errors.
     let (mut pongs, mut limited) = (0, 0);
     while pongs + limited < 40 {
-        let v = c.wait_for(|v| v["type"] == "time.pong" || v["type"] == "error").await;
+        let v = c
+            .wait_for(|v| v["type"] == "time.pong" || v["type"] == "error")
+            .await;
         if v["type"] == "time.pong" {
             pongs += 1;
         } else {
