@@ -2,7 +2,6 @@
 //! and the service key. Tokens are scoped, expire, and are never logged.
 
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::http::HeaderMap;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -89,12 +88,8 @@ impl std::fmt::Debug for MediaTokens {
     }
 }
 
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+// Re-exported where callers (and tests) have always found it.
+pub use crate::clock::now_secs;
 
 impl MediaTokens {
     pub fn new(secret: &[u8]) -> Self {

@@ -3,6 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -37,7 +38,7 @@ pub struct Config {
     #[serde(default)]
     pub rooms: tandem_signaling::RoomsConfig,
     /// Business APIs and their jobs (src/api).
-    pub api: crate::api::ApiConfig,
+    pub api: ApiConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -109,6 +110,26 @@ impl HttpSection {
     }
 }
 
+/// The `[api]` section of the configuration (see config/default.toml).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ApiConfig {
+    pub whip_starts_stream: bool,
+    pub default_replay_days: i64,
+    pub media_token_ttl_seconds: u64,
+    pub catalog_migration_days: i64,
+    pub catalog_webhook_url: String,
+    pub jobs_enabled: bool,
+    pub replay_expiry_interval_seconds: u64,
+    pub catalog_interval_seconds: u64,
+    pub prune_interval_seconds: u64,
+    pub viewer_sample_interval_seconds: u64,
+    pub idempotency_keep_hours: i64,
+    pub catalog_backoff_base_seconds: u64,
+    pub catalog_backoff_max_seconds: u64,
+    pub catalog_lease_seconds: u64,
+    pub catalog_timeout_seconds: u64,
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct IceServer {
     pub urls: Vec<String>,
@@ -127,6 +148,27 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// What the SFU is started with: the `[media]` section and the media address.
+    pub fn media_config(&self) -> tandem_media::MediaConfig {
+        tandem_media::MediaConfig {
+            bind: self.media_bind,
+            port: self.media_port,
+            advertised_ips: self.advertised_ips(),
+            workers: self.media.workers,
+            max_sessions: self.media.max_sessions,
+            max_viewers_per_stream: self.media.max_viewers_per_stream,
+            max_sessions_per_token: self.media.max_sessions_per_token,
+            max_sessions_per_user: self.media.max_sessions_per_user,
+            publisher_reserve_percent: self.media.publisher_reserve_percent,
+            ice_tcp: self.media.ice_tcp,
+            worker_queue_packets: self.media.worker_queue_packets,
+            pli_interval: Duration::from_millis(self.media.pli_interval_ms),
+            idle_timeout: Duration::from_secs(self.media.idle_timeout_seconds),
+            ice_start_timeout: Duration::from_millis(self.media.ice_start_timeout_ms),
+            connect_timeout: Duration::from_secs(self.media.connect_timeout_seconds),
+        }
+    }
+
     /// Loads defaults, then `file` (if any), then `TANDEM_*` variables from the environment.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         Self::load_with_env(file, std::env::vars())
@@ -293,11 +335,84 @@ mod tests {
         assert!(c.database_url().starts_with("sqlite://"));
         assert_eq!(c.database_pool_size, 16);
         assert_eq!(c.advertised_ips(), vec![IpAddr::from([127, 0, 0, 1])]);
-        assert_eq!(
-            c.http,
-            HttpSection::default(),
-            "default.toml and Default agree"
-        );
+    }
+
+    /// config/default.toml is the one source of defaults: every section that
+    /// also has a `Default` impl (here, in tandem-media, in tandem-signaling)
+    /// must say the same, or a library user and a server user get different
+    /// servers.
+    #[test]
+    fn every_default_impl_agrees_with_default_toml() {
+        let c = Config::load_with_env(None, env(&[])).unwrap();
+        assert_eq!(c.http, HttpSection::default(), "[http]");
+        assert_eq!(c.rooms, tandem_signaling::RoomsConfig::default(), "[rooms]");
+        // [media]: all of MediaConfig but where it binds and what it advertises,
+        // which the library defaults to loopback and a free port for tests.
+        let d = tandem_media::MediaConfig::default();
+        let from_toml = tandem_media::MediaConfig {
+            bind: d.bind,
+            port: d.port,
+            advertised_ips: d.advertised_ips.clone(),
+            ..c.media_config()
+        };
+        assert_eq!(format!("{from_toml:?}"), format!("{d:?}"), "[media]");
+        assert!(c.ice_servers.is_empty(), "[[ice_servers]]");
+    }
+
+    /// The field names of a `Debug`-printed struct of plain values.
+    fn debug_fields(debug: &str) -> Vec<String> {
+        let inner = &debug[debug.find('{').unwrap() + 1..debug.rfind('}').unwrap()];
+        let (mut depth, mut fields, mut start) = (0, Vec::new(), 0);
+        for (i, ch) in inner.char_indices() {
+            match ch {
+                '[' | '{' | '(' => depth += 1,
+                ']' | '}' | ')' => depth -= 1,
+                ',' if depth == 0 => {
+                    fields.push(inner[start..i].to_string());
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        fields.push(inner[start..].to_string());
+        fields
+            .iter()
+            .filter_map(|f| f.split(':').next())
+            .map(|f| f.trim().to_string())
+            .filter(|f| !f.is_empty())
+            .collect()
+    }
+
+    /// Sections whose struct fills missing keys from `Default` would load even
+    /// with a key missing from default.toml: every key is there, documented.
+    #[test]
+    fn default_toml_lists_every_key_of_the_defaulted_sections() {
+        let toml = config::Config::builder()
+            .add_source(config::File::from_str(
+                DEFAULT_TOML,
+                config::FileFormat::Toml,
+            ))
+            .build()
+            .unwrap();
+        for (section, fields) in [
+            (
+                "http",
+                debug_fields(&format!("{:?}", HttpSection::default())),
+            ),
+            (
+                "rooms",
+                debug_fields(&format!("{:?}", tandem_signaling::RoomsConfig::default())),
+            ),
+        ] {
+            let table = toml.get_table(section).unwrap();
+            assert!(fields.len() > 3, "[{section}]: {fields:?}");
+            for field in fields {
+                assert!(
+                    table.contains_key(&field),
+                    "[{section}] {field} is missing from config/default.toml"
+                );
+            }
+        }
     }
 
     #[test]
@@ -354,18 +469,7 @@ mod tests {
     }
 
     #[test]
-    fn media_session_limits_default_as_the_media_crate_does() {
-        let c = Config::load_with_env(None, env(&[])).unwrap().media;
-        let d = tandem_media::MediaConfig::default();
-        assert_eq!(c.max_sessions, d.max_sessions);
-        assert_eq!(c.max_sessions_per_token, d.max_sessions_per_token);
-        assert_eq!(c.max_sessions_per_user, d.max_sessions_per_user);
-        assert_eq!(c.publisher_reserve_percent, d.publisher_reserve_percent);
-        assert_eq!(
-            c.ice_start_timeout_ms,
-            d.ice_start_timeout.as_millis() as u64
-        );
-        assert_eq!(c.connect_timeout_seconds, d.connect_timeout.as_secs());
+    fn publisher_reserve_above_half_is_refused() {
         let err = Config::load_with_env(
             None,
             env(&[("TANDEM_MEDIA__PUBLISHER_RESERVE_PERCENT", "80")]),

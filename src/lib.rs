@@ -1,31 +1,41 @@
 //! tandem: a realtime media relay (WHIP → SFU → WHEP) and Watch Together sync server.
 //! This crate is the server: configuration, HTTP routes, auth, storage and wiring.
 //!
-//! Module map:
-//! - [`config`]: defaults, `--config` file, `TANDEM_*` environment.
+//! Module map, from the leaves up (each imports only modules above it in
+//! this list; nothing imports [`server`]):
+//! - [`clock`]: the one wall clock (`now_ms`, `now_secs`) and the [`clock::Clock`]
+//!   trait with a manual clock for tests.
 //! - [`error`]: [`error::AppError`], the one error type of the HTTP surface.
-//! - [`auth`]: identity JWTs, tandem media/room tokens, the service key.
 //! - [`text`]: clean text at the edge (no NUL/control characters into SQL).
+//! - [`config`]: defaults (config/default.toml), `--config` file, `TANDEM_*` environment.
 //! - [`storage`]: the sqlx pool (SQLite default, PostgreSQL) and migrations.
-//! - [`metrics`]: the Prometheus registry and `/metrics`.
-//! - [`whip`]: WHIP ingest and WHEP egress routes over [`tandem_media::Sfu`].
-//! - [`pages`]: the demo pages and static files under `web/`.
-//! - [`rooms`]: Watch Together WebSocket and room-token routes, the sqlx chat store.
-//! - [`api`]: business APIs (ledger, streams, enrollment, media access, jobs, OpenAPI).
-//! - [`server`]: [`server::AppState`], the router ([`server::app`]) and [`server::start`].
+//! - [`auth`]: identity JWTs, tandem media/room tokens, the service key.
 //! - [`serve`]: the HTTP accept loop: connection caps, header and idle timeouts.
+//! - [`state`]: [`AppState`], what every handler shares.
+//! - [`extract`]: the caller as axum extractors: [`extract::Identity`],
+//!   [`extract::Instructor`], [`extract::ServiceCaller`].
+//! - [`metrics`]: the Prometheus registry and `/metrics`.
+//! - [`pages`]: the demo pages and static files under `web/`.
+//! - [`api`]: business APIs (ledger, streams, enrollment, media access, jobs, OpenAPI).
+//! - [`whip`]: WHIP ingest and WHEP egress routes over [`tandem_media::Sfu`].
+//! - [`rooms`]: Watch Together WebSocket and room-token routes, the sqlx chat store.
+//! - [`server`]: the router ([`server::app`]), [`server::start`] and [`server::Running`].
 
 pub mod api;
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod error;
+pub mod extract;
 pub mod metrics;
 pub mod pages;
 pub mod rooms;
 pub mod serve;
 pub mod server;
+pub mod state;
 pub mod storage;
 pub mod text;
 pub mod whip;
 
-pub use server::{AppState, Running, app, start};
+pub use server::{Running, app, start};
+pub use state::AppState;

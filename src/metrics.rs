@@ -8,7 +8,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{Encoder, IntGauge, Registry, TextEncoder};
 
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// Instruments owned by the HTTP layer (the media and signaling crates register their own).
 #[derive(Clone)]

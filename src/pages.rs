@@ -7,7 +7,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// (file name, content type, contents) of every asset served under `/web/`.
 const ASSETS: &[(&str, &str, &str)] = &[

@@ -22,9 +22,10 @@ use tandem_signaling::{Identity, InProcessBroker, Rooms, WsUpgrade, valid_room_i
 
 use crate::api::access::{self, RoomAccess};
 use crate::auth::{DEFAULT_MEDIA_TOKEN_TTL_SECS, Grants, Role, TokenRequest, bearer};
+use crate::clock::now_ms;
 use crate::config::Config;
 use crate::error::{AppError, AppResult};
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::storage::Db;
 
 /// The rooms of this server, with chat kept in its database.
@@ -174,7 +175,7 @@ async fn mint(
     let body: MintBody = if bytes.iter().all(u8::is_ascii_whitespace) {
         MintBody::default()
     } else {
-        crate::api::parse_json(&headers, &bytes)?
+        crate::api::common::parse_json(&headers, &bytes)?
     };
     if body
         .name
@@ -267,13 +268,6 @@ fn record(row: &sqlx::any::AnyRow) -> Result<ChatRecord, sqlx::Error> {
 
 fn store_err(e: sqlx::Error) -> StoreError {
     StoreError(e.to_string())
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 impl SqlChatStore {

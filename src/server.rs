@@ -1,5 +1,6 @@
-//! The server's shared state, its router and its lifecycle: start on given
-//! addresses, serve, and shut down gracefully (sessions closed as by DELETE).
+//! The router and the server's lifecycle: build the [`AppState`], start on
+//! given addresses, serve, and shut down gracefully (sessions closed as by
+//! DELETE). The top of the crate: it imports the routes, nothing imports it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use prometheus::Registry;
-use tandem_media::{MediaConfig, Sfu};
+use tandem_media::Sfu;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -18,23 +19,8 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::auth::{IdentityVerifier, MediaTokens};
 use crate::config::Config;
 use crate::metrics::HttpMetrics;
+use crate::state::{AppState, READY_CACHE, Readiness};
 use crate::storage::Db;
-
-#[derive(Clone)]
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub sfu: Sfu,
-    pub tokens: MediaTokens,
-    pub identity: IdentityVerifier,
-    pub db: Db,
-    pub registry: Registry,
-    /// Watch Together rooms (tandem-signaling).
-    pub rooms: tandem_signaling::Rooms,
-    /// Base URL clients reach this server at (links, `whep_url`).
-    pub public_url: Arc<str>,
-    /// `/readyz`'s last verdict, reused for [`READY_CACHE`].
-    pub ready: Arc<tokio::sync::Mutex<Option<(std::time::Instant, Readiness)>>>,
-}
 
 /// Every route, with and without the `/.proxy` prefix (Discord Activity URL mapping).
 pub fn app(state: AppState) -> Router {
@@ -98,17 +84,6 @@ fn cors_layer(config: &Config) -> CorsLayer {
             header::RETRY_AFTER,
         ])
         .max_age(Duration::from_secs(600))
-}
-
-/// How long one `/readyz` verdict is reused: the write probe is one committed
-/// row update, and a load balancer may ask several times a second.
-pub const READY_CACHE: Duration = Duration::from_secs(1);
-
-/// What `/readyz` found: each check `ok` or why not.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Readiness {
-    pub database: crate::storage::Health,
-    pub media: bool,
 }
 
 /// `GET /readyz`: 200 `ready` when the database takes writes and the SFU runs;
@@ -236,7 +211,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 
     // Sessions the previous process left open (it died, or their ends were never
     // written) are ended before this node runs any.
-    match crate::storage::end_open_sessions(&db, crate::whip::now_ms()).await {
+    match crate::storage::end_open_sessions(&db, crate::clock::now_ms()).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(ended = n, "ended media session records left open"),
         Err(err) => tracing::warn!(error = %err, "ending media session records left open"),
@@ -246,7 +221,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let conn_metrics = crate::serve::ConnMetrics::register(&registry)?;
     let limits = crate::serve::Limits::resolve(&config.http);
     let recorder = crate::whip::SessionRecorder::spawn(db.clone());
-    let sfu = Sfu::start(media_config(&config), &registry, Arc::new(recorder.clone())).await?;
+    let sfu = Sfu::start(config.media_config(), &registry, Arc::new(recorder.clone())).await?;
     let rooms = crate::rooms::build(&config, &db, &registry)?;
 
     let listener = TcpListener::bind(config.http_addr)
@@ -293,24 +268,4 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         jobs,
         recorder,
     })
-}
-
-fn media_config(config: &Config) -> MediaConfig {
-    MediaConfig {
-        bind: config.media_bind,
-        port: config.media_port,
-        advertised_ips: config.advertised_ips(),
-        workers: config.media.workers,
-        max_sessions: config.media.max_sessions,
-        max_viewers_per_stream: config.media.max_viewers_per_stream,
-        max_sessions_per_token: config.media.max_sessions_per_token,
-        max_sessions_per_user: config.media.max_sessions_per_user,
-        publisher_reserve_percent: config.media.publisher_reserve_percent,
-        ice_tcp: config.media.ice_tcp,
-        worker_queue_packets: config.media.worker_queue_packets,
-        pli_interval: Duration::from_millis(config.media.pli_interval_ms),
-        idle_timeout: Duration::from_secs(config.media.idle_timeout_seconds),
-        ice_start_timeout: Duration::from_millis(config.media.ice_start_timeout_ms),
-        connect_timeout: Duration::from_secs(config.media.connect_timeout_seconds),
-    }
 }

@@ -162,7 +162,7 @@ impl Db {
             "INSERT INTO write_probe (id, at_ms) VALUES (1, $1) \
              ON CONFLICT (id) DO UPDATE SET at_ms = excluded.at_ms",
         )
-        .bind(crate::whip::now_ms())
+        .bind(crate::clock::now_ms())
         .execute(&self.pool)
         .await
         .map(|_| ())

@@ -11,9 +11,10 @@ use tandem_media::{MediaError, PatchOutcome, SessionHolder, SessionKind, Session
 use tokio::sync::mpsc;
 
 use crate::auth::{MediaClaims, bearer};
+use crate::clock::now_ms;
 use crate::config::IceServer;
 use crate::error::{AppError, AppResult};
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::storage::Db;
 
 const SDP: &str = "application/sdp";
@@ -511,13 +512,6 @@ impl tandem_media::sfu::SessionObserver for SessionRecorder {
     fn session_ended(&self, session: &SessionSummary) {
         let _ = self.tx.send(SessionEvent::Ended(session.clone()));
     }
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -8,12 +8,13 @@
 use axum::http::StatusCode;
 use tandem_media::SessionKind;
 
-use super::enrollment::{EnrollmentRow, enrollment_of, watch_refusal};
-use super::now_ms;
+use super::enrollment::watch_refusal;
+use super::enrollment_records::{EnrollmentRow, enrollment_of};
 use super::streams::{self, StreamRow};
 use crate::auth::MediaClaims;
+use crate::clock::now_ms;
 use crate::error::{AppError, AppResult};
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// Checks a session about to start. Refuses (403) a WHEP viewer whose enrollment
 /// was refunded or whose replay window closed, and (409) publishing to a stream
@@ -61,7 +62,7 @@ pub async fn check_session(
             }
         }
         SessionKind::Publisher => {
-            if matches!(row.status.as_str(), "ended" | "cancelled") {
+            if !row.status.is_open() {
                 return Err(AppError::new(
                     StatusCode::CONFLICT,
                     "stream_closed",
@@ -174,18 +175,4 @@ pub async fn room_access(
              and admins may join; enroll in the stream first",
         )),
     }
-}
-
-/// What the rooms are told when an enrollment is refunded: its user's connections to
-/// the stream's room are closed (`error not_enrolled`, close 4004).
-pub async fn evict_from_room(state: &AppState, stream: &str, user: &str) {
-    state
-        .rooms
-        .evict(
-            stream,
-            user,
-            "not_enrolled",
-            "your enrollment in this stream was refunded; you are no longer in its room",
-        )
-        .await;
 }

@@ -13,13 +13,18 @@ use sqlx::AnyConnection;
 use std::sync::LazyLock;
 use utoipa::ToSchema;
 
+use super::common::{begin_write, rfc3339, rfc3339_opt, unique_violation};
+use super::enrollment_records::{
+    COLUMNS, EnrollmentRow, enrollment_of, evict_from_room, refund_one,
+};
 use super::idempotency::{self, IdemKey};
 use super::ledger::{self, Kind};
-use super::streams::{self, MediaTokenOut, StreamRow};
-use super::{begin_write, identity, now_ms, rfc3339, rfc3339_opt, service, unique_violation};
+use super::streams::{self, MediaTokenOut, StreamRow, StreamStatus};
 use crate::auth::{Grants, TokenRequest};
+use crate::clock::now_ms;
 use crate::error::{AppError, AppResult};
-use crate::server::AppState;
+use crate::extract::{Identity, ServiceCaller};
+use crate::state::AppState;
 use crate::storage::{Backend, Db};
 
 pub fn routes() -> axum::Router<AppState> {
@@ -29,21 +34,6 @@ pub fn routes() -> axum::Router<AppState> {
         .route("/v1/streams/{id}/viewer-token", post(viewer_token))
         .route("/v1/admin/enrollments/{id}/refund", post(admin_refund))
 }
-
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct EnrollmentRow {
-    pub id: String,
-    pub user_id: String,
-    pub stream_id: String,
-    pub price_paid: i64,
-    pub status: String,
-    pub transaction_id: Option<i64>,
-    pub created_at: i64,
-    pub refunded_at: Option<i64>,
-}
-
-const COLUMNS: &str =
-    "id, user_id, stream_id, price_paid, status, transaction_id, created_at, refunded_at";
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EnrollmentOut {
@@ -84,7 +74,7 @@ pub struct EnrolledOut {
 pub struct StreamBrief {
     pub id: String,
     pub title: String,
-    pub status: String,
+    pub status: StreamStatus,
     pub scheduled_start: String,
 }
 
@@ -118,9 +108,9 @@ pub async fn enroll(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
+    me: Identity,
     body: Bytes,
 ) -> AppResult<Response> {
-    let me = identity(&state, &headers)?;
     let key = IdemKey::from_headers(
         &headers,
         &format!("user:{}", me.user),
@@ -154,7 +144,7 @@ async fn enroll_in(
     .await?
     .ok_or_else(|| AppError::not_found(format!("no stream '{stream_id}'")))?;
     if !stream.open_for_enrollment(now) {
-        return Err(stream_closed(&stream.status));
+        return Err(stream_closed(stream.status));
     }
     // A refunded enrollment does not count: the user may enroll (and pay) again.
     let existing: Option<(String,)> = sqlx::query_as(
@@ -420,12 +410,12 @@ fn already_enrolled() -> AppError {
     .with("enrollment_status", "active")
 }
 
-fn stream_closed(status: &str) -> AppError {
+fn stream_closed(status: impl std::fmt::Display) -> AppError {
     AppError::conflict(
         "stream_closed",
         format!("the stream is {status} and can no longer be enrolled in"),
     )
-    .with("status", status)
+    .with("status", status.to_string())
 }
 
 fn insufficient(balance: i64, price: i64) -> AppError {
@@ -438,69 +428,13 @@ fn insufficient(balance: i64, price: i64) -> AppError {
     .with("price", price)
 }
 
-/// Refunds one active enrollment (a `refund` transaction when it was paid).
-/// Returns false when it was not active.
-pub async fn refund_one(
-    conn: &mut AnyConnection,
-    e: &EnrollmentRow,
-    now: i64,
-) -> Result<bool, sqlx::Error> {
-    let changed = sqlx::query(
-        "UPDATE enrollments SET status = 'refunded', refunded_at = $1 WHERE id = $2 AND status = 'active'",
-    )
-    .bind(now)
-    .bind(&e.id)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if changed == 0 {
-        return Ok(false);
-    }
-    if e.price_paid > 0 {
-        let reference = format!("stream:{}", e.stream_id);
-        ledger::add(
-            conn,
-            &e.user_id,
-            e.price_paid,
-            Kind::Refund,
-            Some(&reference),
-            now,
-        )
-        .await?;
-    }
-    Ok(true)
-}
-
-/// Refunds every active paid enrollment of a stream (cancellation); returns the
-/// users refunded.
-pub async fn refund_all(
-    conn: &mut AnyConnection,
-    stream_id: &str,
-    now: i64,
-) -> Result<Vec<String>, sqlx::Error> {
-    let rows: Vec<EnrollmentRow> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM enrollments WHERE stream_id = $1 AND status = 'active' AND price_paid > 0"
-    ))
-    .bind(stream_id)
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut users = Vec::with_capacity(rows.len());
-    for e in &rows {
-        if refund_one(conn, e, now).await? {
-            users.push(e.user_id.clone());
-        }
-    }
-    Ok(users)
-}
-
 /// The caller's enrollments with what they may watch now.
 #[utoipa::path(get, path = "/v1/me/enrollments", tag = "enrollment", security(("identity" = [])),
     responses((status = 200, body = MyEnrollments), (status = 401)))]
 pub async fn mine(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    me: Identity,
 ) -> AppResult<axum::Json<MyEnrollments>> {
-    let me = identity(&state, &headers)?;
     let rows: Vec<EnrollmentRow> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM enrollments WHERE user_id = $1 ORDER BY created_at DESC, id DESC"
     ))
@@ -515,9 +449,9 @@ pub async fn mine(
         let active = e.status == "active";
         enrollments.push(MyEnrollment {
             enrollment: to_out(e),
-            can_watch_live: active && matches!(s.status.as_str(), "scheduled" | "live"),
+            can_watch_live: active && s.status.is_open(),
             can_watch_replay: active && s.replay_open(now),
-            replay_access_expires_at: if s.status == "ended" {
+            replay_access_expires_at: if s.status == StreamStatus::Ended {
                 rfc3339_opt(s.replay_expires_at)
             } else {
                 None
@@ -525,7 +459,7 @@ pub async fn mine(
             stream: StreamBrief {
                 id: s.id.clone(),
                 title: s.title.clone(),
-                status: s.status.clone(),
+                status: s.status,
                 scheduled_start: rfc3339(s.scheduled_start),
             },
         });
@@ -549,10 +483,10 @@ pub fn watch_refusal(stream: &StreamRow, e: Option<&EnrollmentRow>, now: i64) ->
             "the enrollment was refunded",
         ));
     }
-    match stream.status.as_str() {
-        "scheduled" | "live" => None,
-        "ended" if stream.replay_open(now) => None,
-        "ended" => Some(
+    match stream.status {
+        StreamStatus::Scheduled | StreamStatus::Live => None,
+        StreamStatus::Ended if stream.replay_open(now) => None,
+        StreamStatus::Ended => Some(
             AppError::new(
                 StatusCode::FORBIDDEN,
                 "replay_expired",
@@ -560,27 +494,12 @@ pub fn watch_refusal(stream: &StreamRow, e: Option<&EnrollmentRow>, now: i64) ->
             )
             .with("replay_expires_at", rfc3339_opt(stream.replay_expires_at)),
         ),
-        _ => Some(AppError::new(
+        StreamStatus::Cancelled => Some(AppError::new(
             StatusCode::FORBIDDEN,
             "not_enrolled",
             "the stream was cancelled",
         )),
     }
-}
-
-pub async fn enrollment_of(
-    conn: &mut AnyConnection,
-    user: &str,
-    stream_id: &str,
-) -> Result<Option<EnrollmentRow>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM enrollments WHERE user_id = $1 AND stream_id = $2 \
-         ORDER BY status = 'active' DESC, created_at DESC LIMIT 1"
-    ))
-    .bind(user)
-    .bind(stream_id)
-    .fetch_optional(&mut *conn)
-    .await
 }
 
 /// A WHEP token for an enrolled user (or the owner), within their access.
@@ -591,9 +510,8 @@ pub async fn enrollment_of(
 pub async fn viewer_token(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    me: Identity,
 ) -> AppResult<axum::Json<MediaTokenOut>> {
-    let me = identity(&state, &headers)?;
     let mut conn = state.db.pool.acquire().await?;
     let stream = streams::load(&mut conn, &id).await?;
     let now = now_ms();
@@ -604,7 +522,7 @@ pub async fn viewer_token(
     }
     let mut ttl = state.config.api.media_token_ttl_seconds;
     if !owner
-        && stream.status == "ended"
+        && stream.status == StreamStatus::Ended
         && let Some(until) = stream.replay_expires_at
     {
         ttl = ttl.min(((until - now) / 1000).max(1) as u64);
@@ -650,9 +568,9 @@ pub async fn admin_refund(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
+    _: ServiceCaller,
     body: Bytes,
 ) -> AppResult<Response> {
-    service(&state, &headers)?;
     let key = IdemKey::from_headers(&headers, "service", &format!("refund:{id}"), &body)?;
     let mut tx = begin_write(&state.db).await?;
     let mut refunded: Option<(String, String)> = None;
@@ -688,7 +606,7 @@ pub async fn admin_refund(
         && !resp.headers().contains_key("idempotent-replayed")
         && let Some((stream, user)) = refunded
     {
-        super::access::evict_from_room(&state, &stream, &user).await;
+        evict_from_room(&state, &stream, &user).await;
     }
     Ok(resp)
 }

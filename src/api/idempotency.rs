@@ -1,7 +1,7 @@
 //! `Idempotency-Key` for POSTs that move tokens: the first response is stored with
 //! the effect in one transaction, and a retry with the same key gets it back verbatim.
 //!
-//! Flow: the handler begins the write transaction ([`super::begin_write`]) and runs
+//! Flow: the handler begins the write transaction ([`super::common::begin_write`]) and runs
 //! its effect on it; [`finish`] answers. A success stores its answer under the key
 //! in the same transaction (the key row is written last: a concurrent request with
 //! the same key waits on it, then finds it taken, rolls its own effect back and
@@ -22,7 +22,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use sqlx::{Any, AnyConnection, Transaction};
 
-use super::now_ms;
+use super::common::unique_violation;
+use crate::clock::now_ms;
 use crate::error::{AppError, AppResult};
 use crate::storage::Db;
 
@@ -70,7 +71,7 @@ impl IdemKey {
     }
 }
 
-/// Answers with the outcome of an effect run on `tx` (from [`super::begin_write`]),
+/// Answers with the outcome of an effect run on `tx` (from [`super::common::begin_write`]),
 /// honouring `key`: stores a success with the effect and commits; rolls a business
 /// error back and stores it on its own; stores nothing for a server error.
 pub async fn finish(
@@ -149,7 +150,7 @@ async fn store(
 pub fn key_taken(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::Database(db) => {
-            super::unique_violation(err)
+            unique_violation(err)
                 && (db.constraint() == Some("idempotency_keys_pkey")
                     || db.message().contains("idempotency_keys"))
         }

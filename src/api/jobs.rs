@@ -7,7 +7,6 @@
 
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use serde_json::json;
@@ -15,49 +14,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::streams::{self, StreamRow};
-use crate::server::AppState;
+use crate::state::AppState;
 
-/// Where jobs get the time from.
-pub trait Clock: Send + Sync + 'static {
-    fn now_ms(&self) -> i64;
-}
-
-/// The wall clock.
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_ms(&self) -> i64 {
-        super::now_ms()
-    }
-}
-
-/// A clock that moves only when told (tests).
-#[derive(Default)]
-pub struct ManualClock(AtomicI64);
-
-impl ManualClock {
-    pub fn new(start_ms: i64) -> Self {
-        Self(AtomicI64::new(start_ms))
-    }
-    pub fn set(&self, ms: i64) {
-        self.0.store(ms, Ordering::SeqCst);
-    }
-    pub fn advance(&self, by: Duration) {
-        self.0.fetch_add(by.as_millis() as i64, Ordering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now_ms(&self) -> i64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-impl<C: Clock> Clock for Arc<C> {
-    fn now_ms(&self) -> i64 {
-        (**self).now_ms()
-    }
-}
+// Re-exported where the jobs' tests have always found them.
+pub use crate::clock::{Clock, ManualClock, SystemClock};
 
 /// What one catalog-migration pass did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

@@ -11,10 +11,12 @@ use serde::{Deserialize, Serialize};
 use sqlx::AnyConnection;
 use utoipa::{IntoParams, ToSchema};
 
+use super::common::{begin_write, parse_json, rfc3339};
 use super::idempotency::{self, IdemKey};
-use super::{begin_write, identity, now_ms, parse_json, rfc3339, service};
+use crate::clock::now_ms;
 use crate::error::{AppError, AppResult};
-use crate::server::AppState;
+use crate::extract::{Identity, ServiceCaller};
+use crate::state::AppState;
 
 /// Largest single credit, far from i64 overflow.
 pub const MAX_CREDIT: i64 = 1_000_000_000_000;
@@ -197,9 +199,8 @@ fn tx_out(r: TxRow) -> TransactionOut {
     responses((status = 200, body = BalanceOut), (status = 401, description = "no or bad identity token")))]
 pub async fn balance(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    me: Identity,
 ) -> AppResult<axum::Json<BalanceOut>> {
-    let me = identity(&state, &headers)?;
     let mut conn = state.db.pool.acquire().await?;
     Ok(axum::Json(BalanceOut {
         balance: balance_of(&mut conn, &me.user).await?,
@@ -212,10 +213,9 @@ pub async fn balance(
     responses((status = 200, body = TransactionsOut), (status = 400), (status = 401)))]
 pub async fn transactions(
     State(state): State<AppState>,
-    headers: HeaderMap,
     query: Result<Query<TransactionsQuery>, axum::extract::rejection::QueryRejection>,
+    me: Identity,
 ) -> AppResult<axum::Json<TransactionsOut>> {
-    let me = identity(&state, &headers)?;
     let Query(q) = query
         .map_err(|e| AppError::bad_request(format!("query: {e}")).with("field", "limit/before"))?;
     let limit = q.limit.unwrap_or(50);
@@ -256,9 +256,9 @@ pub async fn credit(
     State(state): State<AppState>,
     Path(user): Path<String>,
     headers: HeaderMap,
+    _: ServiceCaller,
     body: Bytes,
 ) -> AppResult<Response> {
-    service(&state, &headers)?;
     let input: CreditIn = parse_json(&headers, &body)?;
     if input.amount <= 0 || input.amount > MAX_CREDIT {
         return Err(

@@ -13,7 +13,7 @@ use utoipa::openapi::{self, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::{enrollment, ledger, streams};
-use crate::server::AppState;
+use crate::state::AppState;
 
 pub fn routes() -> axum::Router<AppState> {
     Router::new().route("/openapi.json", get(serve))

@@ -13,13 +13,16 @@ use serde_json::Value;
 use sqlx::AnyConnection;
 use utoipa::{IntoParams, ToSchema};
 
-use super::idempotency::{self, IdemKey};
-use super::{
-    DAY_MS, begin_write, instructor, now_ms, parse_json, parse_rfc3339, rfc3339, rfc3339_opt,
+use super::common::{
+    DAY_MS, begin_write, parse_json, parse_rfc3339, rfc3339, rfc3339_opt, watch_url,
 };
+use super::enrollment_records::{evict_from_room, refund_all};
+use super::idempotency::{self, IdemKey};
 use crate::auth::{Grants, Identity, Role, TokenRequest};
+use crate::clock::now_ms;
 use crate::error::{AppError, AppResult};
-use crate::server::AppState;
+use crate::extract::Instructor;
+use crate::state::AppState;
 
 pub fn routes() -> axum::Router<AppState> {
     Router::new()
@@ -38,13 +41,88 @@ pub const COLUMNS: &str = "id, instructor_id, title, description, status, schedu
     replay_expires_at, replay_closed_at, recording_path, recording_deleted_at, \
     catalog_migration_at, migrated_at, peak_viewers";
 
+/// Where a stream is in its life: `scheduled` → `live` → `ended`, or
+/// `scheduled` → `cancelled`. Stored as that text in `streams.status` (the
+/// column and its values are unchanged) and shown as it in the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamStatus {
+    Scheduled,
+    Live,
+    Ended,
+    Cancelled,
+}
+
+impl StreamStatus {
+    pub const ALL: [StreamStatus; 4] = [
+        StreamStatus::Scheduled,
+        StreamStatus::Live,
+        StreamStatus::Ended,
+        StreamStatus::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamStatus::Scheduled => "scheduled",
+            StreamStatus::Live => "live",
+            StreamStatus::Ended => "ended",
+            StreamStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Scheduled or live: it can still be published to and watched live.
+    pub fn is_open(self) -> bool {
+        matches!(self, StreamStatus::Scheduled | StreamStatus::Live)
+    }
+}
+
+impl std::fmt::Display for StreamStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for StreamStatus {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| format!("unknown stream status '{s}'"))
+    }
+}
+
+impl sqlx::Type<sqlx::Any> for StreamStatus {
+    fn type_info() -> <sqlx::Any as sqlx::Database>::TypeInfo {
+        <String as sqlx::Type<sqlx::Any>>::type_info()
+    }
+}
+
+impl<'r> sqlx::Decode<'r, sqlx::Any> for StreamStatus {
+    fn decode(
+        value: <sqlx::Any as sqlx::Database>::ValueRef<'r>,
+    ) -> Result<Self, sqlx::error::BoxDynError> {
+        Ok(<String as sqlx::Decode<sqlx::Any>>::decode(value)?.parse()?)
+    }
+}
+
+impl<'q> sqlx::Encode<'q, sqlx::Any> for StreamStatus {
+    fn encode_by_ref(
+        &self,
+        buf: &mut <sqlx::Any as sqlx::Database>::ArgumentBuffer<'q>,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        <&'q str as sqlx::Encode<'q, sqlx::Any>>::encode(self.as_str(), buf)
+    }
+}
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct StreamRow {
     pub id: String,
     pub instructor_id: String,
     pub title: String,
     pub description: Option<String>,
-    pub status: String,
+    pub status: StreamStatus,
     pub scheduled_start: i64,
     pub duration_minutes: Option<i64>,
     pub price_tokens: i64,
@@ -64,14 +142,14 @@ pub struct StreamRow {
 impl StreamRow {
     /// Replay can be watched (and bought) now.
     pub fn replay_open(&self, now: i64) -> bool {
-        self.status == "ended"
+        self.status == StreamStatus::Ended
             && self.replay_closed_at.is_none()
             && self.replay_expires_at.is_some_and(|t| now < t)
     }
     /// Enrolment is still possible: scheduled, live, or ended within the replay window.
     /// [`OPEN_FOR_ENROLLMENT_SQL`] says the same in SQL.
     pub fn open_for_enrollment(&self, now: i64) -> bool {
-        matches!(self.status.as_str(), "scheduled" | "live") || self.replay_open(now)
+        self.status.is_open() || self.replay_open(now)
     }
 }
 
@@ -88,8 +166,7 @@ pub struct StreamOut {
     pub description: Option<String>,
     /// The instructor's user id.
     pub instructor: String,
-    /// `scheduled`, `live`, `ended` or `cancelled`.
-    pub status: String,
+    pub status: StreamStatus,
     pub scheduled_start: String,
     pub duration_minutes: Option<i64>,
     pub started_at: Option<String>,
@@ -296,7 +373,7 @@ pub fn to_out(state: &AppState, r: &StreamRow, now: i64) -> StreamOut {
         title: r.title.clone(),
         description: r.description.clone(),
         instructor: r.instructor_id.clone(),
-        status: r.status.clone(),
+        status: r.status,
         scheduled_start: rfc3339(r.scheduled_start),
         duration_minutes: r.duration_minutes,
         started_at: rfc3339_opt(r.started_at),
@@ -309,7 +386,7 @@ pub fn to_out(state: &AppState, r: &StreamRow, now: i64) -> StreamOut {
         migrated_at: rfc3339_opt(r.migrated_at),
         viewers: live_viewers(state, &r.id),
         whep_url: format!("{}/v1/whep/{}", state.public_url, r.id),
-        watch_url: super::watch_url(state, &r.id),
+        watch_url: watch_url(state, &r.id),
         recording,
     }
 }
@@ -326,9 +403,9 @@ fn json_value<T: Serialize>(v: &T) -> Value {
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
+    Instructor(me): Instructor,
     body: Bytes,
 ) -> AppResult<Response> {
-    let me = instructor(&state, &headers)?;
     let input: CreateStream = parse_json(&headers, &body)?;
     validate_title(&input.title)?;
     if let Some(d) = &input.description {
@@ -389,9 +466,9 @@ pub async fn edit(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
+    Instructor(me): Instructor,
     body: Bytes,
 ) -> AppResult<axum::Json<StreamOut>> {
-    let me = instructor(&state, &headers)?;
     let input: EditStream = parse_json(&headers, &body)?;
     let mut conn = state.db.pool.acquire().await?;
     let row = load_owned(&mut conn, &id, &me).await?;
@@ -448,7 +525,7 @@ pub async fn edit(
                 row.status
             ),
         )
-        .with("status", row.status));
+        .with("status", row.status.as_str()));
     }
     let row = load(&mut conn, &id).await?;
     Ok(axum::Json(to_out(&state, &row, now)))
@@ -459,7 +536,7 @@ fn invalid_transition(row: &StreamRow, to: &str) -> AppError {
         "invalid_transition",
         format!("a {} stream cannot become {to}", row.status),
     )
-    .with("status", row.status.clone())
+    .with("status", row.status.as_str())
     .with("to", to)
 }
 
@@ -486,9 +563,8 @@ pub async fn go_live(conn: &mut AnyConnection, id: &str, now: i64) -> Result<boo
 pub async fn start(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    Instructor(me): Instructor,
 ) -> AppResult<axum::Json<StreamOut>> {
-    let me = instructor(&state, &headers)?;
     let mut conn = state.db.pool.acquire().await?;
     let row = load_owned(&mut conn, &id, &me).await?;
     let now = now_ms();
@@ -507,9 +583,8 @@ pub async fn start(
 pub async fn end(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    Instructor(me): Instructor,
 ) -> AppResult<axum::Json<StreamOut>> {
-    let me = instructor(&state, &headers)?;
     let mut conn = state.db.pool.acquire().await?;
     let row = load_owned(&mut conn, &id, &me).await?;
     let now = now_ms();
@@ -544,9 +619,9 @@ pub async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
+    Instructor(me): Instructor,
     body: Bytes,
 ) -> AppResult<Response> {
-    let me = instructor(&state, &headers)?;
     let key = IdemKey::from_headers(
         &headers,
         &format!("user:{}", me.user),
@@ -570,7 +645,7 @@ pub async fn cancel(
         if changed == 0 {
             return Err(invalid_transition(&row, "cancelled"));
         }
-        refunded_users = super::enrollment::refund_all(&mut tx, &id, now).await?;
+        refunded_users = refund_all(&mut tx, &id, now).await?;
         let row = load(&mut tx, &id).await?;
         let mut value = json_value(&to_out(&state, &row, now));
         value["refunded_enrollments"] = Value::from(refunded_users.len());
@@ -581,7 +656,7 @@ pub async fn cancel(
     // Committed: the refunded viewers leave the stream's room.
     if resp.status() == StatusCode::OK && !resp.headers().contains_key("idempotent-replayed") {
         for user in &refunded_users {
-            super::access::evict_from_room(&state, &id, user).await;
+            evict_from_room(&state, &id, user).await;
         }
     }
     Ok(resp)
@@ -595,10 +670,9 @@ pub async fn cancel(
 pub async fn remove(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    Instructor(me): Instructor,
 ) -> AppResult<StatusCode> {
-    let me = instructor(&state, &headers)?;
-    let mut tx = super::begin_write(&state.db).await?;
+    let mut tx = begin_write(&state.db).await?;
     if state.db.backend == crate::storage::Backend::Postgres {
         // Waits for enrollments holding the row (FOR SHARE), so the check below sees them.
         sqlx::query("SELECT id FROM streams WHERE id = $1 FOR UPDATE")
@@ -607,12 +681,12 @@ pub async fn remove(
             .await?;
     }
     let row = load_owned(&mut tx, &id, &me).await?;
-    if row.status == "live" {
+    if row.status == StreamStatus::Live {
         return Err(AppError::conflict(
             "invalid_transition",
             "a live stream cannot be deleted; end it first",
         )
-        .with("status", row.status));
+        .with("status", row.status.as_str()));
     }
     // Enrollments that moved money (paid, active or refunded) are the history the
     // ledger rows point at: such a stream is never deleted (the enrollments' foreign
@@ -659,15 +733,14 @@ pub async fn remove(
 pub async fn publish_token(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    Instructor(me): Instructor,
 ) -> AppResult<axum::Json<MediaTokenOut>> {
-    let me = instructor(&state, &headers)?;
     let mut conn = state.db.pool.acquire().await?;
     let row = load_owned(&mut conn, &id, &me).await?;
-    if !matches!(row.status.as_str(), "scheduled" | "live") {
+    if !row.status.is_open() {
         return Err(
             AppError::conflict("stream_closed", format!("the stream is {}", row.status))
-                .with("status", row.status),
+                .with("status", row.status.as_str()),
         );
     }
     let (token, claims) = state.tokens.mint(&TokenRequest {
@@ -722,7 +795,7 @@ async fn query_streams(
     state: &AppState,
     q: &ListQuery,
     owner: Option<&str>,
-    default_status: &[&str],
+    default_status: &[StreamStatus],
 ) -> AppResult<Page> {
     let mut f = Filter {
         sql: format!("SELECT {COLUMNS} FROM streams WHERE 1 = 1"),
@@ -732,19 +805,25 @@ async fn query_streams(
         let p = f.arg(Arg::S(owner.to_string()));
         f.sql.push_str(&format!(" AND instructor_id = {p}"));
     }
-    let statuses: Vec<String> = match &q.status {
-        Some(s) if !s.trim().is_empty() => s.split(',').map(|x| x.trim().to_string()).collect(),
-        _ => default_status.iter().map(|s| s.to_string()).collect(),
+    let statuses: Vec<StreamStatus> = match &q.status {
+        Some(s) if !s.trim().is_empty() => s
+            .split(',')
+            .map(|x| {
+                let x = x.trim();
+                x.parse().map_err(|_| {
+                    bad_query(
+                        "status",
+                        format!("unknown status '{x}' (scheduled, live, ended, cancelled)"),
+                    )
+                })
+            })
+            .collect::<AppResult<_>>()?,
+        _ => default_status.to_vec(),
     };
-    for s in &statuses {
-        if !matches!(s.as_str(), "scheduled" | "live" | "ended" | "cancelled") {
-            return Err(bad_query(
-                "status",
-                format!("unknown status '{s}' (scheduled, live, ended, cancelled)"),
-            ));
-        }
-    }
-    let ps: Vec<String> = statuses.iter().map(|s| f.arg(Arg::S(s.clone()))).collect();
+    let ps: Vec<String> = statuses
+        .iter()
+        .map(|s| f.arg(Arg::S(s.as_str().to_string())))
+        .collect();
     f.sql
         .push_str(&format!(" AND status IN ({})", ps.join(", ")));
     if let Some(text) = q.q.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
@@ -836,7 +915,17 @@ pub async fn list(
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> AppResult<axum::Json<StreamList>> {
     let q = query_or_400(query)?;
-    let page = query_streams(&state, &q, None, &["scheduled", "live", "ended"]).await?;
+    let page = query_streams(
+        &state,
+        &q,
+        None,
+        &[
+            StreamStatus::Scheduled,
+            StreamStatus::Live,
+            StreamStatus::Ended,
+        ],
+    )
+    .await?;
     let now = now_ms();
     Ok(axum::Json(StreamList {
         streams: page.rows.iter().map(|r| to_out(&state, r, now)).collect(),
@@ -850,18 +939,11 @@ pub async fn list(
     responses((status = 200, body = InstructorStreamList), (status = 400), (status = 401), (status = 403)))]
 pub async fn instructor_list(
     State(state): State<AppState>,
-    headers: HeaderMap,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    Instructor(me): Instructor,
 ) -> AppResult<axum::Json<InstructorStreamList>> {
-    let me = instructor(&state, &headers)?;
     let q = query_or_400(query)?;
-    let page = query_streams(
-        &state,
-        &q,
-        Some(&me.user),
-        &["scheduled", "live", "ended", "cancelled"],
-    )
-    .await?;
+    let page = query_streams(&state, &q, Some(&me.user), &StreamStatus::ALL).await?;
     let now = now_ms();
     let mut streams = Vec::with_capacity(page.rows.len());
     for r in &page.rows {
@@ -917,7 +999,7 @@ pub async fn calendar(
 ) -> AppResult<Response> {
     let mut conn = state.db.pool.acquire().await?;
     let row = load(&mut conn, &id).await?;
-    let ics = ics_event(&row, &super::watch_url(&state, &row.id), now_ms());
+    let ics = ics_event(&row, &watch_url(&state, &row.id), now_ms());
     let mut resp = ics.into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -981,7 +1063,7 @@ pub fn ics_event(r: &StreamRow, watch_url: &str, now: i64) -> String {
         description.push_str("\n\n");
     }
     description.push_str(&format!("Watch: {watch_url}"));
-    let status = if r.status == "cancelled" {
+    let status = if r.status == StreamStatus::Cancelled {
         "CANCELLED"
     } else {
         "CONFIRMED"
@@ -1010,6 +1092,19 @@ pub fn ics_event(r: &StreamRow, watch_url: &str, now: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stream_status_text_is_the_stored_and_shown_value() {
+        for status in StreamStatus::ALL {
+            let text = status.as_str();
+            assert_eq!(text.parse::<StreamStatus>(), Ok(status));
+            assert_eq!(serde_json::to_value(status).unwrap(), text);
+            assert_eq!(status.to_string(), text);
+        }
+        let stored: Vec<_> = StreamStatus::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(stored, ["scheduled", "live", "ended", "cancelled"]);
+        assert!("Live".parse::<StreamStatus>().is_err());
+    }
 
     #[test]
     fn folding_keeps_lines_within_75_octets() {
