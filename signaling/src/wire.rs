@@ -343,6 +343,40 @@ mod tests {
         assert!(parse(r#"{"type":"chat.send","text":"two\nlines","client_msg_id":"c1"}"#).is_ok());
     }
 
+    /// Client clock readings with 17 significant digits that serde_json's default
+    /// (fast, inexact) float parser misread by one unit in the last place.
+    const MISPARSED_T0: &[&str] = &[
+        "1733144272509.9325",
+        "1733507069464.6219",
+        "1733747144854.7297",
+        "1733032845751.0365",
+        "1733961616757.8205",
+        "1733092843870.7191",
+        "1733397845686.8023",
+        "1733694878646.2791",
+        "1733579409818.8983",
+        "1733934166291.5975",
+    ];
+
+    #[test]
+    fn time_pong_echoes_the_pings_t0_bit_exact() {
+        for text in MISPARSED_T0 {
+            let sent: f64 = text.parse().unwrap();
+            let frame = format!(r#"{{"type":"time.ping","id":7,"t0":{text}}}"#);
+            let ClientMsg::TimePing { id, t0 } = parse(&frame).unwrap() else {
+                panic!("{frame}")
+            };
+            assert_eq!(t0.to_bits(), sent.to_bits(), "t0 {text} parsed as {t0}");
+            let pong = pong(&id, t0, 1.0, 2.0);
+            let echoed = pong
+                .split_once(r#""t0":"#)
+                .and_then(|(_, rest)| rest.split([',', '}']).next())
+                .unwrap();
+            let echoed: f64 = echoed.parse().unwrap();
+            assert_eq!(echoed.to_bits(), sent.to_bits(), "{text} -> {pong}");
+        }
+    }
+
     #[test]
     fn ids_as_string_or_number() {
         let ClientMsg::ChatDelete { id } = parse(r#"{"type":"chat.delete","id":"17"}"#).unwrap()
