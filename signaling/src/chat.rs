@@ -7,8 +7,6 @@ use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
-
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 #[derive(Debug, thiserror::Error)]
@@ -28,24 +26,6 @@ pub struct ChatRecord {
     pub media_time: Option<f64>,
     /// Server time, unix ms.
     pub created_at: i64,
-}
-
-impl ChatRecord {
-    /// The `chat.message` object (without `seq`).
-    pub fn to_json(&self) -> Value {
-        let mut v = json!({
-            "type": "chat.message",
-            "id": self.id.to_string(),
-            "user": {"id": self.user_id, "name": self.user_name, "avatar": self.user_avatar},
-            "text": self.text,
-            "at": self.created_at as f64,
-            "client_msg_id": self.client_msg_id,
-        });
-        if let Some(t) = self.media_time {
-            v["media_time"] = t.into();
-        }
-        v
-    }
 }
 
 /// What a new message carries before the store gives it an id.

@@ -7,57 +7,24 @@ use std::time::{Duration, Instant};
 
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::chat::{ChatRecord, Inserted, NewChat, TokenBucket, WindowLimiter, blocked_word};
 use crate::clock::{ClockFilter, now_ms, sample};
 use crate::config::RoomsConfig;
-use crate::conn::{ConnHandle, Outbound, text};
-use crate::link::{MAX_FRAMES_PER_WRITE, SendError};
+use crate::event::{JoinReply, JoinRequest, Refused, RoomEvent, Stored};
+use crate::frame::{MAX_FRAMES_PER_WRITE, Outbound, SendError, text_frame};
+use crate::link::{ConnHandle, outside_io_budget};
 use crate::playback::{Barrier, MAX_RATE, MIN_RATE, Playback};
-use crate::wire::{self, Action, ClientMsg, Control, ReportState, Resume, UserInfo};
-use crate::{Identity, Inner};
+use crate::server_msg::{
+    ChatMessage, MemberInfo, PlaybackState, RoomInfo, ServerMsg, UserRef, Welcome, You,
+};
+use crate::state::Inner;
+use crate::wire::{Action, ClientMsg, Control, ReportState};
 
-pub(crate) struct JoinRequest {
-    pub conn: ConnHandle,
-    pub ident: Identity,
-    pub resume: Option<Resume>,
-    pub user: UserInfo,
-}
-
-pub(crate) enum JoinReply {
-    Joined,
-    Refused(Refused),
-    /// The room ended before it saw the request: create it anew and try again.
-    Retry(Box<JoinRequest>),
-}
-
-#[derive(Debug, Clone)]
-pub struct Refused {
-    pub code: &'static str,
-    pub message: String,
-    pub close: u16,
-}
-
-type Apply = Box<dyn FnOnce(&mut Room) + Send>;
-type Job = std::pin::Pin<Box<dyn std::future::Future<Output = Apply> + Send>>;
-
-pub(crate) enum RoomEvent {
-    Join(Box<JoinRequest>, oneshot::Sender<JoinReply>),
-    Msg {
-        conn: u64,
-        msg: ClientMsg,
-        recv_at: f64,
-    },
-    Leave {
-        conn: u64,
-        clean: bool,
-    },
-    /// The result of work done off the room task (database), applied in order.
-    Apply(Apply),
-    Shutdown(oneshot::Sender<()>),
-}
+/// Database work done off the room task; its result comes back as [`RoomEvent::Stored`].
+type Job = std::pin::Pin<Box<dyn std::future::Future<Output = Stored> + Send>>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Status {
@@ -141,9 +108,9 @@ pub(crate) struct Room {
 /// Presence changes of a large room gathered between two `presence.batch`es.
 #[derive(Default)]
 struct PresenceBatch {
-    joined: Vec<Value>,
-    left: Vec<Value>,
-    updated: Vec<Value>,
+    joined: Vec<MemberInfo>,
+    left: Vec<MemberInfo>,
+    updated: Vec<MemberInfo>,
     /// Changes past `welcome_members` entries, counted only.
     omitted: usize,
 }
@@ -176,23 +143,29 @@ const MEMBERS_PAGE_MAX: usize = 500;
 /// few enough that the first event's broadcast waits well under a millisecond.
 const EVENTS_PER_PASS: usize = 32;
 
-fn obj(v: Value) -> Map<String, Value> {
-    match v {
-        Value::Object(m) => m,
-        _ => Map::new(),
-    }
+/// Which presence change a [`MemberInfo`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Presence {
+    Join,
+    Leave,
+    Update,
+}
+
+/// Starts the task of room `id` and returns its channel.
+pub(crate) fn spawn(id: &str, generation: u64, inner: Arc<Inner>) -> mpsc::Sender<RoomEvent> {
+    Room::spawn(id, generation, inner)
 }
 
 impl Room {
-    pub(crate) fn spawn(id: &str, generation: u64, inner: Arc<Inner>) -> mpsc::Sender<RoomEvent> {
+    fn spawn(id: &str, generation: u64, inner: Arc<Inner>) -> mpsc::Sender<RoomEvent> {
         let (tx, rx) = mpsc::channel(4096);
         let cfg = inner.cfg.clone();
         let (jobs, mut jobs_rx) = mpsc::unbounded_channel::<Job>();
         let apply_tx = tx.clone();
         tokio::spawn(async move {
             while let Some(job) = jobs_rx.recv().await {
-                let f = job.await;
-                if apply_tx.send(RoomEvent::Apply(f)).await.is_err() {
+                let stored = job.await;
+                if apply_tx.send(RoomEvent::Stored(stored)).await.is_err() {
                     break;
                 }
             }
@@ -359,7 +332,12 @@ impl Room {
                     }
                 }
             }
-            RoomEvent::Apply(f) => f(self),
+            RoomEvent::Evict {
+                user,
+                code,
+                message,
+            } => self.evict(&user, code, &message),
+            RoomEvent::Stored(stored) => self.on_stored(stored),
             RoomEvent::Shutdown(_) => {}
         }
     }
@@ -385,12 +363,13 @@ impl Room {
     /// One presence change (`presence.join|leave|update` of `member`): broadcast at
     /// once in a normal room; gathered into the next `presence.batch` in a large one,
     /// where one message per change to every member makes filling the room quadratic.
-    fn presence(&mut self, kind: &'static str, member: Value) {
+    fn presence(&mut self, kind: Presence, member: MemberInfo) {
         if !self.is_large() {
-            let mut p = Map::new();
-            p.insert("type".into(), kind.into());
-            p.insert("member".into(), member);
-            self.broadcast(p);
+            self.broadcast(|seq| match kind {
+                Presence::Join => ServerMsg::PresenceJoin { member, seq },
+                Presence::Leave => ServerMsg::PresenceLeave { member, seq },
+                Presence::Update => ServerMsg::PresenceUpdate { member, seq },
+            });
             return;
         }
         let b = &mut self.pending_presence;
@@ -399,9 +378,9 @@ impl Room {
             return;
         }
         match kind {
-            "presence.join" => b.joined.push(member),
-            "presence.leave" => b.left.push(member),
-            _ => b.updated.push(member),
+            Presence::Join => b.joined.push(member),
+            Presence::Leave => b.left.push(member),
+            Presence::Update => b.updated.push(member),
         }
     }
 
@@ -412,37 +391,37 @@ impl Room {
         }
         self.next_presence_flush = now + Duration::from_millis(self.cfg.presence_batch_ms);
         let b = std::mem::take(&mut self.pending_presence);
-        let mut p = Map::new();
-        p.insert("type".into(), "presence.batch".into());
-        p.insert("joined".into(), b.joined.into());
-        p.insert("left".into(), b.left.into());
-        p.insert("updated".into(), b.updated.into());
-        p.insert("omitted".into(), b.omitted.into());
-        p.insert("member_count".into(), self.members.len().into());
-        self.broadcast(p);
+        let member_count = self.members.len();
+        self.broadcast(|seq| ServerMsg::PresenceBatch {
+            joined: b.joined,
+            left: b.left,
+            updated: b.updated,
+            omitted: b.omitted,
+            member_count,
+            seq,
+        });
     }
 
     /// `members.list`: one page of the member list, in join order, after `after`.
-    fn members_page(&self, after: Option<&str>, limit: Option<u64>) -> Value {
+    fn members_page(&self, after: Option<&str>, limit: Option<u64>) -> ServerMsg {
         let limit = limit.unwrap_or(100).clamp(1, MEMBERS_PAGE_MAX as u64) as usize;
         let start = after
             .and_then(|a| self.idx_by_session(a).map(|i| i + 1))
             .unwrap_or(0);
-        let page: Vec<Value> = self
+        let page: Vec<MemberInfo> = self
             .members
             .iter()
             .skip(start)
             .take(limit)
-            .map(|m| self.member_json(m))
+            .map(|m| self.member_info(m))
             .collect();
         let next = (start + page.len() < self.members.len())
             .then(|| self.members[start + page.len() - 1].session.clone());
-        json!({
-            "type": "members.page",
-            "members": page,
-            "next": next,
-            "member_count": self.members.len(),
-        })
+        ServerMsg::MembersPage {
+            members: page,
+            next,
+            member_count: self.members.len(),
+        }
     }
 
     fn idx_by_session(&self, session: &str) -> Option<usize> {
@@ -471,56 +450,57 @@ impl Room {
         }
     }
 
-    fn member_json(&self, m: &Member) -> Value {
-        json!({
-            "id": m.user_id,
-            "name": m.name,
-            "avatar": m.avatar,
-            "role": self.role(m),
-            "status": m.status.as_str(),
-            "connected": m.conn.is_some(),
-            "session": m.session,
-        })
+    fn member_info(&self, m: &Member) -> MemberInfo {
+        MemberInfo {
+            id: m.user_id.clone(),
+            name: m.name.clone(),
+            avatar: m.avatar.clone(),
+            role: self.role(m),
+            status: m.status.as_str(),
+            connected: m.conn.is_some(),
+            session: m.session.clone(),
+        }
     }
 
-    fn state_json(&self, by: Option<&str>, reason: &str) -> Map<String, Value> {
-        let mut m = self.playback.to_json(self.host_user().as_deref());
-        m.insert("type".into(), "playback.state".into());
-        m.insert("by".into(), by.into());
-        m.insert("reason".into(), reason.into());
-        m.insert("waiting".into(), self.barrier.is_some().into());
-        m
+    fn playback_state(&self, by: Option<String>, reason: &'static str) -> PlaybackState {
+        PlaybackState::new(
+            &self.playback,
+            self.host_user(),
+            by,
+            reason,
+            self.barrier.is_some(),
+        )
     }
 
     // ---- output -------------------------------------------------------------------
 
     /// Serialises once, logs for resumes, and queues the same bytes to every
     /// connection; they leave at the end of the pass.
-    fn broadcast(&mut self, v: Map<String, Value>) -> u64 {
+    fn broadcast(&mut self, msg: impl FnOnce(u64) -> ServerMsg) -> u64 {
         self.linger_until = None;
-        self.queue_broadcast(v)
+        self.queue_broadcast(msg)
     }
 
     /// A broadcast that may wait up to `reaction_linger_ms` for others to join it
     /// in the same write (reactions: a storm then costs one write per member per
     /// window, not per reaction).
-    fn broadcast_lingering(&mut self, v: Map<String, Value>) -> u64 {
+    fn broadcast_lingering(&mut self, msg: impl FnOnce(u64) -> ServerMsg) -> u64 {
         if self.unsent.is_empty() && self.cfg.reaction_linger_ms > 0 {
             self.linger_until = Some(
                 tokio::time::Instant::now() + Duration::from_millis(self.cfg.reaction_linger_ms),
             );
         }
-        self.queue_broadcast(v)
+        self.queue_broadcast(msg)
     }
 
-    fn queue_broadcast(&mut self, mut v: Map<String, Value>) -> u64 {
+    /// `msg` is given the broadcast's `seq` and serialised once.
+    fn queue_broadcast(&mut self, msg: impl FnOnce(u64) -> ServerMsg) -> u64 {
         self.seq += 1;
         let seq = self.seq;
-        v.insert("seq".into(), seq.into());
-        let bytes = Utf8Bytes::from(Value::Object(v).to_string());
+        let bytes = Utf8Bytes::from(msg(seq).to_text());
         self.inner.broker.publish(&self.id, seq, &bytes);
         // Framed once: every member gets the same header and payload bytes.
-        let frame = crate::link::text_frame(bytes.as_bytes());
+        let frame = text_frame(bytes.as_bytes());
         self.log.push_back((seq, bytes));
         while self.log.len() > self.cfg.log_size.max(1) {
             self.log.pop_front();
@@ -548,7 +528,7 @@ impl Room {
             self.unsent_since,
             &mut self.slow,
         );
-        crate::link::outside_io_budget(|| {
+        outside_io_budget(|| {
             for m in members {
                 if let Some(c) = &m.conn
                     && c.tx.try_send_frames(unsent, since) == Err(SendError::Full)
@@ -564,10 +544,11 @@ impl Room {
             .observe(started.elapsed().as_secs_f64());
     }
 
-    fn send_to(&mut self, idx: usize, v: &Value) {
+    fn send_to(&mut self, idx: usize, msg: &ServerMsg) {
         self.write_unsent();
         if let Some(c) = &self.members[idx].conn
-            && let Err(SendError::Full) = c.tx.try_send(Outbound::Text(text(v), Instant::now()))
+            && let Err(SendError::Full) =
+                c.tx.try_send(Outbound::Text(msg.to_text().into(), Instant::now()))
         {
             self.slow.push(c.id);
         }
@@ -587,8 +568,7 @@ impl Room {
     ) {
         self.inner.metrics.errors.with_label_values(&[code]).inc();
         let retry_ms = retry.map(|d| d.as_millis().max(1) as u64);
-        let v = wire::error(code, message, r, retry_ms);
-        self.send_to(idx, &v);
+        self.send_to(idx, &ServerMsg::error(code, message, r, retry_ms));
     }
 
     /// Connections whose queue was full: close with 1013 and treat as disconnected.
@@ -661,15 +641,14 @@ impl Room {
                         .map(|(_, b)| b.clone())
                         .collect();
                     let m = &self.members[idx];
-                    let v = json!({
-                        "type": "resumed",
-                        "session": m.session,
-                        "resume_token": m.resume_token,
-                        "you": self.you_json(m),
-                        "seq": self.seq,
-                        "replayed": missed.len(),
-                        "server_time": now_ms(),
-                    });
+                    let v = ServerMsg::Resumed {
+                        session: m.session.clone(),
+                        resume_token: m.resume_token.clone(),
+                        you: self.you(m),
+                        seq: self.seq,
+                        replayed: missed.len(),
+                        server_time: now_ms(),
+                    };
                     self.send_to(idx, &v);
                     if let Some(c) = &self.members[idx].conn {
                         for b in missed {
@@ -690,8 +669,8 @@ impl Room {
                 }
                 let _ = reply.send(JoinReply::Joined);
                 if !was_connected {
-                    let j = self.member_json(&self.members[idx]);
-                    self.presence("presence.update", j);
+                    let j = self.member_info(&self.members[idx]);
+                    self.presence(Presence::Update, j);
                 }
                 return;
             }
@@ -750,9 +729,9 @@ impl Room {
         }
         self.members.push(member);
         let idx = self.members.len() - 1;
-        let mut j = self.member_json(&self.members[idx]);
-        j["connected"] = true.into();
-        self.presence("presence.join", j);
+        let mut j = self.member_info(&self.members[idx]);
+        j.connected = true;
+        self.presence(Presence::Join, j);
         // The others get the join now; the joiner is listed in its `welcome`, which
         // must be the first thing it receives (it got its own join before it).
         self.write_unsent();
@@ -763,24 +742,22 @@ impl Room {
         let _ = reply.send(JoinReply::Joined);
     }
 
-    fn you_json(&self, m: &Member) -> Value {
-        json!({
-            "id": m.user_id,
-            "name": m.name,
-            "avatar": m.avatar,
-            "role": self.role(m),
-            "muted_until": self.mutes.get(&m.user_id),
-        })
+    fn you(&self, m: &Member) -> You {
+        You {
+            id: m.user_id.clone(),
+            name: m.name.clone(),
+            avatar: m.avatar.clone(),
+            role: self.role(m),
+            muted_until: self.mutes.get(&m.user_id).copied(),
+        }
     }
 
-    fn welcome(&self, idx: usize) -> Value {
+    fn welcome(&self, idx: usize) -> ServerMsg {
         let m = &self.members[idx];
-        let mut playback = self.state_json(None, "command");
-        playback.remove("type");
         // A large room's full list would make every join cost O(members) bytes:
         // the host first, then the earliest members; `members.list` pages the rest.
         let partial = self.is_large();
-        let members: Vec<Value> = if partial {
+        let members: Vec<MemberInfo> = if partial {
             let host = self.host.as_deref();
             let first = self
                 .members
@@ -793,30 +770,29 @@ impl Room {
             first
                 .chain(rest)
                 .take(self.cfg.welcome_members.max(1))
-                .map(|x| self.member_json(x))
+                .map(|x| self.member_info(x))
                 .collect()
         } else {
-            self.members.iter().map(|x| self.member_json(x)).collect()
+            self.members.iter().map(|x| self.member_info(x)).collect()
         };
-        json!({
-            "type": "welcome",
-            "session": m.session,
-            "resume_token": m.resume_token,
-            "you": self.you_json(m),
-            "room": {
-                "id": &*self.id,
-                "host": self.host_user(),
-                "control": self.control,
-                "slow_mode_ms": self.slow_mode_ms,
-                "members": members,
-                "member_count": self.members.len(),
-                "members_partial": partial,
-                "playback": playback,
-                "seq": self.seq,
+        ServerMsg::Welcome(Box::new(Welcome {
+            session: m.session.clone(),
+            resume_token: m.resume_token.clone(),
+            you: self.you(m),
+            room: RoomInfo {
+                id: self.id.to_string(),
+                host: self.host_user(),
+                control: self.control,
+                slow_mode_ms: self.slow_mode_ms,
+                members,
+                member_count: self.members.len(),
+                members_partial: partial,
+                playback: self.playback_state(None, "command"),
+                seq: self.seq,
             },
-            "chat": self.recent_chat.iter().map(ChatRecord::to_json).collect::<Vec<_>>(),
-            "server_time": now_ms(),
-        })
+            chat: self.recent_chat.iter().map(ChatMessage::from).collect(),
+            server_time: now_ms(),
+        }))
     }
 
     /// A connection went away without saying goodbye: keep the member for the grace period.
@@ -831,21 +807,26 @@ impl Room {
         let m = &mut self.members[idx];
         m.disconnected_at = Some(Instant::now());
         let session = m.session.clone();
-        let j = self.member_json(&self.members[idx]);
-        self.presence("presence.update", j);
+        let j = self.member_info(&self.members[idx]);
+        self.presence(Presence::Update, j);
         self.barrier_forget(&session);
     }
 
     /// Removes a member for good; passes the host role on when it was the host.
-    fn remove_member(&mut self, idx: usize, host_reason: &str, close: Option<(u16, &'static str)>) {
+    fn remove_member(
+        &mut self,
+        idx: usize,
+        host_reason: &'static str,
+        close: Option<(u16, &'static str)>,
+    ) {
         self.write_unsent();
         let m = self.members.remove(idx);
         self.reindex();
         let was_host = self.host.as_deref() == Some(m.session.as_str());
-        let mut j = self.member_json(&m);
-        j["connected"] = false.into();
+        let mut j = self.member_info(&m);
+        j.connected = false;
         if was_host {
-            j["role"] = "host".into();
+            j.role = "host";
         }
         if let Some(c) = m.conn {
             match close {
@@ -853,7 +834,7 @@ impl Room {
                 None => drop(c),
             }
         }
-        self.presence("presence.leave", j);
+        self.presence(Presence::Leave, j);
         if was_host {
             self.host = self
                 .members
@@ -861,11 +842,13 @@ impl Room {
                 .find(|x| x.conn.is_some())
                 .map(|x| x.session.clone());
             if !self.members.is_empty() {
-                let mut h = Map::new();
-                h.insert("type".into(), "host.changed".into());
-                h.insert("host".into(), self.host_user().into());
-                h.insert("reason".into(), host_reason.into());
-                self.broadcast(h);
+                let host = self.host_user();
+                self.broadcast(|seq| ServerMsg::HostChanged {
+                    host,
+                    reason: host_reason,
+                    by: None,
+                    seq,
+                });
                 // Re-announce the state so that it names the new host.
                 let now = now_ms();
                 if !self.playback.paused && self.barrier.is_none() {
@@ -939,13 +922,13 @@ impl Room {
                     self.slow_mode_ms = ms.min(3_600_000);
                 }
                 let by = self.members[idx].user_id.clone();
-                let v = obj(json!({
-                    "type": "room.settings",
-                    "control": self.control,
-                    "slow_mode_ms": self.slow_mode_ms,
-                    "by": by,
-                }));
-                self.broadcast(v);
+                let (control, slow_mode_ms) = (self.control, self.slow_mode_ms);
+                self.broadcast(|seq| ServerMsg::RoomSettings {
+                    control,
+                    slow_mode_ms,
+                    by,
+                    seq,
+                });
             }
             ClientMsg::ChatSend {
                 text,
@@ -971,28 +954,9 @@ impl Room {
                 let conn = self.members[idx].conn.as_ref().map(|c| c.id);
                 let store = self.inner.store.clone();
                 let room = self.id.to_string();
-                self.spawn_apply(async move {
+                self.spawn_job(async move {
                     let res = store.page(room, before, limit + 1).await;
-                    Box::new(move |r: &mut Room| {
-                        let Some(idx) = conn.and_then(|c| r.idx_by_conn(c)) else { return };
-                        match res {
-                            Ok(mut page) => {
-                                let has_more = page.len() > limit as usize;
-                                page.truncate(limit as usize);
-                                page.reverse();
-                                let v = json!({
-                                    "type": "chat.page",
-                                    "messages": page.iter().map(ChatRecord::to_json).collect::<Vec<_>>(),
-                                    "has_more": has_more,
-                                });
-                                r.send_to(idx, &v);
-                            }
-                            Err(e) => {
-                                tracing::error!(error = %e, "chat history");
-                                r.send_error(idx, "internal", "could not read chat history", Some("chat.history"));
-                            }
-                        }
-                    }) as Apply
+                    Stored::ChatPage { conn, limit, res }
                 });
             }
             ClientMsg::Reaction { emoji, media_time } => {
@@ -1019,16 +983,19 @@ impl Room {
                     return self.send_error(idx, "muted", "you are muted", Some("reaction"));
                 }
                 let m = &self.members[idx];
-                let mut v = obj(json!({
-                    "type": "reaction",
-                    "user": {"id": m.user_id, "name": m.name, "avatar": m.avatar},
-                    "emoji": emoji,
-                    "at": now_ms(),
-                }));
-                if let Some(t) = media_time.filter(|t| t.is_finite()) {
-                    v.insert("media_time".into(), t.into());
-                }
-                self.broadcast_lingering(v);
+                let user = UserRef {
+                    id: m.user_id.clone(),
+                    name: m.name.clone(),
+                    avatar: m.avatar.clone(),
+                };
+                let at = now_ms();
+                self.broadcast_lingering(|seq| ServerMsg::Reaction {
+                    user,
+                    emoji,
+                    at,
+                    media_time: media_time.filter(|t| t.is_finite()),
+                    seq,
+                });
             }
             ClientMsg::ChatDelete { id } => self.on_delete(idx, id.as_i64()),
             ClientMsg::Mute { user, seconds } => {
@@ -1048,10 +1015,12 @@ impl Room {
                 self.moderation_log(idx, "mute");
                 let by = self.members[idx].user_id.clone();
                 self.persist_mute(user.clone(), by.clone(), Some(until));
-                let v = obj(
-                    json!({"type": "member.muted", "user": user, "until": until as f64, "by": by}),
-                );
-                self.broadcast(v);
+                self.broadcast(|seq| ServerMsg::MemberMuted {
+                    user,
+                    until: until as f64,
+                    by,
+                    seq,
+                });
             }
             ClientMsg::Unmute { user } => {
                 if !self.can_moderate(idx, "member.unmute") {
@@ -1061,8 +1030,7 @@ impl Room {
                 self.moderation_log(idx, "unmute");
                 let by = self.members[idx].user_id.clone();
                 self.persist_mute(user.clone(), by.clone(), None);
-                let v = obj(json!({"type": "member.unmuted", "user": user, "by": by}));
-                self.broadcast(v);
+                self.broadcast(|seq| ServerMsg::MemberUnmuted { user, by, seq });
             }
             ClientMsg::Kick { user, reason } => {
                 if !self.can_moderate(idx, "member.kick") {
@@ -1078,9 +1046,13 @@ impl Room {
                 }
                 self.moderation_log(idx, "kick");
                 let by = self.members[idx].user_id.clone();
-                let v =
-                    obj(json!({"type": "member.kicked", "user": user, "by": by, "reason": reason}));
-                self.broadcast(v);
+                let u = user.clone();
+                self.broadcast(|seq| ServerMsg::MemberKicked {
+                    user: u,
+                    by,
+                    reason,
+                    seq,
+                });
                 self.remove_user(&user, (4001, "kicked"));
             }
             ClientMsg::Ban { user, reason } => {
@@ -1102,9 +1074,13 @@ impl Room {
                         tracing::error!(error = %e, "persisting a ban");
                     }
                 });
-                let v =
-                    obj(json!({"type": "member.banned", "user": user, "by": by, "reason": reason}));
-                self.broadcast(v);
+                let u = user.clone();
+                self.broadcast(|seq| ServerMsg::MemberBanned {
+                    user: u,
+                    by,
+                    reason,
+                    seq,
+                });
                 self.remove_user(&user, (4003, "banned"));
             }
             ClientMsg::Unban { user } => {
@@ -1121,8 +1097,7 @@ impl Room {
                         tracing::error!(error = %e, "persisting an unban");
                     }
                 });
-                let v = obj(json!({"type": "member.unbanned", "user": user, "by": by}));
-                self.broadcast(v);
+                self.broadcast(|seq| ServerMsg::MemberUnbanned { user, by, seq });
             }
             ClientMsg::TimePing { id, t0 } => {
                 // Normally answered by the connection itself; answer here too for completeness.
@@ -1173,12 +1148,122 @@ impl Room {
     }
 
     /// Runs store work off the room task, one job at a time in order (so chat is
-    /// fanned out in the order it was sent), and applies each result on the room task.
-    fn spawn_apply<F>(&self, fut: F)
+    /// fanned out in the order it was sent); its result comes back as an event.
+    fn spawn_job<F>(&self, fut: F)
     where
-        F: std::future::Future<Output = Apply> + Send + 'static,
+        F: std::future::Future<Output = Stored> + Send + 'static,
     {
         let _ = self.jobs.send(Box::pin(fut));
+    }
+
+    /// A database result, applied on the room task in the order the work was asked for.
+    fn on_stored(&mut self, stored: Stored) {
+        match stored {
+            Stored::ChatInserted { conn, key, r, res } => {
+                self.pending_chat.remove(&key);
+                let idx = conn.and_then(|c| self.idx_by_conn(c));
+                match res {
+                    Ok(Inserted::New(rec)) => {
+                        self.inner.metrics.chat_messages.inc();
+                        self.recent_chat.push_back(rec.clone());
+                        while self.recent_chat.len() > self.cfg.welcome_chat {
+                            self.recent_chat.pop_front();
+                        }
+                        self.broadcast(|seq| {
+                            let mut m = ChatMessage::from(&rec);
+                            m.seq = Some(seq);
+                            ServerMsg::ChatMessage(m)
+                        });
+                    }
+                    Ok(Inserted::Duplicate(rec)) => {
+                        if let Some(idx) = idx {
+                            let mut m = ChatMessage::from(&rec);
+                            m.duplicate = Some(true);
+                            self.send_to(idx, &ServerMsg::ChatMessage(m));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "storing a chat message");
+                        if let Some(idx) = idx {
+                            self.send_error(
+                                idx,
+                                "internal",
+                                "the message could not be stored",
+                                Some(&r),
+                            );
+                        }
+                    }
+                }
+            }
+            Stored::ChatPage { conn, limit, res } => {
+                let Some(idx) = conn.and_then(|c| self.idx_by_conn(c)) else {
+                    return;
+                };
+                match res {
+                    Ok(mut page) => {
+                        let has_more = page.len() > limit as usize;
+                        page.truncate(limit as usize);
+                        page.reverse();
+                        let v = ServerMsg::ChatPage {
+                            messages: page.iter().map(ChatMessage::from).collect(),
+                            has_more,
+                        };
+                        self.send_to(idx, &v);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "chat history");
+                        self.send_error(
+                            idx,
+                            "internal",
+                            "could not read chat history",
+                            Some("chat.history"),
+                        );
+                    }
+                }
+            }
+            Stored::ChatDeleted {
+                conn,
+                id,
+                by,
+                privileged,
+                outcome,
+            } => {
+                let idx = conn.and_then(|c| self.idx_by_conn(c));
+                match outcome {
+                    Ok(true) => {
+                        self.recent_chat.retain(|m| m.id != id);
+                        if privileged {
+                            self.moderation_log(0, "delete");
+                        }
+                        self.broadcast(|seq| ServerMsg::ChatDeleted {
+                            id: id.to_string(),
+                            by,
+                            seq,
+                        });
+                    }
+                    Ok(false) => {
+                        if let Some(i) = idx {
+                            self.send_error(
+                                i,
+                                "not_found",
+                                "no such chat message",
+                                Some("chat.delete"),
+                            );
+                        }
+                    }
+                    Err(code) => {
+                        if let Some(i) = idx {
+                            let msg = if code == "forbidden" {
+                                "only the author, the host and moderators delete a message"
+                            } else {
+                                "the message could not be deleted"
+                            };
+                            self.send_error(i, code, msg, Some("chat.delete"));
+                        }
+                    }
+                }
+            }
+        }
     }
 
     fn can_moderate(&mut self, idx: usize, what: &str) -> bool {
@@ -1217,7 +1302,7 @@ impl Room {
     /// stream the room belongs to was refunded): each of their connections gets an
     /// `error {code, message}` and is closed with 4004; members in their grace
     /// period are removed too, so they cannot resume.
-    pub(crate) fn evict(&mut self, user: &str, code: &'static str, message: &str) {
+    fn evict(&mut self, user: &str, code: &'static str, message: &str) {
         while let Some(i) = self.members.iter().position(|m| m.user_id == user) {
             self.send_error(i, code, message, None);
             self.remove_member(i, "left", Some((4004, "access revoked")));
@@ -1250,8 +1335,8 @@ impl Room {
         };
         if status != m.status {
             self.members[idx].status = status;
-            let j = self.member_json(&self.members[idx]);
-            self.presence("presence.update", j);
+            let j = self.member_info(&self.members[idx]);
+            self.presence(Presence::Update, j);
             // The barrier waits for connected, non-idle members only.
             if matches!(status, Status::Idle | Status::Away) {
                 let session = self.members[idx].session.clone();
@@ -1272,10 +1357,11 @@ impl Room {
         }
     }
 
-    fn broadcast_state(&mut self, by: Option<&str>, reason: &str) {
+    /// `playback.state`: its `seq` is the broadcast's, which the state keeps.
+    fn broadcast_state(&mut self, by: Option<&str>, reason: &'static str) {
         self.playback.seq = self.seq + 1;
-        let v = self.state_json(by, reason);
-        self.broadcast(v);
+        let v = self.playback_state(by.map(str::to_string), reason);
+        self.broadcast(|_| ServerMsg::PlaybackState(v));
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1507,7 +1593,11 @@ impl Room {
             } else {
                 "nudge"
             };
-            let v = json!({"type": "sync.hint", "drift_ms": drift_ms, "action": action, "seq": self.playback.seq});
+            let v = ServerMsg::SyncHint {
+                drift_ms,
+                action,
+                seq: self.playback.seq,
+            };
             self.send_to(idx, &v);
         }
     }
@@ -1539,10 +1629,13 @@ impl Room {
             );
         };
         self.host = Some(self.members[t].session.clone());
-        let v = obj(
-            json!({"type": "host.changed", "host": self.members[t].user_id, "reason": "transfer", "by": me}),
-        );
-        self.broadcast(v);
+        let host = Some(self.members[t].user_id.clone());
+        self.broadcast(|seq| ServerMsg::HostChanged {
+            host,
+            reason: "transfer",
+            by: Some(me),
+            seq,
+        });
     }
 
     fn on_chat(
@@ -1642,40 +1735,9 @@ impl Room {
         };
         let conn = m.conn.as_ref().map(|c| c.id);
         let store = self.inner.store.clone();
-        self.spawn_apply(async move {
+        self.spawn_job(async move {
             let res = store.insert(new).await;
-            Box::new(move |room: &mut Room| {
-                room.pending_chat.remove(&key);
-                let idx = conn.and_then(|c| room.idx_by_conn(c));
-                match res {
-                    Ok(Inserted::New(rec)) => {
-                        room.inner.metrics.chat_messages.inc();
-                        room.recent_chat.push_back(rec.clone());
-                        while room.recent_chat.len() > room.cfg.welcome_chat {
-                            room.recent_chat.pop_front();
-                        }
-                        room.broadcast(obj(rec.to_json()));
-                    }
-                    Ok(Inserted::Duplicate(rec)) => {
-                        if let Some(idx) = idx {
-                            let mut v = rec.to_json();
-                            v["duplicate"] = true.into();
-                            room.send_to(idx, &v);
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "storing a chat message");
-                        if let Some(idx) = idx {
-                            room.send_error(
-                                idx,
-                                "internal",
-                                "the message could not be stored",
-                                Some(&r),
-                            );
-                        }
-                    }
-                }
-            }) as Apply
+            Stored::ChatInserted { conn, key, r, res }
         });
     }
 
@@ -1693,7 +1755,7 @@ impl Room {
         let conn = self.members[idx].conn.as_ref().map(|c| c.id);
         let store = self.inner.store.clone();
         let room = self.id.to_string();
-        self.spawn_apply(async move {
+        self.spawn_job(async move {
             let outcome: Result<bool, &'static str> = match store.get(room.clone(), id).await {
                 Ok(Some(rec)) if privileged || rec.user_id == me => {
                     store.delete(room, id, me.clone()).await.map_err(|e| {
@@ -1708,40 +1770,13 @@ impl Room {
                     Err("internal")
                 }
             };
-            Box::new(move |r: &mut Room| {
-                let idx = conn.and_then(|c| r.idx_by_conn(c));
-                match outcome {
-                    Ok(true) => {
-                        r.recent_chat.retain(|m| m.id != id);
-                        if privileged {
-                            r.moderation_log(0, "delete");
-                        }
-                        r.broadcast(obj(
-                            json!({"type": "chat.deleted", "id": id.to_string(), "by": me}),
-                        ));
-                    }
-                    Ok(false) => {
-                        if let Some(i) = idx {
-                            r.send_error(
-                                i,
-                                "not_found",
-                                "no such chat message",
-                                Some("chat.delete"),
-                            );
-                        }
-                    }
-                    Err(code) => {
-                        if let Some(i) = idx {
-                            let msg = if code == "forbidden" {
-                                "only the author, the host and moderators delete a message"
-                            } else {
-                                "the message could not be deleted"
-                            };
-                            r.send_error(i, code, msg, Some("chat.delete"));
-                        }
-                    }
-                }
-            }) as Apply
+            Stored::ChatDeleted {
+                conn,
+                id,
+                by: me,
+                privileged,
+                outcome,
+            }
         });
     }
 
