@@ -139,7 +139,7 @@ async fn serve(rooms: Rooms, io: Io, room: String, ident: Identity) {
     // `time.ping` is answered here, not by the room, so it needs a bucket of its own
     // (the same rate as the room's for other messages): without one a client that
     // reads its pongs could make the server answer as fast as it can send.
-    let mut pings = TokenBucket::new(cfg.messages_burst);
+    let mut pings = TokenBucket::new(cfg.messages_burst, now_ms());
     // A close after the queue (kick, ban, the room let go) waits for the client to
     // read what is queued, but not forever: a client that never reads is closed now.
     let mut close_deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
@@ -177,11 +177,7 @@ async fn serve(rooms: Rooms, io: Io, room: String, ident: Identity) {
                 }
                 match wire::parse(&t) {
                     Ok(ClientMsg::TimePing { id, t0 }) => {
-                        match pings.take(
-                            Instant::now(),
-                            cfg.messages_per_second,
-                            cfg.messages_burst,
-                        ) {
+                        match pings.take(recv_at, cfg.messages_per_second, cfg.messages_burst) {
                             Ok(()) => Some(Outbound::Pong {
                                 id,
                                 t0,

@@ -15,10 +15,14 @@
 //!   - `frame`: what a connection's writer is handed, framing once per broadcast.
 //!   - `trim`: gives freed heap back to the OS after a burst of joins or leaves.
 //! - `server_msg`: every message the server sends, typed, serialised once.
+//! - `core`: the room's sans-IO core: `Room::handle(now, input)` leaves effects in
+//!   an outbox; one file per message family (members, resume, playback, chat,
+//!   moderation). No clock, no tokio, no sockets.
 //! - `link`: a member's socket shared by the room (direct writes) and the connection.
 //! - `event`: what reaches a room's task (joins, messages, typed database results).
 //! - `state`: what all rooms share (limits, store, broker, metrics, the registry).
-//! - `room`: the room task, the one owner of a room's state.
+//! - `room`: the room task, the shell around the core: channel, timers, clock,
+//!   database calls, socket writes.
 //! - `rooms`: [`Rooms`], the registry: creates room tasks, hands them joins.
 //! - `conn`: one WebSocket connection (reader, drains what would have blocked).
 
@@ -31,6 +35,7 @@ pub mod playback;
 pub mod wire;
 
 mod conn;
+mod core;
 mod event;
 mod frame;
 mod identity;
@@ -41,10 +46,10 @@ mod server_msg;
 mod state;
 mod trim;
 
+pub use crate::core::Refused;
 pub use broker::{Broker, InProcessBroker};
 pub use chat::{ChatStore, MemoryStore};
 pub use config::RoomsConfig;
-pub use event::Refused;
 pub use identity::{Identity, valid_room_id};
 pub use link::WsUpgrade;
 pub use metrics::Metrics;
