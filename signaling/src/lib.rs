@@ -54,3 +54,98 @@ pub use identity::{Identity, valid_room_id};
 pub use link::WsUpgrade;
 pub use metrics::Metrics;
 pub use rooms::Rooms;
+
+/// The module map above, held against the code: what each module names of its
+/// siblings (`crate::x`), read from the source.
+#[cfg(test)]
+mod imports {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::path::Path;
+
+    /// Module name → the sibling modules it names.
+    fn graph() -> BTreeMap<String, BTreeSet<String>> {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(&src).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "rs") {
+                let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+                files.push((name, std::fs::read_to_string(&path).unwrap()));
+            } else if path.is_dir() {
+                let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                let mut all = String::new();
+                for f in std::fs::read_dir(&path).unwrap() {
+                    all += &std::fs::read_to_string(f.unwrap().path()).unwrap();
+                }
+                files.push((name, all));
+            }
+        }
+        let mut g = BTreeMap::new();
+        for (name, text) in files {
+            let mut uses = BTreeSet::new();
+            for (i, _) in text.match_indices("crate::") {
+                let rest = &text[i + "crate::".len()..];
+                let end = rest
+                    .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+                    .unwrap_or(rest.len());
+                if end > 0 && rest[..end] != name {
+                    uses.insert(rest[..end].to_string());
+                }
+            }
+            g.insert(name, uses);
+        }
+        g
+    }
+
+    #[test]
+    fn every_import_points_one_way() {
+        let g = graph();
+        // Depth-first search for an edge back onto the current path.
+        fn visit<'a>(
+            g: &'a BTreeMap<String, BTreeSet<String>>,
+            m: &'a str,
+            path: &mut Vec<&'a str>,
+            done: &mut BTreeSet<&'a str>,
+        ) {
+            if let Some(i) = path.iter().position(|p| *p == m) {
+                panic!("import circle: {}", path[i..].join(" -> ") + " -> " + m);
+            }
+            if !done.insert(m) {
+                return;
+            }
+            path.push(m);
+            for next in g.get(m).into_iter().flatten() {
+                visit(g, next, path, done);
+            }
+            path.pop();
+        }
+        let mut done = BTreeSet::new();
+        for m in g.keys() {
+            visit(&g, m, &mut Vec::new(), &mut done);
+        }
+        assert!(g.contains_key("core") && g.contains_key("room"), "{g:?}");
+    }
+
+    #[test]
+    fn the_leaves_import_no_sibling() {
+        let g = graph();
+        for leaf in [
+            "config", "wire", "clock", "playback", "chat", "broker", "metrics", "identity",
+            "frame", "trim",
+        ] {
+            assert_eq!(g[leaf], BTreeSet::new(), "{leaf}");
+        }
+    }
+
+    #[test]
+    fn the_core_reads_no_clock_and_uses_no_tokio() {
+        let core = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/core");
+        for f in std::fs::read_dir(core).unwrap() {
+            let path = f.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            for banned in ["tokio", "Instant", "SystemTime", "now_ms", "crate::link"] {
+                assert!(!text.contains(banned), "{} names {banned}", path.display());
+            }
+        }
+    }
+}

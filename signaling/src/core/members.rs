@@ -389,8 +389,8 @@ impl Room {
             }
         }
         self.flush_presence(now);
-        let now_ms = now as i64;
-        self.mutes.retain(|_, until| *until > now_ms);
+        let now_whole = now as i64;
+        self.mutes.retain(|_, until| *until > now_whole);
         if self.chat_limits.len() > 4 * self.members.len() + 16 {
             let users: HashSet<&str> = self.members.iter().map(|m| m.user_id.as_str()).collect();
             self.chat_limits.retain(|u, _| users.contains(u.as_str()));
