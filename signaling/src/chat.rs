@@ -5,9 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
-
-use serde_json::{Value, json};
+use std::time::Duration;
 
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -28,24 +26,6 @@ pub struct ChatRecord {
     pub media_time: Option<f64>,
     /// Server time, unix ms.
     pub created_at: i64,
-}
-
-impl ChatRecord {
-    /// The `chat.message` object (without `seq`).
-    pub fn to_json(&self) -> Value {
-        let mut v = json!({
-            "type": "chat.message",
-            "id": self.id.to_string(),
-            "user": {"id": self.user_id, "name": self.user_name, "avatar": self.user_avatar},
-            "text": self.text,
-            "at": self.created_at as f64,
-            "client_msg_id": self.client_msg_id,
-        });
-        if let Some(t) = self.media_time {
-            v["media_time"] = t.into();
-        }
-        v
-    }
 }
 
 /// What a new message carries before the store gives it an id.
@@ -244,17 +224,18 @@ impl ChatStore for MemoryStore {
     }
 }
 
-/// At most `count` events per `window` (sliding window of timestamps).
+/// At most `count` events per `window_ms` (sliding window of timestamps).
+/// Times are milliseconds of the caller's clock (the room passes its `now`).
 #[derive(Debug, Clone, Default)]
 pub struct WindowLimiter {
-    times: VecDeque<Instant>,
+    times: VecDeque<f64>,
 }
 
 impl WindowLimiter {
     /// `Ok(())` and records the event, or `Err(retry_after)`.
-    pub fn check(&mut self, now: Instant, count: u32, window: Duration) -> Result<(), Duration> {
+    pub fn check(&mut self, now: f64, count: u32, window_ms: f64) -> Result<(), Duration> {
         while let Some(&t) = self.times.front() {
-            if now.duration_since(t) >= window {
+            if now - t >= window_ms {
                 self.times.pop_front();
             } else {
                 break;
@@ -262,30 +243,36 @@ impl WindowLimiter {
         }
         if self.times.len() >= count as usize {
             let oldest = self.times[0];
-            return Err(window.saturating_sub(now.duration_since(oldest)));
+            return Err(ms(window_ms - (now - oldest)));
         }
         self.times.push_back(now);
         Ok(())
     }
 }
 
-/// Token bucket for all of a connection's messages.
+/// A non-negative number of milliseconds as a `Duration`.
+fn ms(ms: f64) -> Duration {
+    Duration::from_secs_f64(ms.max(0.0) / 1000.0)
+}
+
+/// Token bucket for all of a connection's messages. Times in milliseconds.
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
     tokens: f64,
-    last: Instant,
+    last: f64,
 }
 
 impl TokenBucket {
-    pub fn new(burst: f64) -> Self {
+    /// A full bucket at time `now`.
+    pub fn new(burst: f64, now: f64) -> Self {
         Self {
             tokens: burst,
-            last: Instant::now(),
+            last: now,
         }
     }
 
-    pub fn take(&mut self, now: Instant, rate: f64, burst: f64) -> Result<(), Duration> {
-        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+    pub fn take(&mut self, now: f64, rate: f64, burst: f64) -> Result<(), Duration> {
+        let dt = (now - self.last).max(0.0) / 1000.0;
         self.last = now;
         self.tokens = (self.tokens + dt * rate).min(burst);
         if self.tokens >= 1.0 {
@@ -329,27 +316,23 @@ mod tests {
     #[test]
     fn window_limiter_counts_and_reports_retry() {
         let mut l = WindowLimiter::default();
-        let t = Instant::now();
-        let w = Duration::from_secs(5);
+        let t = 1_000_000.0;
         for i in 0..5 {
-            assert!(l.check(t + Duration::from_millis(i), 5, w).is_ok());
+            assert!(l.check(t + i as f64, 5, 5000.0).is_ok());
         }
-        let retry = l.check(t + Duration::from_secs(1), 5, w).unwrap_err();
+        let retry = l.check(t + 1000.0, 5, 5000.0).unwrap_err();
         assert_eq!(retry, Duration::from_secs(4));
-        assert!(l.check(t + Duration::from_secs(5), 5, w).is_ok());
+        assert!(l.check(t + 5000.0, 5, 5000.0).is_ok());
     }
 
     #[test]
     fn token_bucket_refills() {
-        let t = Instant::now();
-        let mut b = TokenBucket {
-            tokens: 2.0,
-            last: t,
-        };
+        let t = 1_000_000.0;
+        let mut b = TokenBucket::new(2.0, t);
         assert!(b.take(t, 1.0, 2.0).is_ok());
         assert!(b.take(t, 1.0, 2.0).is_ok());
         assert!(b.take(t, 1.0, 2.0).is_err());
-        assert!(b.take(t + Duration::from_secs(1), 1.0, 2.0).is_ok());
+        assert!(b.take(t + 1000.0, 1.0, 2.0).is_ok());
     }
 
     #[test]

@@ -8,9 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 
-use axum::extract::ws::Utf8Bytes;
 use futures_util::{SinkExt, StreamExt};
-use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
@@ -19,10 +17,16 @@ use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::chat::TokenBucket;
 use crate::clock::now_ms;
-use crate::link::{BACKLOG_CLOSE, Io, Link, LinkEvent, SendError, SharedIo};
-use crate::room::{JoinRequest, RoomEvent};
+use crate::config::RoomsConfig;
+use crate::event::{JoinRequest, RoomEvent};
+use crate::frame::{BACKLOG_CLOSE, Kill, Outbound, SendError};
+use crate::identity::Identity;
+use crate::link::{ConnHandle, Io, Link, LinkEvent, SharedIo, WsUpgrade};
+use crate::rooms::Rooms;
+use crate::server_msg::ServerMsg;
+use crate::state::Inner;
+use crate::trim;
 use crate::wire::{self, ClientMsg};
-use crate::{Identity, Rooms};
 
 /// Frames other than `hello` a connection may send before it (each answered with
 /// an `error`, pings with a pong); one more closes it with 1008. Before this, every
@@ -42,63 +46,6 @@ const LINGER_BYTES: usize = 8 * 1024 * 1024;
 
 const TOO_LARGE: Kill = (1009, "frame too large");
 
-/// What a connection's writer sends. Broadcasts carry bytes serialised once by the room.
-#[derive(Debug)]
-pub(crate) enum Outbound {
-    Text(Utf8Bytes, Instant),
-    /// Answer to a client ping; `t2` is stamped when it is handed to the socket.
-    Pong {
-        id: Value,
-        t0: f64,
-        t1: f64,
-    },
-    /// Server-initiated clock measurement; `t0` is stamped when it is handed to the socket.
-    Ping {
-        id: u64,
-    },
-    /// Close after everything queued before it (kick, ban).
-    Close(u16, &'static str),
-}
-
-/// Close request for a connection's writer: (close code, reason).
-pub(crate) type Kill = (u16, &'static str);
-
-/// The room's handle on one connection.
-pub(crate) struct ConnHandle {
-    pub id: u64,
-    pub tx: Arc<Link>,
-}
-
-impl std::fmt::Debug for ConnHandle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConnHandle").field("id", &self.id).finish()
-    }
-}
-
-impl ConnHandle {
-    /// Closes after what is already queued has been written.
-    pub fn close_after_queue(self, code: u16, reason: &'static str) {
-        let _ = self.tx.try_send(Outbound::Close(code, reason));
-    }
-
-    /// Closes the socket with `code` now, dropping what is queued.
-    pub fn close(self, code: u16, reason: &'static str) {
-        self.tx.kill((code, reason));
-    }
-}
-
-impl Drop for ConnHandle {
-    /// The room let go of the member without a close: close normally after the queue
-    /// (a no-op when a close is already under way).
-    fn drop(&mut self) {
-        self.tx.close_after((1000, "bye"));
-    }
-}
-
-pub(crate) fn text(v: &Value) -> Utf8Bytes {
-    Utf8Bytes::from(v.to_string())
-}
-
 struct ConnGauge(prometheus::IntGauge);
 impl Drop for ConnGauge {
     fn drop(&mut self) {
@@ -106,8 +53,22 @@ impl Drop for ConnGauge {
     }
 }
 
+impl Rooms {
+    /// Answers a WebSocket upgrade and serves the connection of an authenticated user
+    /// in `room` until it closes.
+    pub fn upgrade(
+        &self,
+        up: WsUpgrade,
+        room: String,
+        ident: Identity,
+    ) -> axum::response::Response {
+        let rooms = self.clone();
+        up.on_upgrade(move |io| serve(rooms, io, room, ident))
+    }
+}
+
 /// Serves one upgraded connection of an authenticated user until it closes.
-pub(crate) async fn serve(rooms: Rooms, io: Io, room: String, ident: Identity) {
+async fn serve(rooms: Rooms, io: Io, room: String, ident: Identity) {
     let inner = rooms.inner.clone();
     let cfg = inner.cfg.clone();
     inner.metrics.connections.inc();
@@ -170,7 +131,7 @@ pub(crate) async fn serve(rooms: Rooms, io: Io, room: String, ident: Identity) {
         }
     };
 
-    crate::trim::churn();
+    trim::churn();
 
     // 3. The room writes to the socket itself; this task reads, and writes out what
     // the room queued because the socket would have blocked (woken by the room).
@@ -178,7 +139,7 @@ pub(crate) async fn serve(rooms: Rooms, io: Io, room: String, ident: Identity) {
     // `time.ping` is answered here, not by the room, so it needs a bucket of its own
     // (the same rate as the room's for other messages): without one a client that
     // reads its pongs could make the server answer as fast as it can send.
-    let mut pings = TokenBucket::new(cfg.messages_burst);
+    let mut pings = TokenBucket::new(cfg.messages_burst, now_ms());
     // A close after the queue (kick, ban, the room let go) waits for the client to
     // read what is queued, but not forever: a client that never reads is closed now.
     let mut close_deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
@@ -216,11 +177,7 @@ pub(crate) async fn serve(rooms: Rooms, io: Io, room: String, ident: Identity) {
                 }
                 match wire::parse(&t) {
                     Ok(ClientMsg::TimePing { id, t0 }) => {
-                        match pings.take(
-                            Instant::now(),
-                            cfg.messages_per_second,
-                            cfg.messages_burst,
-                        ) {
+                        match pings.take(recv_at, cfg.messages_per_second, cfg.messages_burst) {
                             Ok(()) => Some(Outbound::Pong {
                                 id,
                                 t0,
@@ -232,13 +189,13 @@ pub(crate) async fn serve(rooms: Rooms, io: Io, room: String, ident: Identity) {
                                     .errors
                                     .with_label_values(&["rate_limited"])
                                     .inc();
-                                let v = wire::error(
+                                let v = ServerMsg::error(
                                     "rate_limited",
                                     "too many time.ping messages: a burst of 8 on join, then one every few seconds is enough",
                                     Some("time.ping"),
                                     Some(retry.as_millis() as u64 + 1),
                                 );
-                                Some(Outbound::Text(text(&v), Instant::now()))
+                                Some(Outbound::Text(v.to_text().into(), Instant::now()))
                             }
                         }
                     }
@@ -260,14 +217,15 @@ pub(crate) async fn serve(rooms: Rooms, io: Io, room: String, ident: Identity) {
                     }
                     Err(e) => {
                         inner.metrics.errors.with_label_values(&[e.code]).inc();
-                        let v = wire::error(e.code, &e.message, e.r#ref.as_deref(), None);
-                        Some(Outbound::Text(text(&v), Instant::now()))
+                        let v = ServerMsg::error(e.code, e.message, e.r#ref.as_deref(), None);
+                        Some(Outbound::Text(v.to_text().into(), Instant::now()))
                     }
                 }
             }
             Some(Ok(Message::Binary(_))) => {
-                let v = wire::error("bad_request", "binary frames are not accepted", None, None);
-                Some(Outbound::Text(text(&v), Instant::now()))
+                let v =
+                    ServerMsg::error("bad_request", "binary frames are not accepted", None, None);
+                Some(Outbound::Text(v.to_text().into(), Instant::now()))
             }
             // tungstenite queues the pong to a ping on the same link as everything else.
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => None,
@@ -303,7 +261,7 @@ pub(crate) async fn serve(rooms: Rooms, io: Io, room: String, ident: Identity) {
     )
     .await;
     drop(room_tx);
-    crate::trim::churn();
+    trim::churn();
     Box::pin(finish(&link, socket, close)).await;
 }
 
@@ -321,8 +279,8 @@ enum Hello {
 /// socket takes it, within the connection's byte budget (a kill from the link,
 /// i.e. the budget, ends the wait too).
 async fn hello(
-    inner: &crate::Inner,
-    cfg: &crate::config::RoomsConfig,
+    inner: &Inner,
+    cfg: &RoomsConfig,
     link: &Link,
     socket: &mut WebSocketStream<SharedIo>,
 ) -> Hello {
@@ -461,10 +419,10 @@ fn is_capacity(e: &tungstenite::Error) -> bool {
 
 async fn send_error_direct(
     sink: &mut WebSocketStream<SharedIo>,
-    code: &str,
+    code: &'static str,
     message: &str,
     r#ref: Option<&str>,
 ) -> Result<(), tungstenite::Error> {
-    let v = wire::error(code, message, r#ref, None);
-    sink.send(Message::Text(v.to_string().into())).await
+    let v = ServerMsg::error(code, message, r#ref, None);
+    sink.send(Message::Text(v.to_text().into())).await
 }

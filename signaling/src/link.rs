@@ -9,37 +9,17 @@ use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header, request::Parts};
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
-use serde_json::json;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::clock::now_ms;
-use crate::conn::{Kill, Outbound};
+use crate::frame::{BACKLOG_CLOSE, Kill, MAX_FRAMES_PER_WRITE, Outbound, SendError, text_frame};
 use crate::metrics::Metrics;
-use crate::wire;
+use crate::server_msg::ServerMsg;
 
 pub(crate) type Io = TokioIo<Upgraded>;
-
-/// A server text frame (FIN, opcode 1, unmasked: RFC 6455 §5.1) of `payload`, header
-/// and payload in one buffer so that a broadcast is framed once for every member.
-pub(crate) fn text_frame(payload: &[u8]) -> Bytes {
-    let n = payload.len();
-    let mut b = BytesMut::with_capacity(n + 10);
-    b.put_u8(0x81);
-    if n < 126 {
-        b.put_u8(n as u8);
-    } else if n <= 0xffff {
-        b.put_u8(126);
-        b.put_u16(n as u16);
-    } else {
-        b.put_u8(127);
-        b.put_u64(n as u64);
-    }
-    b.put_slice(payload);
-    b.freeze()
-}
 
 /// Runs `f`, whose socket writes never wait, outside tokio's cooperative budget.
 ///
@@ -56,16 +36,6 @@ pub(crate) fn outside_io_budget<R>(f: impl FnOnce() -> R) -> R {
         .expect("a future without an await point is ready at once")
 }
 
-/// Why the room could not hand a frame to a connection.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum SendError {
-    /// `queue_depth` frames or `max_queued_bytes_per_connection` bytes are already
-    /// waiting: the member stays behind (close 1013).
-    Full,
-    /// The connection is closing or broken; the frame is dropped.
-    Closed,
-}
-
 struct Queued {
     bytes: Bytes,
     created: Option<Instant>,
@@ -76,9 +46,6 @@ impl Queued {
         Self { bytes, created }
     }
 }
-
-/// Most frames handed to the socket in one vectored write (room and connection task).
-pub(crate) const MAX_FRAMES_PER_WRITE: usize = 64;
 
 struct State {
     io: Io,
@@ -112,9 +79,6 @@ pub(crate) struct Link {
     max_bytes: usize,
     metrics: Metrics,
 }
-
-/// The close of a connection whose queued bytes passed the budget.
-pub(crate) const BACKLOG_CLOSE: Kill = (1013, "too slow: outbound backlog");
 
 impl Link {
     pub fn new(io: Io, depth: usize, max_bytes: usize, metrics: Metrics) -> Arc<Self> {
@@ -201,18 +165,19 @@ impl Link {
             Outbound::Text(t, c) => (text_frame(t.as_bytes()), Some(c)),
             // Stamped when handed to the socket (or, behind a backlog, when queued:
             // the larger RTT then makes the clock filters drop the sample).
-            Outbound::Pong { id, t0, t1 } => (
-                text_frame(wire::pong(&id, t0, t1, now_ms()).as_bytes()),
-                None,
-            ),
-            Outbound::Ping { id } => (
-                text_frame(
-                    json!({"type":"time.ping","id":id,"t0":now_ms()})
-                        .to_string()
-                        .as_bytes(),
-                ),
-                None,
-            ),
+            Outbound::Pong { id, t0, t1 } => {
+                let pong = ServerMsg::TimePong {
+                    id,
+                    t0,
+                    t1,
+                    t2: now_ms(),
+                };
+                (text_frame(pong.to_text().as_bytes()), None)
+            }
+            Outbound::Ping { id } => {
+                let ping = ServerMsg::TimePing { id, t0: now_ms() };
+                (text_frame(ping.to_text().as_bytes()), None)
+            }
             Outbound::Close(code, reason) => {
                 let mut st = self.lock();
                 if st.closing {
@@ -464,6 +429,38 @@ impl Drop for Link {
 fn wake(st: &mut State) {
     if let Some(w) = st.waker.take() {
         w.wake();
+    }
+}
+
+/// The room's handle on one connection: its id and its link.
+pub(crate) struct ConnHandle {
+    pub id: u64,
+    pub tx: Arc<Link>,
+}
+
+impl std::fmt::Debug for ConnHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnHandle").field("id", &self.id).finish()
+    }
+}
+
+impl ConnHandle {
+    /// Closes after what is already queued has been written.
+    pub fn close_after_queue(self, code: u16, reason: &'static str) {
+        let _ = self.tx.try_send(Outbound::Close(code, reason));
+    }
+
+    /// Closes the socket with `code` now, dropping what is queued.
+    pub fn close(self, code: u16, reason: &'static str) {
+        self.tx.kill((code, reason));
+    }
+}
+
+impl Drop for ConnHandle {
+    /// The room let go of the member without a close: close normally after the queue
+    /// (a no-op when a close is already under way).
+    fn drop(&mut self) {
+        self.tx.close_after((1000, "bye"));
     }
 }
 

@@ -2,7 +2,6 @@
 //! extrapolation, and the ready barrier that schedules a synchronised start.
 
 use std::collections::HashSet;
-use std::time::Instant;
 
 use serde_json::{Map, Value, json};
 
@@ -65,7 +64,8 @@ pub const MAX_RATE: f64 = 4.0;
 #[derive(Debug, Clone)]
 pub struct Barrier {
     pub position: f64,
-    pub deadline: Instant,
+    /// Server time (ms) at which the start goes ahead whoever is not ready.
+    pub deadline: f64,
     /// Sessions still to report `ready`.
     pub pending: HashSet<String>,
     /// Who caused it (the `by` of the final state).

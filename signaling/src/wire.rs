@@ -1,8 +1,8 @@
-//! Wire types of SYNC_PROTOCOL.md v1: client messages parsed once per frame, and
-//! builders for the server's JSON objects (serialised once per broadcast by the room).
+//! Wire types of SYNC_PROTOCOL.md v1: the client's messages, parsed once per frame
+//! (what the server sends is typed in `server_msg`). Imports none of its siblings.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
 /// Every client message type this server understands (the protocol's plus extensions).
 pub const CLIENT_TYPES: &[&str] = &[
@@ -284,26 +284,6 @@ fn dot(rest: &str) -> String {
     } else {
         format!(".{rest}")
     }
-}
-
-/// `{"type":"error",...}` for one connection.
-pub fn error(code: &str, message: &str, r#ref: Option<&str>, retry_after_ms: Option<u64>) -> Value {
-    let mut m = Map::new();
-    m.insert("type".into(), "error".into());
-    m.insert("code".into(), code.into());
-    m.insert("message".into(), message.into());
-    if let Some(r) = r#ref {
-        m.insert("ref".into(), r.into());
-    }
-    if let Some(ms) = retry_after_ms {
-        m.insert("retry_after_ms".into(), ms.into());
-    }
-    Value::Object(m)
-}
-
-/// A server-side `time.pong` answering a client's `time.ping`.
-pub fn pong(id: &Value, t0: f64, t1: f64, t2: f64) -> String {
-    json!({"type": "time.pong", "id": id, "t0": t0, "t1": t1, "t2": t2}).to_string()
 }
 
 #[cfg(test)]
