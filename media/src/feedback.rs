@@ -1,8 +1,10 @@
-//! Lets viewers' keyframe requests and NACKs through to the SFU: webrtc-rs stops
-//! inbound RTCP at the end of its interceptor chain unless an interceptor marks it.
+//! Viewers' feedback: lets their keyframe requests and NACKs through to the SFU
+//! (webrtc-rs stops inbound RTCP at the end of its interceptor chain unless an
+//! interceptor marks it), and throttles the keyframe requests sent on to a publisher.
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
@@ -71,4 +73,32 @@ impl Interceptor for ViewerFeedback {
     fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
     fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
     fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
+}
+
+/// At most one keyframe request (PLI) to a publisher per interval, however many
+/// viewers join or ask: each keyframe costs the publisher's uplink a burst many
+/// times a normal frame, and one keyframe serves every viewer waiting for it.
+#[derive(Debug, Default)]
+pub struct KeyframeThrottle {
+    last: Option<Instant>,
+}
+
+impl KeyframeThrottle {
+    /// True when a request should go out now: a viewer wants a keyframe
+    /// (`wanted`, which this clears) and none went out within `interval`. A wish
+    /// made inside the interval is kept and answered once the interval is over.
+    pub fn due(&mut self, wanted: &AtomicBool, now: Instant, interval: Duration) -> bool {
+        if !wanted.load(Ordering::Acquire) {
+            return false;
+        }
+        if self
+            .last
+            .is_some_and(|t| now.saturating_duration_since(t) < interval)
+        {
+            return false;
+        }
+        wanted.store(false, Ordering::Release);
+        self.last = Some(now);
+        true
+    }
 }

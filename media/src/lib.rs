@@ -1,26 +1,34 @@
 //! tandem-media: the SFU. WHIP/WHEP sessions on webrtc-rs's sans-IO `rtc` stack,
 //! driven by our own workers on one shared UDP port; packets forwarded, never decoded.
 //!
-//! Module map:
+//! Module map, from the leaves up (each module imports only modules above it in
+//! this list, so every import in the crate points one way):
+//! - [`kinds`]: the shared vocabulary: [`SessionKind`], `MediaKind`, `Transport`.
 //! - [`config`]: what the SFU needs to know (port, advertised addresses, limits).
 //! - [`error`]: [`MediaError`], what can go wrong with a session request.
-//! - [`feedback`]: lets viewers' PLI/FIR/NACK through webrtc-rs to the SFU.
-//! - [`sdp`]: checks offers before any state is made; trickle/restart fragments.
-//! - [`stun`]: the few bytes of STUN the demultiplexer reads (USERNAME).
-//! - [`track`]: stream numbering that stays continuous across publisher reconnects.
-//! - [`session`]: one peer connection (built as ICE-lite answerer) and its state.
-//! - [`worker`]: a thread with its own socket on the media port; owns sessions,
-//!   demultiplexes, forwards.
-//! - [`srtp`]: SRTP protection of forwarded RTP, straight into the send batch.
-//! - [`udp`]: outgoing datagrams batched into sendmmsg(2) calls.
-//! - [`tcp`]: ICE-TCP (passive, RFC 4571 framing) on the same port number.
-//! - [`sfu`]: [`Sfu`], the handle the HTTP layer calls, and the shared registries.
 //! - [`metrics`]: Prometheus instruments of the packet path.
+//! - [`stun`]: the few bytes of STUN the demultiplexer reads (USERNAME).
+//! - [`srtp`]: SRTP protection of forwarded RTP, straight into the send buffer.
+//! - [`feedback`]: lets viewers' PLI/FIR/NACK through webrtc-rs; throttles keyframe requests.
+//! - [`track`]: stream numbering continuous across publisher reconnects; the NACK cache.
+//! - [`sdp`]: checks offers before any state is made; trickle/restart fragments.
+//! - [`admission`]: sessions held per token, per user and in all; a session's slot.
+//! - [`registry`]: what the handle and all workers share: sessions, ufrags, streams.
+//! - [`session`]: one peer connection (built as ICE-lite answerer), publisher or viewer.
+//! - [`core`]: the sans-IO media core of a worker: inputs with `now`, output into an `Egress`.
+//! - [`udp`]: the media port's UDP sockets; datagrams batched into sendmmsg(2) calls.
+//! - [`worker`]: the shell around the core: a thread, its socket, its channels.
+//! - [`tcp`]: ICE-TCP (passive, RFC 4571 framing) on the same port number.
+//! - [`sfu`]: [`Sfu`], the handle the HTTP layer calls.
 
+pub mod admission;
 pub mod config;
+pub mod core;
 pub mod error;
 pub mod feedback;
+pub mod kinds;
 pub mod metrics;
+pub mod registry;
 pub mod sdp;
 pub mod session;
 pub mod sfu;
@@ -31,9 +39,9 @@ pub mod track;
 pub mod udp;
 pub mod worker;
 
+pub use admission::SessionHolder;
 pub use config::MediaConfig;
 pub use error::MediaError;
-pub use sfu::{
-    PatchOutcome, SessionAnswer, SessionHolder, SessionKind, SessionObserver, SessionSummary, Sfu,
-    StreamSummary,
-};
+pub use kinds::SessionKind;
+pub use registry::{PatchOutcome, SessionAnswer, SessionObserver, SessionSummary, StreamSummary};
+pub use sfu::Sfu;

@@ -28,7 +28,7 @@ pub struct MediaMetrics {
 pub struct DropCounters {
     /// A worker's queue from another worker was full.
     pub worker_queue_full: IntCounter,
-    /// Media waited longer than `worker::MAX_HANDOVER_AGE` between workers (the worker is
+    /// Media waited longer than `core::MAX_HANDOVER_AGE` between workers (the worker is
     /// saturated): late video is worse than lost video, which NACK/PLI repair.
     pub stale: IntCounter,
     /// The socket's send buffer was full (a viewer's share of the uplink is exhausted).

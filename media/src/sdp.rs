@@ -1,26 +1,11 @@
 //! SDP checks made before any state exists (so a bad offer changes nothing), the
 //! codecs tandem forwards, and trickle-ICE / ICE-restart fragments (RFC 8840).
 
-use crate::MediaError;
-use crate::sfu::SessionKind;
+use crate::error::MediaError;
+use crate::kinds::{MediaKind, SessionKind};
 
 /// Codecs forwarded end to end (H.264 only in packetization-mode 1).
 pub const FORWARDED_CODECS: &[&str] = &["opus", "vp8", "vp9", "h264", "av1"];
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MediaKind {
-    Audio,
-    Video,
-}
-
-impl MediaKind {
-    pub fn index(self) -> usize {
-        match self {
-            MediaKind::Audio => 0,
-            MediaKind::Video => 1,
-        }
-    }
-}
 
 /// One `m=` section of an offer, as far as the SFU cares.
 #[derive(Debug, Clone)]

@@ -1,5 +1,6 @@
 //! One WebRTC session (a publisher or a viewer): its sans-IO peer connection and
-//! what the SFU tracks about it. Built here, driven by the worker that owns it.
+//! what the SFU tracks about it, publisher and viewer state apart ([`Role`]).
+//! Built here, driven by the media core (`crate::core`) of the worker that owns it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -29,9 +30,11 @@ use rtc::rtp_transceiver::rtp_sender::{
 use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 
-use crate::MediaError;
-use crate::sdp::{CheckedOffer, MediaKind};
-use crate::sfu::{SessionKind, SessionSlot, StreamShared};
+use crate::admission::SessionSlot;
+use crate::error::MediaError;
+use crate::kinds::{MediaKind, SessionKind, Transport};
+use crate::registry::StreamShared;
+use crate::sdp::CheckedOffer;
 use crate::srtp::{SrtpIndex, SrtpSender};
 use crate::track::Continuity;
 
@@ -73,36 +76,63 @@ pub struct PublisherTrack {
 pub struct Session {
     pub key: u64,
     pub id: Arc<str>,
-    pub kind: SessionKind,
     pub stream: Arc<StreamShared>,
     pub pc: RTCPeerConnection,
     /// The client's offer as last applied (ICE restarts rewrite its credentials).
     pub remote_offer: String,
     pub local_ufrag: String,
     /// Addresses (and transport) this session's packets come from.
-    pub addrs: Vec<(SocketAddr, bool)>,
+    pub addrs: Vec<(SocketAddr, Transport)>,
     pub created: Instant,
     pub last_rx: Instant,
     pub next_timeout: Option<Instant>,
     pub connected: bool,
-    /// In the stream's fan-out on this worker.
-    pub forwarding: bool,
-    // Viewer side.
-    pub viewer_tracks: [Option<ViewerTrack>; 2],
-    // Publisher side.
-    pub publisher_tracks: HashMap<String, PublisherTrack>,
-    pub continuity: [Continuity; 2],
-    pub last_keyframe_request: Option<Instant>,
-    pub epoch: u32,
-    /// Viewer side, once DTLS is done: protects forwarded RTP (see `crate::srtp`).
-    pub srtp: Option<SrtpSender>,
-    /// Where forwarded RTP goes (the selected ICE pair), refreshed whenever the
-    /// session is serviced.
-    pub media_dest: Option<(SocketAddr, bool)>,
-    pub next_sender_report: Instant,
+    pub role: Role,
     /// The session's place in the admission counts (sessions per token, per user,
     /// in all): given back when the session is dropped, whatever ended it.
     pub(crate) _slot: SessionSlot,
+}
+
+impl Session {
+    pub fn kind(&self) -> SessionKind {
+        match self.role {
+            Role::Publisher(_) => SessionKind::Publisher,
+            Role::Viewer(_) => SessionKind::Viewer,
+        }
+    }
+}
+
+/// What a session does for its stream, and the state only that side needs.
+// The viewer's state is read for every packet of the fan-out, so it stays inline
+// (no pointer to follow per viewer); sessions live in a map, one per peer, so the
+// bytes a publisher leaves unused cost nothing per packet.
+#[allow(clippy::large_enum_variant)]
+pub enum Role {
+    Publisher(Publisher),
+    Viewer(Viewer),
+}
+
+/// A publisher: its incoming tracks and the stream numbering it writes.
+pub struct Publisher {
+    pub tracks: HashMap<String, PublisherTrack>,
+    /// This publisher's numbering mapped to the stream's (handed on at reconnect).
+    pub continuity: [Continuity; 2],
+    /// The stream's publisher generation (payload types are cached per epoch).
+    pub epoch: u32,
+    pub keyframes: crate::feedback::KeyframeThrottle,
+}
+
+/// A viewer: its outgoing tracks and where forwarded RTP goes.
+pub struct Viewer {
+    pub tracks: [Option<ViewerTrack>; 2],
+    /// In the stream's fan-out on this worker.
+    pub forwarding: bool,
+    /// Once DTLS is done: protects forwarded RTP (see `crate::srtp`).
+    pub srtp: Option<SrtpSender>,
+    /// Where forwarded RTP goes (the selected ICE pair), refreshed whenever the
+    /// session is serviced.
+    pub media_dest: Option<(SocketAddr, Transport)>,
+    pub next_sender_report: Instant,
 }
 
 /// The RTP/RTCP pipeline of a session.
@@ -286,7 +316,7 @@ pub struct BuildParams<'a> {
     pub offer_sdp: &'a str,
     pub offer: &'a CheckedOffer,
     pub stream_name: &'a str,
-    pub candidates: &'a [(SocketAddr, bool)],
+    pub candidates: &'a [(SocketAddr, Transport)],
     /// The publisher's codecs if one is live (viewers bind their tracks to them).
     pub publisher_codecs: &'a [RTCRtpCodecParameters],
     pub now: Instant,
@@ -439,16 +469,17 @@ pub fn build(params: BuildParams<'_>) -> Result<Built, MediaError> {
         RTCSessionDescription::offer(params.offer_sdp.to_string()).map_err(pc_error("offer"))?;
     pc.set_remote_description(params.now, offer)
         .map_err(pc_error("offer rejected"))?;
-    for (addr, tcp) in params.candidates {
+    for &(addr, transport) in params.candidates {
+        let tcp = transport == Transport::Tcp;
         let candidate = CandidateHostConfig {
             base_config: CandidateConfig {
-                network: if *tcp { "tcp" } else { "udp" }.to_owned(),
+                network: if tcp { "tcp" } else { "udp" }.to_owned(),
                 address: addr.ip().to_string(),
                 port: addr.port(),
                 component: 1,
                 ..Default::default()
             },
-            tcp_type: if *tcp {
+            tcp_type: if tcp {
                 rtc::ice::tcp_type::TcpType::Passive
             } else {
                 rtc::ice::tcp_type::TcpType::Unspecified

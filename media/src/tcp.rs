@@ -11,12 +11,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use crate::MediaError;
-use crate::sfu::Shared;
-use crate::worker::Inbound;
-
-/// The sending half of an ICE-TCP connection: packets queued to its writer task.
-pub type TcpLink = mpsc::Sender<Bytes>;
+use crate::error::MediaError;
+use crate::registry::Registry;
+use crate::worker::{Inbound, WorkerHandle};
 
 /// Packets queued for one TCP peer before more are dropped.
 const LINK_QUEUE: usize = 512;
@@ -41,7 +38,11 @@ pub(crate) async fn bind(ip: IpAddr, port: u16) -> Result<TcpListener, MediaErro
         .map_err(|e| MediaError::Internal(format!("TCP listen: {e}")))
 }
 
-pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    registry: Arc<Registry>,
+    workers: Arc<[WorkerHandle]>,
+) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -50,15 +51,20 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 continue;
             }
         };
-        if !shared.running.load(std::sync::atomic::Ordering::Acquire) {
+        if !registry.running.load(std::sync::atomic::Ordering::Acquire) {
             break;
         }
         let _ = stream.set_nodelay(true);
-        tokio::spawn(connection(stream, peer, shared.clone()));
+        tokio::spawn(connection(stream, peer, registry.clone(), workers.clone()));
     }
 }
 
-async fn connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    registry: Arc<Registry>,
+    workers: Arc<[WorkerHandle]>,
+) {
     let (mut reader, mut writer) = stream.into_split();
     let (link, mut outgoing) = mpsc::channel::<Bytes>(LINK_QUEUE);
     let write_task = tokio::spawn(async move {
@@ -91,7 +97,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             if owner.is_none() {
                 // The first frame must be a STUN check naming one of our sessions.
                 let route = crate::stun::local_ufrag(&packet)
-                    .and_then(|u| shared.ufrags.get(u).map(|r| *r));
+                    .and_then(|u| registry.ufrags.get(u).map(|r| *r));
                 match route {
                     Some(r) => owner = Some(r.worker),
                     None => break 'read,
@@ -104,7 +110,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                 data: BytesMut::from(&packet[..]),
                 at: Instant::now(),
             };
-            if shared.workers[w].inbound.send(msg).await.is_err() {
+            if workers[w].inbound.send(msg).await.is_err() {
                 break 'read;
             }
         }

@@ -1,5 +1,6 @@
-//! Per-stream track state that outlives a publisher: the sequence-number and
-//! timestamp offsets that keep what viewers see continuous across a reconnect.
+//! Per-stream track state: the sequence-number and timestamp offsets that keep
+//! what viewers see continuous across a publisher reconnect, and the recent
+//! packets a viewer's NACK is answered from.
 
 use std::time::Instant;
 
@@ -55,6 +56,19 @@ impl Continuity {
             self.last_out = Some((out.0, out.1, now));
         }
         out
+    }
+
+    /// Rewrites a publisher packet's header into the stream's numbering, once per
+    /// packet (not per viewer). Header extensions go: their ids are negotiated per
+    /// leg, so the publisher's mean nothing to viewers.
+    pub fn rewrite(&mut self, header: &mut rtc::rtp::header::Header, now: Instant) {
+        let (seq, ts) = self.map(header.sequence_number, header.timestamp, now);
+        header.sequence_number = seq;
+        header.timestamp = ts;
+        header.extension = false;
+        header.extension_profile = 0;
+        header.extensions.clear();
+        header.padding = false;
     }
 }
 

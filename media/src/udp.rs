@@ -1,12 +1,58 @@
-//! A worker's outgoing datagrams, batched: queued while a burst of work runs and
+//! The media port's UDP side: the sockets bound to it (one per worker), and a
+//! worker's outgoing datagrams, batched: queued while a burst of work runs and
 //! handed to the kernel with sendmmsg(2), up to 64 per system call.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use bytes::BytesMut;
 use tokio::net::UdpSocket;
 
+use crate::error::MediaError;
 use crate::metrics::MediaMetrics;
+
+/// Binds `workers` UDP sockets to one port with SO_REUSEPORT (port 0: the first
+/// picks a free port, the rest join it).
+pub(crate) fn bind_udp(
+    ip: IpAddr,
+    port: u16,
+    workers: usize,
+) -> Result<(Vec<std::net::UdpSocket>, u16), MediaError> {
+    use socket2::{Domain, Protocol as SockProtocol, Socket, Type};
+    let mut sockets = Vec::with_capacity(workers);
+    let mut port = port;
+    for _ in 0..workers {
+        let addr = SocketAddr::new(ip, port);
+        let socket = Socket::new(
+            Domain::for_address(addr),
+            Type::DGRAM,
+            Some(SockProtocol::UDP),
+        )
+        .map_err(|e| MediaError::Internal(format!("UDP socket: {e}")))?;
+        socket
+            .set_reuse_port(true)
+            .map_err(|e| MediaError::Internal(format!("SO_REUSEPORT: {e}")))?;
+        // Large buffers absorb bursts (a keyframe to many viewers) instead of dropping them.
+        let _ = socket.set_send_buffer_size(4 << 20);
+        let _ = socket.set_recv_buffer_size(4 << 20);
+        socket
+            .set_nonblocking(true)
+            .map_err(|e| MediaError::Internal(format!("UDP socket: {e}")))?;
+        socket.bind(&addr.into()).map_err(|e| {
+            MediaError::Internal(format!(
+                "cannot bind media port {addr}: {e} (set TANDEM_MEDIA_PORT to a free port)"
+            ))
+        })?;
+        let std_socket: std::net::UdpSocket = socket.into();
+        if port == 0 {
+            port = std_socket
+                .local_addr()
+                .map_err(|e| MediaError::Internal(format!("UDP socket: {e}")))?
+                .port();
+        }
+        sockets.push(std_socket);
+    }
+    Ok((sockets, port))
+}
 
 /// Datagrams per sendmmsg call (and the size at which a batch is flushed early).
 pub const BATCH: usize = 64;

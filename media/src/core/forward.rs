@@ -1,0 +1,332 @@
+//! The forwarding path of the media core: one packet to every viewer of its stream
+//! on this worker, NACKs answered from the shared cache, viewers' sender reports,
+//! and a peer connection's own output. Writes into an [`Egress`]; nothing here
+//! allocates per viewer per packet.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::rtcp::sender_report::SenderReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
+use rtc::sansio::Protocol;
+use rtc::shared::TransportProtocol;
+use rtc::shared::time::SystemInstant;
+
+use super::egress::{Egress, Forward, TcpDrop};
+use crate::kinds::{MediaKind, Transport};
+use crate::metrics::MediaMetrics;
+use crate::registry::{StreamShared, log_id};
+use crate::session::{self, PT_UNKNOWN, PT_UNSUPPORTED, Role, Session, Viewer, ViewerTrack};
+use crate::srtp::{SrtpIndex, SrtpSender};
+use crate::track::RetransmitCache;
+
+/// Packets per track kept for retransmission (about 1 s of 2.5 Mbps video).
+pub const RETRANSMIT_CACHE: usize = 512;
+
+/// A stream as one worker serves it.
+pub struct LocalStream {
+    pub shared: Arc<StreamShared>,
+    /// Recent audio and video packets, for viewers' NACKs.
+    pub caches: [RetransmitCache; 2],
+    /// Connected viewers on this worker, in fan-out order.
+    pub viewers: Vec<u64>,
+    /// Sessions of this stream on this worker (publisher and viewers).
+    pub sessions: usize,
+}
+
+impl LocalStream {
+    pub fn new(shared: Arc<StreamShared>) -> Self {
+        Self {
+            shared,
+            caches: [
+                RetransmitCache::new(RETRANSMIT_CACHE),
+                RetransmitCache::new(RETRANSMIT_CACHE),
+            ],
+            viewers: Vec::new(),
+            sessions: 0,
+        }
+    }
+}
+
+/// One packet to every connected viewer of its stream on this worker: the
+/// payload `Bytes` is shared, only the header fields and SRTP are per viewer.
+pub fn fanout(
+    sessions: &mut HashMap<u64, Session>,
+    ls: &mut LocalStream,
+    forward: &Forward,
+    now: Instant,
+    metrics: &MediaMetrics,
+    out: &mut impl Egress,
+) {
+    if ls.viewers.is_empty() {
+        return;
+    }
+    let slot = forward.kind.index();
+    ls.caches[slot].insert(&forward.packet);
+    let ls = &*ls;
+    let pt_in = (forward.packet.header.payload_type & 0x7f) as usize;
+    let payload = &forward.packet.payload[..];
+    // One header, rewritten per viewer in place (SSRC, payload type).
+    let mut header = forward.packet.header.clone();
+    let mut sent = 0u64;
+    for key in &ls.viewers {
+        let Some(Session {
+            pc,
+            role: Role::Viewer(viewer),
+            ..
+        }) = sessions.get_mut(key)
+        else {
+            continue;
+        };
+        let Viewer {
+            tracks,
+            srtp,
+            media_dest,
+            ..
+        } = viewer;
+        let Some(track) = tracks[slot].as_mut() else {
+            continue;
+        };
+        if track.epoch != forward.epoch {
+            track.pt_map = [PT_UNKNOWN; 128];
+            track.epoch = forward.epoch;
+        }
+        let mut pt = track.pt_map[pt_in];
+        if pt == PT_UNKNOWN {
+            pt = resolve_payload_type(&ls.shared, pc, track, pt_in as u8);
+            track.pt_map[pt_in] = pt;
+        }
+        if pt == PT_UNSUPPORTED {
+            metrics.dropped.codec_mismatch.inc();
+            continue;
+        }
+        let (Some(srtp), Some(dest)) = (srtp.as_mut(), *media_dest) else {
+            metrics.dropped.session_not_ready.inc();
+            continue;
+        };
+        header.ssrc = track.ssrc;
+        header.payload_type = pt;
+        if send_protected(
+            srtp,
+            dest,
+            &mut track.srtp_index,
+            &header,
+            payload,
+            metrics,
+            out,
+        ) {
+            let report = &mut track.report;
+            report.packets = report.packets.wrapping_add(1);
+            report.octets = report.octets.wrapping_add(payload.len() as u32);
+            report.last_rtp_timestamp = header.timestamp;
+            report.last_sent_at = Some(now);
+            sent += 1;
+        }
+    }
+    if sent > 0 {
+        metrics.packets_out.inc_by(sent);
+        metrics
+            .bytes_out
+            .inc_by(sent * forward.packet.payload.len() as u64);
+        out.fanned_out(forward.arrived);
+    }
+}
+
+/// Answers a viewer's NACKs from the worker's per-track cache: the same packet
+/// again (same sequence number, RFC 4585), protected for this viewer. A NACK
+/// repeated is answered again, as long as the packet is in the cache.
+pub fn retransmit(
+    viewer: &mut Viewer,
+    caches: &[RetransmitCache; 2],
+    nacks: &[TransportLayerNack],
+    metrics: &MediaMetrics,
+    out: &mut impl Egress,
+) {
+    let Viewer {
+        tracks,
+        srtp,
+        media_dest,
+        ..
+    } = viewer;
+    let (Some(srtp), Some(dest)) = (srtp.as_mut(), *media_dest) else {
+        return;
+    };
+    for nack in nacks {
+        let Some(slot) = tracks
+            .iter()
+            .position(|t| t.as_ref().is_some_and(|t| t.ssrc == nack.media_ssrc))
+        else {
+            continue;
+        };
+        let Some(track) = tracks[slot].as_mut() else {
+            continue;
+        };
+        for pair in &nack.nacks {
+            for seq in pair.packet_list() {
+                let Some(cached) = caches[slot].get(seq) else {
+                    continue;
+                };
+                let pt = track.pt_map[(cached.header.payload_type & 0x7f) as usize];
+                if pt >= 128 {
+                    continue;
+                }
+                let mut header = cached.header.clone();
+                header.ssrc = track.ssrc;
+                header.payload_type = pt;
+                if send_protected(
+                    srtp,
+                    dest,
+                    &mut track.srtp_index,
+                    &header,
+                    &cached.payload,
+                    metrics,
+                    out,
+                ) {
+                    metrics.retransmitted.inc();
+                }
+            }
+        }
+    }
+}
+
+/// A sender report per viewer track that has sent something (RFC 3550 §6.4.1): the
+/// RTP timestamp is the last one sent, advanced by the time since at the codec's
+/// clock rate, so the report maps the same instant in both clocks.
+pub fn write_sender_reports(
+    id: &str,
+    pc: &mut RTCPeerConnection,
+    viewer: &Viewer,
+    clock: &SystemInstant,
+    now: Instant,
+) {
+    for track in viewer.tracks.iter().flatten() {
+        let report = track.report;
+        let Some(last_sent_at) = report.last_sent_at else {
+            continue;
+        };
+        let elapsed = now.saturating_duration_since(last_sent_at);
+        let advance = (elapsed.as_secs_f64() * f64::from(track.bound_codec.clock_rate)) as u32;
+        let sr = SenderReport {
+            ssrc: track.ssrc,
+            ntp_time: clock.ntp(now),
+            rtp_time: report.last_rtp_timestamp.wrapping_add(advance),
+            packet_count: report.packets,
+            octet_count: report.octets,
+            ..Default::default()
+        };
+        if let Some(mut sender) = pc.rtp_sender(track.sender)
+            && let Err(e) = sender.write_rtcp(now, vec![Box::new(sr)])
+        {
+            tracing::debug!(session = log_id(id), error = %e, "sender report");
+        }
+    }
+}
+
+/// Protects one RTP packet for a viewer and queues it: over UDP straight into a
+/// slot of the send batch (nothing allocated), over ICE-TCP to its connection.
+pub fn send_protected(
+    srtp: &mut SrtpSender,
+    (to, transport): (std::net::SocketAddr, Transport),
+    index: &mut SrtpIndex,
+    header: &rtc::rtp::Header,
+    payload: &[u8],
+    metrics: &MediaMetrics,
+    out: &mut impl Egress,
+) -> bool {
+    match transport {
+        Transport::Tcp => {
+            let mut buf = BytesMut::with_capacity(payload.len() + 64);
+            if let Err(e) = srtp.protect(index, header, payload, &mut buf) {
+                tracing::debug!(error = %e, "srtp protect");
+                return false;
+            }
+            match out.send_tcp(to, buf.freeze()) {
+                Ok(()) => true,
+                Err(TcpDrop::NoLink) => {
+                    metrics.dropped.session_not_ready.inc();
+                    false
+                }
+                Err(TcpDrop::Full) => {
+                    metrics.dropped.socket_full.inc();
+                    false
+                }
+            }
+        }
+        Transport::Udp => {
+            if let Err(e) = srtp.protect(index, header, payload, out.udp_slot()) {
+                tracing::debug!(error = %e, "srtp protect");
+                return false;
+            }
+            out.commit_udp(to);
+            true
+        }
+    }
+}
+
+/// Works out (once per publisher payload type and epoch) which payload type the
+/// viewer negotiated for the publisher's codec.
+pub fn resolve_payload_type(
+    stream: &StreamShared,
+    pc: &mut RTCPeerConnection,
+    track: &mut ViewerTrack,
+    pt_in: u8,
+) -> u8 {
+    let codecs = stream.codecs();
+    let Some(publisher_codec) = codecs.iter().find(|c| c.payload_type == pt_in) else {
+        return PT_UNSUPPORTED;
+    };
+    let Some(mut sender) = pc.rtp_sender(track.sender) else {
+        return PT_UNSUPPORTED;
+    };
+    let viewer_codecs = sender.get_parameters().rtp_parameters.codecs.clone();
+    let pt = session::map_payload_type(&publisher_codec.rtp_codec, &viewer_codecs);
+    if pt != PT_UNSUPPORTED
+        && session::codec_fit(&publisher_codec.rtp_codec, &track.bound_codec) < 3
+    {
+        // The viewer came before this publisher (or the publisher changed codec):
+        // rebind the sender so its parameters, and the clock rate our sender reports
+        // use, follow the codec actually sent.
+        let kind = if publisher_codec
+            .rtp_codec
+            .mime_type
+            .to_ascii_lowercase()
+            .starts_with("audio/")
+        {
+            MediaKind::Audio
+        } else {
+            MediaKind::Video
+        };
+        let new_track = session::viewer_track(
+            kind,
+            &stream.name,
+            track.ssrc,
+            publisher_codec.rtp_codec.clone(),
+        );
+        match sender.replace_track(new_track) {
+            Ok(()) => track.bound_codec = publisher_codec.rtp_codec.clone(),
+            Err(e) => tracing::debug!(error = %e, "rebinding viewer track"),
+        }
+    }
+    pt
+}
+
+/// Queues everything a peer connection wants to send (UDP into the send batch,
+/// ICE-TCP to its connection); never waits.
+pub fn drain_writes(pc: &mut RTCPeerConnection, metrics: &MediaMetrics, out: &mut impl Egress) {
+    while let Some(msg) = pc.poll_write() {
+        let peer = msg.transport.peer_addr;
+        match msg.transport.transport_protocol {
+            TransportProtocol::UDP => out.send_udp(peer, &msg.message),
+            TransportProtocol::TCP => {
+                let sent = out.send_tcp(peer, msg.message.freeze());
+                if sent == Err(TcpDrop::Full) {
+                    metrics.dropped.socket_full.inc();
+                }
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,904 @@
+//! [`Core`]: one worker's sessions as a sans-IO state machine. Inputs come in
+//! with the time they happened (`handle_datagram`, `handle_media`,
+//! `handle_timeout`, and the session requests); everything that must go out is
+//! written into an [`Egress`]. It never reads the clock, touches a socket or a
+//! channel, or spawns: the shell (`crate::worker`) does.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent, RTCTrackEventInit};
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::RTCIceCandidateInit;
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+use rtc::sansio::Protocol;
+use rtc::shared::time::SystemInstant;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+
+use super::egress::{Egress, Event, Forward};
+use super::forward::{self, LocalStream};
+use crate::admission::SessionSlot;
+use crate::error::MediaError;
+use crate::kinds::{MediaKind, SessionKind, Transport};
+use crate::metrics::MediaMetrics;
+use crate::registry::{
+    PatchOutcome, Registry, Route, SessionAnswer, SessionEntry, SessionSummary, StreamShared,
+    log_id, random_hex,
+};
+use crate::sdp::{self, CheckedOffer, IceFragment};
+use crate::session::{self, BuildParams, Publisher, PublisherTrack, Role, Session, Viewer};
+use crate::srtp::SrtpSender;
+use crate::track::Continuity;
+
+/// How often every session's next timer is asked for again (the stack's timers
+/// can move without any input to the session).
+const REFRESH_TIMEOUTS: Duration = Duration::from_millis(100);
+/// Media older than this when it reaches the worker that serves its viewers is
+/// dropped, not sent: the queue between workers is bounded by age as well as count,
+/// so a saturated worker sheds load instead of building up seconds of delay.
+pub const MAX_HANDOVER_AGE: Duration = Duration::from_millis(150);
+/// How often a viewer gets a sender report per track (browsers use them for lip sync).
+const SENDER_REPORT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A request for a new session, as admitted by the HTTP side.
+pub struct NewSession {
+    pub key: u64,
+    pub id: Arc<str>,
+    pub kind: SessionKind,
+    pub stream: Arc<StreamShared>,
+    pub offer: String,
+    pub checked: CheckedOffer,
+    pub user: Arc<str>,
+    /// The session's place in the admission counts, held until it ends.
+    pub(crate) slot: SessionSlot,
+}
+
+pub struct Core {
+    idx: usize,
+    registry: Arc<Registry>,
+    metrics: MediaMetrics,
+    /// The address incoming packets are attributed to.
+    local_udp: SocketAddr,
+    sessions: HashMap<u64, Session>,
+    by_addr: HashMap<(SocketAddr, Transport), u64>,
+    /// Addresses whose sessions live on another worker.
+    foreign: HashMap<(SocketAddr, Transport), usize>,
+    streams: HashMap<u64, LocalStream>,
+    publishers: Vec<u64>,
+    /// Packets read from local publishers, fanned out once their session is serviced.
+    forwards: Vec<Forward>,
+    to_close: Vec<(u64, &'static str)>,
+    scratch_keys: Vec<u64>,
+    last_refresh: Instant,
+    /// Maps the monotonic clock to wall-clock time (sender reports' NTP field,
+    /// sessions' start time), captured once by the shell.
+    clock: SystemInstant,
+}
+
+impl Core {
+    /// Worker `idx`'s core, started at `now`; `clock` pairs `now` with the wall clock.
+    pub fn new(idx: usize, registry: Arc<Registry>, now: Instant, clock: SystemInstant) -> Self {
+        Self {
+            idx,
+            metrics: registry.metrics.clone(),
+            local_udp: SocketAddr::new(registry.local_ip, registry.port),
+            registry,
+            sessions: HashMap::new(),
+            by_addr: HashMap::new(),
+            foreign: HashMap::new(),
+            streams: HashMap::new(),
+            publishers: Vec::new(),
+            forwards: Vec::with_capacity(64),
+            to_close: Vec::new(),
+            scratch_keys: Vec::new(),
+            last_refresh: now,
+            clock,
+        }
+    }
+
+    /// A datagram from `from` read at `now`. True when it reached a session of
+    /// this worker (the shell then keeps an ICE-TCP connection it came on).
+    pub fn handle_datagram(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        transport: Transport,
+        data: &[u8],
+        out: &mut impl Egress,
+    ) -> bool {
+        let reached = self.route_datagram(now, from, transport, data, out);
+        self.settle(now, out);
+        reached
+    }
+
+    /// Media from a publisher on another worker, for the viewers here.
+    pub fn handle_media(&mut self, now: Instant, forward: &Forward, out: &mut impl Egress) {
+        if now.saturating_duration_since(forward.arrived) > MAX_HANDOVER_AGE {
+            self.metrics.dropped.stale.inc();
+            return;
+        }
+        self.fanout_local(now, forward, out);
+    }
+
+    /// The periodic tick (every 10 ms): session timers, timeouts, sender reports,
+    /// keyframe requests.
+    pub fn handle_timeout(&mut self, now: Instant, out: &mut impl Egress) {
+        self.on_tick(now, out);
+        self.settle(now, out);
+    }
+
+    /// Builds a session for an admitted offer and answers it.
+    pub fn create_session(
+        &mut self,
+        now: Instant,
+        req: NewSession,
+        out: &mut impl Egress,
+    ) -> Result<SessionAnswer, MediaError> {
+        let answer = self.create(now, req, out);
+        self.settle(now, out);
+        answer
+    }
+
+    /// Trickled candidates or an ICE restart (PATCH).
+    pub fn patch_session(
+        &mut self,
+        now: Instant,
+        key: u64,
+        fragment: IceFragment,
+        out: &mut impl Egress,
+    ) -> Result<PatchOutcome, MediaError> {
+        let outcome = self.patch(now, key, fragment);
+        if outcome.is_ok() {
+            self.service(key, out);
+        }
+        self.settle(now, out);
+        outcome
+    }
+
+    /// Ends a session; false when there is none with this key.
+    pub fn end_session(&mut self, key: u64, reason: &'static str, out: &mut impl Egress) -> bool {
+        self.close(key, reason, out)
+    }
+
+    /// Sessions that ended on another worker: stop routing these addresses there.
+    pub fn forget(&mut self, addrs: &[(SocketAddr, Transport)]) {
+        for a in addrs {
+            self.foreign.remove(a);
+        }
+    }
+
+    /// Closes every session (their DTLS close alerts go into `out`).
+    pub fn shutdown(&mut self, out: &mut impl Egress) {
+        let keys: Vec<u64> = self.sessions.keys().copied().collect();
+        for key in keys {
+            self.close(key, "shutdown", out);
+        }
+    }
+
+    /// Fans out what publishers produced and closes what failed.
+    fn settle(&mut self, now: Instant, out: &mut impl Egress) {
+        self.flush_forwards(now, out);
+        while let Some((key, reason)) = self.to_close.pop() {
+            self.close(key, reason, out);
+        }
+    }
+
+    fn route_datagram(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        transport: Transport,
+        data: &[u8],
+        out: &mut impl Egress,
+    ) -> bool {
+        let addr_key = (from, transport);
+        let key = if let Some(&key) = self.by_addr.get(&addr_key) {
+            key
+        } else if let Some(&owner) = self.foreign.get(&addr_key) {
+            self.hand_over(owner, from, data, now, out);
+            return false;
+        } else if let Some(route) = stun_route(&self.registry, data) {
+            if route.worker != self.idx {
+                self.foreign.insert(addr_key, route.worker);
+                self.hand_over(route.worker, from, data, now, out);
+                return false;
+            }
+            let Some(session) = self.sessions.get_mut(&route.key) else {
+                self.metrics.dropped.unknown_source.inc();
+                return false;
+            };
+            if session.addrs.is_empty() {
+                // What `media.ice_start_timeout_ms` bounds (Chromium and aiortc
+                // on loopback: 3-70 ms after creation, see docs/MEDIA.md).
+                tracing::debug!(
+                    session = log_id(&session.id),
+                    after_ms = now.saturating_duration_since(session.created).as_millis() as u64,
+                    "ICE started"
+                );
+            }
+            session.addrs.push(addr_key);
+            self.by_addr.insert(addr_key, route.key);
+            route.key
+        } else {
+            self.metrics.dropped.unknown_source.inc();
+            return false;
+        };
+        let Some(session) = self.sessions.get_mut(&key) else {
+            return false;
+        };
+        session.last_rx = now;
+        let read = session.pc.handle_read(TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr: self.local_udp,
+                peer_addr: from,
+                ecn: None,
+                transport_protocol: match transport {
+                    Transport::Udp => TransportProtocol::UDP,
+                    Transport::Tcp => TransportProtocol::TCP,
+                },
+            },
+            message: BytesMut::from(data),
+        });
+        if let Err(e) = read {
+            tracing::trace!(session = log_id(&session.id), error = %e, "packet refused");
+        }
+        self.service(key, out);
+        true
+    }
+
+    /// A datagram for a session on another worker crosses over (bounded, lossy).
+    fn hand_over(
+        &self,
+        owner: usize,
+        from: SocketAddr,
+        data: &[u8],
+        at: Instant,
+        out: &mut impl Egress,
+    ) {
+        if !out.hand_over(owner, from, data, at) {
+            self.metrics.dropped.worker_queue_full.inc();
+        }
+    }
+
+    /// Drains a session's output, events and input after anything touched it.
+    fn service(&mut self, key: u64, out: &mut impl Egress) {
+        let Core {
+            sessions,
+            metrics,
+            forwards,
+            to_close,
+            streams,
+            idx,
+            ..
+        } = self;
+        let Some(s) = sessions.get_mut(&key) else {
+            return;
+        };
+        forward::drain_writes(&mut s.pc, metrics, out);
+        let mut opened: Vec<RTCTrackEventInit> = Vec::new();
+        let mut became_connected = false;
+        while let Some(event) = s.pc.poll_event() {
+            match event {
+                RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
+                    tracing::debug!(session = log_id(&s.id), %state, "connection state");
+                    match state {
+                        RTCPeerConnectionState::Connected if !s.connected => {
+                            s.connected = true;
+                            became_connected = true;
+                        }
+                        RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                            to_close.push((key, "connection failed"));
+                        }
+                        _ => {}
+                    }
+                }
+                RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => opened.push(init),
+                _ => {}
+            }
+        }
+        if matches!(s.role, Role::Publisher(_)) {
+            for init in opened {
+                open_publisher_track(s, init, metrics);
+            }
+        }
+        if became_connected {
+            let transport = s.addrs.last().map_or(Transport::Udp, |a| a.1);
+            tracing::info!(session = log_id(&s.id), stream = %s.stream.name, kind = s.kind().as_str(), transport = transport.as_str(), "session connected");
+            if let Role::Viewer(viewer) = &mut s.role {
+                match s.pc.local_srtp_keying().map(SrtpSender::new) {
+                    Some(Ok(sender)) => viewer.srtp = Some(sender),
+                    Some(Err(e)) => {
+                        tracing::warn!(session = log_id(&s.id), error = %e, "viewer SRTP setup failed");
+                        to_close.push((key, "srtp setup failed"));
+                    }
+                    None => {
+                        tracing::warn!(session = log_id(&s.id), "connected without SRTP keys");
+                        to_close.push((key, "srtp setup failed"));
+                    }
+                }
+                join_fanout(key, viewer, &s.stream, *idx, streams);
+            }
+        }
+        let mut nacks: Vec<TransportLayerNack> = Vec::new();
+        while let Some(TaggedRTCMessage {
+            now: arrived,
+            message,
+        }) = s.pc.poll_read()
+        {
+            match (message, &mut s.role) {
+                (RTCMessage::RtpPacket(track_id, packet), Role::Publisher(publisher)) => {
+                    let Some(track) = publisher.tracks.get(&track_id) else {
+                        continue;
+                    };
+                    metrics.packets_in.inc();
+                    metrics.bytes_in.inc_by(packet.payload.len() as u64);
+                    if packet.payload.is_empty() {
+                        // Padding-only probes are the publisher's business, not the viewers'.
+                        continue;
+                    }
+                    let kind = track.kind;
+                    forwards.push(forward_packet(
+                        publisher,
+                        s.stream.id,
+                        kind,
+                        packet,
+                        arrived,
+                    ));
+                }
+                (RTCMessage::RtcpPacket(_, packets), Role::Viewer(_)) => {
+                    for p in &packets {
+                        let any = p.as_any();
+                        if any.is::<PictureLossIndication>() {
+                            metrics.plis.inc();
+                            s.stream.keyframe_wanted.store(true, Ordering::Release);
+                        } else if any.is::<FullIntraRequest>() {
+                            metrics.firs.inc();
+                            s.stream.keyframe_wanted.store(true, Ordering::Release);
+                        } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
+                            metrics.nacks.inc();
+                            nacks.push(nack.clone());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Role::Viewer(viewer) = &mut s.role {
+            if !nacks.is_empty()
+                && let Some(ls) = streams.get(&s.stream.id)
+            {
+                forward::retransmit(viewer, &ls.caches, &nacks, metrics, out);
+            }
+            viewer.media_dest = s.pc.selected_remote().map(|(addr, proto)| {
+                let transport = if proto == TransportProtocol::TCP {
+                    Transport::Tcp
+                } else {
+                    Transport::Udp
+                };
+                (addr, transport)
+            });
+        }
+        forward::drain_writes(&mut s.pc, metrics, out);
+        s.next_timeout = s.pc.poll_timeout();
+    }
+
+    /// Sends this worker's freshly read publisher packets to every other worker
+    /// that has viewers of the stream, and to the viewers here.
+    fn flush_forwards(&mut self, now: Instant, out: &mut impl Egress) {
+        if self.forwards.is_empty() {
+            return;
+        }
+        let mut forwards = std::mem::take(&mut self.forwards);
+        for forward in forwards.drain(..) {
+            if let Some(ls) = self.streams.get(&forward.stream) {
+                let stream = &ls.shared;
+                for w in 0..self.registry.workers {
+                    if w == self.idx || stream.viewers_on[w].load(Ordering::Acquire) == 0 {
+                        continue;
+                    }
+                    if !out.media(w, forward.share()) {
+                        self.metrics.dropped.worker_queue_full.inc();
+                    }
+                }
+            }
+            self.fanout_local(now, &forward, out);
+        }
+        // Keep the allocation for the next round.
+        self.forwards = forwards;
+    }
+
+    fn fanout_local(&mut self, now: Instant, forward: &Forward, out: &mut impl Egress) {
+        if let Some(ls) = self.streams.get_mut(&forward.stream) {
+            forward::fanout(&mut self.sessions, ls, forward, now, &self.metrics, out);
+        }
+    }
+
+    fn on_tick(&mut self, now: Instant, out: &mut impl Egress) {
+        let refresh = now.saturating_duration_since(self.last_refresh) >= REFRESH_TIMEOUTS;
+        if refresh {
+            self.last_refresh = now;
+        }
+        let config = &self.registry.config;
+        let (idle_timeout, ice_start_timeout, connect_timeout) = (
+            config.idle_timeout,
+            config.ice_start_timeout,
+            config.connect_timeout,
+        );
+        let mut keys = std::mem::take(&mut self.scratch_keys);
+        keys.clear();
+        keys.extend(self.sessions.keys().copied());
+        for &key in &keys {
+            let Some(s) = self.sessions.get_mut(&key) else {
+                continue;
+            };
+            if refresh {
+                s.next_timeout = s.pc.poll_timeout();
+            }
+            if now.saturating_duration_since(s.last_rx) > idle_timeout {
+                self.to_close.push((key, "idle timeout"));
+                continue;
+            }
+            // Never-connected sessions hold a place for a short time only: the
+            // client's first check (which binds its address) must come within
+            // the ICE-start timeout, the connection within the connect timeout.
+            if !s.connected {
+                let age = now.saturating_duration_since(s.created);
+                if s.addrs.is_empty() && age > ice_start_timeout {
+                    self.to_close.push((key, "ICE did not start"));
+                    continue;
+                }
+                if age > connect_timeout {
+                    self.to_close.push((key, "not connected in time"));
+                    continue;
+                }
+            }
+            let mut report_due = false;
+            if let Role::Viewer(viewer) = &mut s.role
+                && viewer.srtp.is_some()
+                && viewer.next_sender_report <= now
+            {
+                report_due = true;
+                viewer.next_sender_report = now + SENDER_REPORT_INTERVAL;
+                forward::write_sender_reports(&s.id, &mut s.pc, viewer, &self.clock, now);
+            }
+            let timed_out = s.next_timeout.is_some_and(|t| t <= now);
+            if timed_out && let Err(e) = s.pc.handle_timeout(now) {
+                tracing::debug!(session = log_id(&s.id), error = %e, "timeout handling");
+            }
+            if timed_out || report_due {
+                self.service(key, out);
+            }
+        }
+        self.scratch_keys = keys;
+        self.request_keyframes(now, out);
+    }
+
+    /// Sends PLIs to this worker's publishers whose viewers want a keyframe, at most
+    /// one per stream per `pli_interval`.
+    fn request_keyframes(&mut self, now: Instant, out: &mut impl Egress) {
+        let interval = self.registry.config.pli_interval;
+        for key in &self.publishers {
+            let Some(s) = self.sessions.get_mut(key) else {
+                continue;
+            };
+            let Role::Publisher(publisher) = &mut s.role else {
+                continue;
+            };
+            if !s.connected
+                || !publisher
+                    .keyframes
+                    .due(&s.stream.keyframe_wanted, now, interval)
+            {
+                continue;
+            }
+            for track in publisher.tracks.values() {
+                if track.kind != MediaKind::Video {
+                    continue;
+                }
+                if let Some(mut r) = s.pc.rtp_receiver(track.receiver) {
+                    let pli = PictureLossIndication {
+                        sender_ssrc: 0,
+                        media_ssrc: track.media_ssrc,
+                    };
+                    if r.write_rtcp(now, vec![Box::new(pli)]).is_ok() {
+                        self.metrics.plis_sent.inc();
+                    }
+                }
+            }
+            forward::drain_writes(&mut s.pc, &self.metrics, out);
+        }
+    }
+
+    fn create(
+        &mut self,
+        now: Instant,
+        req: NewSession,
+        out: &mut impl Egress,
+    ) -> Result<SessionAnswer, MediaError> {
+        let publisher_codecs = req.stream.codecs();
+        let candidates = self.registry.candidates();
+        let built = session::build(BuildParams {
+            kind: req.kind,
+            offer_sdp: &req.offer,
+            offer: &req.checked,
+            stream_name: &req.stream.name,
+            candidates: &candidates,
+            publisher_codecs: &publisher_codecs,
+            now,
+        })?;
+        let etag = random_hex(8);
+        let role = match req.kind {
+            SessionKind::Publisher => {
+                let epoch = req
+                    .stream
+                    .epoch
+                    .fetch_add(1, Ordering::AcqRel)
+                    .wrapping_add(1);
+                let saved = req.stream.continuity.lock().ok().and_then(|mut c| c.take());
+                Role::Publisher(Publisher {
+                    tracks: HashMap::new(),
+                    continuity: saved
+                        .unwrap_or_else(|| [Continuity::new(48_000), Continuity::new(90_000)]),
+                    epoch,
+                    keyframes: Default::default(),
+                })
+            }
+            SessionKind::Viewer => Role::Viewer(Viewer {
+                tracks: built.viewer_tracks,
+                forwarding: false,
+                srtp: None,
+                media_dest: None,
+                next_sender_report: now + SENDER_REPORT_INTERVAL,
+            }),
+        };
+        let summary = SessionSummary {
+            id: req.id.clone(),
+            stream: req.stream.name.clone(),
+            kind: req.kind,
+            user: req.user.clone(),
+            etag: etag.clone(),
+            started_at_ms: self.clock.unix(now).as_millis() as i64,
+        };
+        self.registry.sessions.insert(
+            req.id.clone(),
+            SessionEntry {
+                summary: summary.clone(),
+                key: req.key,
+                worker: self.idx,
+            },
+        );
+        self.registry.ufrags.insert(
+            built.local_ufrag.clone(),
+            Route {
+                key: req.key,
+                worker: self.idx,
+            },
+        );
+        self.streams
+            .entry(req.stream.id)
+            .or_insert_with(|| LocalStream::new(req.stream.clone()))
+            .sessions += 1;
+        match req.kind {
+            SessionKind::Publisher => {
+                self.publishers.push(req.key);
+                self.metrics.publishers.inc();
+            }
+            SessionKind::Viewer => self.metrics.viewers.inc(),
+        }
+        self.sessions.insert(
+            req.key,
+            Session {
+                key: req.key,
+                id: req.id.clone(),
+                stream: req.stream.clone(),
+                pc: built.pc,
+                remote_offer: req.offer,
+                local_ufrag: built.local_ufrag,
+                addrs: Vec::new(),
+                created: now,
+                last_rx: now,
+                next_timeout: None,
+                connected: false,
+                role,
+                _slot: req.slot,
+            },
+        );
+        out.event(Event::SessionStarted(summary));
+        tracing::info!(session = log_id(&req.id), stream = %req.stream.name, kind = req.kind.as_str(), user = %req.user, "session created");
+        self.service(req.key, out);
+        Ok(SessionAnswer {
+            session_id: req.id.to_string(),
+            sdp: built.answer,
+            etag,
+        })
+    }
+
+    fn patch(
+        &mut self,
+        now: Instant,
+        key: u64,
+        fragment: IceFragment,
+    ) -> Result<PatchOutcome, MediaError> {
+        let Some(s) = self.sessions.get_mut(&key) else {
+            return Err(MediaError::UnknownSession);
+        };
+        let current = sdp::attribute(&s.remote_offer, "ice-ufrag")
+            .unwrap_or("")
+            .to_string();
+        let outcome = match (&fragment.ufrag, &fragment.pwd) {
+            (Some(ufrag), Some(pwd)) if *ufrag != current => {
+                let offer = sdp::with_credentials(&s.remote_offer, ufrag, pwd);
+                let desc = RTCSessionDescription::offer(offer.clone())
+                    .map_err(|e| MediaError::BadSdp(format!("restart: {e}")))?;
+                s.pc.set_remote_description(now, desc)
+                    .map_err(|e| MediaError::BadSdp(format!("restart rejected: {e}")))?;
+                let answer =
+                    s.pc.create_answer(None)
+                        .map_err(|e| MediaError::Internal(format!("restart answer: {e}")))?;
+                s.pc.set_local_description(now, answer)
+                    .map_err(|e| MediaError::Internal(format!("restart answer: {e}")))?;
+                let sdp_answer =
+                    s.pc.local_description()
+                        .map(|d| d.sdp)
+                        .ok_or_else(|| MediaError::Internal("no local description".into()))?;
+                let new_ufrag = sdp::attribute(&sdp_answer, "ice-ufrag")
+                    .unwrap_or_default()
+                    .to_string();
+                self.registry.ufrags.remove(&s.local_ufrag);
+                self.registry.ufrags.insert(
+                    new_ufrag.clone(),
+                    Route {
+                        key,
+                        worker: self.idx,
+                    },
+                );
+                s.local_ufrag = new_ufrag;
+                s.remote_offer = offer;
+                tracing::info!(session = log_id(&s.id), "ICE restart");
+                PatchOutcome::Restarted {
+                    sdpfrag: sdp::restart_answer_fragment(&sdp_answer),
+                    etag: random_hex(8),
+                }
+            }
+            _ => {
+                // An ICE-lite server never starts checks, so remote candidates are
+                // informational; the client's checks tell us its address.
+                for (mid, candidate) in &fragment.candidates {
+                    let init = RTCIceCandidateInit {
+                        candidate: format!("candidate:{candidate}"),
+                        sdp_mid: mid.clone(),
+                        ..Default::default()
+                    };
+                    if let Err(e) = s.pc.add_remote_candidate(init) {
+                        tracing::debug!(session = log_id(&s.id), error = %e, "trickled candidate ignored");
+                    }
+                }
+                PatchOutcome::Trickled
+            }
+        };
+        Ok(outcome)
+    }
+
+    /// Ends a session: DTLS close, routes and registries cleaned, stream released.
+    fn close(&mut self, key: u64, reason: &'static str, out: &mut impl Egress) -> bool {
+        let Some(mut s) = self.sessions.remove(&key) else {
+            return false;
+        };
+        let _ = s.pc.close();
+        forward::drain_writes(&mut s.pc, &self.metrics, out);
+        for addr in &s.addrs {
+            self.by_addr.remove(addr);
+        }
+        if !s.addrs.is_empty() {
+            out.forget(s.addrs.clone());
+        }
+        let summary = self.registry.sessions.remove(&s.id).map(|(_, e)| e.summary);
+        self.registry
+            .ufrags
+            .remove_if(&s.local_ufrag, |_, r| r.key == key);
+        let stream = s.stream.clone();
+        let kind = s.kind();
+        match &s.role {
+            Role::Viewer(viewer) => {
+                if viewer.forwarding {
+                    stream.viewers_on[self.idx].fetch_sub(1, Ordering::AcqRel);
+                    if let Some(ls) = self.streams.get_mut(&stream.id) {
+                        ls.viewers.retain(|k| *k != key);
+                    }
+                }
+                stream.viewers.fetch_sub(1, Ordering::AcqRel);
+                self.metrics.viewers.dec();
+            }
+            Role::Publisher(publisher) => {
+                if let Ok(mut saved) = stream.continuity.lock() {
+                    *saved = Some(publisher.continuity.clone());
+                }
+                if stream.live.swap(false, Ordering::AcqRel) {
+                    self.metrics.streams_live.dec();
+                }
+                if let Ok(mut p) = stream.publisher.lock()
+                    && *p == Some(key)
+                {
+                    *p = None;
+                }
+                self.publishers.retain(|k| *k != key);
+                self.metrics.publishers.dec();
+            }
+        }
+        if let Some(ls) = self.streams.get_mut(&stream.id) {
+            ls.sessions -= 1;
+            if ls.sessions == 0 {
+                self.streams.remove(&stream.id);
+            }
+        }
+        self.registry.forget_stream_if_idle(&stream.name);
+        if let Some(summary) = summary {
+            out.event(Event::SessionEnded(summary));
+        }
+        tracing::info!(session = log_id(&s.id), stream = %stream.name, kind = kind.as_str(), reason, "session ended");
+        true
+    }
+}
+
+#[cfg(test)]
+impl Core {
+    /// A viewer as its DTLS handshake leaves it: SRTP keys and a selected address
+    /// (the core's tests skip the handshake).
+    pub(crate) fn connect_viewer(
+        &mut self,
+        key: u64,
+        srtp: SrtpSender,
+        dest: (SocketAddr, Transport),
+    ) {
+        let Some(s) = self.sessions.get_mut(&key) else {
+            return;
+        };
+        s.connected = true;
+        if let Role::Viewer(viewer) = &mut s.role {
+            viewer.srtp = Some(srtp);
+            viewer.media_dest = Some(dest);
+            join_fanout(key, viewer, &s.stream, self.idx, &mut self.streams);
+        }
+    }
+
+    /// A publisher's track opens at `clock_rate` (what its `OnTrack` event does to
+    /// the numbering).
+    pub(crate) fn open_track(&mut self, key: u64, kind: MediaKind, clock_rate: u32) {
+        if let Some(Session {
+            role: Role::Publisher(publisher),
+            ..
+        }) = self.sessions.get_mut(&key)
+        {
+            publisher.continuity[kind.index()].rebase(clock_rate);
+        }
+    }
+
+    /// An RTP packet as a publisher's peer connection hands it over after SRTP.
+    pub(crate) fn publisher_rtp(
+        &mut self,
+        now: Instant,
+        key: u64,
+        kind: MediaKind,
+        packet: rtc::rtp::Packet,
+        out: &mut impl Egress,
+    ) {
+        if let Some(s) = self.sessions.get_mut(&key)
+            && let Role::Publisher(publisher) = &mut s.role
+        {
+            let forward = forward_packet(publisher, s.stream.id, kind, packet, now);
+            self.forwards.push(forward);
+        }
+        self.settle(now, out);
+    }
+
+    /// A viewer's NACKs as its peer connection hands them over.
+    pub(crate) fn viewer_nacks(
+        &mut self,
+        key: u64,
+        nacks: &[TransportLayerNack],
+        out: &mut impl Egress,
+    ) {
+        if let Some(s) = self.sessions.get_mut(&key)
+            && let Role::Viewer(viewer) = &mut s.role
+            && let Some(ls) = self.streams.get(&s.stream.id)
+        {
+            forward::retransmit(viewer, &ls.caches, nacks, &self.metrics, out);
+        }
+    }
+}
+
+/// A connected viewer joins its stream's fan-out on this worker, and asks the
+/// publisher for a keyframe to start from.
+fn join_fanout(
+    key: u64,
+    viewer: &mut Viewer,
+    stream: &StreamShared,
+    idx: usize,
+    streams: &mut HashMap<u64, LocalStream>,
+) {
+    viewer.forwarding = true;
+    stream.viewers_on[idx].fetch_add(1, Ordering::AcqRel);
+    stream.keyframe_wanted.store(true, Ordering::Release);
+    if let Some(ls) = streams.get_mut(&stream.id) {
+        ls.viewers.push(key);
+    }
+}
+
+/// One of a publisher's packets, rewritten into the stream's numbering (once,
+/// for every viewer), on its way to the fan-out.
+fn forward_packet(
+    publisher: &mut Publisher,
+    stream: u64,
+    kind: MediaKind,
+    mut packet: rtc::rtp::Packet,
+    arrived: Instant,
+) -> Forward {
+    publisher.continuity[kind.index()].rewrite(&mut packet.header, arrived);
+    Forward {
+        stream,
+        epoch: publisher.epoch,
+        kind,
+        packet,
+        arrived,
+    }
+}
+
+fn stun_route(registry: &Registry, data: &[u8]) -> Option<Route> {
+    let ufrag = crate::stun::local_ufrag(data)?;
+    registry.ufrags.get(ufrag).map(|r| *r)
+}
+
+/// Registers a publisher track: its kind and SSRC for keyframe requests, its
+/// codecs for the stream's viewers, and a fresh base for the stream's numbering.
+fn open_publisher_track(s: &mut Session, init: RTCTrackEventInit, metrics: &MediaMetrics) {
+    let Role::Publisher(publisher) = &mut s.role else {
+        return;
+    };
+    let Some(mut receiver) = s.pc.rtp_receiver(init.receiver_id) else {
+        return;
+    };
+    let track = receiver.track();
+    let kind = match track.kind() {
+        RtpCodecKind::Audio => MediaKind::Audio,
+        _ => MediaKind::Video,
+    };
+    let media_ssrc = track.ssrcs().next().unwrap_or(0);
+    let clock_rate = track
+        .codec(media_ssrc)
+        .map(|c| c.clock_rate)
+        .unwrap_or(90_000);
+    let codecs = receiver.get_parameters().rtp_parameters.codecs.clone();
+    publisher.tracks.insert(
+        init.track_id.clone(),
+        PublisherTrack {
+            kind,
+            receiver: init.receiver_id,
+            media_ssrc,
+        },
+    );
+    publisher.continuity[kind.index()].rebase(clock_rate);
+    if let Ok(mut current) = s.stream.codecs.write() {
+        let mut merged: Vec<_> = current
+            .iter()
+            .filter(|c| !codecs.iter().any(|n| n.payload_type == c.payload_type))
+            .cloned()
+            .collect();
+        merged.extend(codecs);
+        *current = Arc::new(merged);
+    }
+    if !s.stream.live.swap(true, Ordering::AcqRel) {
+        metrics.streams_live.inc();
+    }
+    s.stream.keyframe_wanted.store(true, Ordering::Release);
+    tracing::info!(session = log_id(&s.id), stream = %s.stream.name, kind = ?kind, ssrc = media_ssrc, "publisher track open");
+}
