@@ -14,7 +14,8 @@
 //!   ([`PyPeer`]) — installed by `scripts/test.sh`.
 //! - [`ws`]: the Watch Together WebSocket client with a skewed clock ([`Client`]).
 //!
-//! Each area uses part of it, hence the `dead_code` allowance.
+//! Each area uses part of it: what an area leaves unused (helpers, and the
+//! re-exports below, e.g. `peers` in `sync`) is allowed, not warned about.
 #![allow(dead_code, unused_imports)]
 
 pub mod api;
