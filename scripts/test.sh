@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # tandem's test command: installs what the real-peer tests need (when missing)
-# and runs the whole test suite.
+# and runs the whole test suite (docs/TESTING.md describes it).
 #
-#   scripts/test.sh                 # everything
-#   scripts/test.sh --test whip_protocol   # extra arguments go to `cargo test`
+#   scripts/test.sh                 # everything, with real peers
+#   scripts/test.sh --test media    # extra arguments go to `cargo test` (one area)
+#   scripts/test.sh --fast          # the fast tier: needs nothing installed
+#
+# The fast tier is every crate's unit tests (`cargo test --workspace --lib`) and
+# the business-API tests on SQLite (`cargo test --test api -- --skip ::postgres`:
+# each API test runs as `<name>::sqlite` and `<name>::postgres`). It installs
+# nothing and needs no PostgreSQL, Chromium, Python or Node.
 #
 # For a fresh Debian 12 machine running as root. Idempotent: when Chromium,
 # ffmpeg, the Python venv (.venv with aiortc + aiohttp) and the Node peers
@@ -14,6 +20,21 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 log() { printf '==> %s\n' "$*" >&2; }
+
+# --- the fast tier -------------------------------------------------------------
+if [ "${1:-}" = "--fast" ]; then
+    if [ "$#" -ne 1 ]; then
+        echo "scripts/test.sh: --fast takes no other arguments" >&2
+        exit 2
+    fi
+    log "cargo test --workspace --lib"
+    cargo test --workspace --lib
+    # --workspace like the full run: the same feature set, so the two tiers share one
+    # build (with `-p tandem` cargo rebuilt the shared crates: 3 min on 2 cores).
+    log "cargo test --workspace --test api -- --skip ::postgres"
+    cargo test --workspace --test api -- --skip ::postgres
+    exit 0
+fi
 
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 

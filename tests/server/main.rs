@@ -1,0 +1,9 @@
+//! The server as a whole: start, shutdown and the CLI (`lifecycle`), and the HTTP
+//! listener's limits, JSON errors and database checks at start (`hardening`, from
+//! issue 11).
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod hardening;
+mod lifecycle;

@@ -1,0 +1,33 @@
+//! The one test-support module of the integration tests. Every test area
+//! (`tests/<area>/main.rs`) includes it with `#[path = "../support/mod.rs"] mod support;`
+//! and its files `use crate::support::*`.
+//!
+//! Module map:
+//! - [`app`]: [`TestApp`], a tandem server on free ports for one test, built with a
+//!   typed configuration (`TestApp::builder().config(|c| c.rooms.grace_period_ms = 300)`),
+//!   its tokens, metrics and shutdown; [`api_app`] is the business-API preset.
+//! - [`db`]: a fresh SQLite file or PostgreSQL database per test ([`TestDb`], [`Backend`],
+//!   the [`both_backends!`](crate::both_backends) macro).
+//! - [`api`]: identity JWTs and JSON requests of the business-API tests ([`Resp`]).
+//! - [`wait`]: event-driven waiting ([`eventually`]), metric parsing, the media lock.
+//! - [`peers`]: the real WebRTC peers — headless Chromium ([`Browser`]) and aiortc
+//!   ([`PyPeer`]) — installed by `scripts/test.sh`.
+//! - [`ws`]: the Watch Together WebSocket client with a skewed clock ([`Client`]).
+//!
+//! Each area uses part of it: what an area leaves unused (helpers, and the
+//! re-exports below, e.g. `peers` in `sync`) is allowed, not warned about.
+#![allow(dead_code, unused_imports)]
+
+pub mod api;
+pub mod app;
+pub mod db;
+pub mod peers;
+pub mod wait;
+pub mod ws;
+
+pub use api::*;
+pub use app::*;
+pub use db::*;
+pub use peers::*;
+pub use wait::*;
+pub use ws::*;

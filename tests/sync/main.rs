@@ -1,0 +1,16 @@
+//! Watch Together rooms over real WebSockets: the clock, drift correction, rooms and
+//! moderation, chat persistence (SQLite, and PostgreSQL when one answers), bursts,
+//! large rooms, room tokens, a headless-Chromium page, and the hardening of issue 11.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod browser;
+mod burst;
+mod chat;
+mod clock;
+mod drift;
+mod hardening;
+mod large;
+mod rooms;
+mod token;
