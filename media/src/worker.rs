@@ -165,6 +165,8 @@ impl Shell {
                 }
                 _ = tick.tick() => self.core.handle_timeout(Instant::now(), &mut self.out),
             }
+            // Everything this round read is fanned out together, then sent.
+            self.core.settle(Instant::now(), &mut self.out);
             self.out.flush();
         }
     }
