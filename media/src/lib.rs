@@ -20,12 +20,17 @@
 //! - [`worker`]: the shell around the core: a thread, its socket, its channels.
 //! - [`tcp`]: ICE-TCP (passive, RFC 4571 framing) on the same port number.
 //! - [`sfu`]: [`Sfu`], the handle the HTTP layer calls.
+//! - `fuzzing` (feature `fuzzing` only, hidden): drives the core for the `fuzz/`
+//!   crate's `media_core` target; nothing else imports it.
 
 pub mod admission;
 pub mod config;
 pub mod core;
 pub mod error;
 pub mod feedback;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod kinds;
 pub mod metrics;
 pub mod registry;

@@ -328,7 +328,9 @@ pub fn parse_fragment(frag: &str) -> Result<IceFragment, MediaError> {
             continue;
         }
         lines += 1;
-        if line.len() < 2 || &line[1..2] != "=" {
+        // Bytes, not `&line[1..2]`: a line starting with a multi-byte character
+        // has no char boundary at 1 (found by the `ice_fragment` fuzz target).
+        if line.len() < 2 || line.as_bytes()[1] != b'=' {
             return Err(MediaError::BadSdp(format!(
                 "fragment line {} is not '<letter>=<value>'",
                 n + 1
@@ -520,6 +522,13 @@ m=video 0 UDP/TLS/RTP/SAVPF 96\r\na=bundle-only\r\na=mid:1\r\na=sendonly\r\na=rt
         assert!(f.end_of_candidates);
         assert!(parse_fragment("").is_err());
         assert!(parse_fragment("a=ice-ufrag:x\r\n").is_err());
+    }
+
+    #[test]
+    fn a_fragment_line_starting_with_a_multibyte_character_is_refused_not_a_panic() {
+        // The `ice_fragment` fuzz target's crash, minimised: 'Œ' is two bytes.
+        let e = parse_fragment("\u{152}=x\r\n").unwrap_err();
+        assert!(e.to_string().contains("line 1"), "{e}");
     }
 
     #[test]

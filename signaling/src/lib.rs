@@ -25,6 +25,8 @@
 //!   database calls, socket writes.
 //! - `rooms`: [`Rooms`], the registry: creates room tasks, hands them joins.
 //! - `conn`: one WebSocket connection (reader, drains what would have blocked).
+//! - `fuzzing` (feature `fuzzing` only, hidden): drives the core for the `fuzz/`
+//!   crate's `room_core` target; nothing else imports it.
 
 pub mod broker;
 pub mod chat;
@@ -38,6 +40,9 @@ mod conn;
 mod core;
 mod event;
 mod frame;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod identity;
 mod link;
 mod room;

@@ -756,7 +756,9 @@ impl Core {
     }
 }
 
-#[cfg(test)]
+// The core's tests and the fuzz target (`crate::fuzzing`) skip what only a real
+// peer can do: a DTLS handshake, a decrypted track.
+#[cfg(any(test, feature = "fuzzing"))]
 impl Core {
     /// A viewer as its DTLS handshake leaves it: SRTP keys and a selected address
     /// (the core's tests skip the handshake).
