@@ -1,5 +1,5 @@
 //! The media core fed arbitrary input: datagrams from the publisher's and the
-//! viewer's bound addresses (reaching their ICE, DTLS and SRTP layers) and from
+//! viewer's bound addresses (handed to their peer connections) and from
 //! unknown ones over UDP and ICE-TCP, media from another worker, viewer NACKs,
 //! publisher RTP, trickle fragments and timer ticks (the record format is
 //! `CoreFuzz::run`'s). Each input gets a fresh core and fresh sessions, so a

@@ -1,7 +1,7 @@
 //! What the `fuzz/` crate's `media_core` target drives (only with the `fuzzing`
 //! feature; not part of the crate's API): one worker's [`Core`] with a publisher
 //! and a viewer built from real offers, each bound to an address by a valid ICE
-//! check (so what arrives from there reaches their DTLS and SRTP layers), fed
+//! check (so what arrives from there is handed to their peer connections), fed
 //! arbitrary datagrams from those known addresses and from unknown ones, media
 //! from another worker, trickle fragments and timer ticks on a virtual clock.
 
