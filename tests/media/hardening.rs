@@ -17,31 +17,7 @@ use tandem::auth::{Grants, TokenRequest};
 
 use crate::support::*;
 
-const SDP: &str = "application/sdp";
-const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
 const WAIT: Duration = Duration::from_secs(10);
-
-async fn request(
-    app: &TestApp,
-    method: Method,
-    url: &str,
-    token: Option<&str>,
-    content_type: Option<&str>,
-    body: &str,
-) -> Response {
-    let mut req = app.http.request(method, url).body(body.to_string());
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    if let Some(ct) = content_type {
-        req = req.header(header::CONTENT_TYPE, ct);
-    }
-    req.send().await.expect("request reaches the server")
-}
-
-async fn post_offer(app: &TestApp, url: &str, token: Option<&str>, offer: &str) -> Response {
-    request(app, Method::POST, url, token, Some(SDP), offer).await
-}
 
 /// Asserts the status and the JSON error shape; returns the body.
 async fn expect_error(resp: Response, status: StatusCode, code: &str) -> Value {

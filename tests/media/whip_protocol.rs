@@ -16,31 +16,6 @@ use serde_json::Value;
 use tandem::auth::{Grants, MediaClaims, TokenRequest};
 use tandem::config::IceServer;
 
-const SDP: &str = "application/sdp";
-const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
-
-async fn request(
-    app: &TestApp,
-    method: Method,
-    url: &str,
-    token: Option<&str>,
-    content_type: Option<&str>,
-    body: impl Into<reqwest::Body>,
-) -> Response {
-    let mut req = app.http.request(method, url).body(body);
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    if let Some(ct) = content_type {
-        req = req.header(header::CONTENT_TYPE, ct);
-    }
-    req.send().await.expect("request reaches the server")
-}
-
-async fn post_offer(app: &TestApp, url: &str, token: Option<&str>, offer: &str) -> Response {
-    request(app, Method::POST, url, token, Some(SDP), offer.to_string()).await
-}
-
 /// Asserts the status and the JSON error shape `{"error": {"code", "message"}}`.
 async fn assert_error(resp: Response, status: StatusCode, codes: &[&str]) -> Value {
     let got = resp.status();

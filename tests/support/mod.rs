@@ -23,6 +23,7 @@ pub mod app;
 pub mod db;
 pub mod peers;
 pub mod wait;
+pub mod whip;
 pub mod ws;
 
 pub use api::*;
@@ -30,4 +31,5 @@ pub use app::*;
 pub use db::*;
 pub use peers::*;
 pub use wait::*;
+pub use whip::*;
 pub use ws::*;
