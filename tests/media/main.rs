@@ -1,6 +1,6 @@
 //! The SFU with real peers and at the protocol level: WHIP/WHEP, codecs, loss and
 //! retransmission, slow viewers, ICE-TCP, the media configuration, and the hardening
-//! of issue 11. The real-peer tests need Chromium, aiortc (`.venv`) and the Node
+//! of issue 11, and what the watch, broadcast and `/streams` pages say. The real-peer tests need Chromium, aiortc (`.venv`) and the Node
 //! peers (`scripts/test.sh` installs them) and take [`support::media_lock`] so that
 //! only one runs at a time on a 2-core machine.
 
@@ -15,5 +15,6 @@ mod continuity;
 mod hardening;
 mod ice_tcp;
 mod loss;
+mod pages;
 mod slow_viewer;
 mod whip_protocol;
