@@ -4,6 +4,7 @@
 //! tests need Chromium, aiortc (`.venv`) and the Node peers (`scripts/test.sh`
 //! installs them) and take [`support::media_lock`] so that only one runs at a time
 //! on a 2-core machine.
+
 #[path = "../support/mod.rs"]
 mod support;
 
