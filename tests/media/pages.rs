@@ -112,7 +112,10 @@ async fn watch_broadcast_and_dashboard_pages_say_what_is_happening() {
     let search = browser.eval("early", "location.search").await.unwrap();
     assert_eq!(search, "", "the token is not in the address bar");
     let kept = browser
-        .eval("early", "sessionStorage.getItem('tandem.watch.token.lobby')")
+        .eval(
+            "early",
+            "sessionStorage.getItem('tandem.watch.token.lobby')",
+        )
         .await
         .unwrap();
     assert!(
@@ -142,13 +145,18 @@ async fn watch_broadcast_and_dashboard_pages_say_what_is_happening() {
 
     // The broadcast page counts its one viewer.
     browser
-        .wait_stats(&["pub"], "the broadcast page showing 1 viewer", Duration::from_secs(15), |s| {
-            if s[0]["viewers"] == 1 && s[0]["shown"]["viewers"] == "1" {
-                Ok(())
-            } else {
-                Err(s[0].to_string())
-            }
-        })
+        .wait_stats(
+            &["pub"],
+            "the broadcast page showing 1 viewer",
+            Duration::from_secs(15),
+            |s| {
+                if s[0]["viewers"] == 1 && s[0]["shown"]["viewers"] == "1" {
+                    Ok(())
+                } else {
+                    Err(s[0].to_string())
+                }
+            },
+        )
         .await;
     shot(&mut browser, "pub", "4-broadcast-live").await;
 
@@ -159,22 +167,39 @@ async fn watch_broadcast_and_dashboard_pages_say_what_is_happening() {
         .await
         .unwrap();
     let listed = browser
-        .wait_stats(&["ops"], "the dashboard listing lobby with 1 viewer", Duration::from_secs(15), |s| {
-            let row = s[0]["streams"]
-                .as_array()
-                .and_then(|l| l.iter().find(|r| r["stream"] == "lobby").cloned());
-            match row {
-                Some(r) if r["viewers"] == 1 && r["publisher"].is_object() && num(&s[0]["rows"]) >= 1.0 => Ok(r),
-                _ => Err(s[0].to_string()),
-            }
-        })
+        .wait_stats(
+            &["ops"],
+            "the dashboard listing lobby with 1 viewer",
+            Duration::from_secs(15),
+            |s| {
+                let row = s[0]["streams"]
+                    .as_array()
+                    .and_then(|l| l.iter().find(|r| r["stream"] == "lobby").cloned());
+                match row {
+                    Some(r)
+                        if r["viewers"] == 1
+                            && r["publisher"].is_object()
+                            && num(&s[0]["rows"]) >= 1.0 =>
+                    {
+                        Ok(r)
+                    }
+                    _ => Err(s[0].to_string()),
+                }
+            },
+        )
         .await;
     assert!(
-        !listed["publisher"]["codecs"].as_array().map(|c| c.is_empty()).unwrap_or(true),
+        !listed["publisher"]["codecs"]
+            .as_array()
+            .map(|c| c.is_empty())
+            .unwrap_or(true),
         "the publisher's codecs: {listed}"
     );
     let row_text = browser
-        .eval("ops", "document.querySelector('tr[data-stream=\"lobby\"] .viewers').textContent")
+        .eval(
+            "ops",
+            "document.querySelector('tr[data-stream=\"lobby\"] .viewers').textContent",
+        )
         .await
         .unwrap();
     assert_eq!(row_text, "1", "the table shows the viewer count");
@@ -185,7 +210,13 @@ async fn watch_broadcast_and_dashboard_pages_say_what_is_happening() {
         .eval("ops-bad", "window.tandem.setKey('not-the-key')")
         .await
         .unwrap();
-    wait_state(&mut browser, "ops-bad", "wrong-key", Duration::from_secs(10)).await;
+    wait_state(
+        &mut browser,
+        "ops-bad",
+        "wrong-key",
+        Duration::from_secs(10),
+    )
+    .await;
     assert!(
         text(&mut browser, "ops-bad", "message")
             .await
@@ -195,15 +226,27 @@ async fn watch_broadcast_and_dashboard_pages_say_what_is_happening() {
 
     // "Share watch link" makes a link that plays for someone else.
     let shared = browser.eval("pub", "window.tandem.share()").await.unwrap();
-    let link = shared["watch_url"].as_str().unwrap_or_else(|| panic!("a watch link: {shared}")).to_string();
+    let link = shared["watch_url"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a watch link: {shared}"))
+        .to_string();
     assert!(link.contains("/watch/lobby?token="), "{link}");
     shot(&mut browser, "pub", "6-share").await;
     browser.open("friend", &link).await;
     wait_playing(&mut browser, "friend").await;
     browser
-        .wait_stats(&["pub"], "the broadcast page showing 2 viewers", Duration::from_secs(15), |s| {
-            if s[0]["viewers"] == 2 { Ok(()) } else { Err(s[0].to_string()) }
-        })
+        .wait_stats(
+            &["pub"],
+            "the broadcast page showing 2 viewers",
+            Duration::from_secs(15),
+            |s| {
+                if s[0]["viewers"] == 2 {
+                    Ok(())
+                } else {
+                    Err(s[0].to_string())
+                }
+            },
+        )
         .await;
     browser.close("friend").await;
 
@@ -212,10 +255,19 @@ async fn watch_broadcast_and_dashboard_pages_say_what_is_happening() {
     // numbers are back to "–".
     browser.eval("pub", "window.tandem.stop()").await.unwrap();
     let after = browser
-        .wait_stats(&["early"], "the viewer leaving 'playing'", Duration::from_secs(6), |s| {
-            let st = s[0]["state"].as_str().unwrap_or_default();
-            if st == "waiting" || st == "ended" { Ok(s[0].clone()) } else { Err(s[0].to_string()) }
-        })
+        .wait_stats(
+            &["early"],
+            "the viewer leaving 'playing'",
+            Duration::from_secs(6),
+            |s| {
+                let st = s[0]["state"].as_str().unwrap_or_default();
+                if st == "waiting" || st == "ended" {
+                    Ok(s[0].clone())
+                } else {
+                    Err(s[0].to_string())
+                }
+            },
+        )
         .await;
     let shown = text(&mut browser, "early", "state").await;
     assert!(
@@ -249,7 +301,13 @@ async fn broadcast_page_reconnects_after_losing_its_session() {
         .eval("pub", "window.tandem.session.sessionUrl")
         .await
         .unwrap();
-    let session = url.as_str().unwrap().rsplit('/').next().unwrap().to_string();
+    let session = url
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
     app.state()
         .sfu
         .end(&session)
@@ -257,17 +315,22 @@ async fn broadcast_page_reconnects_after_losing_its_session() {
         .expect("ending the publisher's session");
     let mut saw_reconnecting = false;
     browser
-        .wait_stats(&["pub"], "the page reconnecting and live again", Duration::from_secs(60), |s| {
-            let p = &s[0];
-            if p["state"] == "reconnecting" {
-                saw_reconnecting = true;
-            }
-            if num(&p["reconnects"]) >= 1.0 && p["state"] == "live" {
-                Ok(())
-            } else {
-                Err(p.to_string())
-            }
-        })
+        .wait_stats(
+            &["pub"],
+            "the page reconnecting and live again",
+            Duration::from_secs(60),
+            |s| {
+                let p = &s[0];
+                if p["state"] == "reconnecting" {
+                    saw_reconnecting = true;
+                }
+                if num(&p["reconnects"]) >= 1.0 && p["state"] == "live" {
+                    Ok(())
+                } else {
+                    Err(p.to_string())
+                }
+            },
+        )
         .await;
     assert!(saw_reconnecting, "the page said it was reconnecting");
     let url2 = browser
@@ -302,11 +365,18 @@ async fn broadcast_page_on_an_insecure_origin_says_the_camera_needs_https() {
     let error = browser.eval("pub", "window.tandem.error").await.unwrap();
     let error = error.as_str().unwrap_or_default();
     assert!(
-        error.starts_with("the camera needs HTTPS (or http://localhost)") && error.contains("docs/DEPLOY.md"),
+        error.starts_with("the camera needs HTTPS (or http://localhost)")
+            && error.contains("docs/DEPLOY.md"),
         "{error}: {s}"
     );
-    assert!(!error.contains("TypeError") && !error.contains("undefined"), "{error}");
-    assert_eq!(text(&mut browser, "pub", "state").await, "the camera needs HTTPS");
+    assert!(
+        !error.contains("TypeError") && !error.contains("undefined"),
+        "{error}"
+    );
+    assert_eq!(
+        text(&mut browser, "pub", "state").await,
+        "the camera needs HTTPS"
+    );
     let notice = text(&mut browser, "pub", "camera-problem").await;
     assert!(notice.contains("HTTPS"), "{notice}");
     shot(&mut browser, "pub", "9-insecure").await;
@@ -326,26 +396,50 @@ async fn business_stream_watch_page_explains_enrollment_plays_the_viewer_link_an
     let mut browser = Browser::launch().await;
 
     // Without a token: the class, and how to get in.
-    browser.open("anon", &app.url(&format!("/watch/{id}"))).await;
+    browser
+        .open("anon", &app.url(&format!("/watch/{id}")))
+        .await;
     wait_state(&mut browser, "anon", "enroll", Duration::from_secs(15)).await;
-    assert_eq!(text(&mut browser, "anon", "about-title").await, "Class by teacher-1");
-    assert_eq!(text(&mut browser, "anon", "about-instructor").await, "teacher-1");
+    assert_eq!(
+        text(&mut browser, "anon", "about-title").await,
+        "Class by teacher-1"
+    );
+    assert_eq!(
+        text(&mut browser, "anon", "about-instructor").await,
+        "teacher-1"
+    );
     assert_eq!(text(&mut browser, "anon", "about-price").await, "5 tokens");
-    assert_eq!(text(&mut browser, "anon", "about-status").await, "scheduled");
+    assert_eq!(
+        text(&mut browser, "anon", "about-status").await,
+        "scheduled"
+    );
     let detail = text(&mut browser, "anon", "overlay-detail").await;
     assert_eq!(
         detail,
         "Enroll on your platform, then open the watch link it gives you."
     );
-    assert!(!detail.contains("tandem token"), "no server command for a student");
+    assert!(
+        !detail.contains("tandem token"),
+        "no server command for a student"
+    );
     shot(&mut browser, "anon", "10-enroll").await;
 
     // The instructor goes live with the stream's publish token (aiortc).
     let teacher = instructor("teacher-1");
-    let r = app.post(&format!("/v1/streams/{id}/start"), Some(&teacher), json!({})).await;
+    let r = app
+        .post(
+            &format!("/v1/streams/{id}/start"),
+            Some(&teacher),
+            json!({}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let r = app
-        .post(&format!("/v1/streams/{id}/publish-token"), Some(&teacher), json!({}))
+        .post(
+            &format!("/v1/streams/{id}/publish-token"),
+            Some(&teacher),
+            json!({}),
+        )
         .await;
     assert!(r.status.is_success(), "{}", r.text);
     let publish = r.body["token"].as_str().unwrap().to_string();
@@ -355,17 +449,27 @@ async fn business_stream_watch_page_explains_enrollment_plays_the_viewer_link_an
         "publisher.py",
         &["--url", &whip, "--token", &publish, "--codec", "VP8"],
     );
-    publisher.wait_event("connected", Duration::from_secs(30)).await;
+    publisher
+        .wait_event("connected", Duration::from_secs(30))
+        .await;
 
     // An enrolled student's viewer token comes with a watch_url that plays.
     app.credit("student-1", 10).await;
     let student = user("student-1");
     let r = app
-        .post(&format!("/v1/streams/{id}/enrollments"), Some(&student), json!({}))
+        .post(
+            &format!("/v1/streams/{id}/enrollments"),
+            Some(&student),
+            json!({}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     let r = app
-        .post(&format!("/v1/streams/{id}/viewer-token"), Some(&student), json!({}))
+        .post(
+            &format!("/v1/streams/{id}/viewer-token"),
+            Some(&student),
+            json!({}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let token = r.body["token"].as_str().unwrap();
@@ -384,12 +488,16 @@ async fn business_stream_watch_page_explains_enrollment_plays_the_viewer_link_an
 
     // The instructor ends the class: the student sees "stream ended", and so does
     // anyone who opens the page afterwards.
-    let r = app.post(&format!("/v1/streams/{id}/end"), Some(&teacher), json!({})).await;
+    let r = app
+        .post(&format!("/v1/streams/{id}/end"), Some(&teacher), json!({}))
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     wait_state(&mut browser, "student", "ended", Duration::from_secs(8)).await;
     assert_eq!(text(&mut browser, "student", "state").await, "stream ended");
     shot(&mut browser, "student", "12-student-ended").await;
-    browser.open("later", &app.url(&format!("/watch/{id}"))).await;
+    browser
+        .open("later", &app.url(&format!("/watch/{id}")))
+        .await;
     wait_state(&mut browser, "later", "ended", Duration::from_secs(15)).await;
     assert_eq!(text(&mut browser, "later", "state").await, "stream ended");
 
