@@ -15,5 +15,8 @@ mod continuity;
 mod hardening;
 mod ice_tcp;
 mod loss;
+mod operator;
+mod port;
 mod slow_viewer;
+mod takeover;
 mod whip_protocol;
