@@ -134,13 +134,26 @@ async fn watch_broadcast_and_dashboard_pages_say_what_is_happening() {
     let publish = page_url(&app, "broadcast", "lobby", &app.publish_token("lobby"), "");
     browser.open("pub", &publish).await;
     wait_state(&mut browser, "pub", "live", Duration::from_secs(30)).await;
-    let playing = wait_playing(&mut browser, "early").await;
-    assert!(
-        text(&mut browser, "early", "bitrate")
-            .await
-            .ends_with("bit/s"),
-        "a real bitrate while playing: {playing}"
-    );
+    wait_playing(&mut browser, "early").await;
+    // A real incoming bitrate is shown while playing (it was "–" while waiting).
+    browser
+        .wait_stats(
+            &["early"],
+            "a bitrate shown while playing",
+            Duration::from_secs(10),
+            |s| {
+                let shown = s[0]["shown"]["bitrate"].as_str().unwrap_or_default();
+                if s[0]["state"] == "playing"
+                    && shown.ends_with("bit/s")
+                    && !shown.starts_with("0 ")
+                {
+                    Ok(())
+                } else {
+                    Err(s[0].to_string())
+                }
+            },
+        )
+        .await;
     shot(&mut browser, "early", "3-playing").await;
 
     // The broadcast page counts its one viewer.
