@@ -518,3 +518,75 @@ async fn business_stream_watch_page_explains_enrollment_plays_the_viewer_link_an
     browser.quit().await;
     app.shutdown().await;
 }
+
+/// A real server restart (same address and data directory, so the same token
+/// key): the broadcast page says "reconnecting…" and is live again, and the watch
+/// page plays again, both without a reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_and_watch_pages_come_back_after_a_server_restart() {
+    let _guard = media_lock().await;
+    let dir = TempDir::new("tandem-pages-restart");
+    let app = TestApp::builder().data_dir(dir.path()).spawn().await;
+    let addr = app.running.as_ref().unwrap().http_addr;
+    let mut browser = Browser::launch().await;
+    let publish = page_url(
+        &app,
+        "broadcast",
+        "phoenix",
+        &app.publish_token("phoenix"),
+        "",
+    );
+    let watch = page_url(
+        &app,
+        "watch",
+        "phoenix",
+        &app.subscribe_token("phoenix"),
+        "",
+    );
+    browser.open("pub", &publish).await;
+    wait_state(&mut browser, "pub", "live", Duration::from_secs(30)).await;
+    browser.open("view", &watch).await;
+    wait_playing(&mut browser, "view").await;
+
+    app.shutdown().await;
+    let mut saw_reconnecting = false;
+    browser
+        .wait_stats(
+            &["pub"],
+            "the broadcast page noticing",
+            Duration::from_secs(30),
+            |s| {
+                if s[0]["state"] == "reconnecting" {
+                    saw_reconnecting = true;
+                    Ok(())
+                } else {
+                    Err(s[0].to_string())
+                }
+            },
+        )
+        .await;
+    assert!(saw_reconnecting);
+    let app = TestApp::builder()
+        .data_dir(dir.path())
+        .config(|c| c.http_addr = addr)
+        .spawn()
+        .await;
+    browser
+        .wait_stats(
+            &["pub"],
+            "the broadcast page live again on the new server",
+            Duration::from_secs(60),
+            |s| {
+                if s[0]["state"] == "live" && num(&s[0]["reconnects"]) >= 1.0 {
+                    Ok(())
+                } else {
+                    Err(s[0].to_string())
+                }
+            },
+        )
+        .await;
+    wait_playing(&mut browser, "view").await;
+    shot(&mut browser, "view", "13-after-restart").await;
+    browser.quit().await;
+    app.shutdown().await;
+}
