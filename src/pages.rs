@@ -36,6 +36,12 @@ const ASSETS: &[(&str, &str, &str)] = &[
         "text/css; charset=utf-8",
         include_str!("../web/style.css"),
     ),
+    // Issue 13 pages (operator dashboard at /streams).
+    (
+        "streams.html",
+        "text/html; charset=utf-8",
+        include_str!("../web/streams.html"),
+    ),
     (
         "together.html",
         "text/html; charset=utf-8",
@@ -63,6 +69,7 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/watch/{stream}", get(|| async { asset("watch.html") }))
         .route("/together/{room}", get(|| async { asset("together.html") }))
+        .route("/streams", get(|| async { asset("streams.html") }))
         .route(
             "/web/{file}",
             get(|Path(file): Path<String>| async move { asset(&file) }),

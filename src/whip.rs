@@ -59,7 +59,10 @@ fn media_error(err: MediaError) -> AppError {
         ),
         MediaError::StreamBusy(s) => AppError::conflict(
             "stream_busy",
-            format!("stream '{s}' already has a live publisher; DELETE its session first"),
+            format!(
+                "stream '{s}' already has a live publisher of another user; it must DELETE \
+                 its session first (the same user's new session would replace it)"
+            ),
         ),
         MediaError::UnknownSession => {
             AppError::not_found("no such session (ended or never existed)")
@@ -86,6 +89,11 @@ fn media_error(err: MediaError) -> AppError {
         }
         MediaError::Internal(m) => {
             tracing::error!(error = %m, "media error");
+            AppError::internal()
+        }
+        // Only at start; a request never sees it.
+        e @ MediaError::PortInUse(_) => {
+            tracing::error!(error = %e, "media error");
             AppError::internal()
         }
     }

@@ -310,7 +310,12 @@ export function readTransportStats(report, out) {
   return codecs;
 }
 
-/** Page helpers shared by broadcast.html and watch.html. */
+/**
+ * Page helpers shared by broadcast.html and watch.html: the stream from the path,
+ * the `/.proxy` prefix, the query, and the media token. A `?token=` is moved out of
+ * the address bar (history.replaceState) into sessionStorage, so a screenshot or a
+ * copied URL does not carry it while a reload of this tab still finds it.
+ */
 export function pageParams(kind) {
   // /broadcast/{stream} or /watch/{stream}, also under /.proxy (Discord Activities).
   const parts = location.pathname.split('/').filter(Boolean);
@@ -318,7 +323,76 @@ export function pageParams(kind) {
   const stream = decodeURIComponent((i >= 0 && parts[i + 1]) || 'demo');
   const base = location.pathname.startsWith('/.proxy/') ? '/.proxy' : '';
   const q = new URLSearchParams(location.search);
-  return { stream, base, q, token: q.get('token') || '' };
+  const key = `tandem.${kind}.token.${stream}`;
+  let token = q.get('token') || '';
+  if (token) {
+    try {
+      sessionStorage.setItem(key, token);
+    } catch (_) {
+      /* storage disabled: the token lives as long as the page */
+    }
+    q.delete('token');
+    const rest = q.toString();
+    history.replaceState(history.state, '', `${location.pathname}${rest ? `?${rest}` : ''}${location.hash}`);
+  } else {
+    try {
+      token = sessionStorage.getItem(key) || '';
+    } catch (_) {
+      token = '';
+    }
+  }
+  return { stream, base, q, token };
+}
+
+/**
+ * GET `url` as JSON with an optional bearer credential. Resolves to
+ * `{status, body, code, message, retryAfterSecs}` for any HTTP answer (body null
+ * when not JSON); rejects only when the server could not be reached.
+ */
+export async function getJson(url, bearer, init = {}) {
+  const headers = Object.assign({}, init.headers || {});
+  if (bearer) headers.Authorization = `Bearer ${bearer}`;
+  const resp = await fetch(url, Object.assign({ cache: 'no-store' }, init, { headers }));
+  let body = null;
+  try {
+    body = await resp.json();
+  } catch (_) {
+    body = null;
+  }
+  const err = body && body.error ? body.error : null;
+  const ra = parseInt(resp.headers.get('Retry-After') || '', 10);
+  return {
+    status: resp.status,
+    body,
+    code: err ? err.code || '' : '',
+    message: err ? err.message || err.code : `HTTP ${resp.status}`,
+    retryAfterSecs: Number.isFinite(ra) ? ra : undefined,
+  };
+}
+
+/** `GET /v1/media/streams/{stream}` with the page's media token. */
+export function fetchStreamStatus(base, stream, token) {
+  return getJson(`${base}/v1/media/streams/${encodeURIComponent(stream)}`, token);
+}
+
+/**
+ * Why this page cannot use the camera, or null. Browsers offer getUserMedia only
+ * in a secure context (HTTPS, or http://localhost); elsewhere
+ * `navigator.mediaDevices` is undefined.
+ */
+export function cameraProblem() {
+  if (!window.isSecureContext || !navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+    return 'the camera needs HTTPS (or http://localhost): this page was opened over plain HTTP ' +
+      `from ${location.host}, where browsers refuse the camera. See docs/DEPLOY.md for TLS.`;
+  }
+  return null;
+}
+
+/** A time as the reader's local date and time ("" for nothing). */
+export function localTime(iso) {
+  if (!iso) return '';
+  const d = new Date(iso);
+  return Number.isNaN(d.getTime()) ? iso : d.toLocaleString(undefined, { dateStyle: 'medium', timeStyle: 'short' });
 }
 
 export function formatBitrate(bps) {

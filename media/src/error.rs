@@ -26,6 +26,11 @@ pub enum MediaError {
         message: String,
         retry_after_secs: u64,
     },
+    /// Another process holds the media port (another tandem, most likely).
+    #[error(
+        "media port {0}/udp is in use by another process (another tandem?): set TANDEM_MEDIA_PORT"
+    )]
+    PortInUse(u16),
     /// The server is shutting down.
     #[error("the media server is shutting down")]
     ShuttingDown,

@@ -146,6 +146,10 @@ impl CoreFuzz {
             token: "t",
             limited: false,
         };
+        if kind == SessionKind::Publisher {
+            // The publisher place, as `Sfu::publish` reserves it.
+            self.stream.reserve_publisher(key, 0, "u");
+        }
         let req = NewSession {
             key,
             id: Arc::from(format!("{key:032x}")),

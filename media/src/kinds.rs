@@ -38,7 +38,8 @@ impl MediaKind {
 
 /// How a client's packets reach the media port: UDP, or ICE-TCP (RFC 6544) on the
 /// same port number. An address is only meaningful together with its transport.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Transport {
     Udp,
     Tcp,

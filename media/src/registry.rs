@@ -3,9 +3,11 @@
 //! HTTP layer gets back. Plain shared state (concurrent maps and atomics), no
 //! channels: the workers' handles live with the workers (`crate::worker`).
 
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use rtc::rtp_transceiver::rtp_sender::RTCRtpCodecParameters;
@@ -48,6 +50,54 @@ pub struct StreamSummary {
     pub name: String,
     pub live: bool,
     pub viewers: usize,
+    /// The connected publisher, if any (the operator view, the status endpoint).
+    pub publisher: Option<PublisherStatus>,
+    /// When the stream's media began (its first publisher connected; kept across
+    /// a takeover or a reconnect while the stream is held), unix ms.
+    pub started_at_ms: Option<i64>,
+}
+
+/// A stream's connected publisher as the operator view shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PublisherStatus {
+    /// When this publisher's session connected (ICE and DTLS done), unix ms.
+    pub connected_since_ms: i64,
+    /// Negotiated codecs, as MIME types (`video/VP8`, `audio/opus`).
+    pub codecs: Vec<String>,
+    /// Bits received from the publisher over the last rate window, in kbit/s.
+    pub bitrate_kbps: u64,
+    pub transport: Transport,
+}
+
+/// Who holds a stream's publisher place: reserved at POST, so a second POST
+/// can tell a takeover (the same user) from a busy stream.
+#[derive(Debug, Clone)]
+pub struct PublisherHold {
+    pub key: u64,
+    /// The worker the session is (or is being) built on.
+    pub worker: usize,
+    /// The holder's user (the token's `sub`).
+    pub user: Arc<str>,
+}
+
+/// What [`StreamShared::reserve_publisher`] decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reservation {
+    /// Nobody held the stream; it is ours.
+    Free,
+    /// The same user held it: it is ours now, and this old session must be
+    /// closed before ours is built (it hands its numbering on as it closes).
+    Takeover { key: u64, worker: usize },
+    /// Another user holds it.
+    Busy,
+}
+
+/// The connected publisher's details, written by its worker when it connects.
+#[derive(Debug, Clone)]
+pub struct PublisherInfo {
+    pub key: u64,
+    pub connected_since_ms: i64,
+    pub transport: Transport,
 }
 
 /// Told when sessions start and end (the server records them); called from
@@ -62,8 +112,15 @@ pub trait SessionObserver: Send + Sync + 'static {
 pub struct StreamShared {
     pub id: u64,
     pub name: Arc<str>,
-    /// Session key of the publisher holding the stream (reserved at POST).
-    pub publisher: Mutex<Option<u64>>,
+    /// The publisher holding the stream (reserved at POST).
+    pub publisher: Mutex<Option<PublisherHold>>,
+    /// The publisher once connected (cleared when it closes).
+    pub publisher_info: Mutex<Option<PublisherInfo>>,
+    /// The publisher's received rate, in bits per second, over its last rate
+    /// window (written by its worker every [`RATE_WINDOW`]).
+    pub bitrate_bps: AtomicU64,
+    /// When the stream's media began, unix ms (0: not yet).
+    pub started_at_ms: std::sync::atomic::AtomicI64,
     /// The live publisher's negotiated codecs (payload types as it sends them).
     pub codecs: RwLock<Arc<Vec<RTCRtpCodecParameters>>>,
     /// Bumped whenever the publisher (and so its payload types) changes.
@@ -84,6 +141,9 @@ impl StreamShared {
             id,
             name,
             publisher: Mutex::new(None),
+            publisher_info: Mutex::new(None),
+            bitrate_bps: AtomicU64::new(0),
+            started_at_ms: std::sync::atomic::AtomicI64::new(0),
             codecs: RwLock::new(Arc::new(Vec::new())),
             epoch: AtomicU32::new(0),
             live: AtomicBool::new(false),
@@ -102,7 +162,138 @@ impl StreamShared {
     pub fn codecs(&self) -> Arc<Vec<RTCRtpCodecParameters>> {
         self.codecs.read().map(|c| c.clone()).unwrap_or_default()
     }
+
+    /// Reserves the publisher place for session `key` of `user` on `worker`.
+    /// The same user (a crashed broadcaster coming back with a new session, as
+    /// MediaMTX's `overridePublisher`) takes the place over from their old session.
+    pub fn reserve_publisher(&self, key: u64, worker: usize, user: &str) -> Reservation {
+        let mut hold = self.publisher.lock().expect("publisher lock");
+        let outcome = match &*hold {
+            None => Reservation::Free,
+            Some(old) if &*old.user == user => Reservation::Takeover {
+                key: old.key,
+                worker: old.worker,
+            },
+            Some(_) => return Reservation::Busy,
+        };
+        *hold = Some(PublisherHold {
+            key,
+            worker,
+            user: Arc::from(user),
+        });
+        outcome
+    }
+
+    /// Whether session `key` still holds the publisher place.
+    pub fn holds_publisher(&self, key: u64) -> bool {
+        self.publisher
+            .lock()
+            .map(|p| p.as_ref().is_some_and(|h| h.key == key))
+            .unwrap_or(false)
+    }
+
+    /// Gives the publisher place back if session `key` holds it.
+    pub fn release_publisher(&self, key: u64) {
+        if let Ok(mut p) = self.publisher.lock()
+            && p.as_ref().is_some_and(|h| h.key == key)
+        {
+            *p = None;
+        }
+    }
+
+    /// The connected publisher, as the operator view shows it.
+    pub fn publisher_status(&self) -> Option<PublisherStatus> {
+        let info = self.publisher_info.lock().ok()?.clone()?;
+        let mut codecs: Vec<String> = self
+            .codecs()
+            .iter()
+            .map(|c| c.rtp_codec.mime_type.clone())
+            .collect();
+        codecs.sort();
+        codecs.dedup();
+        // Video first, as MediaMTX lists tracks: `video/VP8`, `audio/opus`.
+        codecs.sort_by_key(|c| !c.starts_with("video/"));
+        Some(PublisherStatus {
+            connected_since_ms: info.connected_since_ms,
+            codecs,
+            bitrate_kbps: self.bitrate_bps.load(Ordering::Relaxed) / 1000,
+            transport: info.transport,
+        })
+    }
 }
+
+/// How often a publisher's received rate is published (the operator view's
+/// `bitrate_kbps` is the rate over the last window).
+pub const RATE_WINDOW: Duration = Duration::from_secs(2);
+
+/// Names of streams whose publisher was live here and left, remembered for a
+/// while (bounded in count and age) so a page can say "ended" instead of
+/// "no such stream"; a new publisher removes its name.
+pub struct RecentlyEnded {
+    at: HashMap<Arc<str>, Instant>,
+    order: VecDeque<(Arc<str>, Instant)>,
+    capacity: usize,
+    ttl: Duration,
+}
+
+impl RecentlyEnded {
+    pub fn new(capacity: usize, ttl: Duration) -> Self {
+        Self {
+            at: HashMap::new(),
+            order: VecDeque::new(),
+            capacity: capacity.max(1),
+            ttl,
+        }
+    }
+
+    pub fn insert(&mut self, name: Arc<str>, now: Instant) {
+        self.expire(now);
+        self.at.insert(name.clone(), now);
+        self.order.push_back((name, now));
+        while self.at.len() > self.capacity {
+            self.pop_oldest();
+        }
+    }
+
+    pub fn remove(&mut self, name: &str) {
+        self.at.remove(name);
+    }
+
+    pub fn contains(&mut self, name: &str, now: Instant) -> bool {
+        self.expire(now);
+        self.at.contains_key(name)
+    }
+
+    pub fn len(&self) -> usize {
+        self.at.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.at.is_empty()
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while let Some((_, t)) = self.order.front() {
+            if now.saturating_duration_since(*t) <= self.ttl {
+                break;
+            }
+            self.pop_oldest();
+        }
+    }
+
+    /// Drops the oldest entry of the order; a name re-inserted since keeps its newer time.
+    fn pop_oldest(&mut self) {
+        if let Some((name, t)) = self.order.pop_front()
+            && self.at.get(&name) == Some(&t)
+        {
+            self.at.remove(&name);
+        }
+    }
+}
+
+/// How many ended stream names are remembered, and for how long.
+pub const RECENTLY_ENDED_CAPACITY: usize = 1024;
+pub const RECENTLY_ENDED_TTL: Duration = Duration::from_secs(3600);
 
 /// Where a session lives: its key on the worker that owns it.
 #[derive(Debug, Clone, Copy)]
@@ -132,6 +323,8 @@ pub struct Registry {
     pub observer: Arc<dyn SessionObserver>,
     pub(crate) admission: Arc<Admission>,
     pub running: AtomicBool,
+    /// Streams whose publisher was live and left (the status endpoint's `ended`).
+    pub recently_ended: Mutex<RecentlyEnded>,
 }
 
 impl Registry {
@@ -159,6 +352,10 @@ impl Registry {
             observer,
             admission: Arc::default(),
             running: AtomicBool::new(true),
+            recently_ended: Mutex::new(RecentlyEnded::new(
+                RECENTLY_ENDED_CAPACITY,
+                RECENTLY_ENDED_TTL,
+            )),
         }
     }
 

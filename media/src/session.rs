@@ -120,6 +120,40 @@ pub struct Publisher {
     /// The stream's publisher generation (payload types are cached per epoch).
     pub epoch: u32,
     pub keyframes: crate::feedback::KeyframeThrottle,
+    /// Received payload bytes, turned into the stream's `bitrate_bps` by the tick.
+    pub rate: RateMeter,
+}
+
+/// A publisher's received bytes and the window they are measured over: plain
+/// counters on the publisher's own worker (one addition per packet), published
+/// to the stream as a rate once per window.
+pub struct RateMeter {
+    pub bytes: u64,
+    window_bytes: u64,
+    window_start: Instant,
+}
+
+impl RateMeter {
+    pub fn new(now: Instant) -> Self {
+        Self {
+            bytes: 0,
+            window_bytes: 0,
+            window_start: now,
+        }
+    }
+
+    /// The rate over the window just closed, in bits per second, once `window`
+    /// has passed since the last one; `None` before.
+    pub fn roll(&mut self, now: Instant, window: std::time::Duration) -> Option<u64> {
+        let elapsed = now.saturating_duration_since(self.window_start);
+        if elapsed < window {
+            return None;
+        }
+        let bits = self.bytes.saturating_sub(self.window_bytes) * 8;
+        self.window_bytes = self.bytes;
+        self.window_start = now;
+        Some(bits * 1000 / (elapsed.as_millis() as u64).max(1))
+    }
 }
 
 /// A viewer: its outgoing tracks and where forwarded RTP goes.

@@ -11,12 +11,14 @@ use tokio::sync::{mpsc, oneshot};
 use crate::admission::SessionHolder;
 use crate::config::MediaConfig;
 use crate::core::NewSession;
+use crate::core::machine::REPLACED;
 use crate::error::MediaError;
 use crate::kinds::SessionKind;
 use crate::metrics::MediaMetrics;
 pub use crate::registry::SessionObserver;
 use crate::registry::{
-    PatchOutcome, Registry, SessionAnswer, SessionSummary, StreamShared, StreamSummary, random_hex,
+    PatchOutcome, Registry, Reservation, SessionAnswer, SessionSummary, StreamShared,
+    StreamSummary, random_hex,
 };
 use crate::sdp;
 use crate::worker::{self, Control, CreateRequest, WorkerHandle};
@@ -29,6 +31,8 @@ struct Shared {
     next_worker: AtomicUsize,
     next_stream_id: AtomicU64,
     next_session_key: AtomicU64,
+    /// Claims the media port for this process (see `udp::PortLock`).
+    _port_lock: crate::udp::PortLock,
 }
 
 #[derive(Clone)]
@@ -48,7 +52,7 @@ impl Sfu {
         let metrics = MediaMetrics::register(registry)
             .map_err(|e| MediaError::Internal(format!("metrics: {e}")))?;
         let workers = config.worker_count();
-        let (sockets, port, tcp) = bind_media_port(&config, workers).await?;
+        let (sockets, port, tcp, port_lock) = bind_media_port(&config, workers).await?;
         let mut handles = Vec::with_capacity(workers);
         let mut receivers = Vec::with_capacity(workers);
         for _ in 0..workers {
@@ -83,6 +87,7 @@ impl Sfu {
             next_worker: AtomicUsize::new(0),
             next_stream_id: AtomicU64::new(1),
             next_session_key: AtomicU64::new(1),
+            _port_lock: port_lock,
         });
         tracing::info!(
             port,
@@ -148,9 +153,10 @@ impl Sfu {
             .admit(&shared.registry.config, kind, holder)?;
         let key = shared.next_session_key.fetch_add(1, Ordering::Relaxed);
         let name: Arc<str> = Arc::from(stream);
+        let worker = shared.next_worker.fetch_add(1, Ordering::Relaxed) % shared.workers.len();
         // Reserve under the stream's map entry, so an idle stream cannot be
         // removed between our lookup and our reservation.
-        let stream = {
+        let (stream, replaced) = {
             let entry = shared
                 .registry
                 .streams
@@ -163,16 +169,16 @@ impl Sfu {
                     ))
                 });
             let s = entry.value().clone();
+            let mut replaced = None;
             match kind {
-                SessionKind::Publisher => {
-                    let mut publisher = s.publisher.lock().expect("publisher lock");
-                    if publisher.is_some() {
-                        drop(publisher);
+                SessionKind::Publisher => match s.reserve_publisher(key, worker, holder.user) {
+                    Reservation::Free => {}
+                    Reservation::Takeover { key, worker } => replaced = Some((key, worker)),
+                    Reservation::Busy => {
                         drop(entry);
                         return Err(MediaError::StreamBusy(name.to_string()));
                     }
-                    *publisher = Some(key);
-                }
+                },
                 SessionKind::Viewer => {
                     let max = shared.registry.config.max_viewers_per_stream;
                     if s.viewers.fetch_add(1, Ordering::AcqRel) >= max {
@@ -184,9 +190,25 @@ impl Sfu {
                     }
                 }
             }
-            s
+            (s, replaced)
         };
-        let worker = shared.next_worker.fetch_add(1, Ordering::Relaxed) % shared.workers.len();
+        // Takeover: the same user's old session (a crashed broadcaster's, say) is
+        // closed as a DELETE would, and waited for, before ours is built: closing
+        // hands the stream's numbering on, which the new publisher continues, so
+        // viewers see one stream. An old session still being built is refused by
+        // its worker instead (it no longer holds the place).
+        if let Some((old, old_worker)) = replaced {
+            tracing::info!(stream = %name, user = holder.user, "publisher takeover: the same user's new session replaces the old one");
+            let (reply, done) = oneshot::channel();
+            let sent = shared.workers[old_worker].control.send(Control::End {
+                key: old,
+                reason: REPLACED,
+                reply: Some(reply),
+            });
+            if sent.is_ok() {
+                let _ = done.await;
+            }
+        }
         let id: Arc<str> = Arc::from(random_hex(16));
         let (reply, answer) = oneshot::channel();
         let request = CreateRequest {
@@ -213,12 +235,7 @@ impl Sfu {
         };
         if result.is_err() {
             match kind {
-                SessionKind::Publisher => {
-                    let mut publisher = stream.publisher.lock().expect("publisher lock");
-                    if *publisher == Some(key) {
-                        *publisher = None;
-                    }
-                }
+                SessionKind::Publisher => stream.release_publisher(key),
                 SessionKind::Viewer => {
                     stream.viewers.fetch_sub(1, Ordering::AcqRel);
                 }
@@ -275,10 +292,53 @@ impl Sfu {
             .control
             .send(Control::End {
                 key,
+                reason: "deleted",
                 reply: Some(reply),
             })
             .map_err(|_| MediaError::ShuttingDown)?;
         rx.await.unwrap_or(Err(MediaError::UnknownSession))
+    }
+
+    /// Closes every session of `stream`, its publisher's and its viewers' (as
+    /// DELETE would: DTLS close sent, records ended), and returns how many were
+    /// closed: the business stream ended or was cancelled.
+    pub async fn close_stream(&self, stream: &str) -> usize {
+        // Collected first: no map guard is held across the awaits below.
+        let targets: Vec<(u64, usize)> = self
+            .shared
+            .registry
+            .sessions
+            .iter()
+            .filter(|e| &*e.summary.stream == stream)
+            .map(|e| (e.key, e.worker))
+            .collect();
+        let mut closed = 0;
+        for (key, worker) in targets {
+            let (reply, rx) = oneshot::channel();
+            let sent = self.shared.workers[worker].control.send(Control::End {
+                key,
+                reason: "stream ended",
+                reply: Some(reply),
+            });
+            if sent.is_ok() && matches!(rx.await, Ok(Ok(()))) {
+                closed += 1;
+            }
+        }
+        if closed > 0 {
+            tracing::info!(stream, closed, "stream ended: its media sessions closed");
+        }
+        closed
+    }
+
+    /// Whether `stream` had a live publisher here that left recently (bounded
+    /// memory, `registry::RECENTLY_ENDED_*`); a new publisher clears it.
+    pub fn recently_ended(&self, stream: &str) -> bool {
+        self.shared
+            .registry
+            .recently_ended
+            .lock()
+            .map(|mut r| r.contains(stream, std::time::Instant::now()))
+            .unwrap_or(false)
     }
 
     /// Sessions held by the media token with this `jti` (limited or not).
@@ -341,35 +401,58 @@ impl Sfu {
 }
 
 fn summary(s: &StreamShared) -> StreamSummary {
+    let started = s.started_at_ms.load(Ordering::Acquire);
     StreamSummary {
         name: s.name.to_string(),
         live: s.live.load(Ordering::Acquire),
         viewers: s.viewers.load(Ordering::Acquire),
+        publisher: s.publisher_status(),
+        started_at_ms: (started > 0).then_some(started),
     }
 }
 
-/// Binds the UDP sockets and, with ICE-TCP, the TCP listener on the same port.
-/// Port 0 picks one free for both (a port free for UDP may be taken for TCP).
-async fn bind_media_port(
-    config: &MediaConfig,
-    workers: usize,
-) -> Result<
-    (
-        Vec<std::net::UdpSocket>,
-        u16,
-        Option<tokio::net::TcpListener>,
-    ),
-    MediaError,
-> {
+/// What [`bind_media_port`] holds: the workers' UDP sockets, the port, the
+/// ICE-TCP listener (with `ice_tcp`) and the claim on the port.
+type Bound = (
+    Vec<std::net::UdpSocket>,
+    u16,
+    Option<tokio::net::TcpListener>,
+    crate::udp::PortLock,
+);
+
+/// Claims the media port for this process, then binds the UDP sockets and,
+/// with ICE-TCP, the TCP listener on the same port. Port 0 picks one free for
+/// both (a port free for UDP may be taken for TCP).
+async fn bind_media_port(config: &MediaConfig, workers: usize) -> Result<Bound, MediaError> {
     let attempts = if config.port == 0 { 20 } else { 1 };
     let mut last_error = None;
     for _ in 0..attempts {
+        // A fixed port is claimed before anything binds it: another process
+        // there (another tandem, whose SO_REUSEPORT sockets ours would join
+        // and split packets with) stops this one with a clear message.
+        let early = if config.port != 0 {
+            Some(crate::udp::PortLock::claim(config.bind, config.port)?)
+        } else {
+            None
+        };
         let (sockets, port) = crate::udp::bind_udp(config.bind, config.port, workers)?;
+        let lock = match early {
+            Some(lock) => lock,
+            // A port the kernel just picked: claimed so that a second server
+            // configured with it fails as above.
+            None => match crate::udp::PortLock::claim_bound(port) {
+                Ok(lock) => lock,
+                Err(e) => {
+                    last_error = Some(e);
+                    continue;
+                }
+            },
+        };
         if !config.ice_tcp {
-            return Ok((sockets, port, None));
+            return Ok((sockets, port, None, lock));
         }
         match crate::tcp::bind(config.bind, port).await {
-            Ok(listener) => return Ok((sockets, port, Some(listener))),
+            Ok(listener) => return Ok((sockets, port, Some(listener), lock)),
             Err(e) => last_error = Some(e),
         }
     }

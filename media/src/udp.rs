@@ -54,6 +54,65 @@ pub(crate) fn bind_udp(
     Ok((sockets, port))
 }
 
+/// This process's claim on the media port, held while the SFU runs.
+///
+/// The workers' sockets share the port with SO_REUSEPORT on purpose, and the
+/// kernel lets any process of the same user join that group and split the
+/// packets with us (a broadcaster that never goes live, viewers falling back to
+/// TCP). Two checks keep the group within one process:
+/// - a probe bound *without* SO_REUSEPORT before our sockets: it fails when
+///   anything holds the port (a socket with or without SO_REUSEPORT), so a
+///   second server started next to a running one stops;
+/// - on Linux, an abstract Unix socket named after the port, held for the
+///   server's life: two servers starting at the same instant (both probes passed
+///   before either bound) cannot both hold it. The kernel frees it when the
+///   process exits, crash included, so no stale lock is left behind; a lock file
+///   in the data directory would not conflict between two servers with
+///   different data directories, which split packets all the same.
+pub struct PortLock {
+    #[cfg(target_os = "linux")]
+    _name: std::os::unix::net::UnixDatagram,
+}
+
+impl PortLock {
+    /// Claims `port` before anything of ours is bound to it.
+    pub(crate) fn claim(ip: IpAddr, port: u16) -> Result<PortLock, MediaError> {
+        let lock = PortLock::claim_bound(port)?;
+        let probe = std::net::UdpSocket::bind(SocketAddr::new(ip, port)).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                MediaError::PortInUse(port)
+            } else {
+                MediaError::Internal(format!(
+                    "cannot bind media port {ip}:{port}: {e} (set TANDEM_MEDIA_PORT to a free port)"
+                ))
+            }
+        })?;
+        drop(probe);
+        Ok(lock)
+    }
+
+    /// Claims `port` once our own sockets hold it (a port the kernel picked).
+    #[cfg(target_os = "linux")]
+    pub(crate) fn claim_bound(port: u16) -> Result<PortLock, MediaError> {
+        use std::os::linux::net::SocketAddrExt;
+        use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
+        let name = format!("tandem-media-port-{port}");
+        let addr = UnixAddr::from_abstract_name(name.as_bytes())
+            .map_err(|e| MediaError::Internal(format!("media port lock: {e}")))?;
+        match UnixDatagram::bind_addr(&addr) {
+            Ok(socket) => Ok(PortLock { _name: socket }),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(MediaError::PortInUse(port)),
+            Err(e) => Err(MediaError::Internal(format!("media port lock: {e}"))),
+        }
+    }
+
+    /// Elsewhere the probe alone guards the port.
+    #[cfg(not(target_os = "linux"))]
+    pub(crate) fn claim_bound(_port: u16) -> Result<PortLock, MediaError> {
+        Ok(PortLock {})
+    }
+}
+
 /// Datagrams per sendmmsg call (and the size at which a batch is flushed early).
 pub const BATCH: usize = 64;
 

@@ -34,6 +34,8 @@ pub(crate) enum Control {
     },
     End {
         key: u64,
+        /// Logged; `core::machine::REPLACED` marks a publisher takeover.
+        reason: &'static str,
         reply: Option<oneshot::Sender<Result<(), MediaError>>>,
     },
     /// Sessions that ended elsewhere: stop routing these addresses there.
@@ -182,7 +184,12 @@ impl Shell {
                     Ok(answer) => {
                         if reply.send(Ok(answer)).is_err() {
                             // The HTTP request went away: nobody knows this session's URL.
-                            core.end_session(key, "client went away before the answer", out);
+                            core.end_session(
+                                Instant::now(),
+                                key,
+                                "client went away before the answer",
+                                out,
+                            );
                         }
                     }
                     Err(e) => {
@@ -197,8 +204,8 @@ impl Shell {
             } => {
                 let _ = reply.send(core.patch_session(Instant::now(), key, fragment, out));
             }
-            Control::End { key, reply } => {
-                let result = if core.end_session(key, "deleted", out) {
+            Control::End { key, reason, reply } => {
+                let result = if core.end_session(Instant::now(), key, reason, out) {
                     Ok(())
                 } else {
                     Err(MediaError::UnknownSession)
@@ -209,7 +216,7 @@ impl Shell {
             }
             Control::Forget { addrs } => core.forget(&addrs),
             Control::Shutdown { reply } => {
-                core.shutdown(out);
+                core.shutdown(Instant::now(), out);
                 let _ = reply.send(());
                 return true;
             }

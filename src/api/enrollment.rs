@@ -13,13 +13,13 @@ use sqlx::AnyConnection;
 use std::sync::LazyLock;
 use utoipa::ToSchema;
 
-use super::common::{begin_write, rfc3339, rfc3339_opt, unique_violation};
+use super::common::{begin_write, rfc3339, rfc3339_opt, unique_violation, watch_url};
 use super::enrollment_records::{
     COLUMNS, EnrollmentRow, enrollment_of, evict_from_room, refund_one,
 };
 use super::idempotency::{self, IdemKey};
 use super::ledger::{self, Kind};
-use super::streams::{self, MediaTokenOut, StreamRow, StreamStatus};
+use super::streams::{self, StreamRow, StreamStatus};
 use crate::auth::{Grants, TokenRequest};
 use crate::clock::now_ms;
 use crate::error::{AppError, AppResult};
@@ -502,16 +502,27 @@ pub fn watch_refusal(stream: &StreamRow, e: Option<&EnrollmentRow>, now: i64) ->
     }
 }
 
+/// The viewer-token answer: the WHEP token, and the watch page link that carries it
+/// (what a platform hands its student: one click plays the class).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ViewerTokenOut {
+    pub token: String,
+    pub whep_url: String,
+    /// `{public_url}/watch/{id}?token=…`: the watch page, playing with this token.
+    pub watch_url: String,
+    pub expires_at: String,
+}
+
 /// A WHEP token for an enrolled user (or the owner), within their access.
 #[utoipa::path(post, path = "/v1/streams/{id}/viewer-token", tag = "media", security(("identity" = [])),
     params(("id" = String, Path)),
-    responses((status = 200, body = MediaTokenOut), (status = 401),
+    responses((status = 200, body = ViewerTokenOut), (status = 401),
               (status = 403, description = "not_enrolled or replay_expired"), (status = 404)))]
 pub async fn viewer_token(
     State(state): State<AppState>,
     Path(id): Path<String>,
     me: Identity,
-) -> AppResult<axum::Json<MediaTokenOut>> {
+) -> AppResult<axum::Json<ViewerTokenOut>> {
     let mut conn = state.db.pool.acquire().await?;
     let stream = streams::load(&mut conn, &id).await?;
     let now = now_ms();
@@ -550,10 +561,12 @@ pub async fn viewer_token(
         .execute(&mut *conn)
         .await?;
     }
-    Ok(axum::Json(MediaTokenOut {
+    // Stream ids are URL-safe (checked on creation) and JWTs are base64url: no escaping.
+    let watch_url = format!("{}?token={token}", watch_url(&state, &id));
+    Ok(axum::Json(ViewerTokenOut {
+        whep_url: format!("{}/v1/whep/{}", state.public_url, id),
+        watch_url,
         token,
-        whip_url: None,
-        whep_url: Some(format!("{}/v1/whep/{}", state.public_url, id)),
         expires_at: rfc3339(claims.exp as i64 * 1000),
     }))
 }

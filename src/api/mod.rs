@@ -9,6 +9,8 @@
 //! - [`enrollment_records`]: the enrollment row, its lookup, refunds (money back,
 //!   out of the room); under both `streams` (cancel) and `enrollment` (refund).
 //! - [`streams`]: stream CRUD, lifecycle, instructor stats, publish tokens, calendar.
+//! - [`media_streams`]: what is live in the SFU: the operator view, the pages'
+//!   status of one stream, the broadcast page's viewer link.
 //! - [`enrollment`]: paid enrollment, my enrollments, viewer tokens, admin refunds.
 //! - [`access`]: the WHIP/WHEP hook (enrollment re-check, WHIP starts a stream)
 //!   and the room gate.
@@ -25,6 +27,7 @@ pub mod enrollment_records;
 pub mod idempotency;
 pub mod jobs;
 pub mod ledger;
+pub mod media_streams;
 pub mod openapi;
 pub mod streams;
 
@@ -40,6 +43,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .merge(ledger::routes())
         .merge(streams::routes())
+        .merge(media_streams::routes())
         .merge(enrollment::routes())
         .merge(openapi::routes())
         .route_layer(axum::middleware::from_fn(crate::text::refuse_control_chars))

@@ -12,7 +12,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{self, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use super::{enrollment, ledger, streams};
+use super::{enrollment, ledger, media_streams, streams};
 use crate::state::AppState;
 
 pub fn routes() -> axum::Router<AppState> {
@@ -46,6 +46,9 @@ pub fn routes() -> axum::Router<AppState> {
         enrollment::mine,
         enrollment::viewer_token,
         enrollment::admin_refund,
+        media_streams::list,
+        media_streams::status,
+        media_streams::viewer_link,
     ),
     modifiers(&Extras),
     tags(

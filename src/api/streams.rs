@@ -603,6 +603,9 @@ pub async fn end(
     if changed == 0 {
         return Err(invalid_transition(&row, "ended"));
     }
+    // Ended means the media stops now: the publisher's and every viewer's
+    // session close (new WHIP is refused as `stream_closed` by access.rs).
+    state.sfu.close_stream(&id).await;
     let row = load(&mut conn, &id).await?;
     Ok(axum::Json(to_out(&state, &row, now)))
 }
@@ -653,11 +656,13 @@ pub async fn cancel(
     }
     .await;
     let resp = idempotency::finish(&state.db, tx, key.as_ref(), outcome).await?;
-    // Committed: the refunded viewers leave the stream's room.
+    // Committed: the refunded viewers leave the stream's room, and any media
+    // session of the stream (an early test broadcast, its viewers) closes.
     if resp.status() == StatusCode::OK && !resp.headers().contains_key("idempotent-replayed") {
         for user in &refunded_users {
             evict_from_room(&state, &id, user).await;
         }
+        state.sfu.close_stream(&id).await;
     }
     Ok(resp)
 }

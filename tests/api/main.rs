@@ -10,4 +10,5 @@ mod enrollment;
 mod hardening;
 mod jobs;
 mod ledger;
+mod media_streams;
 mod streams;

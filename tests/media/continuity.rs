@@ -10,7 +10,7 @@ use crate::support::*;
 use serde_json::Value;
 
 /// The watch page's inbound video stream as Chromium reports it.
-const INBOUND_VIDEO: &str = r#"(async () => {
+pub(crate) const INBOUND_VIDEO: &str = r#"(async () => {
   const pc = window.tandem.session && window.tandem.session.pc;
   if (!pc) return null;
   const report = await pc.getStats();
@@ -24,14 +24,14 @@ const INBOUND_VIDEO: &str = r#"(async () => {
   return v;
 })()"#;
 
-async fn inbound(browser: &mut Browser) -> Value {
+pub(crate) async fn inbound(browser: &mut Browser) -> Value {
     browser
         .eval("viewer", INBOUND_VIDEO)
         .await
         .unwrap_or(Value::Null)
 }
 
-async fn wait_frames(browser: &mut Browser, at_least: u64, within: Duration) -> Value {
+pub(crate) async fn wait_frames(browser: &mut Browser, at_least: u64, within: Duration) -> Value {
     let deadline = std::time::Instant::now() + within;
     loop {
         let v = inbound(browser).await;

@@ -746,7 +746,8 @@ async fn created_sessions_carry_location_etag_links_and_ice_lite_answer() {
     app.shutdown().await;
 }
 
-/// One publisher per stream: a second WHIP POST while one is live is 409.
+/// One publisher per stream: a second WHIP POST of another user while one is
+/// live is 409 (the same user's replaces it: tests/media/takeover.rs).
 #[tokio::test]
 async fn second_publisher_is_409() {
     let app = spawn_app().await;
@@ -761,10 +762,20 @@ async fn second_publisher_is_409() {
     assert_eq!(first.status(), StatusCode::CREATED);
     let location = header_str(&first, header::LOCATION);
     let recorded = recorded_settles_at(&app, 1).await;
+    let someone_else = app.token_for(TokenRequest {
+        user: "someone-else".into(),
+        stream: Some("cam".into()),
+        grants: Grants {
+            publish: true,
+            ..Default::default()
+        },
+        ttl_secs: 3600,
+        ..Default::default()
+    });
     let second = post_offer(
         &app,
         &app.whip_url("cam"),
-        Some(&token),
+        Some(&someone_else),
         CHROMIUM_SENDONLY_OFFER,
     )
     .await;

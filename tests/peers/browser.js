@@ -35,6 +35,9 @@ const ARGS = [
   '--allow-loopback-in-peer-connection',
   '--disable-features=WebRtcHideLocalIpsWithMdns',
   '--autoplay-policy=no-user-gesture-required',
+  // A name that is not localhost, for pages that must see an insecure context
+  // (plain HTTP, not loopback): http://insecure.tandem.test:PORT/ is the test server.
+  '--host-resolver-rules=MAP insecure.tandem.test 127.0.0.1',
   // Every page is a peer the test watches: never throttle one for being "in the background".
   '--disable-background-timer-throttling',
   '--disable-renderer-backgrounding',

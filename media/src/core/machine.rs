@@ -31,11 +31,13 @@ use crate::error::MediaError;
 use crate::kinds::{MediaKind, SessionKind, Transport};
 use crate::metrics::MediaMetrics;
 use crate::registry::{
-    PatchOutcome, Registry, Route, SessionAnswer, SessionEntry, SessionSummary, StreamShared,
-    log_id, random_hex,
+    PatchOutcome, PublisherInfo, RATE_WINDOW, Registry, Route, SessionAnswer, SessionEntry,
+    SessionSummary, StreamShared, log_id, random_hex,
 };
 use crate::sdp::{self, CheckedOffer, IceFragment};
-use crate::session::{self, BuildParams, Publisher, PublisherTrack, Role, Session, Viewer};
+use crate::session::{
+    self, BuildParams, Publisher, PublisherTrack, RateMeter, Role, Session, Viewer,
+};
 use crate::srtp::SrtpSender;
 use crate::track::Continuity;
 
@@ -48,6 +50,10 @@ const REFRESH_TIMEOUTS: Duration = Duration::from_millis(100);
 pub const MAX_HANDOVER_AGE: Duration = Duration::from_millis(150);
 /// How often a viewer gets a sender report per track (browsers use them for lip sync).
 const SENDER_REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// Why a publisher session ended when the same user's new session took its place.
+pub const REPLACED: &str = "replaced by the same user's new session";
+/// Why sessions end when the server stops.
+pub const SHUTDOWN: &str = "shutdown";
 
 /// A request for a new session, as admitted by the HTTP side.
 pub struct NewSession {
@@ -164,9 +170,17 @@ impl Core {
         outcome
     }
 
-    /// Ends a session; false when there is none with this key.
-    pub fn end_session(&mut self, key: u64, reason: &'static str, out: &mut impl Egress) -> bool {
-        self.close(key, reason, out)
+    /// Ends a session at `now`; false when there is none with this key.
+    /// `reason` is logged; [`REPLACED`] and [`SHUTDOWN`] leave no "ended" mark
+    /// on the stream (another publisher follows, or the server goes).
+    pub fn end_session(
+        &mut self,
+        now: Instant,
+        key: u64,
+        reason: &'static str,
+        out: &mut impl Egress,
+    ) -> bool {
+        self.close(now, key, reason, out)
     }
 
     /// Sessions that ended on another worker: stop routing these addresses there.
@@ -177,10 +191,10 @@ impl Core {
     }
 
     /// Closes every session (their DTLS close alerts go into `out`).
-    pub fn shutdown(&mut self, out: &mut impl Egress) {
+    pub fn shutdown(&mut self, now: Instant, out: &mut impl Egress) {
         let keys: Vec<u64> = self.sessions.keys().copied().collect();
         for key in keys {
-            self.close(key, "shutdown", out);
+            self.close(now, key, SHUTDOWN, out);
         }
     }
 
@@ -194,7 +208,7 @@ impl Core {
     pub fn settle(&mut self, now: Instant, out: &mut impl Egress) {
         self.flush_forwards(now, out);
         while let Some((key, reason)) = self.to_close.pop() {
-            self.close(key, reason, out);
+            self.close(now, key, reason, out);
         }
     }
 
@@ -285,6 +299,8 @@ impl Core {
             to_close,
             streams,
             idx,
+            registry,
+            clock,
             ..
         } = self;
         let Some(s) = sessions.get_mut(&key) else {
@@ -320,6 +336,11 @@ impl Core {
         if became_connected {
             let transport = s.addrs.last().map_or(Transport::Udp, |a| a.1);
             tracing::info!(session = log_id(&s.id), stream = %s.stream.name, kind = s.kind().as_str(), transport = transport.as_str(), "session connected");
+            if matches!(s.role, Role::Publisher(_)) {
+                // Connected on the datagram just read: `last_rx` is its time.
+                let since = clock.unix(s.last_rx).as_millis() as i64;
+                publisher_connected(registry, &s.stream, key, since, transport);
+            }
             if let Role::Viewer(viewer) = &mut s.role {
                 match s.pc.local_srtp_keying().map(SrtpSender::new) {
                     Some(Ok(sender)) => viewer.srtp = Some(sender),
@@ -486,7 +507,24 @@ impl Core {
             }
         }
         self.scratch_keys = keys;
+        self.publish_rates(now);
         self.request_keyframes(now, out);
+    }
+
+    /// Publishes each local publisher's received rate to its stream once per
+    /// [`RATE_WINDOW`] (the operator view's `bitrate_kbps`).
+    fn publish_rates(&mut self, now: Instant) {
+        for key in &self.publishers {
+            if let Some(Session {
+                role: Role::Publisher(publisher),
+                stream,
+                ..
+            }) = self.sessions.get_mut(key)
+                && let Some(bps) = publisher.rate.roll(now, RATE_WINDOW)
+            {
+                stream.bitrate_bps.store(bps, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Sends PLIs to this worker's publishers whose viewers want a keyframe, at most
@@ -531,6 +569,12 @@ impl Core {
         req: NewSession,
         out: &mut impl Egress,
     ) -> Result<SessionAnswer, MediaError> {
+        // A publisher whose place was taken over (the same user's newer session)
+        // between its reservation and now is not built: it would feed the stream
+        // beside its successor.
+        if req.kind == SessionKind::Publisher && !req.stream.holds_publisher(req.key) {
+            return Err(MediaError::StreamBusy(req.stream.name.to_string()));
+        }
         let publisher_codecs = req.stream.codecs();
         let candidates = self.registry.candidates();
         let built = session::build(BuildParams {
@@ -557,6 +601,7 @@ impl Core {
                         .unwrap_or_else(|| [Continuity::new(48_000), Continuity::new(90_000)]),
                     epoch,
                     keyframes: Default::default(),
+                    rate: RateMeter::new(now),
                 })
             }
             SessionKind::Viewer => Role::Viewer(Viewer {
@@ -696,7 +741,13 @@ impl Core {
     }
 
     /// Ends a session: DTLS close, routes and registries cleaned, stream released.
-    fn close(&mut self, key: u64, reason: &'static str, out: &mut impl Egress) -> bool {
+    fn close(
+        &mut self,
+        now: Instant,
+        key: u64,
+        reason: &'static str,
+        out: &mut impl Egress,
+    ) -> bool {
         let Some(mut s) = self.sessions.remove(&key) else {
             return false;
         };
@@ -732,11 +783,24 @@ impl Core {
                 if stream.live.swap(false, Ordering::AcqRel) {
                     self.metrics.streams_live.dec();
                 }
-                if let Ok(mut p) = stream.publisher.lock()
-                    && *p == Some(key)
+                let was_connected = match stream.publisher_info.lock() {
+                    Ok(mut info) if info.as_ref().is_some_and(|i| i.key == key) => {
+                        *info = None;
+                        stream.bitrate_bps.store(0, Ordering::Relaxed);
+                        true
+                    }
+                    _ => false,
+                };
+                // A publisher that was live and left (not replaced, not the server
+                // stopping): pages say "ended" for a while, not "no such stream".
+                if was_connected
+                    && reason != REPLACED
+                    && reason != SHUTDOWN
+                    && let Ok(mut ended) = self.registry.recently_ended.lock()
                 {
-                    *p = None;
+                    ended.insert(stream.name.clone(), now);
                 }
+                stream.release_publisher(key);
                 self.publishers.retain(|k| *k != key);
                 self.metrics.publishers.dec();
             }
@@ -777,6 +841,24 @@ impl Core {
             viewer.media_dest = Some(dest);
             join_fanout(key, viewer, &s.stream, self.idx, &mut self.streams);
         }
+    }
+
+    /// A publisher as its DTLS handshake leaves it: connected at `now` over UDP.
+    pub(crate) fn connect_publisher(&mut self, key: u64, now: Instant) {
+        let since = self.clock.unix(now).as_millis() as i64;
+        if let Some(s) = self.sessions.get_mut(&key) {
+            s.connected = true;
+            publisher_connected(&self.registry, &s.stream, key, since, Transport::Udp);
+        }
+    }
+
+    /// Whether the registry remembers `stream` as recently ended at `now`.
+    pub(crate) fn recently_ended(&self, stream: &str, now: Instant) -> bool {
+        self.registry
+            .recently_ended
+            .lock()
+            .map(|mut r| r.contains(stream, now))
+            .unwrap_or(false)
     }
 
     /// A publisher's track opens at `clock_rate` (what its `OnTrack` event does to
@@ -825,6 +907,30 @@ impl Core {
     }
 }
 
+/// A publisher's session connected at `since` (unix ms): the stream is live
+/// for the operator view and the status endpoint, and no longer "ended".
+fn publisher_connected(
+    registry: &Registry,
+    stream: &StreamShared,
+    key: u64,
+    since: i64,
+    transport: Transport,
+) {
+    if let Ok(mut info) = stream.publisher_info.lock() {
+        *info = Some(PublisherInfo {
+            key,
+            connected_since_ms: since,
+            transport,
+        });
+    }
+    let _ = stream
+        .started_at_ms
+        .compare_exchange(0, since, Ordering::AcqRel, Ordering::Acquire);
+    if let Ok(mut ended) = registry.recently_ended.lock() {
+        ended.remove(&stream.name);
+    }
+}
+
 /// A connected viewer joins its stream's fan-out on this worker, and asks the
 /// publisher for a keyframe to start from.
 fn join_fanout(
@@ -851,6 +957,7 @@ fn forward_packet(
     mut packet: rtc::rtp::Packet,
     arrived: Instant,
 ) -> Forward {
+    publisher.rate.bytes += packet.payload.len() as u64;
     publisher.continuity[kind.index()].rewrite(&mut packet.header, arrived);
     Forward {
         stream,

@@ -20,13 +20,17 @@ use rtc::srtp::context::Context;
 use rtc::srtp::protection_profile::ProtectionProfile;
 
 use super::egress::{Egress, Event, Forward, TcpDrop};
-use super::machine::{Core, MAX_HANDOVER_AGE, NewSession};
+use super::machine::{Core, MAX_HANDOVER_AGE, NewSession, REPLACED};
 use crate::admission::{Admission, SessionHolder};
 use crate::config::MediaConfig;
+use crate::error::MediaError;
 use crate::feedback::KeyframeThrottle;
 use crate::kinds::{MediaKind, SessionKind, Transport};
 use crate::metrics::MediaMetrics;
-use crate::registry::{Registry, SessionObserver, SessionSummary, StreamShared};
+use crate::registry::{
+    RATE_WINDOW, RecentlyEnded, Registry, Reservation, SessionObserver, SessionSummary,
+    StreamShared,
+};
 use crate::sdp;
 use crate::srtp::SrtpSender;
 
@@ -147,7 +151,22 @@ impl Bench {
         self.t0 + Duration::from_millis(ms)
     }
 
+    /// A session of user "u"; a publisher reserves the stream first, as `Sfu` does.
     fn session(&mut self, kind: SessionKind, ms: u64, out: &mut Collected) -> u64 {
+        if kind == SessionKind::Publisher {
+            let reserved = self.stream.reserve_publisher(self.next_key, 0, "u");
+            assert_eq!(reserved, Reservation::Free);
+        }
+        self.build(kind, ms, out).unwrap()
+    }
+
+    /// Builds the next session (a publisher's place must be reserved already).
+    fn build(
+        &mut self,
+        kind: SessionKind,
+        ms: u64,
+        out: &mut Collected,
+    ) -> Result<u64, MediaError> {
         let key = self.next_key;
         self.next_key += 1;
         let offer = offer(match kind {
@@ -172,8 +191,8 @@ impl Bench {
             user: Arc::from("u"),
             slot: self.admission.admit(&self.config, kind, &holder).unwrap(),
         };
-        self.core.create_session(self.at(ms), req, out).unwrap();
-        key
+        self.core.create_session(self.at(ms), req, out)?;
+        Ok(key)
     }
 
     /// A viewer whose handshake is done: `n` picks its keys and port.
@@ -322,7 +341,11 @@ fn publisher_reconnect_keeps_a_viewers_numbering_continuous() {
             &mut out,
         );
     }
-    assert!(bench.core.end_session(first, "deleted", &mut out));
+    assert!(
+        bench
+            .core
+            .end_session(bench.at(100), first, "deleted", &mut out)
+    );
     // The publisher comes back a second later, numbering from somewhere else.
     let second = bench.session(SessionKind::Publisher, 1_000, &mut out);
     bench.core.open_track(second, MediaKind::Video, 90_000);
@@ -398,4 +421,158 @@ fn media_crosses_only_to_workers_with_viewers_of_the_stream() {
         &mut out,
     );
     assert_eq!(out.media, [1]);
+}
+
+#[test]
+fn the_same_users_new_publisher_takes_over_and_viewers_keep_their_numbering() {
+    let mut bench = Bench::new();
+    let mut out = Collected::default();
+    let mut viewer = bench.viewer(1, Transport::Udp, &mut out);
+    let first = bench.session(SessionKind::Publisher, 0, &mut out);
+    bench.core.connect_publisher(first, bench.at(10));
+    bench.core.open_track(first, MediaKind::Video, 90_000);
+    for seq in 100..102u16 {
+        bench.core.publisher_rtp(
+            bench.at(40),
+            first,
+            MediaKind::Video,
+            rtp(seq, 1_000),
+            &mut out,
+        );
+    }
+    // The broadcaster's page crashed: its session is still there when the same
+    // user's new offer comes. The new one reserves the place over the old one...
+    let second_key = bench.next_key;
+    assert_eq!(
+        bench.stream.reserve_publisher(second_key, 0, "u"),
+        Reservation::Takeover {
+            key: first,
+            worker: 0
+        }
+    );
+    // ...which is closed as a DELETE would before the new one is built.
+    assert!(
+        bench
+            .core
+            .end_session(bench.at(500), first, REPLACED, &mut out)
+    );
+    assert!(
+        bench.stream.holds_publisher(second_key),
+        "closing the replaced session leaves its successor's place alone"
+    );
+    assert!(
+        !bench.core.recently_ended("live", bench.at(500)),
+        "a takeover is not an end"
+    );
+    let second = bench.build(SessionKind::Publisher, 500, &mut out).unwrap();
+    bench.core.open_track(second, MediaKind::Video, 90_000);
+    for seq in 9_000..9_002u16 {
+        bench.core.publisher_rtp(
+            bench.at(540),
+            second,
+            MediaKind::Video,
+            rtp(seq, 77),
+            &mut out,
+        );
+    }
+    let seqs: Vec<u16> = viewer.received(&out).iter().map(|p| p.0).collect();
+    assert_eq!(seqs, [100, 101, 102, 103]);
+}
+
+#[test]
+fn another_users_publisher_finds_the_stream_busy() {
+    let bench = Bench::new();
+    assert_eq!(bench.stream.reserve_publisher(1, 0, "u"), Reservation::Free);
+    assert_eq!(bench.stream.reserve_publisher(2, 1, "v"), Reservation::Busy);
+    assert!(
+        bench.stream.holds_publisher(1),
+        "a refused takeover changes nothing"
+    );
+}
+
+#[test]
+fn a_publisher_replaced_before_it_was_built_is_refused() {
+    let mut bench = Bench::new();
+    let mut out = Collected::default();
+    let first_key = bench.next_key;
+    assert_eq!(
+        bench.stream.reserve_publisher(first_key, 0, "u"),
+        Reservation::Free
+    );
+    // The same user's second offer overtakes the first while it is in flight.
+    assert_eq!(
+        bench.stream.reserve_publisher(first_key + 1, 0, "u"),
+        Reservation::Takeover {
+            key: first_key,
+            worker: 0
+        }
+    );
+    let refused = bench.build(SessionKind::Publisher, 0, &mut out);
+    assert!(matches!(refused, Err(MediaError::StreamBusy(_))));
+    assert!(bench.build(SessionKind::Publisher, 0, &mut out).is_ok());
+    assert!(bench.stream.holds_publisher(first_key + 1));
+}
+
+#[test]
+fn a_live_publisher_that_leaves_marks_the_stream_ended_until_the_next_one() {
+    let mut bench = Bench::new();
+    let mut out = Collected::default();
+    let first = bench.session(SessionKind::Publisher, 0, &mut out);
+    bench.core.connect_publisher(first, bench.at(10));
+    assert!(bench.stream.publisher_status().is_some());
+    assert!(
+        bench
+            .core
+            .end_session(bench.at(1_000), first, "deleted", &mut out)
+    );
+    assert!(bench.stream.publisher_status().is_none());
+    assert!(bench.core.recently_ended("live", bench.at(1_000)));
+    let second = bench.session(SessionKind::Publisher, 2_000, &mut out);
+    assert!(
+        bench.core.recently_ended("live", bench.at(2_000)),
+        "a publisher that has not connected yet does not make the stream live"
+    );
+    bench.core.connect_publisher(second, bench.at(2_050));
+    assert!(!bench.core.recently_ended("live", bench.at(2_050)));
+}
+
+#[test]
+fn recently_ended_names_are_bounded_in_count_and_age() {
+    let t0 = Instant::now();
+    let mut ended = RecentlyEnded::new(2, Duration::from_secs(60));
+    ended.insert(Arc::from("a"), t0);
+    ended.insert(Arc::from("b"), t0);
+    ended.insert(Arc::from("c"), t0);
+    assert_eq!(ended.len(), 2);
+    assert!(!ended.contains("a", t0), "the oldest name goes first");
+    assert!(ended.contains("c", t0));
+    // Re-inserting a name keeps it past its first entry's eviction.
+    ended.insert(Arc::from("b"), t0 + Duration::from_secs(30));
+    assert!(ended.contains("b", t0 + Duration::from_secs(61)));
+    assert!(!ended.contains("c", t0 + Duration::from_secs(61)));
+    assert!(!ended.contains("b", t0 + Duration::from_secs(91)));
+}
+
+#[test]
+fn the_publishers_bitrate_is_published_once_per_window() {
+    let mut bench = Bench::new();
+    let mut out = Collected::default();
+    let publisher = bench.session(SessionKind::Publisher, 0, &mut out);
+    bench.core.open_track(publisher, MediaKind::Video, 90_000);
+    // 100 payload bytes every 10 ms: 80 kbit/s.
+    let window = RATE_WINDOW.as_millis() as u64;
+    for i in 0..window / 10 {
+        let seq = i as u16;
+        bench.core.publisher_rtp(
+            bench.at(i * 10),
+            publisher,
+            MediaKind::Video,
+            rtp(seq, 0),
+            &mut out,
+        );
+    }
+    bench.core.handle_timeout(bench.at(window - 10), &mut out);
+    assert_eq!(bench.stream.bitrate_bps.load(Ordering::Relaxed), 0);
+    bench.core.handle_timeout(bench.at(window), &mut out);
+    assert_eq!(bench.stream.bitrate_bps.load(Ordering::Relaxed), 80_000);
 }
