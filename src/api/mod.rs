@@ -14,6 +14,8 @@
 //!   and the room gate.
 //! - [`jobs`]: replay expiry, recording cleanup, catalog migration, key pruning.
 //! - [`openapi`]: the OpenAPI document served at `/openapi.json`.
+//! - [`not_built`]: the contract's routes not built yet, answering 501
+//!   `not_implemented` (merged by `server::app`).
 //!
 //! Each imports only modules listed above it (`common` is the leaf; `access`,
 //! `jobs` and `openapi` the top); this file only gathers the routes.
@@ -25,6 +27,7 @@ pub mod enrollment_records;
 pub mod idempotency;
 pub mod jobs;
 pub mod ledger;
+pub mod not_built;
 pub mod openapi;
 pub mod streams;
 
