@@ -274,8 +274,8 @@ mod tests {
                 let text = std::fs::read_to_string(&path).unwrap();
                 for chunk in text.split(".route(").skip(1) {
                     let chunk = chunk.trim_start();
-                    if let Some(rest) = chunk.strip_prefix('"') {
-                        out.insert(rest[..rest.find('"').unwrap()].to_string());
+                    if let Some(rest) = chunk.strip_prefix("\"/") {
+                        out.insert(format!("/{}", &rest[..rest.find('"').unwrap()]));
                     }
                 }
             }
