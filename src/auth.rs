@@ -550,7 +550,8 @@ mod tests {
         let ok_claims = serde_json::json!({"sub": "u1", "exp": now_secs() + 60});
         let wrong_key = signed("wrong-secret", &ok_claims);
         assert!(
-            message(&wrong_key).contains("signature does not verify with the configured jwt_secret"),
+            message(&wrong_key)
+                .contains("signature does not verify with the configured jwt_secret"),
             "{}",
             message(&wrong_key)
         );

@@ -217,10 +217,8 @@ impl Config {
                 config::FileFormat::Toml,
             ))
         };
-        let env_map: config::Map<String, String> = env
-            .into_iter()
-            .filter(|(k, _)| is_config_var(k))
-            .collect();
+        let env_map: config::Map<String, String> =
+            env.into_iter().filter(|(k, _)| is_config_var(k)).collect();
         let env_source = config::Environment::with_prefix("TANDEM")
             .prefix_separator("_")
             .separator("__")
@@ -256,8 +254,10 @@ impl Config {
                 .collect();
             let hint = match nearest(&var["TANDEM_".len()..], names.iter().map(String::as_str)) {
                 Some(k) => format!("; did you mean TANDEM_{k}?"),
-                None => "; config/default.toml lists every key (TANDEM_<KEY>, TANDEM_<SECTION>__<KEY>)"
-                    .into(),
+                None => {
+                    "; config/default.toml lists every key (TANDEM_<KEY>, TANDEM_<SECTION>__<KEY>)"
+                        .into()
+                }
             };
             return Err(ConfigError::Unknown(format!(
                 "unknown variable {var}{hint}"
@@ -372,7 +372,9 @@ impl Config {
 
 /// Dotted keys (`media.max_sessions`) that [`Config`] does not read in what
 /// `builder` gives, as `serde_ignored` sees them while deserializing.
-fn unknown_keys(builder: config::ConfigBuilder<config::builder::DefaultState>) -> Result<Vec<String>, ConfigError> {
+fn unknown_keys(
+    builder: config::ConfigBuilder<config::builder::DefaultState>,
+) -> Result<Vec<String>, ConfigError> {
     let mut unknown = Vec::new();
     let built = builder.build()?;
     // Errors other than unknown keys (a bad value) are reported by the full load.
@@ -406,7 +408,10 @@ fn known_keys() -> Vec<String> {
         "ice_servers.credential".into(),
     ];
     if let Ok(table) = config::Config::builder()
-        .add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml))
+        .add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ))
         .build()
         .and_then(|c| c.try_deserialize::<config::Map<String, config::Value>>())
     {
@@ -626,7 +631,10 @@ mod tests {
         assert!(err.contains("did you mean TANDEM_MEDIA__WORKERS?"), "{err}");
         // Nothing close: no guess, but where the keys are listed.
         let err = load_err(None, &[("TANDEM_COMPLETELY_DIFFERENT_THING", "1")]);
-        assert!(err.contains("unknown variable TANDEM_COMPLETELY_DIFFERENT_THING"), "{err}");
+        assert!(
+            err.contains("unknown variable TANDEM_COMPLETELY_DIFFERENT_THING"),
+            "{err}"
+        );
         assert!(err.contains("default.toml"), "{err}");
     }
 
@@ -659,10 +667,10 @@ mod tests {
 
     /// Whether `var` alone (with a harmless value) is reported unknown.
     fn unknown_keys_of_env(var: &str) -> bool {
-        match Config::load_with_env(None, env(&[(var, "1")])) {
-            Err(ConfigError::Unknown(_)) => true,
-            _ => false,
-        }
+        matches!(
+            Config::load_with_env(None, env(&[(var, "1")])),
+            Err(ConfigError::Unknown(_))
+        )
     }
 
     fn write_toml(name: &str, text: &str) -> PathBuf {
@@ -698,7 +706,10 @@ mod tests {
         );
         let path = write_toml("p.toml", "[meda]\nworkers = 2\n");
         let err = load_err(Some(&path), &[]);
-        assert!(err.contains("unknown key `meda`") && err.contains("`media`"), "{err}");
+        assert!(
+            err.contains("unknown key `meda`") && err.contains("`media`"),
+            "{err}"
+        );
         let path = write_toml(
             "p.toml",
             "[[ice_servers]]\nurls = [\"stun:x:3478\"]\nusername = \"u\"\ncredentail = \"c\"\n",

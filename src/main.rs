@@ -181,26 +181,26 @@ fn print_token(config: &Config, args: TokenArgs) -> ExitCode {
         return ExitCode::from(2);
     }
     let dir = &config.data_dir;
-    let (tokens, source) =
-        match MediaTokens::open(&config.media_token_secret, dir, args.create_key) {
-            Ok(t) => t,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                eprintln!(
-                    "tandem token: no media-token key in data directory {} and no media_token_secret \
+    let (tokens, source) = match MediaTokens::open(&config.media_token_secret, dir, args.create_key)
+    {
+        Ok(t) => t,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!(
+                "tandem token: no media-token key in data directory {} and no media_token_secret \
                      configured; a new key here would sign tokens the server rejects. Point this \
                      command at the server's data directory (TANDEM_DATA_DIR=DIR, or --config FILE \
                      with its data_dir) or its secret (TANDEM_MEDIA_TOKEN_SECRET), or pass \
                      --create-key to create a key here (only a server using this data directory \
                      will accept the token).",
-                    describe_dir(dir)
-                );
-                return ExitCode::from(2);
-            }
-            Err(err) => {
-                eprintln!("tandem token: data directory {}: {err}", describe_dir(dir));
-                return ExitCode::from(1);
-            }
-        };
+                describe_dir(dir)
+            );
+            return ExitCode::from(2);
+        }
+        Err(err) => {
+            eprintln!("tandem token: data directory {}: {err}", describe_dir(dir));
+            return ExitCode::from(1);
+        }
+    };
     eprintln!("tandem token: data directory {}", describe_dir(dir));
     match &source {
         KeySource::Configured => eprintln!("tandem token: key: media_token_secret from config"),

@@ -205,7 +205,11 @@ impl Modify for Extras {
         paths.add_path_operation(
             "/openapi.json",
             vec![HttpMethod::Get],
-            op("operations", "this document", &[("200", "OpenAPI 3.1 JSON")]),
+            op(
+                "operations",
+                "this document",
+                &[("200", "OpenAPI 3.1 JSON")],
+            ),
         );
         paths.add_path_operation(
             "/healthz",
@@ -287,12 +291,8 @@ mod tests {
     #[test]
     fn the_document_lists_every_route() {
         let doc: serde_json::Value = serde_json::from_str(super::document()).unwrap();
-        let documented: BTreeSet<String> = doc["paths"]
-            .as_object()
-            .unwrap()
-            .keys()
-            .cloned()
-            .collect();
+        let documented: BTreeSet<String> =
+            doc["paths"].as_object().unwrap().keys().cloned().collect();
         let mut routed = BTreeSet::new();
         routes_in_source(
             &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
@@ -308,15 +308,24 @@ mod tests {
             .iter()
             .filter(|p| !PAGES.contains(&p.as_str()) && !documented.contains(*p))
             .collect();
-        assert!(missing.is_empty(), "routes missing from /openapi.json: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "routes missing from /openapi.json: {missing:?}"
+        );
         // Documented paths are served by a route.
         let unserved: Vec<_> = documented
             .iter()
             .filter(|p| !routed.contains(*p) && !not_built.contains(*p))
             .collect();
-        assert!(unserved.is_empty(), "documented but not routed: {unserved:?}");
+        assert!(
+            unserved.is_empty(),
+            "documented but not routed: {unserved:?}"
+        );
         // Not-built routes are not advertised as if they worked.
         let advertised: Vec<_> = not_built.intersection(&documented).collect();
-        assert!(advertised.is_empty(), "501 routes in /openapi.json: {advertised:?}");
+        assert!(
+            advertised.is_empty(),
+            "501 routes in /openapi.json: {advertised:?}"
+        );
     }
 }

@@ -63,7 +63,8 @@ async fn a_server_without_secrets_says_which_one_is_missing() {
         assert_eq!(r.code(), "unauthorized");
         let message = r.body["error"]["message"].as_str().unwrap();
         assert!(
-            message.contains("no jwt_secret is configured") && message.contains("TANDEM_JWT_SECRET"),
+            message.contains("no jwt_secret is configured")
+                && message.contains("TANDEM_JWT_SECRET"),
             "{message}"
         );
     }
@@ -107,13 +108,7 @@ async fn an_identity_on_a_service_route_without_a_service_key_is_403_saying_so()
 /// Fills `{param}` segments of a route template with a plausible value.
 fn concrete(path: &str) -> String {
     path.split('/')
-        .map(|seg| {
-            if seg.starts_with('{') {
-                "x1"
-            } else {
-                seg
-            }
-        })
+        .map(|seg| if seg.starts_with('{') { "x1" } else { seg })
         .collect::<Vec<_>>()
         .join("/")
 }
@@ -128,7 +123,12 @@ async fn contract_routes_not_built_yet_answer_501_with_their_methods() {
             let m = Method::from_bytes(method.as_bytes()).unwrap();
             let body = matches!(method, "POST" | "PUT").then_some("{}");
             let r = app.send(m, &url, Some("whatever"), body, &[]).await;
-            assert_eq!(r.status, StatusCode::NOT_IMPLEMENTED, "{method} {url}: {}", r.text);
+            assert_eq!(
+                r.status,
+                StatusCode::NOT_IMPLEMENTED,
+                "{method} {url}: {}",
+                r.text
+            );
             assert_eq!(r.code(), "not_implemented", "{method} {url}");
             let message = r.body["error"]["message"].as_str().unwrap();
             assert_eq!(

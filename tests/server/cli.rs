@@ -54,9 +54,17 @@ fn claims(token: &str) -> serde_json::Value {
 async fn identity_mints_a_jwt_the_business_api_accepts() {
     let cwd = TempDir::new("tandem-cli");
     // No secret: refused, saying how to configure one.
-    let out = tandem(cwd.path(), &["identity", "--sub", "alice", "--role", "instructor"], &[]);
+    let out = tandem(
+        cwd.path(),
+        &["identity", "--sub", "alice", "--role", "instructor"],
+        &[],
+    );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("TANDEM_JWT_SECRET"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("TANDEM_JWT_SECRET"),
+        "{}",
+        stderr(&out)
+    );
     assert!(stderr(&out).contains("jwt_secret"), "{}", stderr(&out));
     assert!(stdout(&out).is_empty());
 
@@ -72,8 +80,17 @@ async fn identity_mints_a_jwt_the_business_api_accepts() {
     let out = tandem(
         cwd.path(),
         &[
-            "identity", "--sub", "alice", "--role", "instructor", "--ttl", "600", "--name",
-            "Alice", "--email", "alice@example.com",
+            "identity",
+            "--sub",
+            "alice",
+            "--role",
+            "instructor",
+            "--ttl",
+            "600",
+            "--name",
+            "Alice",
+            "--email",
+            "alice@example.com",
         ],
         &[("TANDEM_JWT_SECRET", JWT_SECRET)],
     );
@@ -102,11 +119,20 @@ async fn token_never_silently_creates_a_key_the_server_does_not_know() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(err.contains("data"), "names the data directory: {err}");
-    assert!(err.contains(&cwd.path().join("data").display().to_string()), "{err}");
-    assert!(err.contains("TANDEM_DATA_DIR") && err.contains("--config"), "{err}");
+    assert!(
+        err.contains(&cwd.path().join("data").display().to_string()),
+        "{err}"
+    );
+    assert!(
+        err.contains("TANDEM_DATA_DIR") && err.contains("--config"),
+        "{err}"
+    );
     assert!(err.contains("--create-key"), "{err}");
     assert!(stdout(&out).is_empty(), "no token printed");
-    assert!(!cwd.path().join("data/media-token.key").exists(), "no key created");
+    assert!(
+        !cwd.path().join("data/media-token.key").exists(),
+        "no key created"
+    );
 
     // Asked to, it creates one and says so.
     let mut with_create = args.to_vec();
@@ -124,14 +150,21 @@ async fn token_never_silently_creates_a_key_the_server_does_not_know() {
         "{}",
         stderr(&out)
     );
-    assert!(stderr(&out).contains("data directory ./data"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("data directory ./data"),
+        "{}",
+        stderr(&out)
+    );
 
     // A configured secret needs no file, wherever the command runs.
     let elsewhere = TempDir::new("tandem-cli");
     let out = tandem(
         elsewhere.path(),
         &args,
-        &[("TANDEM_MEDIA_TOKEN_SECRET", "a-media-secret-0123456789abcdef")],
+        &[(
+            "TANDEM_MEDIA_TOKEN_SECRET",
+            "a-media-secret-0123456789abcdef",
+        )],
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
@@ -145,15 +178,30 @@ async fn token_never_silently_creates_a_key_the_server_does_not_know() {
 #[tokio::test]
 async fn token_refuses_bad_names_and_mixed_grants_and_caps_the_ttl() {
     let cwd = TempDir::new("tandem-cli");
-    let secret = [("TANDEM_MEDIA_TOKEN_SECRET", "a-media-secret-0123456789abcdef")];
-    let out = tandem(cwd.path(), &["token", "--stream", "bad name/x", "--publish"], &secret);
+    let secret = [(
+        "TANDEM_MEDIA_TOKEN_SECRET",
+        "a-media-secret-0123456789abcdef",
+    )];
+    let out = tandem(
+        cwd.path(),
+        &["token", "--stream", "bad name/x", "--publish"],
+        &secret,
+    );
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("invalid stream name"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("invalid stream name"),
+        "{}",
+        stderr(&out)
+    );
 
     let out = tandem(cwd.path(), &["token", "--room", "r1", "--publish"], &secret);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("--publish"), "{}", stderr(&out));
-    let out = tandem(cwd.path(), &["token", "--room", "r1", "--subscribe"], &secret);
+    let out = tandem(
+        cwd.path(),
+        &["token", "--room", "r1", "--subscribe"],
+        &secret,
+    );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 
     let out = tandem(
@@ -162,14 +210,29 @@ async fn token_refuses_bad_names_and_mixed_grants_and_caps_the_ttl() {
         &secret,
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("ttl capped at 86400 s"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("ttl capped at 86400 s"),
+        "{}",
+        stderr(&out)
+    );
     let c = claims(&stdout(&out));
-    assert_eq!(c["exp"].as_u64().unwrap() - c["iat"].as_u64().unwrap(), 86_400);
+    assert_eq!(
+        c["exp"].as_u64().unwrap() - c["iat"].as_u64().unwrap(),
+        86_400
+    );
 
     // `*` still means any stream, and a room token still works.
-    let out = tandem(cwd.path(), &["token", "--stream", "*", "--publish"], &secret);
+    let out = tandem(
+        cwd.path(),
+        &["token", "--stream", "*", "--publish"],
+        &secret,
+    );
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = tandem(cwd.path(), &["token", "--room", "r1", "--moderate"], &secret);
+    let out = tandem(
+        cwd.path(),
+        &["token", "--room", "r1", "--moderate"],
+        &secret,
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(claims(&stdout(&out))["room"], "r1");
 }
@@ -177,10 +240,17 @@ async fn token_refuses_bad_names_and_mixed_grants_and_caps_the_ttl() {
 #[tokio::test]
 async fn configuration_typos_stop_every_command_with_the_nearest_name() {
     let cwd = TempDir::new("tandem-cli");
-    let secret = ("TANDEM_MEDIA_TOKEN_SECRET", "a-media-secret-0123456789abcdef");
+    let secret = (
+        "TANDEM_MEDIA_TOKEN_SECRET",
+        "a-media-secret-0123456789abcdef",
+    );
     let token = ["token", "--stream", "s1", "--publish"];
 
-    let out = tandem(cwd.path(), &token, &[secret, ("TANDEM_HTTP_ADR", "0.0.0.0:80")]);
+    let out = tandem(
+        cwd.path(),
+        &token,
+        &[secret, ("TANDEM_HTTP_ADR", "0.0.0.0:80")],
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(
         stderr(&out).contains("unknown variable TANDEM_HTTP_ADR; did you mean TANDEM_HTTP_ADDR?"),
@@ -204,22 +274,42 @@ async fn configuration_typos_stop_every_command_with_the_nearest_name() {
         "http_adr = \"0.0.0.0:8080\"\n",
     )
     .unwrap();
-    let out = tandem(cwd.path(), &["--config", "prod.toml", "token", "--stream", "s1", "--publish"], &[secret]);
+    let out = tandem(
+        cwd.path(),
+        &[
+            "--config",
+            "prod.toml",
+            "token",
+            "--stream",
+            "s1",
+            "--publish",
+        ],
+        &[secret],
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(
         stderr(&out).contains("unknown key `http_adr` in prod.toml; did you mean `http_addr`?"),
         "{}",
         stderr(&out)
     );
-    std::fs::write(
-        cwd.path().join("prod.toml"),
-        "[media]\nworkerz = 2\n",
-    )
-    .unwrap();
-    let out = tandem(cwd.path(), &["--config", "prod.toml", "identity", "--sub", "a", "--role", "user"], &[("TANDEM_JWT_SECRET", "x")]);
+    std::fs::write(cwd.path().join("prod.toml"), "[media]\nworkerz = 2\n").unwrap();
+    let out = tandem(
+        cwd.path(),
+        &[
+            "--config",
+            "prod.toml",
+            "identity",
+            "--sub",
+            "a",
+            "--role",
+            "user",
+        ],
+        &[("TANDEM_JWT_SECRET", "x")],
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        stderr(&out).contains("unknown key `media.workerz` in prod.toml; did you mean `media.workers`?"),
+        stderr(&out)
+            .contains("unknown key `media.workerz` in prod.toml; did you mean `media.workers`?"),
         "{}",
         stderr(&out)
     );
@@ -228,10 +318,18 @@ async fn configuration_typos_stop_every_command_with_the_nearest_name() {
     let out = tandem(
         cwd.path(),
         &[],
-        &[("TANDEM_HTTP_ADDR", "127.0.0.1:0"), ("TANDEM_MEDIA_PORT", "0"), ("TANDEM_DEMOO", "false")],
+        &[
+            ("TANDEM_HTTP_ADDR", "127.0.0.1:0"),
+            ("TANDEM_MEDIA_PORT", "0"),
+            ("TANDEM_DEMOO", "false"),
+        ],
     );
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("did you mean TANDEM_DEMO?"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("did you mean TANDEM_DEMO?"),
+        "{}",
+        stderr(&out)
+    );
 
     // Variables other tools read (the test harness, the load generator) pass.
     let out = tandem(
@@ -298,7 +396,10 @@ async fn banner_links_plain_logs_and_a_prompt_exit() {
         .unwrap()
         .trim()
         .to_string();
-    assert!(together.starts_with(&format!("{home}together/demo?token=")), "{together}");
+    assert!(
+        together.starts_with(&format!("{home}together/demo?token=")),
+        "{together}"
+    );
     let token = together.split("token=").nth(1).unwrap();
     let c = claims(token);
     assert_eq!(c["sub"], "demo-host");
@@ -306,7 +407,10 @@ async fn banner_links_plain_logs_and_a_prompt_exit() {
     assert_eq!(c["name"], "Host");
     assert_eq!(c["grants"]["moderate"], true);
     assert_eq!(c["grants"]["chat"], true);
-    assert_eq!(c["exp"].as_u64().unwrap() - c["iat"].as_u64().unwrap(), 86_400);
+    assert_eq!(
+        c["exp"].as_u64().unwrap() - c["iat"].as_u64().unwrap(),
+        86_400
+    );
 
     let http = reqwest::Client::new();
     let page = http.get(&home).send().await.unwrap();
@@ -359,5 +463,8 @@ async fn banner_links_plain_logs_and_a_prompt_exit() {
     // stderr is a pipe here: no ANSI colour codes.
     let log = log.join("\n");
     assert!(log.contains("tandem listening"), "{log}");
-    assert!(!log.contains('\u{1b}'), "colour codes in a non-terminal log:\n{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a non-terminal log:\n{log}"
+    );
 }
