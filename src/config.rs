@@ -726,6 +726,15 @@ mod tests {
         assert_eq!(c.ice_servers.len(), 1);
     }
 
+    /// The example an operator copies must not trip the unknown-key check.
+    #[test]
+    fn the_production_example_has_only_known_keys() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/production.example.toml");
+        if let Err(ConfigError::Unknown(message)) = Config::load_with_env(Some(&path), env(&[])) {
+            panic!("{message}");
+        }
+    }
+
     #[test]
     fn bad_public_ip_is_a_clear_error() {
         let err = Config::load_with_env(None, env(&[("TANDEM_PUBLIC_IP", "not-an-ip")]))
