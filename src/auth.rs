@@ -75,6 +75,20 @@ pub struct TokenRequest {
     pub ttl_secs: u64,
 }
 
+/// The file in `data_dir` that keeps the generated media-token key.
+pub const MEDIA_KEY_FILE: &str = "media-token.key";
+
+/// Where a [`MediaTokens`] key came from (printed by `tandem token`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// `media_token_secret` from the configuration.
+    Configured,
+    /// The generated key file, as found.
+    File(std::path::PathBuf),
+    /// The generated key file, created just now.
+    Created(std::path::PathBuf),
+}
+
 /// Signs and verifies tandem media tokens with the server's HS256 key.
 #[derive(Clone)]
 pub struct MediaTokens {
@@ -102,21 +116,39 @@ impl MediaTokens {
     /// The configured secret, or the one kept in `data_dir/media-token.key`
     /// (created on first use), so `tandem token` and the server agree.
     pub fn from_config(configured: &str, data_dir: &Path) -> std::io::Result<Self> {
+        Self::open(configured, data_dir, true).map(|(tokens, _)| tokens)
+    }
+
+    /// Like [`MediaTokens::from_config`], saying where the key came from. With
+    /// `create` false a missing (or unusable) key file is an error of kind
+    /// `NotFound` instead of a new key: `tandem token` run against the wrong data
+    /// directory must not mint with a key no server knows.
+    pub fn open(
+        configured: &str,
+        data_dir: &Path,
+        create: bool,
+    ) -> std::io::Result<(Self, KeySource)> {
         if !configured.is_empty() {
-            return Ok(Self::new(configured.as_bytes()));
+            return Ok((Self::new(configured.as_bytes()), KeySource::Configured));
+        }
+        let path = data_dir.join(MEDIA_KEY_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(s) if s.trim().len() >= 32 => {
+                return Ok((Self::new(s.trim().as_bytes()), KeySource::File(path)));
+            }
+            _ if !create => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("no usable key file {}", path.display()),
+                ));
+            }
+            _ => {}
         }
         std::fs::create_dir_all(data_dir)?;
-        let path = data_dir.join("media-token.key");
-        let secret = match std::fs::read_to_string(&path) {
-            Ok(s) if s.trim().len() >= 32 => s.trim().to_string(),
-            _ => {
-                let bytes: [u8; 32] = rand::random();
-                let s = hex::encode(bytes);
-                write_private(&path, &s)?;
-                s
-            }
-        };
-        Ok(Self::new(secret.as_bytes()))
+        let bytes: [u8; 32] = rand::random();
+        let s = hex::encode(bytes);
+        write_private(&path, &s)?;
+        Ok((Self::new(s.as_bytes()), KeySource::Created(path)))
     }
 
     /// Mints a token; the lifetime is capped at 24 h.
@@ -200,6 +232,13 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     opts.open(path)?.write_all(contents.as_bytes())
 }
 
+/// What a call needing an identity answers when no `jwt_secret` is configured.
+pub const NO_JWT_SECRET: &str = "the business API is disabled: no jwt_secret is configured on this server \
+     (set TANDEM_JWT_SECRET), so identity tokens cannot be checked";
+/// What a call needing the service key answers when none is configured.
+pub const NO_SERVICE_KEY: &str =
+    "no service key is configured on this server (set TANDEM_SERVICE_KEY)";
+
 /// A platform user, from a verified identity JWT.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
@@ -216,7 +255,7 @@ pub enum Role {
 }
 
 impl Role {
-    fn parse(s: &str) -> Option<Role> {
+    pub fn parse(s: &str) -> Option<Role> {
         match s {
             "user" => Some(Role::User),
             "instructor" => Some(Role::Instructor),
@@ -264,10 +303,17 @@ impl IdentityVerifier {
         }
     }
 
+    /// Whether a `jwt_secret` is configured (without one the business API refuses
+    /// every identity).
+    pub fn configured(&self) -> bool {
+        self.key.is_some()
+    }
+
     pub fn verify(&self, token: &str) -> Result<Identity, AppError> {
-        let key = self.key.as_ref().ok_or_else(|| {
-            AppError::unauthorized("identity tokens are not accepted: jwt_secret is not configured")
-        })?;
+        let key = self
+            .key
+            .as_ref()
+            .ok_or_else(|| AppError::unauthorized(NO_JWT_SECRET))?;
         let mut validation = Validation::new(Algorithm::HS256);
         validation.validate_aud = false;
         // `nbf` is checked with the same (zero) leeway as `exp`: an expired token is
@@ -275,17 +321,31 @@ impl IdentityVerifier {
         validation.leeway = 0;
         validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
+        use jsonwebtoken::errors::ErrorKind;
         let data =
             jsonwebtoken::decode::<IdentityClaims>(token, key, &validation).map_err(|e| match e
                 .kind()
             {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
-                    AppError::unauthorized("the identity token has expired")
+                ErrorKind::ExpiredSignature => {
+                    AppError::unauthorized("the identity token has expired; get a new one")
                 }
-                jsonwebtoken::errors::ErrorKind::ImmatureSignature => {
+                ErrorKind::ImmatureSignature => {
                     AppError::unauthorized("the identity token is not valid yet (nbf)")
                 }
-                _ => AppError::unauthorized("the identity token is not valid"),
+                // Each cause its own message: "not valid" alone sent newcomers
+                // hunting between a wrong secret and a minter that forgot `exp`.
+                ErrorKind::InvalidSignature => AppError::unauthorized(
+                    "the identity token signature does not verify with the configured jwt_secret",
+                ),
+                ErrorKind::MissingRequiredClaim(claim) => {
+                    AppError::unauthorized(format!("the identity token has no {claim} claim"))
+                }
+                ErrorKind::InvalidAlgorithm => AppError::unauthorized(
+                    "the identity token must be signed with HS256 (its header names another algorithm)",
+                ),
+                _ => AppError::unauthorized(
+                    "the identity token is not a well-formed JWT (header.payload.signature, base64url JSON)",
+                ),
             })?;
         let claims = data.claims;
         // A media or room token is not an identity, even if an operator signed both
@@ -322,6 +382,44 @@ impl IdentityVerifier {
             role,
         })
     }
+}
+
+/// What `tandem identity` puts in an identity token.
+#[derive(Debug, Clone)]
+pub struct IdentityRequest {
+    pub sub: String,
+    pub role: Role,
+    pub ttl_secs: u64,
+    pub name: Option<String>,
+    pub email: Option<String>,
+}
+
+/// Mints an identity JWT as the platform would (HS256, Supabase's claim layout:
+/// `aud` and top-level `role` "authenticated", the platform role in
+/// `app_metadata.role`), for trying the business API without a platform.
+pub fn mint_identity(secret: &str, req: &IdentityRequest) -> String {
+    let iat = now_secs();
+    let mut claims = serde_json::json!({
+        "sub": req.sub,
+        "aud": "authenticated",
+        "role": "authenticated",
+        "iat": iat,
+        "exp": iat + req.ttl_secs.max(1),
+        "app_metadata": {"role": req.role.as_str(), "provider": "tandem-cli"},
+        "user_metadata": {},
+    });
+    if let Some(email) = &req.email {
+        claims["email"] = email.clone().into();
+    }
+    if let Some(name) = &req.name {
+        claims["user_metadata"]["name"] = name.clone().into();
+    }
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("HS256 signing with an in-memory key cannot fail")
 }
 
 /// The bearer token of a request, from `Authorization: Bearer …`.
@@ -431,6 +529,61 @@ mod tests {
         let id = IdentityVerifier::new(secret).verify(&t).unwrap();
         assert_eq!(id.role, Role::Instructor);
         assert_eq!(id.user, "u9");
+    }
+
+    fn signed(secret: &str, claims: &serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    /// Issue 13: each way an identity token fails says which it is.
+    #[test]
+    fn identity_errors_name_their_cause() {
+        let v = IdentityVerifier::new("right-secret");
+        let message = |t: &str| v.verify(t).unwrap_err().message;
+        let no_exp = signed("right-secret", &serde_json::json!({"sub": "u1"}));
+        assert_eq!(message(&no_exp), "the identity token has no exp claim");
+        let ok_claims = serde_json::json!({"sub": "u1", "exp": now_secs() + 60});
+        let wrong_key = signed("wrong-secret", &ok_claims);
+        assert!(
+            message(&wrong_key)
+                .contains("signature does not verify with the configured jwt_secret"),
+            "{}",
+            message(&wrong_key)
+        );
+        let expired = signed(
+            "right-secret",
+            &serde_json::json!({"sub": "u1", "exp": now_secs() - 10}),
+        );
+        assert!(message(&expired).contains("expired"));
+        assert!(message("not-a-jwt").contains("well-formed"));
+        let none = IdentityVerifier::new("");
+        assert!(!none.configured());
+        let err = none.verify(&wrong_key).unwrap_err();
+        assert!(err.message.contains("TANDEM_JWT_SECRET"), "{}", err.message);
+    }
+
+    /// What `tandem identity` mints is what the verifier accepts, role included.
+    #[test]
+    fn minted_identity_verifies_with_its_role() {
+        let t = mint_identity(
+            "s3cret",
+            &IdentityRequest {
+                sub: "alice".into(),
+                role: Role::Instructor,
+                ttl_secs: 60,
+                name: Some("Alice".into()),
+                email: Some("alice@example.com".into()),
+            },
+        );
+        let id = IdentityVerifier::new("s3cret").verify(&t).unwrap();
+        assert_eq!(id.user, "alice");
+        assert_eq!(id.role, Role::Instructor);
+        assert!(IdentityVerifier::new("other").verify(&t).is_err());
     }
 
     #[test]

@@ -145,6 +145,38 @@ pub enum ConfigError {
     Load(#[from] config::ConfigError),
     #[error("configuration: {0}")]
     Invalid(String),
+    /// A key (in a file) or a `TANDEM_*` variable that names no setting: a typo
+    /// that would otherwise leave the server silently on its default.
+    #[error("configuration: {0}")]
+    Unknown(String),
+}
+
+/// `TANDEM_*` variables that are not configuration keys and are read by someone
+/// else: the `--config` flag's variable, the test harness (Chromium path,
+/// screenshots), scripts/soak.sh and the load generator. They pass the unknown-variable
+/// check; any other `TANDEM_*` name must be a configuration key.
+pub const NON_CONFIG_VARS: &[&str] = &[
+    "TANDEM_CONFIG",
+    "TANDEM_CHROMIUM",
+    "TANDEM_SCREENSHOTS",
+    "TANDEM_SOAK_LOG",
+    "TANDEM_BIN",
+    "TANDEM_PUBLISH_TOKEN",
+    "TANDEM_SUBSCRIBE_TOKEN",
+];
+/// Prefixes of non-configuration variables (the load generator's `TANDEM_LOADTEST_*`).
+pub const NON_CONFIG_PREFIXES: &[&str] = &["TANDEM_LOADTEST_"];
+
+/// Whether `name` is a `TANDEM_*` variable meant for the configuration.
+fn is_config_var(name: &str) -> bool {
+    name.starts_with("TANDEM_")
+        && !NON_CONFIG_VARS.contains(&name)
+        && !NON_CONFIG_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// The environment variable of a dotted key: `media.max_sessions` → `TANDEM_MEDIA__MAX_SESSIONS`.
+pub fn env_name(key: &str) -> String {
+    format!("TANDEM_{}", key.replace('.', "__").to_uppercase())
 }
 
 impl Config {
@@ -179,29 +211,63 @@ impl Config {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let mut builder = config::Config::builder().add_source(config::File::from_str(
-            DEFAULT_TOML,
-            config::FileFormat::Toml,
-        ));
+        let defaults = || {
+            config::Config::builder().add_source(config::File::from_str(
+                DEFAULT_TOML,
+                config::FileFormat::Toml,
+            ))
+        };
+        let env_map: config::Map<String, String> =
+            env.into_iter().filter(|(k, _)| is_config_var(k)).collect();
+        let env_source = config::Environment::with_prefix("TANDEM")
+            .prefix_separator("_")
+            .separator("__")
+            .list_separator(",")
+            .with_list_parse_key("nat_1to1_ips")
+            .with_list_parse_key("cors_origins")
+            .with_list_parse_key("rooms.blocked_words")
+            .try_parsing(true)
+            .source(Some(env_map));
+        // Each source is checked for unknown keys on its own (over the defaults,
+        // which fill every required key), so the message can say where a typo is.
+        let known = known_keys();
+        if let Some(path) = file {
+            let with_file = defaults().add_source(config::File::from(path).required(true));
+            if let Some(key) = unknown_keys(with_file)?.into_iter().next() {
+                let hint = match nearest(&key, known.iter().map(String::as_str)) {
+                    Some(k) => format!("; did you mean `{k}`?"),
+                    None => "; config/default.toml lists every key".into(),
+                };
+                return Err(ConfigError::Unknown(format!(
+                    "unknown key `{key}` in {}{hint}",
+                    path.display()
+                )));
+            }
+        }
+        let with_env = defaults().add_source(env_source.clone());
+        if let Some(key) = unknown_keys(with_env)?.into_iter().next() {
+            let var = env_name(&key);
+            // Compared without the common `TANDEM_` (it would make every name look close).
+            let names: Vec<String> = known
+                .iter()
+                .map(|k| env_name(k)["TANDEM_".len()..].to_string())
+                .collect();
+            let hint = match nearest(&var["TANDEM_".len()..], names.iter().map(String::as_str)) {
+                Some(k) => format!("; did you mean TANDEM_{k}?"),
+                None => {
+                    "; config/default.toml lists every key (TANDEM_<KEY>, TANDEM_<SECTION>__<KEY>)"
+                        .into()
+                }
+            };
+            return Err(ConfigError::Unknown(format!(
+                "unknown variable {var}{hint}"
+            )));
+        }
+        let mut builder = defaults();
         if let Some(path) = file {
             builder = builder.add_source(config::File::from(path).required(true));
         }
-        let env_map: config::Map<String, String> = env
-            .into_iter()
-            .filter(|(k, _)| k.starts_with("TANDEM_"))
-            .collect();
-        builder = builder.add_source(
-            config::Environment::with_prefix("TANDEM")
-                .prefix_separator("_")
-                .separator("__")
-                .list_separator(",")
-                .with_list_parse_key("nat_1to1_ips")
-                .with_list_parse_key("cors_origins")
-                .with_list_parse_key("rooms.blocked_words")
-                .try_parsing(true)
-                .source(Some(env_map)),
-        );
-        let config: Config = builder.build()?.try_deserialize()?;
+        let config: Config = builder.add_source(env_source).build()?.try_deserialize()?;
         config.validate()?;
         Ok(config)
     }
@@ -302,6 +368,68 @@ impl Config {
             found
         }
     }
+}
+
+/// Dotted keys (`media.max_sessions`) that [`Config`] does not read in what
+/// `builder` gives, as `serde_ignored` sees them while deserializing.
+fn unknown_keys(
+    builder: config::ConfigBuilder<config::builder::DefaultState>,
+) -> Result<Vec<String>, ConfigError> {
+    let mut unknown = Vec::new();
+    let built = builder.build()?;
+    // Errors other than unknown keys (a bad value) are reported by the full load.
+    let _ = serde_ignored::deserialize::<_, _, Config>(built, |path| {
+        unknown.push(path.to_string());
+    });
+    Ok(unknown)
+}
+
+/// Every key and section of config/default.toml, dotted, plus the keys of
+/// `[[ice_servers]]` entries (which the defaults leave out): what a typo is
+/// compared with.
+fn known_keys() -> Vec<String> {
+    fn walk(prefix: &str, table: config::Map<String, config::Value>, out: &mut Vec<String>) {
+        for (key, value) in table {
+            let path = if prefix.is_empty() {
+                key
+            } else {
+                format!("{prefix}.{key}")
+            };
+            if let config::ValueKind::Table(t) = value.kind {
+                walk(&path, t, out);
+            }
+            out.push(path);
+        }
+    }
+    let mut out = vec![
+        "ice_servers".to_string(),
+        "ice_servers.urls".into(),
+        "ice_servers.username".into(),
+        "ice_servers.credential".into(),
+    ];
+    if let Ok(table) = config::Config::builder()
+        .add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ))
+        .build()
+        .and_then(|c| c.try_deserialize::<config::Map<String, config::Value>>())
+    {
+        walk("", table, &mut out);
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The candidate closest to `name` (edit distance, case-insensitive), if it is
+/// close enough to be the likely intent.
+fn nearest<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let name = name.to_lowercase();
+    let (best, distance) = candidates
+        .map(|c| (c, strsim::levenshtein(&name, &c.to_lowercase())))
+        .min_by_key(|(_, d)| *d)?;
+    (distance <= (name.len() / 3).max(2)).then_some(best)
 }
 
 /// Non-loopback IPv4 addresses of this host, found by asking the kernel which
@@ -477,6 +605,134 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("publisher_reserve_percent"), "{err}");
+    }
+
+    fn load_err(file: Option<&Path>, pairs: &[(&str, &str)]) -> String {
+        Config::load_with_env(file, env(pairs))
+            .unwrap_err()
+            .to_string()
+    }
+
+    /// Issue 13, item 10: a typo in a variable stops the load, naming the nearest key.
+    #[test]
+    fn unknown_variables_are_refused_with_the_nearest_name() {
+        let err = load_err(None, &[("TANDEM_HTTP_ADR", "0.0.0.0:80")]);
+        assert!(
+            err.contains("unknown variable TANDEM_HTTP_ADR; did you mean TANDEM_HTTP_ADDR?"),
+            "{err}"
+        );
+        let err = load_err(None, &[("TANDEM_ROOMS__GRACE_PERIOD", "5")]);
+        assert!(
+            err.contains("did you mean TANDEM_ROOMS__GRACE_PERIOD_MS?"),
+            "{err}"
+        );
+        // A single underscore where a section needs two.
+        let err = load_err(None, &[("TANDEM_MEDIA_WORKERS", "2")]);
+        assert!(err.contains("did you mean TANDEM_MEDIA__WORKERS?"), "{err}");
+        // Nothing close: no guess, but where the keys are listed.
+        let err = load_err(None, &[("TANDEM_COMPLETELY_DIFFERENT_THING", "1")]);
+        assert!(
+            err.contains("unknown variable TANDEM_COMPLETELY_DIFFERENT_THING"),
+            "{err}"
+        );
+        assert!(err.contains("default.toml"), "{err}");
+    }
+
+    /// Variables that other tools read pass; every key of default.toml loads as a variable.
+    #[test]
+    fn non_config_variables_and_every_real_key_pass() {
+        let c = Config::load_with_env(
+            None,
+            env(&[
+                ("TANDEM_CHROMIUM", "/usr/bin/chromium"),
+                ("TANDEM_CONFIG", "x.toml"),
+                ("TANDEM_SCREENSHOTS", "/tmp/s"),
+                ("TANDEM_LOADTEST_NETNS", "1"),
+                ("TANDEM_SOAK_LOG", "info"),
+                ("TANDEM_ROOMS__BLOCKED_WORDS", "a,b"),
+                ("TANDEM_HTTP__IDLE_TIMEOUT_MS", "1000"),
+                ("TANDEM_API__JOBS_ENABLED", "false"),
+            ]),
+        )
+        .unwrap();
+        assert!(!c.api.jobs_enabled);
+        for key in known_keys() {
+            assert!(
+                !unknown_keys_of_env(&env_name(&key)),
+                "{key} ({}) is refused",
+                env_name(&key)
+            );
+        }
+    }
+
+    /// Whether `var` alone (with a harmless value) is reported unknown.
+    fn unknown_keys_of_env(var: &str) -> bool {
+        matches!(
+            Config::load_with_env(None, env(&[(var, "1")])),
+            Err(ConfigError::Unknown(_))
+        )
+    }
+
+    fn write_toml(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "tandem-config-{}-{:x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// A typo in a file, in any section, stops the load naming the file and the key.
+    #[test]
+    fn unknown_file_keys_are_refused_with_the_nearest_name() {
+        let path = write_toml("prod.toml", "http_adr = \"0.0.0.0:8080\"\n");
+        let err = load_err(Some(&path), &[]);
+        assert!(
+            err.contains(&format!(
+                "unknown key `http_adr` in {}; did you mean `http_addr`?",
+                path.display()
+            )),
+            "{err}"
+        );
+        let path = write_toml("p.toml", "[rooms]\nmax_member_per_room = 5\n");
+        let err = load_err(Some(&path), &[]);
+        assert!(
+            err.contains("unknown key `rooms.max_member_per_room`")
+                && err.contains("did you mean `rooms.max_members_per_room`?"),
+            "{err}"
+        );
+        let path = write_toml("p.toml", "[meda]\nworkers = 2\n");
+        let err = load_err(Some(&path), &[]);
+        assert!(
+            err.contains("unknown key `meda`") && err.contains("`media`"),
+            "{err}"
+        );
+        let path = write_toml(
+            "p.toml",
+            "[[ice_servers]]\nurls = [\"stun:x:3478\"]\nusername = \"u\"\ncredentail = \"c\"\n",
+        );
+        let err = load_err(Some(&path), &[]);
+        assert!(err.contains("credentail"), "{err}");
+        // A correct file loads.
+        let path = write_toml(
+            "ok.toml",
+            "http_addr = \"127.0.0.1:9000\"\n[media]\nworkers = 2\n[[ice_servers]]\nurls = [\"stun:x:3478\"]\n",
+        );
+        let c = Config::load_with_env(Some(&path), env(&[])).unwrap();
+        assert_eq!(c.media.workers, 2);
+        assert_eq!(c.ice_servers.len(), 1);
+    }
+
+    /// The example an operator copies must not trip the unknown-key check.
+    #[test]
+    fn the_production_example_has_only_known_keys() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/production.example.toml");
+        if let Err(ConfigError::Unknown(message)) = Config::load_with_env(Some(&path), env(&[])) {
+            panic!("{message}");
+        }
     }
 
     #[test]

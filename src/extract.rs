@@ -10,7 +10,7 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 
 pub use crate::auth::Identity;
-use crate::auth::{Role, bearer, secrets_equal};
+use crate::auth::{NO_JWT_SECRET, NO_SERVICE_KEY, Role, bearer, secrets_equal};
 use crate::error::AppError;
 use crate::state::AppState;
 
@@ -19,6 +19,10 @@ impl FromRequestParts<AppState> for Identity {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
+        // Without a jwt_secret no token can pass: say so before asking for one.
+        if !state.identity.configured() {
+            return Err(AppError::unauthorized(NO_JWT_SECRET));
+        }
         let token = bearer(&parts.headers).ok_or_else(|| {
             AppError::unauthorized("missing identity token: send Authorization: Bearer <JWT>")
         })?;
@@ -51,11 +55,22 @@ impl FromRequestParts<AppState> for ServiceCaller {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
-        let token = bearer(&parts.headers).ok_or_else(|| {
+        let key = &state.config.service_key;
+        let token = bearer(&parts.headers);
+        // No key configured: nothing can pass, and the caller (often the operator
+        // trying the API for the first time) is told why instead of "not valid".
+        if key.is_empty() {
+            if token.is_some_and(|t| state.identity.verify(t).is_ok()) {
+                return Err(AppError::forbidden(format!(
+                    "this route needs the service key; {NO_SERVICE_KEY}"
+                )));
+            }
+            return Err(AppError::unauthorized(NO_SERVICE_KEY));
+        }
+        let token = token.ok_or_else(|| {
             AppError::unauthorized("missing service key: send Authorization: Bearer <service key>")
         })?;
-        let key = &state.config.service_key;
-        if !key.is_empty() && secrets_equal(token, key) {
+        if secrets_equal(token, key) {
             return Ok(ServiceCaller);
         }
         if state.identity.verify(token).is_ok() {

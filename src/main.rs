@@ -1,10 +1,18 @@
 //! The `tandem` binary: `tandem [serve]` runs the server, `tandem token` mints
-//! media/room tokens for operators with the key the server uses.
+//! media/room tokens for operators with the key the server uses, and
+//! `tandem identity` mints platform identity JWTs with the configured
+//! `jwt_secret` (for trying the business API without a platform).
 
-use std::path::PathBuf;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use tandem::auth::{DEFAULT_MEDIA_TOKEN_TTL_SECS, Grants, MediaTokens, TokenRequest};
+use tandem::auth::{
+    DEFAULT_MEDIA_TOKEN_TTL_SECS, Grants, IdentityRequest, KeySource, MAX_MEDIA_TOKEN_TTL_SECS,
+    MediaTokens, Role, TokenRequest,
+};
 use tandem::config::Config;
 use tracing_subscriber::EnvFilter;
 
@@ -32,6 +40,27 @@ enum Command {
     Serve,
     /// Print a media token (WHIP/WHEP) or room token (sync WebSocket).
     Token(TokenArgs),
+    /// Print an identity JWT for the business API, signed with the configured jwt_secret.
+    Identity(IdentityArgs),
+}
+
+#[derive(Args)]
+struct IdentityArgs {
+    /// User id (the JWT's `sub`).
+    #[arg(long)]
+    sub: String,
+    /// Platform role: user, instructor or admin.
+    #[arg(long, value_parser = ["user", "instructor", "admin"])]
+    role: String,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    ttl: u64,
+    /// Display name (`user_metadata.name`).
+    #[arg(long)]
+    name: Option<String>,
+    /// E-mail address (`email`).
+    #[arg(long)]
+    email: Option<String>,
 }
 
 #[derive(Args)]
@@ -40,7 +69,7 @@ struct TokenArgs {
     #[arg(long, conflicts_with = "room")]
     stream: Option<String>,
     /// Room the token is for (`*` for any).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["publish", "subscribe"])]
     room: Option<String>,
     /// Grant publishing (WHIP).
     #[arg(long)]
@@ -60,42 +89,133 @@ struct TokenArgs {
     /// Lifetime in seconds (at most 86400).
     #[arg(long, default_value_t = DEFAULT_MEDIA_TOKEN_TTL_SECS)]
     ttl: u64,
+    /// Create the signing key in the data directory if there is none (only a
+    /// server using that data directory will accept the token).
+    #[arg(long)]
+    create_key: bool,
 }
 
-fn main() -> std::process::ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(err) => {
             eprintln!("tandem: {err}");
-            return std::process::ExitCode::from(2);
+            return ExitCode::from(2);
         }
     };
     match cli.command.unwrap_or(Command::Serve) {
         Command::Token(args) => print_token(&config, args),
+        Command::Identity(args) => print_identity(&config, args),
         Command::Serve => serve(config),
     }
 }
 
-fn print_token(config: &Config, args: TokenArgs) -> std::process::ExitCode {
+fn print_identity(config: &Config, args: IdentityArgs) -> ExitCode {
+    if config.jwt_secret.is_empty() {
+        eprintln!(
+            "tandem identity: no jwt_secret is configured, so there is nothing to sign with and \
+             the server's business API is disabled. Give the server and this command the same \
+             secret: TANDEM_JWT_SECRET=... (environment) or jwt_secret = \"...\" in the file \
+             given with --config (e.g. `openssl rand -hex 32`)."
+        );
+        return ExitCode::from(2);
+    }
+    if !tandem::text::is_clean_id(&args.sub) {
+        eprintln!("tandem identity: --sub must be a non-empty user id without control characters");
+        return ExitCode::from(2);
+    }
+    let role = Role::parse(&args.role).expect("clap checked the role");
+    let token = tandem::auth::mint_identity(
+        &config.jwt_secret,
+        &IdentityRequest {
+            sub: args.sub,
+            role,
+            ttl_secs: args.ttl,
+            name: args.name,
+            email: args.email,
+        },
+    );
+    println!("{token}");
+    ExitCode::SUCCESS
+}
+
+/// `dir` as given and, when relative, where that is (a relative `./data` from
+/// another directory is the usual way to miss the server's key).
+fn describe_dir(dir: &Path) -> String {
+    match std::path::absolute(dir) {
+        Ok(abs) if abs != dir => format!("{} ({})", dir.display(), abs.display()),
+        _ => dir.display().to_string(),
+    }
+}
+
+fn print_token(config: &Config, args: TokenArgs) -> ExitCode {
     if args.stream.is_none() && args.room.is_none() {
         eprintln!("tandem token: give --stream ID (with --publish/--subscribe) or --room ID");
-        return std::process::ExitCode::from(2);
+        return ExitCode::from(2);
     }
     if args.stream.is_some() && !args.publish && !args.subscribe {
         eprintln!("tandem token: a stream token needs --publish and/or --subscribe");
-        return std::process::ExitCode::from(2);
+        return ExitCode::from(2);
     }
-    let tokens = match MediaTokens::from_config(&config.media_token_secret, &config.data_dir) {
+    if let Some(stream) = &args.stream
+        && stream != "*"
+        && !tandem::whip::valid_stream_name(stream)
+    {
+        eprintln!(
+            "tandem token: invalid stream name {stream:?}: 1-128 characters of A-Z a-z 0-9 _ . : - (or * for any)"
+        );
+        return ExitCode::from(2);
+    }
+    if let Some(room) = &args.room
+        && room != "*"
+        && !tandem_signaling::valid_room_id(room)
+    {
+        eprintln!(
+            "tandem token: invalid room name {room:?}: 1-128 characters of A-Z a-z 0-9 _ . : - (or * for any)"
+        );
+        return ExitCode::from(2);
+    }
+    if !tandem::text::is_clean_id(&args.user) {
+        eprintln!("tandem token: --user must be a non-empty user id without control characters");
+        return ExitCode::from(2);
+    }
+    let dir = &config.data_dir;
+    let (tokens, source) = match MediaTokens::open(&config.media_token_secret, dir, args.create_key)
+    {
         Ok(t) => t,
-        Err(err) => {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
             eprintln!(
-                "tandem token: data directory {}: {err}",
-                config.data_dir.display()
+                "tandem token: no media-token key in data directory {} and no media_token_secret \
+                     configured; a new key here would sign tokens the server rejects. Point this \
+                     command at the server's data directory (TANDEM_DATA_DIR=DIR, or --config FILE \
+                     with its data_dir) or its secret (TANDEM_MEDIA_TOKEN_SECRET), or pass \
+                     --create-key to create a key here (only a server using this data directory \
+                     will accept the token).",
+                describe_dir(dir)
             );
-            return std::process::ExitCode::from(1);
+            return ExitCode::from(2);
+        }
+        Err(err) => {
+            eprintln!("tandem token: data directory {}: {err}", describe_dir(dir));
+            return ExitCode::from(1);
         }
     };
+    eprintln!("tandem token: data directory {}", describe_dir(dir));
+    match &source {
+        KeySource::Configured => eprintln!("tandem token: key: media_token_secret from config"),
+        KeySource::File(path) => {
+            eprintln!("tandem token: key: generated file {}", path.display())
+        }
+        KeySource::Created(path) => eprintln!(
+            "tandem token: key: CREATED a new key file {} (--create-key); only a server using \
+             this data directory accepts the token",
+            path.display()
+        ),
+    }
+    if args.ttl > MAX_MEDIA_TOKEN_TTL_SECS {
+        eprintln!("tandem token: ttl capped at {MAX_MEDIA_TOKEN_TTL_SECS} s");
+    }
     let in_room = args.room.is_some();
     let (token, _) = tokens.mint(&TokenRequest {
         user: args.user,
@@ -112,13 +232,15 @@ fn print_token(config: &Config, args: TokenArgs) -> std::process::ExitCode {
         ttl_secs: args.ttl,
     });
     println!("{token}");
-    std::process::ExitCode::SUCCESS
+    ExitCode::SUCCESS
 }
 
-fn serve(config: Config) -> std::process::ExitCode {
+fn serve(config: Config) -> ExitCode {
     // Logs to stderr; stdout carries only what a script may want (links, tokens).
+    // Colours only for a terminal: in a file or a journal they are noise.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER)),
@@ -131,27 +253,53 @@ fn serve(config: Config) -> std::process::ExitCode {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("tandem: cannot start the async runtime: {err}");
-            return std::process::ExitCode::from(1);
+            return ExitCode::from(1);
         }
     };
-    runtime.block_on(async move {
-        let demo = config.demo;
+    let code = runtime.block_on(async move {
         let running = match tandem::start(config).await {
             Ok(r) => r,
             Err(err) => {
                 tracing::error!("{err}");
-                return std::process::ExitCode::from(1);
+                return ExitCode::from(1);
             }
         };
-        if demo {
-            print_demo_links(&running);
-        }
+        print_banner(&running);
         wait_for_signal().await;
         tracing::info!("shutting down: closing media sessions");
+        let pool = running.state.db.pool.clone();
         running.shutdown().await;
+        // Close the database now (SQLite checkpoints its WAL), bounded, rather
+        // than leave its connections' threads to the runtime's drop.
+        let _ = tokio::time::timeout(Duration::from_secs(2), pool.close()).await;
         tracing::info!("stopped");
-        std::process::ExitCode::SUCCESS
-    })
+        ExitCode::SUCCESS
+    });
+    // Everything is closed and recorded by now; what remains are idle blocking
+    // threads (file and DNS lookups, the SQLite workers' keep-alive) that a plain
+    // drop would wait out, for over a second.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    code
+}
+
+/// What a newcomer needs on stdout at start: where the server is, what is off,
+/// and (with `demo`) links with tokens for a broadcast, a viewer and a room.
+fn print_banner(running: &tandem::Running) {
+    let state = &running.state;
+    let config = &state.config;
+    let base = &state.public_url;
+    println!();
+    println!("  tandem is running: {base}/");
+    if config.jwt_secret.is_empty() {
+        println!("  business API: disabled (no jwt_secret; set TANDEM_JWT_SECRET)");
+    }
+    if config.service_key.is_empty() {
+        println!("  service-key routes: disabled (no service_key; set TANDEM_SERVICE_KEY)");
+    }
+    if config.demo {
+        print_demo_links(running);
+    }
+    println!();
 }
 
 fn print_demo_links(running: &tandem::Running) {
@@ -177,12 +325,25 @@ fn print_demo_links(running: &tandem::Running) {
             })
             .0
     };
+    // The room's host: moderates (play, pause, seek for everyone) and chats; the
+    // page's invite link hands others a token of their own.
+    let (host, _) = state.tokens.mint(&TokenRequest {
+        user: "demo-host".into(),
+        room: Some("demo".into()),
+        grants: Grants {
+            chat: true,
+            moderate: true,
+            ..Default::default()
+        },
+        name: Some("Host".into()),
+        ttl_secs: 24 * 3600,
+        ..Default::default()
+    });
     let base = &state.public_url;
-    println!();
-    println!("  tandem is running. Demo stream (links valid 24 h):");
+    println!("  Demo stream and room (links valid 24 h):");
     println!("  broadcast: {base}/broadcast/demo?token={}", mint(true));
     println!("  watch:     {base}/watch/demo?token={}", mint(false));
-    println!();
+    println!("  together:  {base}/together/demo?token={host}");
 }
 
 async fn wait_for_signal() {

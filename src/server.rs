@@ -28,6 +28,7 @@ pub fn app(state: AppState) -> Router {
         .merge(crate::whip::routes())
         .merge(crate::rooms::routes())
         .merge(crate::api::routes())
+        .merge(crate::api::not_built::routes())
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(crate::metrics::metrics_handler));
@@ -42,8 +43,14 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             crate::whip::options_headers,
         ))
-        // Outermost: every error below (axum's rejections, 404, 405) leaves as JSON.
+        // Every error below (axum's rejections, 404, 405) leaves as JSON.
         .layer(axum::middleware::from_fn(crate::error::json_errors))
+        // Outermost, so it counts the status the client gets. `Router::layer`
+        // wraps each route, which is what lets it read the matched route template.
+        .layer(axum::middleware::from_fn_with_state(
+            crate::metrics::RequestMetrics::register(&state.registry),
+            crate::metrics::track_requests,
+        ))
         .with_state(state)
 }
 

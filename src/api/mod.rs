@@ -16,6 +16,8 @@
 //!   and the room gate.
 //! - [`jobs`]: replay expiry, recording cleanup, catalog migration, key pruning.
 //! - [`openapi`]: the OpenAPI document served at `/openapi.json`.
+//! - [`not_built`]: the contract's routes not built yet, answering 501
+//!   `not_implemented` (merged by `server::app`).
 //!
 //! Each imports only modules listed above it (`common` is the leaf; `access`,
 //! `jobs` and `openapi` the top); this file only gathers the routes.
@@ -28,6 +30,7 @@ pub mod idempotency;
 pub mod jobs;
 pub mod ledger;
 pub mod media_streams;
+pub mod not_built;
 pub mod openapi;
 pub mod streams;
 

@@ -1,5 +1,6 @@
 //! The business-API tests (enrollment, the token ledger, streams, background jobs,
-//! and the hardening of issue 11), each on a fresh SQLite file and a fresh
+//! the hardening of issue 11, and issue 13's first hour: auth messages, 501 routes,
+//! OpenAPI and request metrics in `first_hour`), each on a fresh SQLite file and a fresh
 //! PostgreSQL database: every `both_backends!` test runs as `<name>::sqlite` and
 //! `<name>::postgres`. `cargo test --test api -- ::sqlite` needs nothing installed.
 
@@ -7,6 +8,7 @@
 mod support;
 
 mod enrollment;
+mod first_hour;
 mod hardening;
 mod jobs;
 mod ledger;

@@ -1,9 +1,11 @@
-//! The server as a whole: start, shutdown and the CLI (`lifecycle`), and the HTTP
+//! The server as a whole: start, shutdown and the CLI (`lifecycle`), the HTTP
 //! listener's limits, JSON errors and database checks at start (`hardening`, from
-//! issue 11).
+//! issue 11), and the first hour's command line: `tandem identity`, `tandem token`'s
+//! key handling, configuration typos, the banner and exit (`cli`, issue 13).
 
 #[path = "../support/mod.rs"]
 mod support;
 
+mod cli;
 mod hardening;
 mod lifecycle;
