@@ -781,6 +781,9 @@ impl Core {
                     Ok(mut info) if info.as_ref().is_some_and(|i| i.key == key) => {
                         *info = None;
                         stream.bitrate_bps.store(0, Ordering::Relaxed);
+                        if let Ok(mut active) = stream.active_codecs.lock() {
+                            *active = [None, None];
+                        }
                         true
                     }
                     _ => false,
@@ -982,10 +985,11 @@ fn open_publisher_track(s: &mut Session, init: RTCTrackEventInit, metrics: &Medi
         _ => MediaKind::Video,
     };
     let media_ssrc = track.ssrcs().next().unwrap_or(0);
-    let clock_rate = track
-        .codec(media_ssrc)
-        .map(|c| c.clock_rate)
-        .unwrap_or(90_000);
+    let codec = track.codec(media_ssrc);
+    let clock_rate = codec.map(|c| c.clock_rate).unwrap_or(90_000);
+    if let (Some(codec), Ok(mut active)) = (codec, s.stream.active_codecs.lock()) {
+        active[kind.index()] = Some(codec.mime_type.clone());
+    }
     let codecs = receiver.get_parameters().rtp_parameters.codecs.clone();
     publisher.tracks.insert(
         init.track_id.clone(),
