@@ -3,8 +3,8 @@
 //! HTTP layer gets back. Plain shared state (concurrent maps and atomics), no
 //! channels: the workers' handles live with the workers (`crate::worker`).
 
-use std::net::{IpAddr, SocketAddr};
 use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};

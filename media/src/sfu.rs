@@ -11,11 +11,11 @@ use tokio::sync::{mpsc, oneshot};
 use crate::admission::SessionHolder;
 use crate::config::MediaConfig;
 use crate::core::NewSession;
+use crate::core::machine::REPLACED;
 use crate::error::MediaError;
 use crate::kinds::SessionKind;
 use crate::metrics::MediaMetrics;
 pub use crate::registry::SessionObserver;
-use crate::core::machine::REPLACED;
 use crate::registry::{
     PatchOutcome, Registry, Reservation, SessionAnswer, SessionSummary, StreamShared,
     StreamSummary, random_hex,

@@ -101,9 +101,7 @@ impl PortLock {
             .map_err(|e| MediaError::Internal(format!("media port lock: {e}")))?;
         match UnixDatagram::bind_addr(&addr) {
             Ok(socket) => Ok(PortLock { _name: socket }),
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-                Err(MediaError::PortInUse(port))
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(MediaError::PortInUse(port)),
             Err(e) => Err(MediaError::Internal(format!("media port lock: {e}"))),
         }
     }

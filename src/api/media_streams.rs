@@ -216,7 +216,11 @@ pub async fn status(
     let state_name = if publisher.is_some() {
         "live"
     } else if let Some(r) = &row {
-        if r.status.is_open() { "waiting" } else { "ended" }
+        if r.status.is_open() {
+            "waiting"
+        } else {
+            "ended"
+        }
     } else if valid && state.sfu.recently_ended(&stream) {
         "ended"
     } else if valid && (named || stream == DEMO_STREAM) {

@@ -13,7 +13,13 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tandem::auth::{Grants, TokenRequest};
 
-fn media_token(app: &TestApp, user: &str, stream: &str, grants: Grants, role: Option<&str>) -> String {
+fn media_token(
+    app: &TestApp,
+    user: &str,
+    stream: &str,
+    grants: Grants,
+    role: Option<&str>,
+) -> String {
     app.token_for(TokenRequest {
         user: user.into(),
         stream: Some(stream.into()),
@@ -110,7 +116,10 @@ async fn operator_view_and_status_auth_and_shapes(backend: Backend) {
         "unknown",
         "a * token's name never seen"
     );
-    assert_eq!(status_of(&app, "nosuch", SERVICE_KEY).await["state"], "unknown");
+    assert_eq!(
+        status_of(&app, "nosuch", SERVICE_KEY).await["state"],
+        "unknown"
+    );
     let named = media_token(&app, "u", "planned", subscribe(), None);
     assert_eq!(
         status_of(&app, "planned", &named).await["state"],
@@ -128,7 +137,11 @@ async fn operator_view_and_status_auth_and_shapes(backend: Backend) {
                "scheduled_start": "2030-01-31T18:00:00Z"})
     );
     let r = app
-        .post(&format!("/v1/streams/{id}/cancel"), Some(&instructor("ines")), json!({}))
+        .post(
+            &format!("/v1/streams/{id}/cancel"),
+            Some(&instructor("ines")),
+            json!({}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let s = status_of(&app, &id, &star).await;
@@ -145,7 +158,12 @@ async fn viewer_link_for_free_streams_only(backend: Backend) {
     let r = app
         .post(path, Some(&app.subscribe_token("party")), json!({}))
         .await;
-    assert_eq!(r.status, StatusCode::FORBIDDEN, "a viewer cannot mint links: {}", r.text);
+    assert_eq!(
+        r.status,
+        StatusCode::FORBIDDEN,
+        "a viewer cannot mint links: {}",
+        r.text
+    );
     let r = app
         .post(path, Some(&app.publish_token("other")), json!({}))
         .await;
@@ -155,7 +173,13 @@ async fn viewer_link_for_free_streams_only(backend: Backend) {
     let publish_claims = app.state().tokens.verify(&publish_token).unwrap();
     let r = app.post(path, Some(&publish_token), json!({})).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-    let keys: Vec<&str> = r.body.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+    let keys: Vec<&str> = r
+        .body
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
     assert_eq!(keys, ["expires_at", "token", "watch_url"]);
     let token = r.body["token"].as_str().unwrap();
     assert_eq!(
@@ -173,13 +197,23 @@ async fn viewer_link_for_free_streams_only(backend: Backend) {
         publish_claims.exp
     );
     // The link's token watches the stream.
-    let watch = post_offer(&app, &app.whep_url("party"), Some(token), CHROMIUM_RECVONLY_OFFER).await;
+    let watch = post_offer(
+        &app,
+        &app.whep_url("party"),
+        Some(token),
+        CHROMIUM_RECVONLY_OFFER,
+    )
+    .await;
     assert_eq!(watch.status(), StatusCode::CREATED);
 
     // Business streams: viewers enroll; free links would bypass that.
     let id = app.create_stream("ines", 25).await;
     let own = app
-        .post(&format!("/v1/streams/{id}/publish-token"), Some(&instructor("ines")), json!({}))
+        .post(
+            &format!("/v1/streams/{id}/publish-token"),
+            Some(&instructor("ines")),
+            json!({}),
+        )
         .await;
     assert_eq!(own.status, StatusCode::OK, "{}", own.text);
     let link = format!("/v1/media/streams/{id}/viewer-link");
@@ -212,29 +246,63 @@ async fn cancelling_closes_the_streams_media_sessions(backend: Backend) {
         .await;
     let id = app.create_stream("ines", 0).await;
     let r = app
-        .post(&format!("/v1/streams/{id}/publish-token"), Some(&instructor("ines")), json!({}))
+        .post(
+            &format!("/v1/streams/{id}/publish-token"),
+            Some(&instructor("ines")),
+            json!({}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let token = r.body["token"].as_str().unwrap().to_string();
-    let whip = post_offer(&app, &app.whip_url(&id), Some(&token), CHROMIUM_SENDONLY_OFFER).await;
+    let whip = post_offer(
+        &app,
+        &app.whip_url(&id),
+        Some(&token),
+        CHROMIUM_SENDONLY_OFFER,
+    )
+    .await;
     assert_eq!(whip.status(), StatusCode::CREATED);
-    let whep = post_offer(&app, &app.whep_url(&id), Some(&token), CHROMIUM_RECVONLY_OFFER).await;
+    let whep = post_offer(
+        &app,
+        &app.whep_url(&id),
+        Some(&token),
+        CHROMIUM_RECVONLY_OFFER,
+    )
+    .await;
     assert_eq!(whep.status(), StatusCode::CREATED);
     assert_eq!(app.session_count(), 2);
 
     let r = app
-        .post(&format!("/v1/streams/{id}/cancel"), Some(&instructor("ines")), json!({}))
+        .post(
+            &format!("/v1/streams/{id}/cancel"),
+            Some(&instructor("ines")),
+            json!({}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    assert_eq!(app.session_count(), 0, "cancel closed the stream's sessions");
-    eventually("both session records ended", Duration::from_secs(10), || async {
-        match open_sessions(&app, &id).await {
-            0 => Ok(()),
-            n => Err(n.to_string()),
-        }
-    })
+    assert_eq!(
+        app.session_count(),
+        0,
+        "cancel closed the stream's sessions"
+    );
+    eventually(
+        "both session records ended",
+        Duration::from_secs(10),
+        || async {
+            match open_sessions(&app, &id).await {
+                0 => Ok(()),
+                n => Err(n.to_string()),
+            }
+        },
+    )
     .await;
-    let again = post_offer(&app, &app.whip_url(&id), Some(&token), CHROMIUM_SENDONLY_OFFER).await;
+    let again = post_offer(
+        &app,
+        &app.whip_url(&id),
+        Some(&token),
+        CHROMIUM_SENDONLY_OFFER,
+    )
+    .await;
     assert_eq!(again.status(), StatusCode::CONFLICT);
     let body: Value = again.json().await.unwrap();
     assert_eq!(body["error"]["code"], "stream_closed", "{body}");
@@ -254,21 +322,39 @@ async fn an_ended_stream_without_replay_refuses_new_viewers(backend: Backend) {
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     let id = r.body["id"].as_str().unwrap().to_string();
     let r = app
-        .post(&format!("/v1/streams/{id}/enrollments"), Some(&user("ulla")), json!({}))
+        .post(
+            &format!("/v1/streams/{id}/enrollments"),
+            Some(&user("ulla")),
+            json!({}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     let r = app
-        .post(&format!("/v1/streams/{id}/viewer-token"), Some(&user("ulla")), json!({}))
+        .post(
+            &format!("/v1/streams/{id}/viewer-token"),
+            Some(&user("ulla")),
+            json!({}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let viewer = r.body["token"].as_str().unwrap().to_string();
     for step in ["start", "end"] {
         let r = app
-            .post(&format!("/v1/streams/{id}/{step}"), Some(&instructor("ines")), json!({}))
+            .post(
+                &format!("/v1/streams/{id}/{step}"),
+                Some(&instructor("ines")),
+                json!({}),
+            )
             .await;
         assert_eq!(r.status, StatusCode::OK, "{step}: {}", r.text);
     }
-    let whep = post_offer(&app, &app.whep_url(&id), Some(&viewer), CHROMIUM_RECVONLY_OFFER).await;
+    let whep = post_offer(
+        &app,
+        &app.whep_url(&id),
+        Some(&viewer),
+        CHROMIUM_RECVONLY_OFFER,
+    )
+    .await;
     assert_eq!(whep.status(), StatusCode::FORBIDDEN);
     let body: Value = whep.json().await.unwrap();
     assert_eq!(body["error"]["code"], "replay_expired", "{body}");

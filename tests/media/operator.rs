@@ -50,29 +50,49 @@ async fn the_operator_view_and_the_status_follow_a_real_publisher() {
     viewer.wait_event("reached", Duration::from_secs(30)).await;
 
     // The bitrate is the rate over the last window: there once one has passed.
-    let entry = eventually("a bitrate in the operator view", Duration::from_secs(10), || async {
-        let s = listed(&app, "opview").await;
-        if s["publisher"]["bitrate_kbps"].as_u64().unwrap_or(0) > 0 {
-            Ok(s)
-        } else {
-            Err(s.to_string())
-        }
-    })
+    let entry = eventually(
+        "a bitrate in the operator view",
+        Duration::from_secs(10),
+        || async {
+            let s = listed(&app, "opview").await;
+            if s["publisher"]["bitrate_kbps"].as_u64().unwrap_or(0) > 0 {
+                Ok(s)
+            } else {
+                Err(s.to_string())
+            }
+        },
+    )
     .await;
     let publisher_out = &entry["publisher"];
-    assert_eq!(publisher_out["codecs"], json!(["video/VP8", "audio/opus"]), "{entry}");
+    assert_eq!(
+        publisher_out["codecs"],
+        json!(["video/VP8", "audio/opus"]),
+        "{entry}"
+    );
     assert_eq!(publisher_out["transport"], "udp", "{entry}");
     assert!(publisher_out["connected_since"].is_string(), "{entry}");
     assert_eq!(entry["viewers"], 1, "{entry}");
     assert!(entry["started_at"].is_string(), "{entry}");
     assert_eq!(entry["business"], Value::Null);
-    assert_eq!((entry["recorded"].clone(), entry["restreamed"].clone()), (json!(false), json!(false)));
+    assert_eq!(
+        (entry["recorded"].clone(), entry["restreamed"].clone()),
+        (json!(false), json!(false))
+    );
 
     let live = status(&app, "opview", &token).await;
     assert_eq!(live["state"], "live", "{live}");
     assert_eq!(live["viewers"], 1, "{live}");
-    let keys: Vec<&str> = live["publisher"].as_object().unwrap().keys().map(|k| k.as_str()).collect();
-    assert_eq!(keys, ["bitrate_kbps", "codecs", "connected_since"], "{live}");
+    let keys: Vec<&str> = live["publisher"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    assert_eq!(
+        keys,
+        ["bitrate_kbps", "codecs", "connected_since"],
+        "{live}"
+    );
 
     // The broadcaster stops (DELETE): the page says "ended", not "waiting" or
     // "no such stream", while the viewer is still there.
@@ -92,22 +112,31 @@ async fn ending_a_stream_stops_its_publisher_and_viewers_at_once() {
     let app = TestApp::builder().config(with_api_secrets).spawn().await;
     let id = app.create_stream("ines", 0).await;
     let r = app
-        .post(&format!("/v1/streams/{id}/publish-token"), Some(&instructor("ines")), json!({}))
+        .post(
+            &format!("/v1/streams/{id}/publish-token"),
+            Some(&instructor("ines")),
+            json!({}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     // The owner's publish token also grants subscribe: one token for both peers.
     let token = r.body["token"].as_str().unwrap().to_string();
     let whip = app.whip_url(&id);
     let whep = app.whep_url(&id);
-    let mut publisher =
-        PyPeer::spawn("publisher", "publisher.py", &["--url", &whip, "--token", &token]);
+    let mut publisher = PyPeer::spawn(
+        "publisher",
+        "publisher.py",
+        &["--url", &whip, "--token", &token],
+    );
     publisher
         .wait_event("connected", Duration::from_secs(30))
         .await;
     let mut viewer = PyPeer::spawn(
         "viewer",
         "viewer.py",
-        &["--url", &whep, "--token", &token, "--frames", "30", "--hold"],
+        &[
+            "--url", &whep, "--token", &token, "--frames", "30", "--hold",
+        ],
     );
     viewer.wait_event("reached", Duration::from_secs(30)).await;
     assert_eq!(app.session_count(), 2);
@@ -116,21 +145,33 @@ async fn ending_a_stream_stops_its_publisher_and_viewers_at_once() {
     assert_eq!(live.body["viewers"], 1, "{}", live.text);
 
     let r = app
-        .post(&format!("/v1/streams/{id}/end"), Some(&instructor("ines")), json!({}))
+        .post(
+            &format!("/v1/streams/{id}/end"),
+            Some(&instructor("ines")),
+            json!({}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(app.session_count(), 0, "the media stopped with the answer");
     assert_eq!(r.body["viewers"], 0, "{}", r.text);
-    eventually("both session records ended", Duration::from_secs(10), || async {
-        let open: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM media_sessions WHERE stream = $1 AND ended_at IS NULL",
-        )
-        .bind(&id)
-        .fetch_one(app.pool())
-        .await
-        .unwrap();
-        if open == 0 { Ok(()) } else { Err(open.to_string()) }
-    })
+    eventually(
+        "both session records ended",
+        Duration::from_secs(10),
+        || async {
+            let open: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM media_sessions WHERE stream = $1 AND ended_at IS NULL",
+            )
+            .bind(&id)
+            .fetch_one(app.pool())
+            .await
+            .unwrap();
+            if open == 0 {
+                Ok(())
+            } else {
+                Err(open.to_string())
+            }
+        },
+    )
     .await;
     let s = status(&app, &id, SERVICE_KEY).await;
     assert_eq!(s["state"], "ended", "{s}");

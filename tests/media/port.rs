@@ -12,7 +12,10 @@ async fn second_server_on(port: u16, ice_tcp: bool) -> String {
     config.demo = false;
     config.media_port = port;
     config.media.ice_tcp = ice_tcp;
-    let dir = std::env::temp_dir().join(format!("tandem-port-{port}-{ice_tcp}-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "tandem-port-{port}-{ice_tcp}-{}",
+        std::process::id()
+    ));
     config.data_dir = dir.clone();
     let result = tandem::start(config).await;
     let _ = std::fs::remove_dir_all(&dir);

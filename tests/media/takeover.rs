@@ -60,8 +60,20 @@ async fn the_same_users_new_whip_session_replaces_the_old_one() {
     let second_location = location(&second);
     assert_ne!(first_location, second_location);
     assert_eq!(app.session_count(), 1, "the old session was closed at once");
-    let gone = request(&app, Method::DELETE, &app.url(&first_location), None, None, "").await;
-    assert_eq!(gone.status(), StatusCode::NOT_FOUND, "the replaced session is gone");
+    let gone = request(
+        &app,
+        Method::DELETE,
+        &app.url(&first_location),
+        None,
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(
+        gone.status(),
+        StatusCode::NOT_FOUND,
+        "the replaced session is gone"
+    );
 
     let busy = post_offer(
         &app,
@@ -74,8 +86,20 @@ async fn the_same_users_new_whip_session_replaces_the_old_one() {
     let body: Value = busy.json().await.unwrap();
     assert_eq!(body["error"]["code"], "stream_busy", "{body}");
     assert_eq!(app.session_count(), 1);
-    let del = request(&app, Method::DELETE, &app.url(&second_location), None, None, "").await;
-    assert_eq!(del.status(), StatusCode::OK, "the new session is the live one");
+    let del = request(
+        &app,
+        Method::DELETE,
+        &app.url(&second_location),
+        None,
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(
+        del.status(),
+        StatusCode::OK,
+        "the new session is the live one"
+    );
     app.shutdown().await;
 }
 
@@ -100,21 +124,33 @@ async fn a_crashed_publisher_is_replaced_at_once_and_viewers_keep_decoding() {
     // The broadcaster crashes: SIGKILL, no DELETE; its session is still there.
     let pid = first.pid();
     drop(first);
-    eventually("the first publisher's process is gone", Duration::from_secs(10), || async {
-        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            Err("still running".to_string())
-        } else {
-            Ok(())
-        }
-    })
+    eventually(
+        "the first publisher's process is gone",
+        Duration::from_secs(10),
+        || async {
+            if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                Err("still running".to_string())
+            } else {
+                Ok(())
+            }
+        },
+    )
     .await;
-    assert_eq!(app.session_count(), 2, "publisher and viewer, before the takeover");
+    assert_eq!(
+        app.session_count(),
+        2,
+        "publisher and viewer, before the takeover"
+    );
 
     // The same user (publish_token: "test-user") comes back at once: no 409.
     let mut second = PyPeer::publisher(&app, "crash", &[]);
     let answered = second.wait_event("answered", Duration::from_secs(10)).await;
     assert!(answered["location"].is_string(), "{answered}");
-    assert_eq!(app.session_count(), 2, "the old publisher session was replaced");
+    assert_eq!(
+        app.session_count(),
+        2,
+        "the old publisher session was replaced"
+    );
     second
         .wait_event("connected", Duration::from_secs(30))
         .await;

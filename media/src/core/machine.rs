@@ -741,7 +741,13 @@ impl Core {
     }
 
     /// Ends a session: DTLS close, routes and registries cleaned, stream released.
-    fn close(&mut self, now: Instant, key: u64, reason: &'static str, out: &mut impl Egress) -> bool {
+    fn close(
+        &mut self,
+        now: Instant,
+        key: u64,
+        reason: &'static str,
+        out: &mut impl Egress,
+    ) -> bool {
         let Some(mut s) = self.sessions.remove(&key) else {
             return false;
         };

@@ -23,6 +23,7 @@ use super::egress::{Egress, Event, Forward, TcpDrop};
 use super::machine::{Core, MAX_HANDOVER_AGE, NewSession, REPLACED};
 use crate::admission::{Admission, SessionHolder};
 use crate::config::MediaConfig;
+use crate::error::MediaError;
 use crate::feedback::KeyframeThrottle;
 use crate::kinds::{MediaKind, SessionKind, Transport};
 use crate::metrics::MediaMetrics;
@@ -30,7 +31,6 @@ use crate::registry::{
     RATE_WINDOW, RecentlyEnded, Registry, Reservation, SessionObserver, SessionSummary,
     StreamShared,
 };
-use crate::error::MediaError;
 use crate::sdp;
 use crate::srtp::SrtpSender;
 
@@ -161,7 +161,12 @@ impl Bench {
     }
 
     /// Builds the next session (a publisher's place must be reserved already).
-    fn build(&mut self, kind: SessionKind, ms: u64, out: &mut Collected) -> Result<u64, MediaError> {
+    fn build(
+        &mut self,
+        kind: SessionKind,
+        ms: u64,
+        out: &mut Collected,
+    ) -> Result<u64, MediaError> {
         let key = self.next_key;
         self.next_key += 1;
         let offer = offer(match kind {
@@ -459,9 +464,7 @@ fn the_same_users_new_publisher_takes_over_and_viewers_keep_their_numbering() {
         !bench.core.recently_ended("live", bench.at(500)),
         "a takeover is not an end"
     );
-    let second = bench
-        .build(SessionKind::Publisher, 500, &mut out)
-        .unwrap();
+    let second = bench.build(SessionKind::Publisher, 500, &mut out).unwrap();
     bench.core.open_track(second, MediaKind::Video, 90_000);
     for seq in 9_000..9_002u16 {
         bench.core.publisher_rtp(
@@ -481,7 +484,10 @@ fn another_users_publisher_finds_the_stream_busy() {
     let bench = Bench::new();
     assert_eq!(bench.stream.reserve_publisher(1, 0, "u"), Reservation::Free);
     assert_eq!(bench.stream.reserve_publisher(2, 1, "v"), Reservation::Busy);
-    assert!(bench.stream.holds_publisher(1), "a refused takeover changes nothing");
+    assert!(
+        bench.stream.holds_publisher(1),
+        "a refused takeover changes nothing"
+    );
 }
 
 #[test]
