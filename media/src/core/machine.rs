@@ -846,24 +846,6 @@ impl Core {
         }
     }
 
-    /// A publisher as its DTLS handshake leaves it: connected at `now` over UDP.
-    pub(crate) fn connect_publisher(&mut self, key: u64, now: Instant) {
-        let since = self.clock.unix(now).as_millis() as i64;
-        if let Some(s) = self.sessions.get_mut(&key) {
-            s.connected = true;
-            publisher_connected(&self.registry, &s.stream, key, since, Transport::Udp);
-        }
-    }
-
-    /// Whether the registry remembers `stream` as recently ended at `now`.
-    pub(crate) fn recently_ended(&self, stream: &str, now: Instant) -> bool {
-        self.registry
-            .recently_ended
-            .lock()
-            .map(|mut r| r.contains(stream, now))
-            .unwrap_or(false)
-    }
-
     /// A publisher's track opens at `clock_rate` (what its `OnTrack` event does to
     /// the numbering).
     pub(crate) fn open_track(&mut self, key: u64, kind: MediaKind, clock_rate: u32) {
@@ -907,6 +889,28 @@ impl Core {
         {
             forward::retransmit(viewer, &ls.caches, nacks, &self.metrics, out);
         }
+    }
+}
+
+// Only the core's tests: the fuzz target never connects a publisher.
+#[cfg(test)]
+impl Core {
+    /// A publisher as its DTLS handshake leaves it: connected at `now` over UDP.
+    pub(crate) fn connect_publisher(&mut self, key: u64, now: Instant) {
+        let since = self.clock.unix(now).as_millis() as i64;
+        if let Some(s) = self.sessions.get_mut(&key) {
+            s.connected = true;
+            publisher_connected(&self.registry, &s.stream, key, since, Transport::Udp);
+        }
+    }
+
+    /// Whether the registry remembers `stream` as recently ended at `now`.
+    pub(crate) fn recently_ended(&self, stream: &str, now: Instant) -> bool {
+        self.registry
+            .recently_ended
+            .lock()
+            .map(|mut r| r.contains(stream, now))
+            .unwrap_or(false)
     }
 }
 
