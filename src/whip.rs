@@ -221,6 +221,18 @@ async fn create_session(
         SessionKind::Viewer => state.sfu.subscribe(&stream, &offer, &holder).await,
     }
     .map_err(media_error)?;
+    if kind == SessionKind::Publisher {
+        // Ending a stream closes the sessions it finds; one built while it ran
+        // is closed here, so nothing publishes to an ended stream.
+        let closed = match crate::api::access::closed_meanwhile(&state, &stream).await {
+            Ok(closed) => closed,
+            Err(err) => Some(err),
+        };
+        if let Some(err) = closed {
+            let _ = state.sfu.end(&answer.session_id).await;
+            return Err(err);
+        }
+    }
     crate::api::access::session_started(&state, &claims, &stream, kind).await;
 
     let location = format!("{}/{}/{}", path_prefix(kind), stream, answer.session_id);

@@ -116,6 +116,9 @@ pub struct StreamShared {
     pub publisher: Mutex<Option<PublisherHold>>,
     /// The publisher once connected (cleared when it closes).
     pub publisher_info: Mutex<Option<PublisherInfo>>,
+    /// The codec each of the publisher's tracks sends (MIME type), by media
+    /// kind (`MediaKind::index`): what it uses, not all it negotiated.
+    pub active_codecs: Mutex<[Option<String>; 2]>,
     /// The publisher's received rate, in bits per second, over its last rate
     /// window (written by its worker every [`RATE_WINDOW`]).
     pub bitrate_bps: AtomicU64,
@@ -142,6 +145,7 @@ impl StreamShared {
             name,
             publisher: Mutex::new(None),
             publisher_info: Mutex::new(None),
+            active_codecs: Mutex::new([None, None]),
             bitrate_bps: AtomicU64::new(0),
             started_at_ms: std::sync::atomic::AtomicI64::new(0),
             codecs: RwLock::new(Arc::new(Vec::new())),
@@ -204,15 +208,12 @@ impl StreamShared {
     /// The connected publisher, as the operator view shows it.
     pub fn publisher_status(&self) -> Option<PublisherStatus> {
         let info = self.publisher_info.lock().ok()?.clone()?;
-        let mut codecs: Vec<String> = self
-            .codecs()
-            .iter()
-            .map(|c| c.rtp_codec.mime_type.clone())
-            .collect();
-        codecs.sort();
-        codecs.dedup();
         // Video first, as MediaMTX lists tracks: `video/VP8`, `audio/opus`.
-        codecs.sort_by_key(|c| !c.starts_with("video/"));
+        let codecs = self
+            .active_codecs
+            .lock()
+            .map(|c| [&c[1], &c[0]].into_iter().flatten().cloned().collect())
+            .unwrap_or_default();
         Some(PublisherStatus {
             connected_since_ms: info.connected_since_ms,
             codecs,

@@ -80,6 +80,26 @@ pub async fn check_session(
     }
 }
 
+/// After a publisher session was created: whether its stream was ended or
+/// cancelled meanwhile (between `check_session` and the SFU building the
+/// session, `POST …/end` may have run and closed the sessions it found). The
+/// caller then closes the new session and answers 409 `stream_closed`.
+pub async fn closed_meanwhile(state: &AppState, stream: &str) -> AppResult<Option<AppError>> {
+    let mut conn = state.db.pool.acquire().await?;
+    let status: Option<(streams::StreamStatus,)> =
+        sqlx::query_as("SELECT status FROM streams WHERE id = $1")
+            .bind(stream)
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(status.filter(|(s,)| !s.is_open()).map(|(s,)| {
+        AppError::new(
+            StatusCode::CONFLICT,
+            "stream_closed",
+            format!("the stream is {s}; it cannot be published again"),
+        )
+    }))
+}
+
 /// After a session started: the owner's WHIP turns a scheduled stream live (when
 /// configured); a WHEP viewer may raise the persisted peak viewer count.
 pub async fn session_started(

@@ -787,6 +787,9 @@ impl Core {
                     Ok(mut info) if info.as_ref().is_some_and(|i| i.key == key) => {
                         *info = None;
                         stream.bitrate_bps.store(0, Ordering::Relaxed);
+                        if let Ok(mut active) = stream.active_codecs.lock() {
+                            *active = [None, None];
+                        }
                         true
                     }
                     _ => false,
@@ -843,24 +846,6 @@ impl Core {
         }
     }
 
-    /// A publisher as its DTLS handshake leaves it: connected at `now` over UDP.
-    pub(crate) fn connect_publisher(&mut self, key: u64, now: Instant) {
-        let since = self.clock.unix(now).as_millis() as i64;
-        if let Some(s) = self.sessions.get_mut(&key) {
-            s.connected = true;
-            publisher_connected(&self.registry, &s.stream, key, since, Transport::Udp);
-        }
-    }
-
-    /// Whether the registry remembers `stream` as recently ended at `now`.
-    pub(crate) fn recently_ended(&self, stream: &str, now: Instant) -> bool {
-        self.registry
-            .recently_ended
-            .lock()
-            .map(|mut r| r.contains(stream, now))
-            .unwrap_or(false)
-    }
-
     /// A publisher's track opens at `clock_rate` (what its `OnTrack` event does to
     /// the numbering).
     pub(crate) fn open_track(&mut self, key: u64, kind: MediaKind, clock_rate: u32) {
@@ -904,6 +889,28 @@ impl Core {
         {
             forward::retransmit(viewer, &ls.caches, nacks, &self.metrics, out);
         }
+    }
+}
+
+// Only the core's tests: the fuzz target never connects a publisher.
+#[cfg(test)]
+impl Core {
+    /// A publisher as its DTLS handshake leaves it: connected at `now` over UDP.
+    pub(crate) fn connect_publisher(&mut self, key: u64, now: Instant) {
+        let since = self.clock.unix(now).as_millis() as i64;
+        if let Some(s) = self.sessions.get_mut(&key) {
+            s.connected = true;
+            publisher_connected(&self.registry, &s.stream, key, since, Transport::Udp);
+        }
+    }
+
+    /// Whether the registry remembers `stream` as recently ended at `now`.
+    pub(crate) fn recently_ended(&self, stream: &str, now: Instant) -> bool {
+        self.registry
+            .recently_ended
+            .lock()
+            .map(|mut r| r.contains(stream, now))
+            .unwrap_or(false)
     }
 }
 
@@ -988,10 +995,11 @@ fn open_publisher_track(s: &mut Session, init: RTCTrackEventInit, metrics: &Medi
         _ => MediaKind::Video,
     };
     let media_ssrc = track.ssrcs().next().unwrap_or(0);
-    let clock_rate = track
-        .codec(media_ssrc)
-        .map(|c| c.clock_rate)
-        .unwrap_or(90_000);
+    let codec = track.codec(media_ssrc);
+    let clock_rate = codec.map(|c| c.clock_rate).unwrap_or(90_000);
+    if let (Some(codec), Ok(mut active)) = (codec, s.stream.active_codecs.lock()) {
+        active[kind.index()] = Some(codec.mime_type.clone());
+    }
     let codecs = receiver.get_parameters().rtp_parameters.codecs.clone();
     publisher.tracks.insert(
         init.track_id.clone(),
