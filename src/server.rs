@@ -152,9 +152,14 @@ impl Running {
         }
     }
 
-    /// Waits until the HTTP server ends (after [`Running::shutdown`] from another task).
+    /// `http://ADDR`, or `https://ADDR` when the listener serves TLS.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.http_addr)
+        let scheme = if self.state.config.http.tls_enabled() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.http_addr)
     }
 }
 
@@ -180,6 +185,8 @@ pub enum StartError {
     DataDir { dir: String, source: std::io::Error },
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("HTTPS: {0}")]
+    Tls(String),
 }
 
 /// Opens the database, binds HTTP and media, and serves until [`Running::shutdown`].
@@ -224,6 +231,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let sfu = Sfu::start(config.media_config(), &registry, Arc::new(recorder.clone())).await?;
     let rooms = crate::rooms::build(&config, &db, &registry)?;
 
+    // Before binding: a bad certificate or key is a start-up error naming the file.
+    let tls = crate::serve::load_tls(&config.http).map_err(StartError::Tls)?;
     let listener = TcpListener::bind(config.http_addr)
         .await
         .map_err(|source| StartError::HttpBind {
@@ -255,6 +264,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         listener,
         router,
         limits,
+        tls,
         conn_metrics,
         stopped,
     ));

@@ -9,6 +9,8 @@
 //! - [`enrollment_records`]: the enrollment row, its lookup, refunds (money back,
 //!   out of the room); under both `streams` (cancel) and `enrollment` (refund).
 //! - [`streams`]: stream CRUD, lifecycle, instructor stats, publish tokens, calendar.
+//! - [`stream_keys`]: long-lived WHIP keys for encoders (OBS): mint, rotate, revoke,
+//!   and the check `whip.rs` runs on a bearer token that is one.
 //! - [`enrollment`]: paid enrollment, my enrollments, viewer tokens, admin refunds.
 //! - [`access`]: the WHIP/WHEP hook (enrollment re-check, WHIP starts a stream)
 //!   and the room gate.
@@ -26,6 +28,7 @@ pub mod idempotency;
 pub mod jobs;
 pub mod ledger;
 pub mod openapi;
+pub mod stream_keys;
 pub mod streams;
 
 use axum::Router;
@@ -40,6 +43,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .merge(ledger::routes())
         .merge(streams::routes())
+        .merge(stream_keys::routes())
         .merge(enrollment::routes())
         .merge(openapi::routes())
         .route_layer(axum::middleware::from_fn(crate::text::refuse_control_chars))

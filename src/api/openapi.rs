@@ -12,7 +12,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{self, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use super::{enrollment, ledger, streams};
+use super::{enrollment, ledger, stream_keys, streams};
 use crate::state::AppState;
 
 pub fn routes() -> axum::Router<AppState> {
@@ -46,6 +46,9 @@ pub fn routes() -> axum::Router<AppState> {
         enrollment::mine,
         enrollment::viewer_token,
         enrollment::admin_refund,
+        stream_keys::create,
+        stream_keys::show,
+        stream_keys::revoke,
     ),
     modifiers(&Extras),
     tags(

@@ -10,4 +10,5 @@ mod enrollment;
 mod hardening;
 mod jobs;
 mod ledger;
+mod stream_keys;
 mod streams;
