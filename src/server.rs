@@ -192,6 +192,9 @@ pub enum StartError {
 /// Opens the database, binds HTTP and media, and serves until [`Running::shutdown`].
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let config = Arc::new(config);
+    // First: a bad certificate or key is a start-up error naming the file, before
+    // anything else (database, media port) was opened.
+    let tls = crate::serve::load_tls(&config.http).map_err(StartError::Tls)?;
     std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
         dir: config.data_dir.display().to_string(),
         source,
@@ -231,8 +234,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let sfu = Sfu::start(config.media_config(), &registry, Arc::new(recorder.clone())).await?;
     let rooms = crate::rooms::build(&config, &db, &registry)?;
 
-    // Before binding: a bad certificate or key is a start-up error naming the file.
-    let tls = crate::serve::load_tls(&config.http).map_err(StartError::Tls)?;
     let listener = TcpListener::bind(config.http_addr)
         .await
         .map_err(|source| StartError::HttpBind {
