@@ -1,8 +1,9 @@
 //! The SFU with real peers and at the protocol level: WHIP/WHEP, codecs, loss and
 //! retransmission, slow viewers, ICE-TCP, the media configuration, the hardening
 //! of issue 11, and publishing with a stream key (issue 13). The real-peer tests
-//! need Chromium, aiortc (`.venv`) and the Node peers (`scripts/test.sh` installs them) and take [`support::media_lock`] so that
-//! only one runs at a time on a 2-core machine.
+//! need Chromium, aiortc (`.venv`) and the Node peers (`scripts/test.sh` installs
+//! them) and take [`support::media_lock`] so that only one runs at a time on a
+//! 2-core machine.
 
 #[path = "../support/mod.rs"]
 mod support;

@@ -1,6 +1,7 @@
 //! Watch Together rooms over real WebSockets: the clock, drift correction, rooms and
 //! moderation, chat persistence (SQLite, and PostgreSQL when one answers), bursts,
-//! large rooms, room tokens, a headless-Chromium page, and the hardening of issue 11.
+//! large rooms, room tokens, a headless-Chromium page, the hardening of issue 11, and
+//! the together page out of the box (issue 13: demo video, unmute, invites, errors).
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -13,4 +14,5 @@ mod drift;
 mod hardening;
 mod large;
 mod rooms;
+mod together_page;
 mod token;
