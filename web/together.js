@@ -29,7 +29,7 @@ function claimsOf(token) {
 }
 
 $('roomName').textContent = room;
-document.querySelectorAll('.room').forEach((e) => { e.textContent = room; });
+document.querySelectorAll('span.room').forEach((e) => { e.textContent = room; });
 
 const HELP = `Open this page as <code>/together/${esc(room)}?token=…</code> with a room token of your own: ` +
   `on the server run <code>tandem token --room ${esc(room)} --user YOU --name "Your name"</code>, ` +
