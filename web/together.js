@@ -41,6 +41,7 @@ function showFatal(title, text, help = HELP) {
   $('room').hidden = true;
   $('join').hidden = true;
   $('invite').hidden = true;
+  $('memberCount').textContent = '';
   $('fatal').hidden = false;
   $('fatalTitle').textContent = title;
   $('fatalText').textContent = text;

@@ -87,7 +87,9 @@ async function main() {
     const first = await plays(host, 'host video plays');
     if (!first.src.endsWith('/media/demo.mp4')) throw new Error(`default video: ${first.src}`);
     if (!first.muted) throw new Error('the video should start muted (autoplay rules)');
-    const before = await host.evaluate(() => ({ unmute: !document.getElementById('unmute').hidden, controls: !document.getElementById('hostControls').hidden, header: document.getElementById('roomName').textContent }));
+    const shown = (id) => getComputedStyle(document.getElementById(id)).display !== 'none';
+    const before = await host.evaluate((f) => { const shown = eval(f); return { unmute: shown('unmute'), controls: shown('hostControls'), invite: shown('invite'), header: document.getElementById('roomName').textContent }; }, shown.toString());
+    if (!before.invite) throw new Error('a moderator does not see "Create invite link"');
     if (!before.unmute) throw new Error('no Unmute button while muted');
     if (!before.controls) throw new Error('the host does not see the host controls');
     if (before.header !== room) throw new Error(`room header: ${before.header}`);
@@ -115,7 +117,9 @@ async function main() {
     const g = await guest.evaluate(() => ({
       url: location.search, controls: !document.getElementById('hostControls').hidden,
       note: document.getElementById('viewerNote').textContent, name: window.tandem.sync.you.name,
+      invite: getComputedStyle(document.getElementById('invite')).display !== 'none',
     }));
+    if (g.invite) throw new Error('a guest (no moderate grant) sees "Create invite link"');
     if (!g.url.includes('token=') || g.url.includes('invite=')) throw new Error(`guest URL: ${g.url}`);
     if (g.controls) throw new Error('a guest sees the host controls');
     if (g.name !== 'Guest Gina') throw new Error(`guest name: ${g.name}`);

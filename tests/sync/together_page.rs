@@ -3,7 +3,8 @@
 //! demo video, muted until Unmute is clicked, host controls for the host only; a
 //! guest joins through the host's invite link; no token, a bad token, a full room
 //! and a ban each show an error panel instead of reconnecting. The screenshots are
-//! left in the test's temp dir (TANDEM_SHOTS=DIR keeps them there instead).
+//! left in the test's temp dir (TANDEM_SHOTS=DIR keeps them there instead). And the
+//! embedded demo video's HTTP: ranges, and a file in `data_dir/media` replacing it.
 
 use std::process::Command;
 
@@ -74,5 +75,54 @@ async fn together_page_plays_the_demo_video_invites_and_shows_errors() {
         assert!(shown.contains(text), "{k}: {shown}");
     }
     assert!(shots.join("together-host.png").exists());
+    app.shutdown().await;
+}
+
+/// `/media/demo.mp4` without any media file: the embedded video, whole (200) or in
+/// ranges (206, 416 past the end); a file in `data_dir/media` replaces it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_video_is_embedded_with_ranges_and_can_be_replaced() {
+    let app = TestApp::builder()
+        .config(|c| c.media.ice_tcp = false)
+        .spawn()
+        .await;
+    let url = app.url("/media/demo.mp4");
+    let whole = reqwest::get(&url).await.unwrap();
+    assert_eq!(whole.status(), 200);
+    assert_eq!(whole.headers()["content-type"], "video/mp4");
+    assert_eq!(whole.headers()["accept-ranges"], "bytes");
+    let body = whole.bytes().await.unwrap();
+    let len = body.len();
+    assert!((50_000..2_000_000).contains(&len), "a few hundred KB: {len}");
+    assert_eq!(&body[4..8], b"ftyp", "an MP4");
+
+    let client = reqwest::Client::new();
+    for (range, status, want) in [
+        ("bytes=0-99", 206, Some((0, 99))),
+        ("bytes=100-", 206, Some((100, len - 1))),
+        ("bytes=-10", 206, Some((len - 10, len - 1))),
+        ("bytes=5-999999999", 206, Some((5, len - 1))),
+        (&*format!("bytes={len}-"), 416, None),
+    ] {
+        let r = client.get(&url).header("range", range).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), status, "{range}");
+        let cr = r.headers()["content-range"].to_str().unwrap().to_string();
+        let got = r.bytes().await.unwrap();
+        match want {
+            Some((a, b)) => {
+                assert_eq!(cr, format!("bytes {a}-{b}/{len}"), "{range}");
+                assert_eq!(&got[..], &body[a..=b], "{range}");
+            }
+            None => assert_eq!(cr, format!("bytes */{len}")),
+        }
+    }
+
+    let media = app.data_dir().join("media");
+    std::fs::create_dir_all(&media).unwrap();
+    std::fs::write(media.join("demo.mp4"), b"my own demo").unwrap();
+    let r = reqwest::get(&url).await.unwrap();
+    assert_eq!(r.bytes().await.unwrap().as_ref(), b"my own demo");
+    let r = reqwest::get(app.url("/media/missing.mp4")).await.unwrap();
+    assert_eq!(r.status(), 404);
     app.shutdown().await;
 }
