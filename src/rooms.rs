@@ -364,7 +364,9 @@ async fn invite(
     })?;
     let claims = state.tokens.verify(token)?;
     if !claims.allows_room(&room) || claims.role.as_deref() == Some(INVITE_ROLE) {
-        return Err(AppError::forbidden("the token is not a room token for this room"));
+        return Err(AppError::forbidden(
+            "the token is not a room token for this room",
+        ));
     }
     if !claims.grants.moderate {
         return Err(AppError::forbidden(
@@ -422,7 +424,9 @@ async fn join(
         );
     }
     let token = bearer(&headers).ok_or_else(|| {
-        AppError::unauthorized("Authorization: Bearer <invite token> required (from the invite link)")
+        AppError::unauthorized(
+            "Authorization: Bearer <invite token> required (from the invite link)",
+        )
     })?;
     let claims = state.tokens.verify(token).map_err(|mut e| {
         e.message = format!("{}: ask for a new invite link", e.message);
@@ -440,8 +444,10 @@ async fn join(
     }
     let name: String = name.trim().chars().take(64).collect();
     if name.is_empty() {
-        return Err(AppError::bad_request("name: type the name others will see (1-64 characters)")
-            .with("field", "name"));
+        return Err(
+            AppError::bad_request("name: type the name others will see (1-64 characters)")
+                .with("field", "name"),
+        );
     }
     let user = format!("guest-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let (token, minted) = state.tokens.mint(&TokenRequest {

@@ -42,7 +42,10 @@ async fn mint_rotate_revoke(backend: Backend) {
     assert!(key.starts_with("tsk_") && key.len() >= 4 + 32, "{key}");
     let hint = r.body["hint"].as_str().unwrap().to_string();
     assert!(hint.ends_with(&key[key.len() - 4..]), "{hint}");
-    assert!(!hint.contains(&key[4..key.len() - 4]), "the hint is not the key");
+    assert!(
+        !hint.contains(&key[4..key.len() - 4]),
+        "the hint is not the key"
+    );
     assert_eq!(
         r.body["whip_url"].as_str().unwrap(),
         format!("{}/v1/whip/{id}", app.base)
@@ -80,7 +83,12 @@ async fn mint_rotate_revoke(backend: Backend) {
     assert_ne!(key, key2);
     let r = whip_status(&app, &id, &key).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text);
-    assert!(r.body["error"]["message"].as_str().unwrap().contains("rotated"));
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("rotated")
+    );
     assert!(!r.text.contains(&key), "the key is not echoed");
     let r = whip_status(&app, &id, &key2).await;
     assert_eq!(r.code(), "bad_sdp", "{}", r.text);

@@ -25,17 +25,36 @@ async fn obs_style_publish_with_a_stream_key_and_rotation() {
 
     let resp = post_offer(&app, &whip_url, Some(&key), CHROMIUM_SENDONLY_OFFER).await;
     assert_eq!(resp.status(), StatusCode::CREATED);
-    let location = resp.headers()[header::LOCATION].to_str().unwrap().to_string();
-    assert!(location.starts_with(&format!("/v1/whip/{id}/")), "{location}");
+    let location = resp.headers()[header::LOCATION]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        location.starts_with(&format!("/v1/whip/{id}/")),
+        "{location}"
+    );
     let answer = resp.text().await.unwrap();
     assert!(answer.starts_with("v=0"), "an SDP answer: {answer}");
     let r = app.get(&format!("/v1/streams/{id}"), None).await;
-    assert_eq!(r.body["status"], "live", "the owner's WHIP started it: {}", r.text);
+    assert_eq!(
+        r.body["status"], "live",
+        "the owner's WHIP started it: {}",
+        r.text
+    );
 
     // OBS ends its session with the key as the bearer token.
-    let resp = request(&app, Method::DELETE, &app.url(&location), Some(&key), None, "").await;
+    let resp = request(
+        &app,
+        Method::DELETE,
+        &app.url(&location),
+        Some(&key),
+        None,
+        "",
+    )
+    .await;
     assert_eq!(resp.status(), StatusCode::OK);
-    app.wait_sessions(0, std::time::Duration::from_secs(10)).await;
+    app.wait_sessions(0, std::time::Duration::from_secs(10))
+        .await;
 
     // Rotation: the old key is refused at once, the new one publishes.
     let r = app.post(&key_path, Some(&ines), json!({})).await;
@@ -45,7 +64,12 @@ async fn obs_style_publish_with_a_stream_key_and_rotation() {
     let body = resp.text().await.unwrap();
     assert!(!body.contains(&key), "the key is not echoed: {body}");
     let resp = post_offer(&app, &whip_url, Some(&new_key), CHROMIUM_SENDONLY_OFFER).await;
-    assert_eq!(resp.status(), StatusCode::CREATED, "{}", resp.text().await.unwrap());
+    assert_eq!(
+        resp.status(),
+        StatusCode::CREATED,
+        "{}",
+        resp.text().await.unwrap()
+    );
     assert_eq!(app.session_count(), 1);
     app.shutdown().await;
 }

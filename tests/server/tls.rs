@@ -157,20 +157,27 @@ async fn https_serves_the_api_h2_and_wss() {
         matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
         "the silent TLS client is closed: {closed:?}"
     );
-    eventually("handshake timeout counted", Duration::from_secs(5), || async {
-        let now = timed_out();
-        if now > before {
-            Ok(())
-        } else {
-            Err(format!("{now}"))
-        }
-    })
+    eventually(
+        "handshake timeout counted",
+        Duration::from_secs(5),
+        || async {
+            let now = timed_out();
+            if now > before {
+                Ok(())
+            } else {
+                Err(format!("{now}"))
+            }
+        },
+    )
     .await;
     app.shutdown().await;
 }
 
 fn env(pairs: &[(&str, String)]) -> Vec<(String, String)> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
 }
 
 #[tokio::test]

@@ -27,7 +27,13 @@ async fn invite_links_make_guests_and_nothing_else() {
     // Only a moderator of this room invites.
     let r = post(&app, &format!("/v1/rooms/{room}/invite"), None, None).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
-    let r = post(&app, &format!("/v1/rooms/{room}/invite"), Some(&member), None).await;
+    let r = post(
+        &app,
+        &format!("/v1/rooms/{room}/invite"),
+        Some(&member),
+        None,
+    )
+    .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
     let r = post(&app, "/v1/rooms/other/invite", Some(&moderator), None).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "another room's moderator");
@@ -62,7 +68,13 @@ async fn invite_links_make_guests_and_nothing_else() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     assert!(resp.text().await.unwrap().contains("invite"));
-    let r = post(&app, &format!("/v1/rooms/{room}/invite"), Some(&invite), None).await;
+    let r = post(
+        &app,
+        &format!("/v1/rooms/{room}/invite"),
+        Some(&invite),
+        None,
+    )
+    .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
 
     // Join: a name is required; another room's invite or a room token is refused.
@@ -71,7 +83,11 @@ async fn invite_links_make_guests_and_nothing_else() {
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(r.body["error"]["field"], "name");
     let r = post(&app, &join, Some(&member), Some(json!({"name": "x"}))).await;
-    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "a room token is no invite");
+    assert_eq!(
+        r.status,
+        StatusCode::UNAUTHORIZED,
+        "a room token is no invite"
+    );
     let r = post(
         &app,
         "/v1/rooms/other/join",
@@ -109,7 +125,13 @@ async fn a_stream_room_takes_no_invites() {
     let app = api_app(Backend::Sqlite).spawn().await;
     let id = app.create_stream("ines", 0).await;
     let moderator = app.room_token(&id, "ines", true);
-    let r = post(&app, &format!("/v1/rooms/{id}/invite"), Some(&moderator), None).await;
+    let r = post(
+        &app,
+        &format!("/v1/rooms/{id}/invite"),
+        Some(&moderator),
+        None,
+    )
+    .await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
     assert_eq!(r.code(), "stream_room");
     app.shutdown().await;

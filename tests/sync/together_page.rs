@@ -93,7 +93,10 @@ async fn demo_video_is_embedded_with_ranges_and_can_be_replaced() {
     assert_eq!(whole.headers()["accept-ranges"], "bytes");
     let body = whole.bytes().await.unwrap();
     let len = body.len();
-    assert!((50_000..2_000_000).contains(&len), "a few hundred KB: {len}");
+    assert!(
+        (50_000..2_000_000).contains(&len),
+        "a few hundred KB: {len}"
+    );
     assert_eq!(&body[4..8], b"ftyp", "an MP4");
 
     let client = reqwest::Client::new();
@@ -104,7 +107,12 @@ async fn demo_video_is_embedded_with_ranges_and_can_be_replaced() {
         ("bytes=5-999999999", 206, Some((5, len - 1))),
         (&*format!("bytes={len}-"), 416, None),
     ] {
-        let r = client.get(&url).header("range", range).send().await.unwrap();
+        let r = client
+            .get(&url)
+            .header("range", range)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status().as_u16(), status, "{range}");
         let cr = r.headers()["content-range"].to_str().unwrap().to_string();
         let got = r.bytes().await.unwrap();
