@@ -73,6 +73,11 @@ pub struct HttpSection {
     /// A connection that moves no byte either way for this long is closed
     /// (WebSockets excepted: their rooms keep their own deadlines).
     pub idle_timeout_ms: u64,
+    // --- TLS (issue 13, src/serve.rs): HTTPS only when both are set. ---
+    /// PEM certificate chain (leaf first). Empty: plain HTTP.
+    pub tls_cert: String,
+    /// PEM private key of `tls_cert` (PKCS#8, PKCS#1 or SEC1). Empty: plain HTTP.
+    pub tls_key: String,
 }
 
 impl Default for HttpSection {
@@ -83,11 +88,18 @@ impl Default for HttpSection {
             max_connections_per_ip: 2000,
             header_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,
+            tls_cert: String::new(),
+            tls_key: String::new(),
         }
     }
 }
 
 impl HttpSection {
+    /// Both TLS files are set: the listener speaks HTTPS only.
+    pub fn tls_enabled(&self) -> bool {
+        !self.tls_cert.is_empty() && !self.tls_key.is_empty()
+    }
+
     /// The global cap for a process allowed `nofile` descriptors: the configured
     /// one, never more than `nofile` less a reserve (an eighth, at least 256) for
     /// the database, media sockets, files and the listener itself.
@@ -301,6 +313,17 @@ impl Config {
                 "http.header_timeout_ms and http.idle_timeout_ms must be > 0".into(),
             ));
         }
+        if self.http.tls_cert.is_empty() != self.http.tls_key.is_empty() {
+            let (set, unset) = if self.http.tls_cert.is_empty() {
+                ("http.tls_key", "http.tls_cert")
+            } else {
+                ("http.tls_cert", "http.tls_key")
+            };
+            return Err(ConfigError::Invalid(format!(
+                "{set} is set but {unset} is not: HTTPS needs both (PEM files; \
+                 TANDEM_HTTP__TLS_CERT and TANDEM_HTTP__TLS_KEY), or neither for plain HTTP"
+            )));
+        }
         if !self.public_ip.is_empty() {
             for ip in self.public_ip.split(',') {
                 ip.trim().parse::<IpAddr>().map_err(|_| {
@@ -330,6 +353,11 @@ impl Config {
         if !self.public_url.is_empty() {
             return self.public_url.trim_end_matches('/').to_string();
         }
+        let scheme = if self.http.tls_enabled() {
+            "https"
+        } else {
+            "http"
+        };
         let host = if bound.ip().is_unspecified() {
             "127.0.0.1".to_string()
         } else {
@@ -337,9 +365,9 @@ impl Config {
         };
         match bound {
             SocketAddr::V6(_) if !bound.ip().is_unspecified() => {
-                format!("http://[{host}]:{}", bound.port())
+                format!("{scheme}://[{host}]:{}", bound.port())
             }
-            _ => format!("http://{host}:{}", bound.port()),
+            _ => format!("{scheme}://{host}:{}", bound.port()),
         }
     }
 

@@ -1,5 +1,6 @@
 //! Watch Together over HTTP: the room WebSocket upgrade (token checked before it),
-//! room-token minting for platform users, and the sqlx [`ChatStore`] of the rooms.
+//! room-token minting for platform users, guest invite links, the videos under
+//! `/media/` (with the shipped demo video), and the sqlx [`ChatStore`] of the rooms.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,7 +22,9 @@ use tandem_signaling::chat::{
 use tandem_signaling::{Identity, InProcessBroker, Rooms, WsUpgrade, valid_room_id};
 
 use crate::api::access::{self, RoomAccess};
-use crate::auth::{DEFAULT_MEDIA_TOKEN_TTL_SECS, Grants, Role, TokenRequest, bearer};
+use crate::auth::{
+    DEFAULT_MEDIA_TOKEN_TTL_SECS, Grants, MAX_MEDIA_TOKEN_TTL_SECS, Role, TokenRequest, bearer,
+};
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::error::{AppError, AppResult};
@@ -42,12 +45,20 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/rooms/{room}/ws", get(ws))
         .route("/v1/rooms/{room}/token", post(mint))
+        .route("/v1/rooms/{room}/invite", post(invite))
+        .route("/v1/rooms/{room}/join", post(join))
         .route("/media/{file}", get(media_file))
         .route_layer(axum::middleware::from_fn(crate::text::refuse_control_chars))
 }
 
+/// The demo video every room plays out of the box (scripts/make-demo-video.sh),
+/// served at `/media/demo.mp4` unless `data_dir/media/demo.mp4` replaces it.
+static DEMO_MP4: &[u8] = include_bytes!("../web/media/demo.mp4");
+const DEMO_NAME: &str = "demo.mp4";
+
 /// `GET /media/{file}`: videos for Watch Together pages, from `data_dir/media`
-/// (with Range support, so players can seek).
+/// (with Range support, so players can seek); `demo.mp4` falls back to the
+/// embedded demo video.
 async fn media_file(
     State(state): State<AppState>,
     Path(file): Path<String>,
@@ -63,7 +74,14 @@ async fn media_file(
     }
     let path = state.config.data_dir.join("media").join(&file);
     if !path.is_file() {
-        return AppError::not_found("no such media file").into_response();
+        if file == DEMO_NAME {
+            return embedded_video(DEMO_MP4, req.headers());
+        }
+        return AppError::not_found(format!(
+            "no such media file: put it in {}",
+            state.config.data_dir.join("media").display()
+        ))
+        .into_response();
     }
     use tower::ServiceExt;
     match tower_http::services::ServeFile::new(path)
@@ -73,6 +91,56 @@ async fn media_file(
         Ok(r) => r.into_response(),
         Err(never) => match never {},
     }
+}
+
+/// An in-memory MP4 with single-range `Range` support (what `<video>` asks for):
+/// 200 whole, 206 a part, 416 past the end. Multi-range requests get the whole file.
+fn embedded_video(bytes: &'static [u8], headers: &HeaderMap) -> Response {
+    use axum::http::{StatusCode, header};
+    let len = bytes.len() as u64;
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().strip_prefix("bytes="))
+        .filter(|r| !r.contains(','));
+    let base = [
+        (header::CONTENT_TYPE, "video/mp4".to_string()),
+        (header::ACCEPT_RANGES, "bytes".to_string()),
+        (header::CACHE_CONTROL, "public, max-age=3600".to_string()),
+    ];
+    let Some(spec) = range else {
+        return (StatusCode::OK, base, bytes).into_response();
+    };
+    let (start, end) = match spec.split_once('-') {
+        Some(("", n)) => match n.trim().parse::<u64>() {
+            Ok(n) if n > 0 => (len.saturating_sub(n), len - 1),
+            _ => (len, len),
+        },
+        Some((a, b)) => match (a.trim().parse::<u64>(), b.trim()) {
+            (Ok(a), "") => (a, len.saturating_sub(1)),
+            (Ok(a), b) => match b.parse::<u64>() {
+                Ok(b) if b >= a => (a, b.min(len.saturating_sub(1))),
+                _ => (len, len),
+            },
+            _ => (len, len),
+        },
+        None => (len, len),
+    };
+    if start >= len {
+        return (
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            [(header::CONTENT_RANGE, format!("bytes */{len}"))],
+        )
+            .into_response();
+    }
+    let part = &bytes[start as usize..=end as usize];
+    (
+        StatusCode::PARTIAL_CONTENT,
+        base,
+        [(header::CONTENT_RANGE, format!("bytes {start}-{end}/{len}"))],
+        part,
+    )
+        .into_response()
 }
 
 /// The WebSocket upgrade, or nothing (so a plain GET gets a JSON 400, not a bare rejection).
@@ -110,6 +178,12 @@ async fn ws(
     let claims = state.tokens.verify(token)?;
     if !claims.allows_room(&room) {
         return Err(AppError::unauthorized("the token is not for this room"));
+    }
+    if claims.role.as_deref() == Some(INVITE_ROLE) {
+        return Err(AppError::unauthorized(
+            "this is an invite, not a room token: open the invite link (the page asks for \
+             your name), or POST /v1/rooms/{room}/join with it",
+        ));
     }
     // A stream's room admits its enrollees, owner and admins, checked now (not only
     // when the token was minted: a refund since then counts). Operator `*` tokens
@@ -209,14 +283,190 @@ async fn mint(
         role: Some(who.role.as_str().to_string()),
         ttl_secs: DEFAULT_MEDIA_TOKEN_TTL_SECS,
     });
-    let ws_base = state
-        .public_url
-        .replacen("https://", "wss://", 1)
-        .replacen("http://", "ws://", 1);
     Ok(Json(json!({
         "token": token,
-        "ws_url": format!("{ws_base}/v1/rooms/{room}/ws"),
+        "ws_url": format!("{}/v1/rooms/{room}/ws", ws_base(&state)),
         "expires_at": rfc3339(claims.exp),
+    }))
+    .into_response())
+}
+
+/// The `role` claim of an invite token: it only buys a guest token from
+/// [`join`]; the WebSocket, WHIP/WHEP and [`invite`] refuse it.
+const INVITE_ROLE: &str = "room-invite";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InviteBody {
+    #[serde(default)]
+    ttl_seconds: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JoinBody {
+    #[serde(default)]
+    name: Option<String>,
+}
+
+/// A small JSON body (none at all is `T::default()`), after the caller was checked.
+async fn small_body<T: serde::de::DeserializeOwned + Default>(
+    headers: &HeaderMap,
+    body: axum::body::Body,
+) -> AppResult<T> {
+    let bytes = axum::body::to_bytes(body, MINT_BODY_LIMIT)
+        .await
+        .map_err(|_| {
+            AppError::new(
+                axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the body is larger than {MINT_BODY_LIMIT} bytes"),
+            )
+        })?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    crate::api::common::parse_json(headers, &bytes)
+}
+
+/// The base of `ws_url` answers: the public URL with ws(s)://.
+fn ws_base(state: &AppState) -> String {
+    state
+        .public_url
+        .replacen("https://", "wss://", 1)
+        .replacen("http://", "ws://", 1)
+}
+
+/// `POST /v1/rooms/{room}/invite` with a room token that has the `moderate` grant
+/// for this room: an invite link for guests (`{invite_url, invite_token,
+/// expires_at}`). The invite token grants nothing by itself; [`join`] trades it,
+/// with a name the guest types, for a room token of a new guest user. It is not
+/// revocable (a signed token, like every media token): keep `ttl_seconds` short
+/// (default and most 24 h). A business stream's room admits enrollees only: no
+/// invites there (409 `stream_room`).
+async fn invite(
+    State(state): State<AppState>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> AppResult<Response> {
+    if !valid_room_id(&room) {
+        return Err(
+            AppError::bad_request("room: 1–128 characters of [A-Za-z0-9_.:-]")
+                .with("field", "room"),
+        );
+    }
+    let token = bearer(&headers).ok_or_else(|| {
+        AppError::unauthorized(
+            "Authorization: Bearer <room token with the moderate grant> required \
+             (tandem token --room ROOM --moderate, or POST /v1/rooms/{room}/token as an instructor)",
+        )
+    })?;
+    let claims = state.tokens.verify(token)?;
+    if !claims.allows_room(&room) || claims.role.as_deref() == Some(INVITE_ROLE) {
+        return Err(AppError::forbidden(
+            "the token is not a room token for this room",
+        ));
+    }
+    if !claims.grants.moderate {
+        return Err(AppError::forbidden(
+            "only a moderator may invite: the room token needs the moderate grant",
+        ));
+    }
+    let body: InviteBody = small_body(&headers, body).await?;
+    let ttl = body.ttl_seconds.unwrap_or(MAX_MEDIA_TOKEN_TTL_SECS);
+    if !(60..=MAX_MEDIA_TOKEN_TTL_SECS).contains(&ttl) {
+        return Err(AppError::bad_request(format!(
+            "ttl_seconds must be 60-{MAX_MEDIA_TOKEN_TTL_SECS}"
+        ))
+        .with("field", "ttl_seconds"));
+    }
+    let stream: Option<(String,)> = sqlx::query_as("SELECT id FROM streams WHERE id = $1")
+        .bind(&room)
+        .fetch_optional(&state.db.pool)
+        .await?;
+    if stream.is_some() {
+        return Err(AppError::conflict(
+            "stream_room",
+            "this room is a stream's: its viewers join by enrolling in the stream, not by invite",
+        ));
+    }
+    let (invite, inv) = state.tokens.mint(&TokenRequest {
+        user: claims.sub.clone(),
+        stream: None,
+        room: Some(room.clone()),
+        grants: Grants::default(),
+        name: None,
+        role: Some(INVITE_ROLE.into()),
+        ttl_secs: ttl,
+    });
+    tracing::info!(room = %room, by = %claims.sub, ttl, "room invite created");
+    Ok(Json(json!({
+        "invite_url": format!("{}/together/{room}?invite={invite}", state.public_url),
+        "invite_token": invite,
+        "expires_at": rfc3339(inv.exp),
+    }))
+    .into_response())
+}
+
+/// `POST /v1/rooms/{room}/join` with an invite token and `{"name": "…"}`: a room
+/// token (chat, no moderation) for a new guest user `guest-…` with that name.
+async fn join(
+    State(state): State<AppState>,
+    Path(room): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> AppResult<Response> {
+    if !valid_room_id(&room) {
+        return Err(
+            AppError::bad_request("room: 1–128 characters of [A-Za-z0-9_.:-]")
+                .with("field", "room"),
+        );
+    }
+    let token = bearer(&headers).ok_or_else(|| {
+        AppError::unauthorized(
+            "Authorization: Bearer <invite token> required (from the invite link)",
+        )
+    })?;
+    let claims = state.tokens.verify(token).map_err(|mut e| {
+        e.message = format!("{}: ask for a new invite link", e.message);
+        e
+    })?;
+    if claims.role.as_deref() != Some(INVITE_ROLE) || !claims.allows_room(&room) {
+        return Err(AppError::unauthorized(
+            "this is not an invite for this room: ask for a new invite link",
+        ));
+    }
+    let body: JoinBody = small_body(&headers, body).await?;
+    let name = body.name.unwrap_or_default();
+    if !crate::text::is_clean_line(&name) {
+        return Err(crate::text::control_char_error("name"));
+    }
+    let name: String = name.trim().chars().take(64).collect();
+    if name.is_empty() {
+        return Err(
+            AppError::bad_request("name: type the name others will see (1-64 characters)")
+                .with("field", "name"),
+        );
+    }
+    let user = format!("guest-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let (token, minted) = state.tokens.mint(&TokenRequest {
+        user: user.clone(),
+        stream: None,
+        room: Some(room.clone()),
+        grants: Grants {
+            chat: true,
+            ..Default::default()
+        },
+        name: Some(name),
+        role: None,
+        ttl_secs: DEFAULT_MEDIA_TOKEN_TTL_SECS,
+    });
+    Ok(Json(json!({
+        "token": token,
+        "user": user,
+        "ws_url": format!("{}/v1/rooms/{room}/ws", ws_base(&state)),
+        "expires_at": rfc3339(minted.exp),
     }))
     .into_response())
 }

@@ -16,6 +16,10 @@
 //!   and are logged at most every 5 s, where `axum::serve` logged every second.
 //! - Graceful shutdown as before: stop accepting, let every connection finish
 //!   its request in flight, wait for them.
+//! - HTTPS when `http.tls_cert` and `http.tls_key` are set ([`load_tls`]): rustls
+//!   (ring) over the same tracked socket, so the caps and the idle timeout hold
+//!   as for plain HTTP; the handshake must finish within the header timeout;
+//!   ALPN offers `h2` and `http/1.1`.
 
 use std::collections::HashMap;
 use std::io;
@@ -36,6 +40,57 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::config::HttpSection;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// The TLS server configuration from `[http]`, or None for plain HTTP. The error
+/// names the file and what is wrong with it (the start-up message).
+pub fn load_tls(http: &HttpSection) -> Result<Option<TlsAcceptor>, String> {
+    if !http.tls_enabled() {
+        return Ok(None);
+    }
+    let read = |what: &str, path: &str| {
+        std::fs::read(path).map_err(|e| format!("http.{what} {path}: cannot read it: {e}"))
+    };
+    let cert_pem = read("tls_cert", &http.tls_cert)?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| {
+            format!(
+                "http.tls_cert {}: not a PEM certificate file: {e}",
+                http.tls_cert
+            )
+        })?;
+    if certs.is_empty() {
+        return Err(format!(
+            "http.tls_cert {}: no certificate in it (expected -----BEGIN CERTIFICATE-----)",
+            http.tls_cert
+        ));
+    }
+    let key_pem = read("tls_key", &http.tls_key)?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
+        format!(
+            "http.tls_key {}: no PEM private key in it (PKCS#8, PKCS#1 or SEC1): {e}",
+            http.tls_key
+        )
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| {
+            format!(
+                "http.tls_cert {} and http.tls_key {}: {e} (does the key belong to the certificate?)",
+                http.tls_cert, http.tls_key
+            )
+        })?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Some(TlsAcceptor::from(Arc::new(config))))
+}
 
 /// The limits in force, resolved from `[http]` and the descriptor limit.
 #[derive(Debug, Clone, Copy)]
@@ -325,15 +380,18 @@ impl Throttled {
     }
 }
 
-/// Serves `router` on `listener` until `stop` turns true, then drains.
+/// Serves `router` on `listener` (over TLS when `tls` is set) until `stop` turns
+/// true, then drains.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Limits,
+    tls: Option<TlsAcceptor>,
     metrics: ConnMetrics,
     mut stop: watch::Receiver<bool>,
 ) {
     tracing::info!(
+        tls = tls.is_some(),
         max_connections = limits.max_connections,
         max_connections_per_ip = limits.max_per_ip.unwrap_or(0),
         header_timeout_ms = limits.header_timeout.as_millis() as u64,
@@ -399,7 +457,8 @@ pub async fn serve(
             slot,
             peer,
             router.clone(),
-            limits.idle_timeout,
+            limits,
+            tls.clone(),
             metrics.clone(),
             stop.clone(),
             drained_rx.clone(),
@@ -442,17 +501,53 @@ async fn serve_connection(
     slot: Slot,
     peer: SocketAddr,
     router: Router,
-    idle_timeout: Duration,
+    limits: Limits,
+    tls: Option<TlsAcceptor>,
     metrics: ConnMetrics,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     _drained: watch::Receiver<()>,
 ) {
     let active = Arc::new(AtomicBool::new(false));
-    let io = TokioIo::new(Tracked {
+    let tracked = Tracked {
         tcp,
         active: active.clone(),
         _slot: slot,
-    });
+    };
+    let Some(acceptor) = tls else {
+        let io = TokioIo::new(tracked);
+        return drive(builder, io, active, peer, router, limits, metrics, stop).await;
+    };
+    // The handshake is the first thing a client must send: it counts against the
+    // header timeout, so a silent TLS client holds its slot no longer than a
+    // silent plain one.
+    match tokio::time::timeout(limits.header_timeout, acceptor.accept(tracked)).await {
+        Ok(Ok(stream)) => {
+            let io = TokioIo::new(stream);
+            drive(builder, io, active, peer, router, limits, metrics, stop).await
+        }
+        Ok(Err(err)) => tracing::debug!(%peer, error = %err, "TLS handshake failed"),
+        Err(_) => {
+            metrics.timed_out.with_label_values(&["header"]).inc();
+            tracing::debug!(%peer, "TLS handshake not done within the header timeout");
+        }
+    }
+}
+
+/// Serves one connection (plain or TLS) until it ends, idles out or drains.
+#[allow(clippy::too_many_arguments)]
+async fn drive<I>(
+    builder: auto::Builder<TokioExecutor>,
+    io: TokioIo<I>,
+    active: Arc<AtomicBool>,
+    peer: SocketAddr,
+    router: Router,
+    limits: Limits,
+    metrics: ConnMetrics,
+    mut stop: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let idle_timeout = limits.idle_timeout;
     // `Router<()>` clones share the route table (an `Arc`): nothing rebuilt per connection.
     let conn = builder.serve_connection_with_upgrades(io, TowerToHyperService::new(router));
     tokio::pin!(conn);

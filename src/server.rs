@@ -159,9 +159,14 @@ impl Running {
         }
     }
 
-    /// Waits until the HTTP server ends (after [`Running::shutdown`] from another task).
+    /// `http://ADDR`, or `https://ADDR` when the listener serves TLS.
     pub fn base_url(&self) -> String {
-        format!("http://{}", self.http_addr)
+        let scheme = if self.state.config.http.tls_enabled() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.http_addr)
     }
 }
 
@@ -187,11 +192,16 @@ pub enum StartError {
     DataDir { dir: String, source: std::io::Error },
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("HTTPS: {0}")]
+    Tls(String),
 }
 
 /// Opens the database, binds HTTP and media, and serves until [`Running::shutdown`].
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let config = Arc::new(config);
+    // First: a bad certificate or key is a start-up error naming the file, before
+    // anything else (database, media port) was opened.
+    let tls = crate::serve::load_tls(&config.http).map_err(StartError::Tls)?;
     std::fs::create_dir_all(&config.data_dir).map_err(|source| StartError::DataDir {
         dir: config.data_dir.display().to_string(),
         source,
@@ -262,6 +272,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         listener,
         router,
         limits,
+        tls,
         conn_metrics,
         stopped,
     ));

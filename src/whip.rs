@@ -131,8 +131,10 @@ async fn read_body(body: Body, limit: usize) -> AppResult<String> {
         .map_err(|_| AppError::new(StatusCode::BAD_REQUEST, "bad_sdp", "body is not UTF-8"))
 }
 
-/// Verifies the bearer media token and its grant for this stream.
-fn authorize(
+/// Verifies the bearer media token and its grant for this stream. A stream key
+/// (`tsk_…`, `api::stream_keys`) is a publish grant of the stream's owner for its
+/// own stream only.
+async fn authorize(
     state: &AppState,
     headers: &HeaderMap,
     stream: &str,
@@ -141,6 +143,14 @@ fn authorize(
     let token = bearer(headers).ok_or_else(|| {
         AppError::unauthorized("missing media token: send Authorization: Bearer <token>")
     })?;
+    if crate::api::stream_keys::is_stream_key(token) {
+        if kind == SessionKind::Viewer {
+            return Err(AppError::forbidden(
+                "a stream key only publishes (WHIP); watching needs a viewer token",
+            ));
+        }
+        return crate::api::stream_keys::publish_claims(state, stream, token).await;
+    }
     let claims = state.tokens.verify(token)?;
     if !claims.allows_stream(stream) {
         return Err(AppError::forbidden(format!(
@@ -203,7 +213,7 @@ async fn create_session(
     }
     // The token first: a client without a valid one learns nothing else (not
     // the content rules, not the capacity or its limits), and no body is read.
-    let claims = authorize(&state, &headers, &stream, kind)?;
+    let claims = authorize(&state, &headers, &stream, kind).await?;
     require_content_type(&headers, SDP)?;
     let offer = read_body(body, state.config.media.max_sdp_bytes).await?;
     crate::api::access::check_session(&state, &claims, &stream, kind).await?;
@@ -347,7 +357,8 @@ pub async fn options_headers(
 /// client sends one, must still be valid for the stream. A session answers only
 /// under its own URL: its kind (`/v1/whip` publishers, `/v1/whep` viewers) and
 /// its stream; anything else is 404, as for a session that does not exist.
-fn session_for(
+/// Encoders (OBS) send their stream key with the DELETE that ends a session.
+async fn session_for(
     state: &AppState,
     headers: &HeaderMap,
     stream: &str,
@@ -359,7 +370,9 @@ fn session_for(
         .session(session)
         .filter(|s| &*s.stream == stream && s.kind == kind)
         .ok_or_else(|| media_error(MediaError::UnknownSession))?;
-    if bearer(headers).is_some() {
+    if let Some(key) = bearer(headers).filter(|t| crate::api::stream_keys::is_stream_key(t)) {
+        crate::api::stream_keys::publish_claims(state, stream, key).await?;
+    } else if bearer(headers).is_some() {
         let claims = state.tokens.verify(bearer(headers).unwrap_or_default())?;
         if !claims.allows_stream(stream) {
             return Err(AppError::forbidden(format!(
@@ -411,7 +424,7 @@ async fn session_patch(
     body: Body,
     kind: SessionKind,
 ) -> AppResult<Response> {
-    let summary = session_for(&state, &headers, &stream, &session, kind)?;
+    let summary = session_for(&state, &headers, &stream, &session, kind).await?;
     require_content_type(&headers, SDPFRAG)?;
     // Some clients send their entity-tag as `ETag` instead of `If-Match` (see TESTING.md).
     let tag = headers
@@ -452,7 +465,7 @@ async fn session_delete(
     headers: HeaderMap,
     kind: SessionKind,
 ) -> AppResult<StatusCode> {
-    session_for(&state, &headers, &stream, &session, kind)?;
+    session_for(&state, &headers, &stream, &session, kind).await?;
     state.sfu.end(&session).await.map_err(media_error)?;
     Ok(StatusCode::OK)
 }

@@ -54,6 +54,9 @@ export class TandemSync extends EventTarget {
     this._pings = new Map();
     this._timers = [];
     this._key = 'tandem-sync:' + url;
+    /** Set (and a `fatal` event emitted) when the server refused us for good. */
+    this.fatal = null;
+    this._lastError = null;
   }
 
   /** Server time now (ms since the epoch), from the local clock and the offset. */
@@ -72,10 +75,14 @@ export class TandemSync extends EventTarget {
 
   connect() {
     this._closing = false;
+    this.fatal = null;
+    this._lastError = null;
     const sep = this.url.includes('?') ? '&' : '?';
     const ws = new WebSocket(this.url + sep + 'token=' + encodeURIComponent(this.token));
     this.ws = ws;
+    let opened = false;
     ws.onopen = () => {
+      opened = true;
       const hello = { type: 'hello', user: this.user };
       const saved = this._loadResume();
       if (saved) hello.resume = saved;
@@ -86,19 +93,43 @@ export class TandemSync extends EventTarget {
       try { m = JSON.parse(ev.data); } catch { return; }
       this._onMessage(m);
     };
-    ws.onclose = (ev) => {
+    ws.onclose = async (ev) => {
       this.connected = false;
       this._stopTimers();
-      this._emit('connection', { connected: false, code: ev.code, reason: ev.reason });
-      if (this._closing || ev.code === 4001 || ev.code === 4003 || ev.code === 1009) {
-        if (ev.code === 4003 || ev.code === 4001) this._clearResume();
+      if (this._closing) { this._emit('connection', { connected: false, code: ev.code, reason: ev.reason }); return; }
+      // Refusals that a reconnect cannot fix end here, with a `fatal` event the page
+      // shows (SYNC_PROTOCOL.md close codes; docs/SYNC.md "Client SDK").
+      let fatal = fatalClose(ev.code, this._lastError);
+      // A token refused before the upgrade (HTTP 401/403) looks like a bare 1006 to
+      // a WebSocket: ask the same URL over plain HTTP, which answers the reason.
+      if (!fatal && !opened) fatal = await this._diagnose();
+      if (fatal) {
+        this.fatal = { ...fatal, closeCode: ev.code };
+        this._clearResume();
+        this._emit('connection', { connected: false, code: ev.code, reason: ev.reason, fatal: this.fatal });
+        this._emit('fatal', this.fatal);
         return;
       }
+      this._emit('connection', { connected: false, code: ev.code, reason: ev.reason });
       const delay = Math.min(10000, 250 * 2 ** this._attempt) * (0.75 + Math.random() * 0.5);
       this._attempt++;
       setTimeout(() => { if (!this._closing) this.connect(); }, delay);
     };
     return this;
+  }
+
+  /** Why the upgrade failed, from an HTTP GET of the WebSocket URL (null: retry). */
+  async _diagnose() {
+    if (this._closing) return null;
+    const sep = this.url.includes('?') ? '&' : '?';
+    const http = this.url.replace(/^ws/, 'http') + sep + 'token=' + encodeURIComponent(this.token);
+    try {
+      const r = await fetch(http, { cache: 'no-store' });
+      if (r.status !== 401 && r.status !== 403 && r.status !== 404) return null;
+      let err = {};
+      try { err = (await r.json()).error || {}; } catch {}
+      return { code: err.code || (r.status === 401 ? 'unauthorized' : 'forbidden'), message: err.message || `HTTP ${r.status}`, status: r.status };
+    } catch { return null; } // the server is away: keep retrying
   }
 
   /** Leaves the room for good (close 1000: the server hands the host role on at once). */
@@ -260,6 +291,7 @@ export class TandemSync extends EventTarget {
         this._emit('hint', m);
         break;
       case 'error':
+        this._lastError = m;
         this._emit('error', m);
         break;
       default:
@@ -269,6 +301,7 @@ export class TandemSync extends EventTarget {
 
   _online() {
     this.connected = true;
+    this._lastError = null; // only a refusal before welcome/resumed decides a close
     this._attempt = 0;
     this._saveResume();
     this._stopTimers();
@@ -285,6 +318,29 @@ export class TandemSync extends EventTarget {
    *   setRate?(r), isReady?(): boolean }`.
    */
   attachSeekOnly(player, opts) { return new VideoAdapter(this, player, { ...opts, canRate: !!player.setRate }); }
+}
+
+/**
+ * The close codes and closing errors after which reconnecting is pointless:
+ * `{code, message}` for the page, or null to reconnect. 1013 is fatal only after
+ * `room_full`/`server_full` (a slow reader's 1013 reconnects); `lastError` is the
+ * last `error` since the connection opened and before `welcome`.
+ */
+export function fatalClose(closeCode, lastError) {
+  const last = lastError && lastError.code;
+  const why = (code, message) => ({ code, message: (lastError && lastError.message) || message });
+  switch (closeCode) {
+    case 4000: return { code: 'replaced', message: 'this session was opened again elsewhere (another tab?)' };
+    case 4001: return why('kicked', 'a moderator removed you from the room');
+    case 4003: return why('banned', 'you are banned from this room');
+    case 4004: return why('not_enrolled', 'your access to this room was revoked');
+    case 1009: return why('too_large', 'a message was too large');
+    default: break;
+  }
+  if (['room_full', 'server_full', 'banned', 'not_enrolled'].includes(last)) {
+    return why(last, last);
+  }
+  return null;
 }
 
 /** Seek-only player interface over a <video>/<audio> element. */

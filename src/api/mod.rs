@@ -11,6 +11,8 @@
 //! - [`streams`]: stream CRUD, lifecycle, instructor stats, publish tokens, calendar.
 //! - [`media_streams`]: what is live in the SFU: the operator view, the pages'
 //!   status of one stream, the broadcast page's viewer link.
+//! - [`stream_keys`]: long-lived WHIP keys for encoders (OBS): mint, rotate, revoke,
+//!   and the check `whip.rs` runs on a bearer token that is one.
 //! - [`enrollment`]: paid enrollment, my enrollments, viewer tokens, admin refunds.
 //! - [`access`]: the WHIP/WHEP hook (enrollment re-check, WHIP starts a stream)
 //!   and the room gate.
@@ -32,6 +34,7 @@ pub mod ledger;
 pub mod media_streams;
 pub mod not_built;
 pub mod openapi;
+pub mod stream_keys;
 pub mod streams;
 
 use axum::Router;
@@ -47,6 +50,7 @@ pub fn routes() -> Router<AppState> {
         .merge(ledger::routes())
         .merge(streams::routes())
         .merge(media_streams::routes())
+        .merge(stream_keys::routes())
         .merge(enrollment::routes())
         .merge(openapi::routes())
         .route_layer(axum::middleware::from_fn(crate::text::refuse_control_chars))

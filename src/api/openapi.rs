@@ -12,7 +12,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{self, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use super::{enrollment, ledger, media_streams, streams};
+use super::{enrollment, ledger, media_streams, stream_keys, streams};
 use crate::state::AppState;
 
 pub fn routes() -> axum::Router<AppState> {
@@ -49,6 +49,9 @@ pub fn routes() -> axum::Router<AppState> {
         media_streams::list,
         media_streams::status,
         media_streams::viewer_link,
+        stream_keys::create,
+        stream_keys::show,
+        stream_keys::revoke,
     ),
     modifiers(&Extras),
     tags(

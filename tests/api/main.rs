@@ -13,4 +13,5 @@ mod hardening;
 mod jobs;
 mod ledger;
 mod media_streams;
+mod stream_keys;
 mod streams;

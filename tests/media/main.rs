@@ -1,6 +1,7 @@
 //! The SFU with real peers and at the protocol level: WHIP/WHEP, codecs, loss and
 //! retransmission, slow viewers, ICE-TCP, the media configuration, the hardening of
-//! issue 11, and what the watch, broadcast and `/streams` pages say. The real-peer
+//! issue 11, publishing with a stream key, and what the watch, broadcast and `/streams`
+//! pages say. The real-peer
 //! tests need Chromium, aiortc (`.venv`) and the Node peers (`scripts/test.sh`
 //! installs them) and take [`support::media_lock`] so that only one runs at a time
 //! on a 2-core machine.
@@ -21,4 +22,5 @@ mod pages;
 mod port;
 mod slow_viewer;
 mod takeover;
+mod stream_key;
 mod whip_protocol;

@@ -1,7 +1,8 @@
 //! The server as a whole: start, shutdown and the CLI (`lifecycle`), the HTTP
 //! listener's limits, JSON errors and database checks at start (`hardening`, from
 //! issue 11), and the first hour's command line: `tandem identity`, `tandem token`'s
-//! key handling, configuration typos, the banner and exit (`cli`, issue 13).
+//! key handling, configuration typos, the banner and exit (`cli`, issue 13), and
+//! HTTPS on the listener (`tls`, issue 13).
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -9,3 +10,4 @@ mod support;
 mod cli;
 mod hardening;
 mod lifecycle;
+mod tls;

@@ -1,6 +1,7 @@
 //! Watch Together rooms over real WebSockets: the clock, drift correction, rooms and
 //! moderation, chat persistence (SQLite, and PostgreSQL when one answers), bursts,
-//! large rooms, room tokens, a headless-Chromium page, and the hardening of issue 11.
+//! large rooms, room tokens, a headless-Chromium page, the hardening of issue 11, and
+//! the together page out of the box and room invites (issue 13).
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -11,6 +12,8 @@ mod chat;
 mod clock;
 mod drift;
 mod hardening;
+mod invite;
 mod large;
 mod rooms;
+mod together_page;
 mod token;
