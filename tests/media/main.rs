@@ -21,6 +21,6 @@ mod operator;
 mod pages;
 mod port;
 mod slow_viewer;
-mod takeover;
 mod stream_key;
+mod takeover;
 mod whip_protocol;
