@@ -339,11 +339,25 @@ fn print_demo_links(running: &tandem::Running) {
         ttl_secs: 24 * 3600,
         ..Default::default()
     });
+    // The operator's view of what is live (`/streams`): a token for every stream
+    // with the subscribe grant, which `GET /v1/media/streams` takes as it takes the
+    // service key, so the dashboard works with no configuration at all.
+    let (operator, _) = state.tokens.mint(&TokenRequest {
+        user: "demo-operator".into(),
+        stream: Some("*".into()),
+        grants: Grants {
+            subscribe: true,
+            ..Default::default()
+        },
+        ttl_secs: 24 * 3600,
+        ..Default::default()
+    });
     let base = &state.public_url;
     println!("  Demo stream and room (links valid 24 h):");
     println!("  broadcast: {base}/broadcast/demo?token={}", mint(true));
     println!("  watch:     {base}/watch/demo?token={}", mint(false));
     println!("  together:  {base}/together/demo?token={host}");
+    println!("  streams:   {base}/streams?token={operator}   (what is live; operator only)");
 }
 
 async fn wait_for_signal() {

@@ -93,16 +93,52 @@ async fn business_row(state: &AppState, stream: &str) -> AppResult<Option<Stream
     .await?)
 }
 
-/// `GET /v1/media/streams` (service key): every stream the SFU holds (a
-/// publisher, viewers, or both), by name.
-#[utoipa::path(get, path = "/v1/media/streams", tag = "media", security(("service_key" = [])),
+/// Who may list every stream: the service key, or an operator's media token — a
+/// token for every stream (`*`) with the subscribe grant and no platform role,
+/// which only the server's key can sign (`tandem token --stream '*' --subscribe`,
+/// the `streams:` link printed at start). Such a token can already watch any
+/// stream, so the list tells its holder nothing it could not see; it lets the
+/// `/streams` dashboard work on a server started with no configuration.
+pub struct Operator;
+
+impl axum::extract::FromRequestParts<AppState> for Operator {
+    type Rejection = AppError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, AppError> {
+        if let Some(token) = bearer(&parts.headers)
+            && let Ok(claims) = state.tokens.verify(token)
+        {
+            if claims.stream.as_deref() == Some("*")
+                && claims.grants.subscribe
+                && claims.role.is_none()
+            {
+                return Ok(Operator);
+            }
+            return Err(AppError::forbidden(
+                "this media token may not list streams: it takes the service key or an \
+                 operator token for every stream (tandem token --stream '*' --subscribe)",
+            ));
+        }
+        ServiceCaller::from_request_parts(parts, state)
+            .await
+            .map(|_| Operator)
+    }
+}
+
+/// `GET /v1/media/streams` (service key or an operator token, [`Operator`]):
+/// every stream the SFU holds (a publisher, viewers, or both), by name.
+#[utoipa::path(get, path = "/v1/media/streams", tag = "media",
+    security(("service_key" = []), ("media_token" = [])),
     responses((status = 200, description = "`{streams:[{stream, publisher:{connected_since, codecs, \
         bitrate_kbps, transport}|null, viewers, started_at, recorded, restreamed, \
         business:{id,title,status}|null}]}`"),
               (status = 401), (status = 403)))]
 pub async fn list(
     State(state): State<AppState>,
-    _service: ServiceCaller,
+    _operator: Operator,
 ) -> AppResult<axum::Json<MediaStreamList>> {
     let mut held: Vec<StreamSummary> = state.sfu.streams();
     held.sort_by(|a, b| a.name.cmp(&b.name));

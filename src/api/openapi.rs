@@ -182,6 +182,35 @@ impl Modify for Extras {
             ),
         );
         paths.add_path_operation(
+            "/v1/rooms/{room}/invite",
+            vec![HttpMethod::Post],
+            op(
+                "rooms",
+                "guest invite link (room token with the moderate grant; optional body \
+                 {\"ttl_seconds\"}): {invite_url, invite_token, expires_at}",
+                &[
+                    ("200", "{invite_url, invite_token, expires_at}"),
+                    ("401", "missing or bad room token"),
+                    ("403", "the token does not moderate this room"),
+                    ("409", "a business stream's room admits enrollees only"),
+                ],
+            ),
+        );
+        paths.add_path_operation(
+            "/v1/rooms/{room}/join",
+            vec![HttpMethod::Post],
+            op(
+                "rooms",
+                "trade an invite token (bearer) and {\"name\"} for a guest's room token: \
+                 {token, ws_url, expires_at}",
+                &[
+                    ("200", "{token, ws_url, expires_at}"),
+                    ("400", "bad name"),
+                    ("401", "missing, bad or expired invite token"),
+                ],
+            ),
+        );
+        paths.add_path_operation(
             "/v1/rooms/{room}/ws",
             vec![HttpMethod::Get],
             op(
@@ -270,6 +299,7 @@ mod tests {
         "/broadcast/{stream}",
         "/watch/{stream}",
         "/together/{room}",
+        "/streams",
         "/web/{file}",
     ];
 

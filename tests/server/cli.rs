@@ -369,7 +369,7 @@ async fn banner_links_plain_logs_and_a_prompt_exit() {
     let mut banner = Vec::new();
     tokio::time::timeout(Duration::from_secs(60), async {
         while let Ok(Some(line)) = out.next_line().await {
-            let done = line.trim_start().starts_with("together:");
+            let done = line.trim_start().starts_with("streams:");
             banner.push(line);
             if done {
                 break;
@@ -426,6 +426,44 @@ async fn banner_links_plain_logs_and_a_prompt_exit() {
         .await
         .expect("the together link's token opens the room");
     drop(socket);
+    // The streams link's operator token lists what is live, with no service key
+    // configured; the watch link's token (one stream) may not.
+    let streams = banner
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("streams:"))
+        .unwrap_or_else(|| panic!("streams link in the banner:\n{text}"))
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(
+        streams.starts_with(&format!("{home}streams?token=")),
+        "{streams}"
+    );
+    let operator = streams.split("token=").nth(1).unwrap();
+    assert_eq!(claims(operator)["stream"], "*");
+    let list = http
+        .get(format!("{home}v1/media/streams"))
+        .bearer_auth(operator)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(list.status(), 200);
+    let list: serde_json::Value = list.json().await.unwrap();
+    assert!(list["streams"].is_array(), "{list}");
+    let watch = banner
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("watch:"))
+        .unwrap()
+        .trim();
+    let viewer = watch.split("token=").nth(1).unwrap();
+    let refused = http
+        .get(format!("{home}v1/media/streams"))
+        .bearer_auth(viewer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
 
     let pid = child.id().expect("running").to_string();
     assert!(

@@ -8,6 +8,7 @@
 mod support;
 
 mod cli;
+mod first_hour;
 mod hardening;
 mod lifecycle;
 mod tls;

@@ -3,7 +3,7 @@
 //! demo video, muted until Unmute is clicked, host controls for the host only; a
 //! guest joins through the host's invite link; no token, a bad token, a full room
 //! and a ban each show an error panel instead of reconnecting. The screenshots are
-//! left in the test's temp dir (TANDEM_SHOTS=DIR keeps them there instead). And the
+//! left in the test's temp dir (TANDEM_SCREENSHOTS=DIR keeps them there instead). And the
 //! embedded demo video's HTTP: ranges, and a file in `data_dir/media` replacing it.
 
 use std::process::Command;
@@ -24,7 +24,7 @@ async fn together_page_plays_the_demo_video_invites_and_shows_errors() {
         "run `npm ci` in tests/peers first"
     );
     let tmp = TempDir::new("together-page");
-    let shots = std::env::var("TANDEM_SHOTS")
+    let shots = std::env::var("TANDEM_SCREENSHOTS")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|_| tmp.path().to_path_buf());
     std::fs::create_dir_all(&shots).unwrap();
