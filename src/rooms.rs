@@ -227,12 +227,7 @@ async fn mint(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> AppResult<Response> {
-    if !valid_room_id(&room) {
-        return Err(
-            AppError::bad_request("room: 1–128 characters of [A-Za-z0-9_.:-]")
-                .with("field", "room"),
-        );
-    }
+    check_room_id(&room)?;
     let token = bearer(&headers)
         .ok_or_else(|| AppError::unauthorized("Authorization: Bearer <identity JWT> required"))?;
     let who = state.identity.verify(token)?;
@@ -295,6 +290,18 @@ async fn mint(
 /// [`join`]; the WebSocket, WHIP/WHEP and [`invite`] refuse it.
 const INVITE_ROLE: &str = "room-invite";
 
+/// A room id from the path: 400 naming the field when it is not one.
+fn check_room_id(room: &str) -> AppResult<()> {
+    if valid_room_id(room) {
+        Ok(())
+    } else {
+        Err(
+            AppError::bad_request("room: 1–128 characters of [A-Za-z0-9_.:-]")
+                .with("field", "room"),
+        )
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct InviteBody {
@@ -350,12 +357,7 @@ async fn invite(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> AppResult<Response> {
-    if !valid_room_id(&room) {
-        return Err(
-            AppError::bad_request("room: 1–128 characters of [A-Za-z0-9_.:-]")
-                .with("field", "room"),
-        );
-    }
+    check_room_id(&room)?;
     let token = bearer(&headers).ok_or_else(|| {
         AppError::unauthorized(
             "Authorization: Bearer <room token with the moderate grant> required \
@@ -417,12 +419,7 @@ async fn join(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> AppResult<Response> {
-    if !valid_room_id(&room) {
-        return Err(
-            AppError::bad_request("room: 1–128 characters of [A-Za-z0-9_.:-]")
-                .with("field", "room"),
-        );
-    }
+    check_room_id(&room)?;
     let token = bearer(&headers).ok_or_else(|| {
         AppError::unauthorized(
             "Authorization: Bearer <invite token> required (from the invite link)",

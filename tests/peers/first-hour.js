@@ -13,54 +13,24 @@
 // usage: node first-hour.js SHOT_DIR BROADCAST_URL WATCH_URL TOGETHER_URL STREAMS_URL
 'use strict';
 
-const os = require('os');
-const fs = require('fs');
 const path = require('path');
-const { chromium } = require('playwright-core');
+const { until: untilEvery, launch, open: openPage } = require('./page-kit');
 
 const [shotDir, broadcastUrl, watchUrl, togetherUrl, streamsUrl] = process.argv.slice(2);
 const result = { ok: false, steps: [] };
 const log = (...a) => console.error('[first-hour]', ...a);
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-async function until(what, f, timeoutMs = 30000) {
-  const end = Date.now() + timeoutMs;
-  let last;
-  while (Date.now() < end) {
-    last = await f();
-    if (last && last.ok) return last;
-    await sleep(250);
-  }
-  throw new Error(`timed out: ${what} (last: ${JSON.stringify(last)})`);
-}
-
-async function open(ctx, name, url) {
-  const page = await ctx.newPage();
-  page.on('console', (m) => log(`${name}:`, m.text()));
-  page.on('pageerror', (e) => log(`${name} error:`, e.message));
-  await page.goto(url);
-  return page;
-}
+const open = (ctx, name, url) => openPage(ctx, log, name, url);
+const until = (what, f, timeoutMs = 30000) => untilEvery(what, f, timeoutMs);
 
 const stats = (page) => page.evaluate(() => (window.tandem && window.tandem.stats ? window.tandem.stats() : null));
 const shot = (page, name) => page.screenshot({ path: path.join(shotDir, `first-hour-${name}.png`) });
 
 async function main() {
-  const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tandem-first-hour-'));
-  const ctx = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: process.env.TANDEM_CHROMIUM || '/usr/bin/chromium',
-    headless: true,
-    viewport: { width: 1280, height: 800 },
-    // The camera is Chromium's fake one and its prompt is accepted, as a person
-    // clicking "Allow"; autoplay is the browser's default (no override).
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-      '--use-fake-device-for-media-stream=fps=30', '--use-fake-ui-for-media-stream',
-      '--allow-loopback-in-peer-connection',
-      '--disable-features=WebRtcHideLocalIpsWithMdns',
-      '--disable-background-timer-throttling', '--disable-renderer-backgrounding',
-      '--disable-backgrounding-occluded-windows'],
-  });
+  // The camera is Chromium's fake one and its prompt is accepted, as a person
+  // clicking "Allow"; autoplay is the browser's default (no override).
+  const { ctx, close } = await launch('first-hour', ['--disable-quic',
+    '--use-fake-device-for-media-stream=fps=30', '--use-fake-ui-for-media-stream',
+    '--allow-loopback-in-peer-connection', '--disable-features=WebRtcHideLocalIpsWithMdns']);
   try {
     // 1. The broadcast link: the camera goes live.
     const pub = await open(ctx, 'broadcast', broadcastUrl);
@@ -128,8 +98,7 @@ async function main() {
   } catch (e) {
     result.error = String(e && e.stack ? e.stack : e);
   } finally {
-    await ctx.close().catch(() => {});
-    fs.rmSync(userDataDir, { recursive: true, force: true });
+    await close();
   }
   console.log(JSON.stringify(result));
   process.exit(result.ok ? 0 : 1);

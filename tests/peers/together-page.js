@@ -13,34 +13,13 @@
 // usage: node together-page.js BASE_URL ROOM HOST_TOKEN THIRD_TOKEN SHOT_DIR
 'use strict';
 
-const os = require('os');
-const fs = require('fs');
 const path = require('path');
-const { chromium } = require('playwright-core');
+const { sleep, until, launch, open: openPage } = require('./page-kit');
 
 const [base, room, hostToken, thirdToken, shotDir] = process.argv.slice(2);
 const result = { ok: false, steps: [] };
 const log = (...a) => console.error('[together-page]', ...a);
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-async function until(what, f, timeoutMs = 20000) {
-  const end = Date.now() + timeoutMs;
-  let last;
-  while (Date.now() < end) {
-    last = await f();
-    if (last && last.ok) return last;
-    await sleep(200);
-  }
-  throw new Error(`timed out: ${what} (last: ${JSON.stringify(last)})`);
-}
-
-async function open(ctx, name, url) {
-  const page = await ctx.newPage();
-  page.on('console', (m) => log(`${name}:`, m.text()));
-  page.on('pageerror', (e) => log(`${name} error:`, e.message));
-  await page.goto(url);
-  return page;
-}
+const open = (ctx, name, url) => openPage(ctx, log, name, url);
 
 /** The video advances by more than 0.5 s over a second, not paused. */
 async function plays(page, what) {
@@ -69,17 +48,8 @@ async function fatal(page, what, text) {
 }
 
 async function main() {
-  const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'tandem-together-page-'));
-  const ctx = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: process.env.TANDEM_CHROMIUM || '/usr/bin/chromium',
-    headless: true,
-    viewport: { width: 1280, height: 800 },
-    // No autoplay override: the page must start muted to play without a click.
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-      '--disable-background-timer-throttling', '--disable-renderer-backgrounding',
-      '--disable-backgrounding-occluded-windows'],
-  });
+  // No autoplay override: the page must start muted to play without a click.
+  const { ctx, close } = await launch('together-page');
   try {
     // Host: the demo video plays muted, Unmute shown, host controls shown.
     const host = await open(ctx, 'host', `${base}/together/${room}?token=${hostToken}`);
@@ -152,8 +122,7 @@ async function main() {
     result.steps.push('ban shown');
     result.ok = true;
   } finally {
-    await ctx.close().catch(() => {});
-    fs.rmSync(userDataDir, { recursive: true, force: true });
+    await close();
   }
 }
 

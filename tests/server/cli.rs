@@ -15,12 +15,10 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::support::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tandem");
-
 /// Runs `tandem args…` in `cwd` with only the `TANDEM_*` variables in `env`
 /// (the test process's own are removed, so the harness's settings do not leak in).
 fn tandem(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = std::process::Command::new(BIN);
+    let mut cmd = std::process::Command::new(TANDEM_BIN);
     cmd.current_dir(cwd).args(args);
     for (k, _) in std::env::vars() {
         if k.starts_with("TANDEM_") {
@@ -348,37 +346,18 @@ async fn configuration_typos_stop_every_command_with_the_nearest_name() {
 #[tokio::test]
 async fn banner_links_plain_logs_and_a_prompt_exit() {
     let cwd = TempDir::new("tandem-bin");
-    let mut cmd = tokio::process::Command::new(BIN);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("TANDEM_") {
-            cmd.env_remove(k);
-        }
-    }
-    let mut child = cmd
-        .current_dir(cwd.path())
-        .env("TANDEM_HTTP_ADDR", "127.0.0.1:0")
-        .env("TANDEM_MEDIA_PORT", "0")
-        .env("TANDEM_MEDIA__ICE_TCP", "false")
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("tandem binary runs");
-    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut banner = Vec::new();
-    tokio::time::timeout(Duration::from_secs(60), async {
-        while let Ok(Some(line)) = out.next_line().await {
-            let done = line.trim_start().starts_with("streams:");
-            banner.push(line);
-            if done {
-                break;
-            }
-        }
-    })
-    .await
-    .expect("banner printed within 60 s");
-    let text = banner.join("\n");
+    let (mut child, banner) = spawn_tandem(
+        cwd.path(),
+        &[
+            ("TANDEM_HTTP_ADDR", "127.0.0.1:0"),
+            ("TANDEM_MEDIA_PORT", "0"),
+            ("TANDEM_MEDIA__ICE_TCP", "false"),
+        ],
+        Stdio::piped(),
+    )
+    .await;
+    let text = banner.text();
+    let banner = banner.lines;
     let home = banner
         .iter()
         .find_map(|l| l.trim().strip_prefix("tandem is running: "))
@@ -465,14 +444,7 @@ async fn banner_links_plain_logs_and_a_prompt_exit() {
         .unwrap();
     assert_eq!(refused.status(), 403);
 
-    let pid = child.id().expect("running").to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    sigterm(&child);
     // Time from the "stopped" log line to the exit.
     let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
     let mut log = Vec::new();

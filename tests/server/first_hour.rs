@@ -11,75 +11,28 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
-
 use crate::support::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_tandem");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn from_an_empty_directory_broadcast_watch_together_and_streams() {
-    let chromium = chromium();
-    assert!(
-        chromium.exists(),
-        "Chromium is needed at {} (apt-get install chromium)",
-        chromium.display()
-    );
-    let peers = peers_dir();
-    assert!(
-        peers.join("node_modules/playwright-core").exists(),
-        "run `npm ci` in tests/peers first"
-    );
+    chromium();
+    let peers = playwright_peers();
     let cwd = TempDir::new("tandem-first-hour");
     let shots = std::env::var("TANDEM_SCREENSHOTS")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|_| cwd.path().join("shots"));
     std::fs::create_dir_all(&shots).unwrap();
 
-    let mut cmd = tokio::process::Command::new(BIN);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("TANDEM_") {
-            cmd.env_remove(k);
-        }
-    }
-    let mut server = cmd
-        .current_dir(cwd.path())
-        .env("TANDEM_HTTP_ADDR", "127.0.0.1:0")
-        .env("TANDEM_MEDIA_PORT", "0")
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("tandem binary runs");
-    let mut out = BufReader::new(server.stdout.take().unwrap()).lines();
-    let mut banner = Vec::new();
-    tokio::time::timeout(Duration::from_secs(60), async {
-        while let Ok(Some(line)) = out.next_line().await {
-            let done = line.trim_start().starts_with("streams:");
-            banner.push(line);
-            if done {
-                break;
-            }
-        }
-    })
-    .await
-    .expect("banner printed within 60 s");
-    let text = banner.join("\n");
-    let link = |name: &str| -> String {
-        banner
-            .iter()
-            .find_map(|l| l.trim().strip_prefix(&format!("{name}:")))
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no {name}: link in the banner:\n{text}"))
-            .to_string()
-    };
-    let links = [
-        link("broadcast"),
-        link("watch"),
-        link("together"),
-        link("streams"),
-    ];
+    let (mut server, banner) = spawn_tandem(
+        cwd.path(),
+        &[
+            ("TANDEM_HTTP_ADDR", "127.0.0.1:0"),
+            ("TANDEM_MEDIA_PORT", "0"),
+        ],
+        Stdio::null(),
+    )
+    .await;
+    let links = ["broadcast", "watch", "together", "streams"].map(|l| banner.link(l));
     assert!(
         cwd.path().join("data").is_dir(),
         "the data directory is made in the working directory"
@@ -117,14 +70,7 @@ async fn from_an_empty_directory_broadcast_watch_together_and_streams() {
     assert!(shots.join("first-hour-streams.png").exists());
 
     // Graceful stop, as Ctrl-C would.
-    let pid = server.id().expect("running").to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    sigterm(&server);
     let exit = tokio::time::timeout(Duration::from_secs(30), server.wait())
         .await
         .expect("stops within 30 s of SIGTERM")

@@ -13,6 +13,8 @@
 //! - [`peers`]: the real WebRTC peers — headless Chromium ([`Browser`]) and aiortc
 //!   ([`PyPeer`]) — installed by `scripts/test.sh`.
 //! - [`ws`]: the Watch Together WebSocket client with a skewed clock ([`Client`]).
+//! - [`bin`]: the real `tandem` binary as a child process and its start banner
+//!   ([`spawn_tandem`], [`Banner`]).
 //!
 //! Each area uses part of it: what an area leaves unused (helpers, and the
 //! re-exports below, e.g. `peers` in `sync`) is allowed, not warned about.
@@ -20,6 +22,7 @@
 
 pub mod api;
 pub mod app;
+pub mod bin;
 pub mod db;
 pub mod peers;
 pub mod wait;
@@ -28,6 +31,7 @@ pub mod ws;
 
 pub use api::*;
 pub use app::*;
+pub use bin::*;
 pub use db::*;
 pub use peers::*;
 pub use wait::*;

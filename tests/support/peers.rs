@@ -35,6 +35,16 @@ pub fn peers_dir() -> PathBuf {
     repo_root().join("tests/peers")
 }
 
+/// `tests/peers` with playwright-core installed (`scripts/test.sh` runs `npm ci`).
+pub fn playwright_peers() -> PathBuf {
+    let dir = peers_dir();
+    require(
+        &dir.join("node_modules/playwright-core"),
+        "playwright-core (npm ci in tests/peers)",
+    );
+    dir
+}
+
 pub fn chromium() -> PathBuf {
     let p = PathBuf::from(
         std::env::var("TANDEM_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),

@@ -12,17 +12,8 @@ use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn together_page_plays_the_demo_video_invites_and_shows_errors() {
-    let chromium = chromium();
-    assert!(
-        chromium.exists(),
-        "Chromium is needed at {} (apt-get install chromium)",
-        chromium.display()
-    );
-    let peers = peers_dir();
-    assert!(
-        peers.join("node_modules/playwright-core").exists(),
-        "run `npm ci` in tests/peers first"
-    );
+    chromium();
+    let peers = playwright_peers();
     let tmp = TempDir::new("together-page");
     let shots = std::env::var("TANDEM_SCREENSHOTS")
         .map(std::path::PathBuf::from)
