@@ -16,6 +16,17 @@ use tandem::auth::{
 use tandem::config::Config;
 use tracing_subscriber::EnvFilter;
 
+/// A line of the start banner on stdout. The banner is for people and scripts;
+/// a stdout nobody reads any more (`tandem | head -3`, a supervisor that closed
+/// the pipe) must not take the server down, and `println!` panics on a write
+/// error, so the error is dropped.
+macro_rules! banner {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// webrtc-rs logs every handshake detail at info/warn; operators want ours.
 const DEFAULT_LOG_FILTER: &str =
     "info,rtc=warn,rtc_ice=warn,rtc_dtls=error,rtc_srtp=warn,rtc_interceptor=warn";
@@ -257,6 +268,7 @@ fn serve(config: Config) -> ExitCode {
         }
     };
     let code = runtime.block_on(async move {
+        let signals = Signals::install();
         let running = match tandem::start(config).await {
             Ok(r) => r,
             Err(err) => {
@@ -265,7 +277,7 @@ fn serve(config: Config) -> ExitCode {
             }
         };
         print_banner(&running);
-        wait_for_signal().await;
+        signals.wait().await;
         tracing::info!("shutting down: closing media sessions");
         let pool = running.state.db.pool.clone();
         running.shutdown().await;
@@ -288,18 +300,18 @@ fn print_banner(running: &tandem::Running) {
     let state = &running.state;
     let config = &state.config;
     let base = &state.public_url;
-    println!();
-    println!("  tandem is running: {base}/");
+    banner!();
+    banner!("  tandem is running: {base}/");
     if config.jwt_secret.is_empty() {
-        println!("  business API: disabled (no jwt_secret; set TANDEM_JWT_SECRET)");
+        banner!("  business API: disabled (no jwt_secret; set TANDEM_JWT_SECRET)");
     }
     if config.service_key.is_empty() {
-        println!("  service-key routes: disabled (no service_key; set TANDEM_SERVICE_KEY)");
+        banner!("  service-key routes: disabled (no service_key; set TANDEM_SERVICE_KEY)");
     }
     if config.demo {
         print_demo_links(running);
     }
-    println!();
+    banner!();
 }
 
 fn print_demo_links(running: &tandem::Running) {
@@ -353,30 +365,59 @@ fn print_demo_links(running: &tandem::Running) {
         ..Default::default()
     });
     let base = &state.public_url;
-    println!("  Demo stream and room (links valid 24 h):");
-    println!("  broadcast: {base}/broadcast/demo?token={}", mint(true));
-    println!("  watch:     {base}/watch/demo?token={}", mint(false));
-    println!("  together:  {base}/together/demo?token={host}");
-    println!("  streams:   {base}/streams?token={operator}   (what is live; operator only)");
+    banner!("  Demo stream and room (links valid 24 h):");
+    banner!("  broadcast: {base}/broadcast/demo?token={}", mint(true));
+    banner!("  watch:     {base}/watch/demo?token={}", mint(false));
+    banner!("  together:  {base}/together/demo?token={host}");
+    banner!("  streams:   {base}/streams?token={operator}   (what is live; operator only)");
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Ctrl-C and SIGTERM, listened for from before the server starts: one that
+/// arrives while it is still starting (a supervisor's quick stop, a test that
+/// stops it as soon as it answers) is a graceful stop once it is up, not the
+/// default action's kill.
+struct Signals {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    interrupt: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    /// Registers the handlers now (inside the runtime).
+    fn install() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Signals {
+                interrupt: signal(SignalKind::interrupt()).ok(),
+                terminate: signal(SignalKind::terminate()).ok(),
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+        #[cfg(not(unix))]
+        Signals {}
+    }
+
+    /// Waits for the first of them.
+    async fn wait(self) {
+        #[cfg(unix)]
+        {
+            async fn next(s: Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            }
+            tokio::select! {
+                _ = next(self.interrupt) => {},
+                _ = next(self.terminate) => {},
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -478,3 +478,62 @@ async fn banner_links_plain_logs_and_a_prompt_exit() {
         "colour codes in a non-terminal log:\n{log}"
     );
 }
+
+/// A stdout nobody reads (`tandem | head -3`, a supervisor that closed the pipe)
+/// does not take the server down: it serves on and stops cleanly on SIGTERM.
+/// (`println!` panicked on the closed pipe, so the banner's last line killed it.)
+#[tokio::test]
+async fn a_closed_stdout_does_not_stop_the_server() {
+    let cwd = TempDir::new("tandem-bin");
+    let addr = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap()
+    };
+    let mut cmd = tokio::process::Command::new(TANDEM_BIN);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("TANDEM_") {
+            cmd.env_remove(k);
+        }
+    }
+    let mut child = cmd
+        .current_dir(cwd.path())
+        .env("TANDEM_HTTP_ADDR", addr.to_string())
+        .env("TANDEM_MEDIA_PORT", "0")
+        .env("TANDEM_MEDIA__ICE_TCP", "false")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("tandem binary runs");
+    // Close the read end before the server writes its banner.
+    drop(child.stdout.take());
+    let http = reqwest::Client::new();
+    let url = format!("http://{addr}/healthz");
+    eventually(
+        "the server answers /healthz",
+        Duration::from_secs(60),
+        || {
+            let http = http.clone();
+            let url = url.clone();
+            async move {
+                match http.get(&url).send().await {
+                    Ok(r) if r.status() == StatusCode::OK => Ok(()),
+                    Ok(r) => Err(r.status().to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        },
+    )
+    .await;
+    // Still up after the banner was written into the closed pipe.
+    let again = http.get(&url).send().await.expect("still serving");
+    assert_eq!(again.status(), StatusCode::OK);
+    assert!(child.try_wait().unwrap().is_none(), "the server is running");
+    sigterm(&child);
+    let exit = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("stops within 30 s of SIGTERM")
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+}

@@ -35,8 +35,8 @@ impl Banner {
 
 /// Starts `tandem` (serve) in `cwd` with only `env` among the `TANDEM_*` variables
 /// and the default log filter, and reads its banner up to the `streams:` link (the
-/// last line of a server with the demo on). stdout is taken for the banner; the
-/// server's stderr goes to `stderr`. The child is killed when dropped.
+/// last line of a server with the demo on); the rest of its stdout is read and
+/// dropped. The server's stderr goes to `stderr`. The child is killed when dropped.
 pub async fn spawn_tandem(cwd: &Path, env: &[(&str, &str)], stderr: Stdio) -> (Child, Banner) {
     let mut cmd = Command::new(TANDEM_BIN);
     for (k, _) in std::env::vars() {
@@ -68,6 +68,9 @@ pub async fn spawn_tandem(cwd: &Path, env: &[(&str, &str)], stderr: Stdio) -> (C
     })
     .await
     .unwrap_or_else(|_| panic!("banner printed within 60 s; so far:\n{}", lines.join("\n")));
+    // Keep reading what else it prints (the banner's closing blank line, and
+    // anything later) until it exits, as a terminal would.
+    tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
     (child, Banner { lines })
 }
 
