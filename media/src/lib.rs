@@ -7,6 +7,7 @@
 //! - [`config`]: what the SFU needs to know (port, advertised addresses, limits).
 //! - [`error`]: [`MediaError`], what can go wrong with a session request.
 //! - [`metrics`]: Prometheus instruments of the packet path.
+//! - [`tap`]: what a stream's tap (the recorder) is handed: codecs, packets.
 //! - [`stun`]: the few bytes of STUN the demultiplexer reads (USERNAME).
 //! - [`srtp`]: SRTP protection of forwarded RTP, straight into the send buffer.
 //! - [`feedback`]: lets viewers' PLI/FIR/NACK through webrtc-rs; throttles keyframe requests.
@@ -39,6 +40,7 @@ pub mod session;
 pub mod sfu;
 pub mod srtp;
 pub mod stun;
+pub mod tap;
 pub mod tcp;
 pub mod track;
 pub mod udp;
@@ -50,3 +52,4 @@ pub use error::MediaError;
 pub use kinds::SessionKind;
 pub use registry::{PatchOutcome, SessionAnswer, SessionObserver, SessionSummary, StreamSummary};
 pub use sfu::Sfu;
+pub use tap::{StreamTap, TapCodec, TapPacket};

@@ -17,6 +17,7 @@ use crate::admission::Admission;
 use crate::config::MediaConfig;
 use crate::kinds::{SessionKind, Transport};
 use crate::metrics::MediaMetrics;
+use crate::tap::StreamTap;
 use crate::track::Continuity;
 
 /// What the HTTP layer returns for a new session.
@@ -326,6 +327,13 @@ pub struct Registry {
     pub running: AtomicBool,
     /// Streams whose publisher was live and left (the status endpoint's `ended`).
     pub recently_ended: Mutex<RecentlyEnded>,
+    /// Taps by stream name (a recorder): set by the server before or while a
+    /// publisher is on. Kept apart from [`StreamShared`], which is forgotten when
+    /// a publisher leaves and nobody watches; a tap outlives reconnects.
+    pub taps: DashMap<Arc<str>, Arc<dyn StreamTap>>,
+    /// Bumped on every change of `taps`: a publisher re-reads its tap when this
+    /// moves (one relaxed load per packet instead of a map lookup).
+    pub taps_generation: AtomicU64,
 }
 
 impl Registry {
@@ -357,7 +365,14 @@ impl Registry {
                 RECENTLY_ENDED_CAPACITY,
                 RECENTLY_ENDED_TTL,
             )),
+            taps: DashMap::new(),
+            taps_generation: AtomicU64::new(0),
         }
+    }
+
+    /// The tap of stream `name`, if one is set.
+    pub fn tap(&self, name: &str) -> Option<Arc<dyn StreamTap>> {
+        self.taps.get(name).map(|t| t.value().clone())
     }
 
     /// The host candidates every answer carries.

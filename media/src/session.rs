@@ -36,6 +36,7 @@ use crate::kinds::{MediaKind, SessionKind, Transport};
 use crate::registry::StreamShared;
 use crate::sdp::CheckedOffer;
 use crate::srtp::{SrtpIndex, SrtpSender};
+use crate::tap::StreamTap;
 use crate::track::Continuity;
 
 /// Payload-type map entries: not computed yet / the viewer cannot take this codec.
@@ -122,6 +123,9 @@ pub struct Publisher {
     pub keyframes: crate::feedback::KeyframeThrottle,
     /// Received payload bytes, turned into the stream's `bitrate_bps` by the tick.
     pub rate: RateMeter,
+    /// The stream's tap (a recorder), as of `tap_generation` of the registry.
+    pub tap: Option<Arc<dyn StreamTap>>,
+    pub tap_generation: u64,
 }
 
 /// A publisher's received bytes and the window they are measured over: plain

@@ -21,6 +21,7 @@ use crate::registry::{
     StreamSummary, random_hex,
 };
 use crate::sdp;
+use crate::tap::StreamTap;
 use crate::worker::{self, Control, CreateRequest, WorkerHandle};
 
 /// What the handle holds: the registry, the workers' queues, and the counters
@@ -354,6 +355,41 @@ impl Sfu {
     /// Live sessions (publishers and viewers).
     pub fn session_count(&self) -> usize {
         self.shared.registry.sessions.len()
+    }
+
+    /// Sets the tap of stream `name` (a recorder): its publisher's packets go to
+    /// it from the next packet on, across reconnects, until [`Sfu::remove_tap`].
+    pub fn set_tap(&self, name: &str, tap: Arc<dyn StreamTap>) {
+        let registry = &self.shared.registry;
+        registry.taps.insert(Arc::from(name), tap);
+        registry.taps_generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Removes the tap of stream `name`; returns it if there was one.
+    pub fn remove_tap(&self, name: &str) -> Option<Arc<dyn StreamTap>> {
+        let registry = &self.shared.registry;
+        let removed = registry.taps.remove(name).map(|(_, tap)| tap);
+        if removed.is_some() {
+            registry.taps_generation.fetch_add(1, Ordering::AcqRel);
+        }
+        removed
+    }
+
+    /// Whether stream `name` has a tap.
+    pub fn has_tap(&self, name: &str) -> bool {
+        self.shared.registry.taps.contains_key(name)
+    }
+
+    /// Asks the stream's publisher for a key frame (a PLI, throttled like the
+    /// viewers' requests): a recorder starting a segment. False: no such stream.
+    pub fn request_keyframe(&self, name: &str) -> bool {
+        match self.shared.registry.streams.get(name) {
+            Some(stream) => {
+                stream.keyframe_wanted.store(true, Ordering::Release);
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn stream(&self, name: &str) -> Option<StreamSummary> {

@@ -39,6 +39,7 @@ use crate::session::{
     self, BuildParams, Publisher, PublisherTrack, RateMeter, Role, Session, Viewer,
 };
 use crate::srtp::SrtpSender;
+use crate::tap::{TapCodec, TapPacket};
 use crate::track::Continuity;
 
 /// How often every session's next timer is asked for again (the stack's timers
@@ -375,11 +376,7 @@ impl Core {
                     }
                     let kind = track.kind;
                     forwards.push(forward_packet(
-                        publisher,
-                        s.stream.id,
-                        kind,
-                        packet,
-                        arrived,
+                        registry, publisher, &s.stream, kind, packet, arrived,
                     ));
                 }
                 (RTCMessage::RtcpPacket(_, packets), Role::Viewer(_)) => {
@@ -602,6 +599,8 @@ impl Core {
                     epoch,
                     keyframes: Default::default(),
                     rate: RateMeter::new(now),
+                    tap: self.registry.tap(&req.stream.name),
+                    tap_generation: self.registry.taps_generation.load(Ordering::Acquire),
                 })
             }
             SessionKind::Viewer => Role::Viewer(Viewer {
@@ -777,6 +776,9 @@ impl Core {
                 self.metrics.viewers.dec();
             }
             Role::Publisher(publisher) => {
+                if let Some(tap) = &publisher.tap {
+                    tap.publisher_left();
+                }
                 if let Ok(mut saved) = stream.continuity.lock() {
                     *saved = Some(publisher.continuity.clone());
                 }
@@ -870,7 +872,8 @@ impl Core {
         if let Some(s) = self.sessions.get_mut(&key)
             && let Role::Publisher(publisher) = &mut s.role
         {
-            let forward = forward_packet(publisher, s.stream.id, kind, packet, now);
+            let forward =
+                forward_packet(&self.registry, publisher, &s.stream, kind, packet, now);
             self.forwards.push(forward);
         }
         self.settle(now, out);
@@ -956,22 +959,46 @@ fn join_fanout(
 }
 
 /// One of a publisher's packets, rewritten into the stream's numbering (once,
-/// for every viewer), on its way to the fan-out.
+/// for every viewer), on its way to the fan-out, and to the stream's tap.
 fn forward_packet(
+    registry: &Registry,
     publisher: &mut Publisher,
-    stream: u64,
+    stream: &StreamShared,
     kind: MediaKind,
     mut packet: rtc::rtp::Packet,
     arrived: Instant,
 ) -> Forward {
     publisher.rate.bytes += packet.payload.len() as u64;
     publisher.continuity[kind.index()].rewrite(&mut packet.header, arrived);
+    refresh_tap(registry, publisher, stream);
+    if let Some(tap) = &publisher.tap {
+        // A refcount on the payload, a few header fields; the tap queues or drops.
+        tap.packet(TapPacket {
+            kind,
+            payload_type: packet.header.payload_type,
+            sequence_number: packet.header.sequence_number,
+            timestamp: packet.header.timestamp,
+            marker: packet.header.marker,
+            payload: packet.payload.clone(),
+            arrived,
+        });
+    }
     Forward {
-        stream,
+        stream: stream.id,
         epoch: publisher.epoch,
         kind,
         packet,
         arrived,
+    }
+}
+
+/// Re-reads the stream's tap when the registry's taps changed (one relaxed load
+/// per packet otherwise).
+fn refresh_tap(registry: &Registry, publisher: &mut Publisher, stream: &StreamShared) {
+    let generation = registry.taps_generation.load(Ordering::Acquire);
+    if generation != publisher.tap_generation {
+        publisher.tap_generation = generation;
+        publisher.tap = registry.tap(&stream.name);
     }
 }
 
@@ -1001,6 +1028,19 @@ fn open_publisher_track(s: &mut Session, init: RTCTrackEventInit, metrics: &Medi
         active[kind.index()] = Some(codec.mime_type.clone());
     }
     let codecs = receiver.get_parameters().rtp_parameters.codecs.clone();
+    if let Some(tap) = &publisher.tap {
+        let tapped: Vec<TapCodec> = codecs
+            .iter()
+            .map(|c| TapCodec {
+                payload_type: c.payload_type,
+                mime_type: c.rtp_codec.mime_type.clone(),
+                clock_rate: c.rtp_codec.clock_rate,
+                channels: c.rtp_codec.channels,
+                fmtp: c.rtp_codec.sdp_fmtp_line.clone(),
+            })
+            .collect();
+        tap.track_opened(kind, &tapped);
+    }
     publisher.tracks.insert(
         init.track_id.clone(),
         PublisherTrack {
