@@ -220,6 +220,56 @@ impl MediaTokens {
     }
 }
 
+/// The audience of replay tokens: a media token never opens a replay, and a
+/// replay token never opens a WHIP/WHEP session.
+const REPLAY_AUDIENCE: &str = "tandem-replay";
+
+/// What a signed replay URL carries: one recording, one user, an expiry.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReplayClaims {
+    pub sub: String,
+    /// The stream the recording belongs to.
+    pub stream: String,
+    /// The recording's folder name (`rec_…`): a token for recording A does not
+    /// open recording B, even of the same stream.
+    pub rec: String,
+    pub aud: String,
+    pub exp: u64,
+}
+
+impl MediaTokens {
+    /// Signs a replay URL's token for `user` on recording `rec` of `stream`.
+    pub fn mint_replay(&self, user: &str, stream: &str, rec: &str, exp: u64) -> String {
+        let claims = ReplayClaims {
+            sub: user.into(),
+            stream: stream.into(),
+            rec: rec.into(),
+            aud: REPLAY_AUDIENCE.into(),
+            exp,
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .expect("HS256 signing with an in-memory key cannot fail")
+    }
+
+    /// Verifies a replay token (signature, audience, expiry without leeway).
+    pub fn verify_replay(&self, token: &str) -> Result<ReplayClaims, AppError> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_audience(&[REPLAY_AUDIENCE]);
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp", "aud", "sub"]);
+        let data = jsonwebtoken::decode::<ReplayClaims>(token, &self.decoding, &validation)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => AppError::new(
+                    axum::http::StatusCode::FORBIDDEN,
+                    "replay_expired",
+                    "this replay link has expired; ask for a new one (GET /v1/streams/{id}/replay)",
+                ),
+                _ => AppError::unauthorized("the replay link is not valid"),
+            })?;
+        Ok(data.claims)
+    }
+}
+
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
     let mut opts = std::fs::OpenOptions::new();

@@ -39,6 +39,8 @@ pub struct Config {
     pub rooms: tandem_signaling::RoomsConfig,
     /// Business APIs and their jobs (src/api).
     pub api: ApiConfig,
+    /// Recording and replay (src/recording, docs/RECORDING.md).
+    pub recording: RecordingConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -140,6 +142,38 @@ pub struct ApiConfig {
     pub catalog_backoff_max_seconds: u64,
     pub catalog_lease_seconds: u64,
     pub catalog_timeout_seconds: u64,
+}
+
+/// The `[recording]` section of the configuration (see config/default.toml).
+#[derive(Debug, Clone, Deserialize)]
+pub struct RecordingConfig {
+    /// Record streams at all; the default of a business stream's `record` field.
+    pub enabled: bool,
+    /// Also record streams that are not business streams (the demo stream,
+    /// streams published with operator tokens).
+    pub other_streams: bool,
+    /// Days those other recordings are kept.
+    pub keep_days: i64,
+    /// Where recordings live; relative paths are under the data directory.
+    pub root: PathBuf,
+    /// The ffmpeg that renders thumbnails (empty: thumbnails are off).
+    pub ffmpeg: String,
+    /// Seconds between thumbnail refreshes while live.
+    pub thumbnail_interval_seconds: u64,
+    /// Packets queued between the SFU and a recorder; past it the recorder drops
+    /// to the next key frame (the SFU never waits).
+    pub queue_packets: usize,
+}
+
+impl Config {
+    /// The folder recordings are written under.
+    pub fn recording_root(&self) -> PathBuf {
+        if self.recording.root.is_absolute() {
+            self.recording.root.clone()
+        } else {
+            self.data_dir.join(&self.recording.root)
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

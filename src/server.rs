@@ -151,6 +151,15 @@ impl Running {
         self.jobs.stop().await;
         let grace = Duration::from_secs(self.state.config.shutdown_grace_seconds.max(1));
         self.state.rooms.shutdown(grace).await;
+        // Recordings end cleanly (last fragment, ENDLIST) before their publishers go.
+        if tokio::time::timeout(grace, self.state.recordings.finish_all())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "recordings still finishing after the grace period; the next start repairs them"
+            );
+        }
         self.state.sfu.shutdown(grace).await;
         // Sessions closed by the shutdown are recorded as ended before we return.
         self.recorder.flush().await;
@@ -240,6 +249,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let recorder = crate::whip::SessionRecorder::spawn(db.clone());
     let sfu = Sfu::start(config.media_config(), &registry, Arc::new(recorder.clone())).await?;
     let rooms = crate::rooms::build(&config, &db, &registry)?;
+    let recordings = crate::recording::live::Recordings::new(
+        config.clone(),
+        sfu.clone(),
+        db.clone(),
+        &registry,
+    )?;
+    // Recordings a killed process left open are finished before anything is served.
+    recordings.repair_all().await;
 
     let listener = TcpListener::bind(config.http_addr)
         .await
@@ -263,6 +280,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         registry,
         rooms,
         public_url,
+        recordings,
         ready: Arc::default(),
     };
     let (stop, stopped) = watch::channel(false);

@@ -25,6 +25,8 @@ pub struct AppState {
     pub rooms: tandem_signaling::Rooms,
     /// Base URL clients reach this server at (links, `whep_url`).
     pub public_url: Arc<str>,
+    /// Recordings of live streams (src/recording).
+    pub recordings: crate::recording::live::Recordings,
     /// `/readyz`'s last verdict, reused for [`READY_CACHE`].
     pub ready: Arc<tokio::sync::Mutex<Option<(Instant, Readiness)>>>,
 }

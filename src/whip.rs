@@ -226,6 +226,10 @@ async fn create_session(
         // per-user limits (docs/MEDIA.md, "Limits and lifecycle").
         limited: claims.role.is_some(),
     };
+    if kind == SessionKind::Publisher {
+        // Before the session exists: its first packet already goes to the recorder.
+        state.recordings.publisher_starting(&stream).await;
+    }
     let answer = match kind {
         SessionKind::Publisher => state.sfu.publish(&stream, &offer, &holder).await,
         SessionKind::Viewer => state.sfu.subscribe(&stream, &offer, &holder).await,

@@ -31,6 +31,8 @@ pub struct MigrationReport {
 pub struct ExpiryReport {
     pub closed: Vec<String>,
     pub recordings_deleted: Vec<String>,
+    /// Recordings of non-business streams deleted after `[recording] keep_days`.
+    pub other_recordings_deleted: usize,
 }
 
 /// One job runner (one per node). Cheap to clone.
@@ -125,6 +127,8 @@ impl Jobs {
                 }
             }
         }
+        // Recordings of non-business streams (operator, demo) after `keep_days`.
+        report.other_recordings_deleted = self.state.recordings.expire_other().await;
         Ok(report)
     }
 
@@ -140,7 +144,10 @@ impl Jobs {
         } else {
             data_dir.join(p)
         };
-        full.starts_with(data_dir).then_some(full)
+        // Inside the data directory, or inside the recording root when that is
+        // configured elsewhere (an absolute `[recording] root`).
+        (full.starts_with(data_dir) || full.starts_with(self.state.recordings.root()))
+            .then_some(full)
     }
 
     async fn delete_recording(&self, path: &str) -> std::io::Result<()> {
@@ -217,6 +224,15 @@ impl Jobs {
                 "event": "stream.catalog_migration",
                 "stream": streams::to_out(&self.state, &row, now),
                 "recording_path": row.recording_path,
+                // The replay's files: the HLS playlists (relative to the
+                // recording's folder) and its length, for the catalog to import.
+                "recording": row.recording_path.as_ref().filter(|_| row.has_recording()).map(|path| json!({
+                    "path": path,
+                    "playlist": "master.m3u8",
+                    "media_playlist": "index.m3u8",
+                    "duration_seconds": row.recording_duration_ms.map(|ms| ms as f64 / 1000.0),
+                    "codecs": row.recording_codecs,
+                })),
                 "enrollments": enrollments,
                 "revenue_tokens": revenue,
             });

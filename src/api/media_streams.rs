@@ -61,7 +61,7 @@ pub struct MediaStreamOut {
     pub viewers: usize,
     /// RFC 3339: when its media began (first publisher connected); null before.
     pub started_at: Option<String>,
-    /// Not built yet: always false.
+    /// Being recorded on this node now (docs/RECORDING.md).
     pub recorded: bool,
     /// Not built yet: always false.
     pub restreamed: bool,
@@ -153,7 +153,7 @@ pub async fn list(
             publisher: s.publisher.map(publisher_out),
             viewers: s.viewers,
             started_at: rfc3339_opt(s.started_at_ms),
-            recorded: false,
+            recorded: state.recordings.is_recording(&s.name),
             restreamed: false,
             business,
             stream: s.name,

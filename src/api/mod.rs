@@ -14,6 +14,7 @@
 //! - [`stream_keys`]: long-lived WHIP keys for encoders (OBS): mint, rotate, revoke,
 //!   and the check `whip.rs` runs on a bearer token that is one.
 //! - [`enrollment`]: paid enrollment, my enrollments, viewer tokens, admin refunds.
+//! - [`replay`]: the signed replay URL, the recording's files, the thumbnail.
 //! - [`access`]: the WHIP/WHEP hook (enrollment re-check, WHIP starts a stream)
 //!   and the room gate.
 //! - [`jobs`]: replay expiry, recording cleanup, catalog migration, key pruning.
@@ -34,6 +35,7 @@ pub mod ledger;
 pub mod media_streams;
 pub mod not_built;
 pub mod openapi;
+pub mod replay;
 pub mod stream_keys;
 pub mod streams;
 
@@ -52,6 +54,7 @@ pub fn routes() -> Router<AppState> {
         .merge(media_streams::routes())
         .merge(stream_keys::routes())
         .merge(enrollment::routes())
+        .merge(replay::routes())
         .merge(openapi::routes())
         .route_layer(axum::middleware::from_fn(crate::text::refuse_control_chars))
 }

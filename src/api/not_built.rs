@@ -19,9 +19,6 @@ pub const NOT_BUILT: &[(&str, &str)] = &[
     // WHEP extensions (draft-ietf-wish-whep): layer selection and server-sent events.
     ("POST", "/v1/whep/{stream}/{session}/layer"),
     ("POST", "/v1/whep/{stream}/{session}/sse"),
-    // Recording and replay.
-    ("GET", "/v1/streams/{id}/replay"),
-    ("GET", "/v1/streams/{id}/thumbnail.jpg"),
     // Discord.
     ("POST", "/v1/discord/token"),
     ("GET", "/v1/discord/link"),

@@ -12,7 +12,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{self, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use super::{enrollment, ledger, media_streams, stream_keys, streams};
+use super::{enrollment, ledger, media_streams, replay, stream_keys, streams};
 use crate::state::AppState;
 
 pub fn routes() -> axum::Router<AppState> {
@@ -52,6 +52,9 @@ pub fn routes() -> axum::Router<AppState> {
         stream_keys::create,
         stream_keys::show,
         stream_keys::revoke,
+        replay::replay,
+        replay::replay_file,
+        replay::thumbnail,
     ),
     modifiers(&Extras),
     tags(
@@ -59,6 +62,7 @@ pub fn routes() -> axum::Router<AppState> {
         (name = "streams", description = "scheduled live streams"),
         (name = "enrollment", description = "paid enrollment and access"),
         (name = "media", description = "media tokens, WHIP and WHEP"),
+        (name = "replay", description = "recordings: the signed HLS replay, its files, thumbnails"),
         (name = "rooms", description = "Watch Together rooms: tokens, WebSocket, videos"),
         (name = "operations", description = "health and metrics"),
     )

@@ -39,7 +39,8 @@ pub fn routes() -> axum::Router<AppState> {
 pub const COLUMNS: &str = "id, instructor_id, title, description, status, scheduled_start, \
     duration_minutes, price_tokens, replay_days, started_at, ended_at, cancelled_at, \
     replay_expires_at, replay_closed_at, recording_path, recording_deleted_at, \
-    catalog_migration_at, migrated_at, peak_viewers";
+    catalog_migration_at, migrated_at, peak_viewers, record_media, recording_started_at, \
+    recording_finished_at, recording_duration_ms, recording_codecs";
 
 /// Where a stream is in its life: `scheduled` → `live` → `ended`, or
 /// `scheduled` → `cancelled`. Stored as that text in `streams.status` (the
@@ -137,9 +138,26 @@ pub struct StreamRow {
     pub catalog_migration_at: Option<i64>,
     pub migrated_at: Option<i64>,
     pub peak_viewers: i64,
+    /// 1 record, 0 not, NULL: `[recording] enabled`.
+    pub record_media: Option<i64>,
+    pub recording_started_at: Option<i64>,
+    pub recording_finished_at: Option<i64>,
+    pub recording_duration_ms: Option<i64>,
+    pub recording_codecs: Option<String>,
 }
 
 impl StreamRow {
+    /// Whether the stream is recorded when it goes live: its `record` field, or
+    /// the server's default; never when recording is off in the configuration.
+    pub fn records(&self, enabled: bool) -> bool {
+        enabled && self.record_media.is_none_or(|r| r != 0)
+    }
+
+    /// A recording exists (started, files not deleted).
+    pub fn has_recording(&self) -> bool {
+        self.recording_path.is_some() && self.recording_deleted_at.is_none()
+    }
+
     /// Replay can be watched (and bought) now.
     pub fn replay_open(&self, now: i64) -> bool {
         self.status == StreamStatus::Ended
@@ -181,14 +199,21 @@ pub struct StreamOut {
     pub viewers: i64,
     pub whep_url: String,
     pub watch_url: String,
+    /// Whether the stream is recorded when live (`[recording] enabled` by default).
+    pub record: bool,
     /// The recording, when one exists and has not been cleaned up.
     pub recording: Option<RecordingOut>,
+    /// A recent key frame of the stream as JPEG (404 until one exists).
+    pub thumbnail_url: String,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RecordingOut {
+    /// The replay can be watched now (ended, inside the replay window).
     pub available: bool,
     pub expires_at: Option<String>,
+    /// Set when the recording is finished (at `end`); null while live.
+    pub duration_seconds: Option<f64>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -244,6 +269,9 @@ pub struct CreateStream {
     /// Days the replay stays watchable after the end (default 7).
     #[serde(default)]
     pub replay_days: Option<i64>,
+    /// Record the stream when live (default: the server's `[recording] enabled`).
+    #[serde(default)]
+    pub record: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -256,6 +284,7 @@ pub struct EditStream {
     pub duration_minutes: Option<i64>,
     pub price_tokens: Option<i64>,
     pub replay_days: Option<i64>,
+    pub record: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -361,13 +390,11 @@ pub fn live_viewers(state: &AppState, id: &str) -> i64 {
 }
 
 pub fn to_out(state: &AppState, r: &StreamRow, now: i64) -> StreamOut {
-    let recording = match (&r.recording_path, r.recording_deleted_at) {
-        (Some(_), None) => Some(RecordingOut {
-            available: r.replay_open(now),
-            expires_at: rfc3339_opt(r.replay_expires_at),
-        }),
-        _ => None,
-    };
+    let recording = r.has_recording().then(|| RecordingOut {
+        available: r.replay_open(now),
+        expires_at: rfc3339_opt(r.replay_expires_at),
+        duration_seconds: r.recording_duration_ms.map(|ms| ms as f64 / 1000.0),
+    });
     StreamOut {
         id: r.id.clone(),
         title: r.title.clone(),
@@ -387,7 +414,9 @@ pub fn to_out(state: &AppState, r: &StreamRow, now: i64) -> StreamOut {
         viewers: live_viewers(state, &r.id),
         whep_url: format!("{}/v1/whep/{}", state.public_url, r.id),
         watch_url: watch_url(state, &r.id),
+        record: r.records(state.config.recording.enabled),
         recording,
+        thumbnail_url: format!("{}/v1/streams/{}/thumbnail.jpg", state.public_url, r.id),
     }
 }
 
@@ -425,8 +454,8 @@ pub async fn create(
     let now = now_ms();
     sqlx::query(
         "INSERT INTO streams (id, instructor_id, title, description, status, scheduled_start, \
-         duration_minutes, price_tokens, replay_days, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, 'scheduled', $5, $6, $7, $8, $9, $9)",
+         duration_minutes, price_tokens, replay_days, created_at, updated_at, record_media) \
+         VALUES ($1, $2, $3, $4, 'scheduled', $5, $6, $7, $8, $9, $9, $10)",
     )
     .bind(&id)
     .bind(&me.user)
@@ -437,6 +466,7 @@ pub async fn create(
     .bind(input.price_tokens)
     .bind(replay_days)
     .bind(now)
+    .bind(input.record.map(i64::from))
     .execute(&state.db.pool)
     .await?;
     let mut conn = state.db.pool.acquire().await?;
@@ -503,8 +533,8 @@ pub async fn edit(
     let now = now_ms();
     let changed = sqlx::query(
         "UPDATE streams SET title = $1, description = $2, scheduled_start = $3, \
-         duration_minutes = $4, price_tokens = $5, replay_days = $6, updated_at = $7 \
-         WHERE id = $8 AND status = 'scheduled'",
+         duration_minutes = $4, price_tokens = $5, replay_days = $6, updated_at = $7, \
+         record_media = $9 WHERE id = $8 AND status = 'scheduled'",
     )
     .bind(input.title.as_deref().map(str::trim).unwrap_or(&row.title))
     .bind(description)
@@ -514,6 +544,7 @@ pub async fn edit(
     .bind(input.replay_days.unwrap_or(row.replay_days))
     .bind(now)
     .bind(&id)
+    .bind(input.record.map(i64::from).or(row.record_media))
     .execute(&mut *conn)
     .await?
     .rows_affected();
@@ -606,6 +637,9 @@ pub async fn end(
     // Ended means the media stops now: the publisher's and every viewer's
     // session close (new WHIP is refused as `stream_closed` by access.rs).
     state.sfu.close_stream(&id).await;
+    // The recording's last fragment and ENDLIST are on disk, and its length in
+    // the row, before the answer: the replay plays right after `end`.
+    state.recordings.finish(&id).await;
     let row = load(&mut conn, &id).await?;
     Ok(axum::Json(to_out(&state, &row, now)))
 }
