@@ -13,5 +13,6 @@ mod hardening;
 mod jobs;
 mod ledger;
 mod media_streams;
+mod replay;
 mod stream_keys;
 mod streams;
