@@ -20,6 +20,7 @@ mod loss;
 mod operator;
 mod pages;
 mod port;
+mod recording;
 mod slow_viewer;
 mod stream_key;
 mod takeover;

@@ -11,4 +11,5 @@ mod cli;
 mod first_hour;
 mod hardening;
 mod lifecycle;
+mod recording;
 mod tls;
