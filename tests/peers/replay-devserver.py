@@ -97,7 +97,7 @@ class H(http.server.BaseHTTPRequestHandler):
         if re.fullmatch(r'/replay/[^/]+', path):
             return self.file(os.path.join(ROOT, 'web', 'replay.html'), 'text/html; charset=utf-8')
         if re.fullmatch(r'/watch/[^/]+', path):
-            return self.send(200, '<!doctype html><title>watch stand-in</title>', 'text/html')
+            return self.file(os.path.join(ROOT, 'web', 'watch.html'), 'text/html; charset=utf-8')
         m = re.fullmatch(r'/web/([\w.-]+)', path)
         if m:
             return self.file(os.path.join(ROOT, 'web', m.group(1)), 'text/javascript; charset=utf-8' if m.group(1).endswith('.js') else 'text/css')
