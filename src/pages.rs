@@ -64,6 +64,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
         "text/html; charset=utf-8",
         include_str!("../web/replay.html"),
     ),
+    (
+        "fmp4-webm.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../web/fmp4-webm.js"),
+    ),
 ];
 
 /// Third-party files under `/vendor/` (see web/vendor/README.md for versions and licences).
