@@ -9,7 +9,8 @@ Stream ids: `vod` (finished recording), `live` (the same folder revealed one
 segment per EXTINF seconds from the server's start, an EVENT playlist without
 ENDLIST until the last), `enroll` (403 not_enrolled), `expired` (403
 replay_expired), `none` (404 no_recording), `soon` (vod, window closes in 2 h:
-the countdown), `broken` (hls_url points at a missing playlist).
+the countdown), `broken` (hls_url points at a missing playlist), `nocodecs` (vod,
+an answer without `codecs`).
 
 usage: replay-devserver.py HLS_DIR [PORT]   (prints "listening PORT" when ready)
 Not a test of the server: the real API's answers come from src/ (lead's tests).
@@ -126,7 +127,7 @@ class H(http.server.BaseHTTPRequestHandler):
             return self.json(200, {
                 'hls_url': f'http://{host}/v1/replay/tok-{sid}/{name}', 'expires_at': s['replay_expires_at'],
                 'duration_seconds': s['recording']['duration_seconds'], 'thumbnail_url': s['thumbnail_url'],
-                'codecs': CODECS,
+                'codecs': None if sid == 'nocodecs' else CODECS,
             })
         m = re.fullmatch(r'/v1/replay/tok-([\w-]+)/([\w.-]+)', path)
         if m:
