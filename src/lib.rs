@@ -16,6 +16,7 @@
 //!   [`extract::Instructor`], [`extract::ServiceCaller`].
 //! - [`metrics`]: the Prometheus registry and `/metrics`.
 //! - [`pages`]: the demo pages and static files under `web/`.
+//! - [`recording`]: recordings of live streams (the thumbnail helper so far).
 //! - [`api`]: business APIs (ledger, streams, enrollment, media access, jobs, OpenAPI).
 //! - [`whip`]: WHIP ingest and WHEP egress routes over [`tandem_media::Sfu`].
 //! - [`rooms`]: Watch Together WebSocket and room-token routes, the sqlx chat store.
@@ -29,6 +30,7 @@ pub mod error;
 pub mod extract;
 pub mod metrics;
 pub mod pages;
+pub mod recording;
 pub mod rooms;
 pub mod serve;
 pub mod server;

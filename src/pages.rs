@@ -115,7 +115,7 @@ fn asset(name: &str) -> Response {
 /// One embedded file by exact name (so no path can reach anything else), with the
 /// same cache policy for all: `no-cache`, the browser revalidates, a new binary's
 /// files are seen at once.
-fn serve(files: &[(&str, &str, &str)], name: &str) -> Response {
+fn serve(files: &[(&str, &'static str, &'static str)], name: &str) -> Response {
     match files.iter().find(|(n, _, _)| *n == name) {
         Some((_, content_type, body)) => (
             [
