@@ -1,5 +1,6 @@
 //! The demo pages and browser assets under `web/`, embedded in the binary so the
-//! server needs no files beside it.
+//! server needs no files beside it. Third-party browser code (`web/vendor/`, copied
+//! from npm by `scripts/update-hls.sh`) is served under `/vendor/`.
 
 use axum::Router;
 use axum::extract::Path;
@@ -57,6 +58,32 @@ const ASSETS: &[(&str, &str, &str)] = &[
         "text/javascript; charset=utf-8",
         include_str!("../web/together.js"),
     ),
+    // Issue 14: the replay page (/replay/{stream}).
+    (
+        "replay.html",
+        "text/html; charset=utf-8",
+        include_str!("../web/replay.html"),
+    ),
+    (
+        "fmp4-webm.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../web/fmp4-webm.js"),
+    ),
+];
+
+/// Third-party files under `/vendor/` (see web/vendor/README.md for versions and licences).
+const VENDOR: &[(&str, &str, &str)] = &[
+    // hls.js 1.7.4 (Apache-2.0): the replay page's player where the browser has MSE.
+    (
+        "hls.min.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../web/vendor/hls.min.js"),
+    ),
+    (
+        "hls.js.LICENSE",
+        "text/plain; charset=utf-8",
+        include_str!("../web/vendor/hls.js.LICENSE"),
+    ),
 ];
 
 pub fn routes() -> Router<AppState> {
@@ -70,14 +97,26 @@ pub fn routes() -> Router<AppState> {
         .route("/watch/{stream}", get(|| async { asset("watch.html") }))
         .route("/together/{room}", get(|| async { asset("together.html") }))
         .route("/streams", get(|| async { asset("streams.html") }))
+        .route("/replay/{stream}", get(|| async { asset("replay.html") }))
         .route(
             "/web/{file}",
             get(|Path(file): Path<String>| async move { asset(&file) }),
         )
+        .route(
+            "/vendor/{file}",
+            get(|Path(file): Path<String>| async move { serve(VENDOR, &file) }),
+        )
 }
 
 fn asset(name: &str) -> Response {
-    match ASSETS.iter().find(|(n, _, _)| *n == name) {
+    serve(ASSETS, name)
+}
+
+/// One embedded file by exact name (so no path can reach anything else), with the
+/// same cache policy for all: `no-cache`, the browser revalidates, a new binary's
+/// files are seen at once.
+fn serve(files: &[(&str, &'static str, &'static str)], name: &str) -> Response {
+    match files.iter().find(|(n, _, _)| *n == name) {
         Some((_, content_type, body)) => (
             [
                 (header::CONTENT_TYPE, *content_type),

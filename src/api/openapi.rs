@@ -305,6 +305,8 @@ mod tests {
         "/together/{room}",
         "/streams",
         "/web/{file}",
+        "/replay/{stream}",
+        "/vendor/{file}",
     ];
 
     /// Every `.route("…"` path literal in the crate's sources (the router is built

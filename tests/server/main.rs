@@ -2,7 +2,8 @@
 //! listener's limits, JSON errors and database checks at start (`hardening`, from
 //! issue 11), and the first hour's command line: `tandem identity`, `tandem token`'s
 //! key handling, configuration typos, the banner and exit (`cli`, issue 13), and
-//! HTTPS on the listener (`tls`, issue 13).
+//! HTTPS on the listener (`tls`, issue 13); the replay page and hls.js served
+//! (`replay_page`, issue 14), and a recording repaired after a kill (`recording`).
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -12,4 +13,5 @@ mod first_hour;
 mod hardening;
 mod lifecycle;
 mod recording;
+mod replay_page;
 mod tls;
