@@ -872,8 +872,7 @@ impl Core {
         if let Some(s) = self.sessions.get_mut(&key)
             && let Role::Publisher(publisher) = &mut s.role
         {
-            let forward =
-                forward_packet(&self.registry, publisher, &s.stream, kind, packet, now);
+            let forward = forward_packet(&self.registry, publisher, &s.stream, kind, packet, now);
             self.forwards.push(forward);
         }
         self.settle(now, out);
