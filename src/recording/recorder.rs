@@ -105,6 +105,8 @@ struct Track {
     last_duration: u32,
     pending: Vec<Sample>,
     pending_start: u64,
+    /// The end of the last sample moved to `pending` (written or not).
+    end: u64,
     last_arrival: Option<Instant>,
 }
 
@@ -126,6 +128,7 @@ impl Track {
             last_duration,
             pending: Vec::new(),
             pending_start: 0,
+            end: 0,
             last_arrival: None,
         }
     }
@@ -169,6 +172,7 @@ impl Track {
         if self.pending.is_empty() {
             self.pending_start = dts;
         }
+        self.end = dts + u64::from(sample.duration);
         self.pending.push(sample);
     }
 }
@@ -185,6 +189,8 @@ pub struct Recorder {
     first_video: Option<VideoInfo>,
     /// This epoch's anchor: an arrival time and the recording time (seconds) it maps to.
     anchor: Option<(Instant, f64)>,
+    /// Seconds: the end of the media written so far (of whichever track reaches further).
+    written_end: f64,
     state: Option<RecordingState>,
     segment_number: u32,
     fragment_number: u32,
@@ -204,6 +210,7 @@ impl Recorder {
             init: None,
             first_video: None,
             anchor: None,
+            written_end: 0.0,
             state: None,
             segment_number: 1,
             fragment_number: 1,
@@ -476,10 +483,17 @@ impl Recorder {
             self.audio.pending.clear();
         }
         let main_is_video = has_video;
-        let duration = self
-            .video
-            .seconds(self.video.pending_duration())
-            .max(self.audio.seconds(self.audio.pending_duration()));
+        // The part's duration is how far the recording's end moves: the sum
+        // of parts is then the media's length even when the tracks' runs in
+        // a fragment cover different spans (audio ahead of a stalled video).
+        let mut end = self.written_end;
+        for t in [&self.video, &self.audio] {
+            if !t.pending.is_empty() {
+                end = end.max(t.seconds(t.pending_start + t.pending_duration()));
+            }
+        }
+        let duration = end - self.written_end;
+        self.written_end = end;
         let independent = if main_is_video {
             self.video.pending.first().is_some_and(|s| s.keyframe)
         } else {

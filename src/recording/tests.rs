@@ -441,3 +441,157 @@ fn opus_only() {
     let out = record_and_check(None, true, (0, 0), "opus");
     std::fs::remove_dir_all(out.parent().unwrap()).ok();
 }
+
+/// Per-stream packet times (pts_time) from ffprobe.
+fn packet_times(path: &Path, stream: &str) -> Vec<f64> {
+    let out = Command::new("/usr/bin/ffprobe")
+        .args(["-v", "error", "-select_streams", stream, "-show_entries", "packet=pts_time", "-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .expect("ffprobe");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().trim_end_matches(',').parse().ok())
+        .collect()
+}
+
+#[test]
+fn publisher_reconnect_continues_one_recording() {
+    if !have_ffmpeg() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let media = encode(tmp.path(), Some(V::Vp8), true, 3, (320, 240));
+    let out = tmp.path().join("rec");
+    let (mut rec, _store) = recorder(&out);
+    let start = Instant::now();
+    let first = publisher(1);
+    open_tracks(&mut rec, Some(V::Vp8), true, &first);
+    feed(&mut rec, Some(V::Vp8), &media, &first, start);
+    rec.publisher_left().unwrap();
+    // The second publisher: other payload types, other numbering, 5 s later.
+    let mut second = publisher(977);
+    second.video_pt = 100;
+    second.audio_pt = 109;
+    open_tracks(&mut rec, Some(V::Vp8), true, &second);
+    feed(&mut rec, Some(V::Vp8), &media, &second, start + Duration::from_secs(8));
+    let finished = rec.finish().unwrap().unwrap();
+    let index = out.join("index.m3u8");
+    let duration = duration_of(&ffprobe(&index));
+    println!("reconnect: duration {duration:.3} s (2 × 3 s published), recorder {:.3} s", finished.duration.as_secs_f64());
+    assert!((duration - 6.0).abs() < 0.5, "duration {duration}");
+    for stream in ["v:0", "a:0"] {
+        let times = packet_times(&index, stream);
+        assert!(times.len() > 100, "{stream}: {} packets", times.len());
+        let mut largest: f64 = 0.0;
+        for w in times.windows(2) {
+            assert!(w[1] > w[0], "{stream}: times go back: {w:?}");
+            largest = largest.max(w[1] - w[0]);
+        }
+        println!("reconnect: {stream} largest step {largest:.3} s");
+        assert!(largest < 1.0, "{stream}: a gap of {largest} s");
+    }
+    let errors = decode_errors(&index);
+    assert!(errors.trim().is_empty(), "decode errors: {errors}");
+}
+
+#[test]
+fn loss_drops_to_the_next_key_frame() {
+    if !have_ffmpeg() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let media = encode(tmp.path(), Some(V::Vp8), true, 6, (320, 240));
+    let out = tmp.path().join("rec");
+    let (mut rec, _store) = recorder(&out);
+    let mut p = publisher(5);
+    // Lose three packets a little after the first second (key frames every 2 s).
+    let per_frame = media.video.len() as f64;
+    let _ = per_frame;
+    let mut seq_of_frame_40 = p.vseq;
+    let mut payloader = payloader(V::Vp8);
+    for frame in media.video.iter().take(40) {
+        let n = payloader.payload(1200, &Bytes::copy_from_slice(frame)).unwrap().len();
+        seq_of_frame_40 = seq_of_frame_40.wrapping_add(n as u16);
+    }
+    p.drop_video = vec![seq_of_frame_40, seq_of_frame_40.wrapping_add(3), seq_of_frame_40.wrapping_add(9)];
+    open_tracks(&mut rec, Some(V::Vp8), true, &p);
+    feed(&mut rec, Some(V::Vp8), &media, &p, Instant::now());
+    assert!(rec.take_keyframe_request(), "a loss asks for a key frame");
+    rec.finish().unwrap().unwrap();
+    let stats = rec.stats();
+    println!("loss: {} frames dropped", stats.dropped_frames);
+    // Frames 40..59 at most (the key frame at 60 ends it), at least the broken ones.
+    assert!((3..=20).contains(&stats.dropped_frames), "dropped {}", stats.dropped_frames);
+    let index = out.join("index.m3u8");
+    let errors = decode_errors(&index);
+    assert!(errors.trim().is_empty(), "decode errors: {errors}");
+    let duration = duration_of(&ffprobe(&index));
+    assert!((duration - 6.0).abs() < 0.5, "duration {duration}");
+}
+
+#[test]
+fn repair_finishes_a_crashed_recording() {
+    if !have_ffmpeg() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let media = encode(tmp.path(), Some(V::H264), true, 7, (320, 240));
+    let out = tmp.path().join("rec");
+    let (mut rec, store) = recorder(&out);
+    let p = publisher(9);
+    open_tracks(&mut rec, Some(V::H264), true, &p);
+    feed(&mut rec, Some(V::H264), &media, &p, Instant::now());
+    // kill -9: no finish; the last fragment was half appended.
+    drop(rec);
+    let state: RecordingState = serde_json::from_slice(&store.get(STATE).unwrap()).unwrap();
+    assert!(!state.finished);
+    let complete = state.duration();
+    let open = state.open.clone().expect("an open segment");
+    let before = store.get(&open.name).unwrap().len();
+    store.append(&open.name, &store.get(&open.name).unwrap()[..100]).unwrap();
+    assert!(!std::fs::read_to_string(out.join("index.m3u8")).unwrap().contains("ENDLIST"));
+
+    let finished = repair(store.as_ref()).unwrap().expect("a recording");
+    assert_eq!(store.get(&open.name).unwrap().len(), before, "the partial fragment is cut");
+    let playlist = std::fs::read_to_string(out.join("index.m3u8")).unwrap();
+    assert!(playlist.contains("#EXT-X-ENDLIST"), "{playlist}");
+    assert!(playlist.contains(&open.name));
+    let duration = duration_of(&ffprobe(&out.join("index.m3u8")));
+    println!("repair: {complete:.3} s complete before the crash, ffprobe {duration:.3} s, {}", finished.codecs);
+    assert!((duration - complete).abs() < 0.5, "{duration} vs {complete}");
+    assert!(complete > 5.0, "at most ~1 s lost of 7: {complete}");
+    assert!((finished.duration.as_secs_f64() - complete).abs() < 1e-6);
+    let errors = decode_errors(&out.join("index.m3u8"));
+    assert!(errors.trim().is_empty(), "decode errors: {errors}");
+    // A second repair leaves the finished recording alone.
+    let again = repair(store.as_ref()).unwrap().unwrap();
+    assert_eq!(again, finished);
+    assert_eq!(std::fs::read_to_string(out.join("index.m3u8")).unwrap(), playlist);
+}
+
+#[test]
+fn nothing_recorded_finishes_as_none() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut rec, store) = recorder(&tmp.path().join("rec"));
+    let p = publisher(2);
+    open_tracks(&mut rec, Some(V::Vp8), true, &p);
+    // Only delta frames and audio before any key frame: nothing is kept.
+    for i in 0..50u16 {
+        rec.packet(TapPacket {
+            kind: MediaKind::Video,
+            payload_type: 96,
+            sequence_number: i,
+            timestamp: u32::from(i) * 3000,
+            marker: true,
+            payload: Bytes::from_static(&[0x10, 0x01, 0x02, 0x03]),
+            arrived: Instant::now(),
+        })
+        .unwrap();
+    }
+    assert!(rec.take_keyframe_request());
+    assert_eq!(rec.finish().unwrap(), None);
+    assert!(rec.stats().dropped_frames >= 50);
+    assert_eq!(repair(store.as_ref()).unwrap(), None);
+    assert!(store.list().unwrap().is_empty());
+}
