@@ -137,14 +137,7 @@ impl Track {
     fn next_dts(&self) -> u64 {
         match &self.held {
             Some(h) => h.dts + u64::from(self.last_duration),
-            None => {
-                self.pending_start
-                    + self
-                        .pending
-                        .iter()
-                        .map(|s| u64::from(s.duration))
-                        .sum::<u64>()
-            }
+            None => self.end,
         }
     }
 

@@ -65,29 +65,81 @@ fn encode(dir: &Path, codec: Option<V>, audio: bool, seconds: u32, size: (u32, u
             size.1.max(16)
         ))
         .args(["-f", "lavfi", "-i"])
-        .arg(format!("sine=frequency=440:sample_rate=48000:duration={seconds}"));
+        .arg(format!(
+            "sine=frequency=440:sample_rate=48000:duration={seconds}"
+        ));
     let vfile = dir.join("v.bin");
     if let Some(codec) = codec {
-        cmd.args(["-map", "0:v", "-g", "60", "-b:v", "400k", "-pix_fmt", "yuv420p"]);
+        cmd.args([
+            "-map", "0:v", "-g", "60", "-b:v", "400k", "-pix_fmt", "yuv420p",
+        ]);
         match codec {
-            V::Vp8 => cmd.args(["-c:v", "libvpx", "-deadline", "realtime", "-auto-alt-ref", "0", "-f", "ivf"]),
+            V::Vp8 => cmd.args([
+                "-c:v",
+                "libvpx",
+                "-deadline",
+                "realtime",
+                "-auto-alt-ref",
+                "0",
+                "-f",
+                "ivf",
+            ]),
             V::Vp9 => cmd.args([
-                "-c:v", "libvpx-vp9", "-deadline", "realtime", "-lag-in-frames", "0", "-row-mt", "1", "-f", "ivf",
+                "-c:v",
+                "libvpx-vp9",
+                "-deadline",
+                "realtime",
+                "-lag-in-frames",
+                "0",
+                "-row-mt",
+                "1",
+                "-f",
+                "ivf",
             ]),
             V::Av1 => cmd.args([
-                "-c:v", "libaom-av1", "-usage", "realtime", "-cpu-used", "8", "-lag-in-frames", "0", "-f", "ivf",
+                "-c:v",
+                "libaom-av1",
+                "-usage",
+                "realtime",
+                "-cpu-used",
+                "8",
+                "-lag-in-frames",
+                "0",
+                "-f",
+                "ivf",
             ]),
             V::H264 => cmd.args([
-                "-c:v", "libx264", "-profile:v", "baseline", "-bf", "0", "-tune", "zerolatency",
-                "-x264-params", "aud=1:repeat-headers=1", "-f", "h264",
+                "-c:v",
+                "libx264",
+                "-profile:v",
+                "baseline",
+                "-bf",
+                "0",
+                "-tune",
+                "zerolatency",
+                "-x264-params",
+                "aud=1:repeat-headers=1",
+                "-f",
+                "h264",
             ]),
         };
         cmd.arg(&vfile);
     }
     let afile = dir.join("a.ogg");
     if audio {
-        cmd.args(["-map", "1:a", "-c:a", "libopus", "-ac", "2", "-frame_duration", "20", "-b:a", "48k"])
-            .arg(&afile);
+        cmd.args([
+            "-map",
+            "1:a",
+            "-c:a",
+            "libopus",
+            "-ac",
+            "2",
+            "-frame_duration",
+            "20",
+            "-b:a",
+            "48k",
+        ])
+        .arg(&afile);
     }
     run(&mut cmd);
     let video = match codec {
@@ -95,7 +147,11 @@ fn encode(dir: &Path, codec: Option<V>, audio: bool, seconds: u32, size: (u32, u
         Some(V::H264) => h264_access_units(&std::fs::read(&vfile).unwrap()),
         Some(_) => ivf_frames(&std::fs::read(&vfile).unwrap()),
     };
-    let audio = if audio { ogg_packets(&std::fs::read(&afile).unwrap()).split_off(2) } else { Vec::new() };
+    let audio = if audio {
+        ogg_packets(&std::fs::read(&afile).unwrap()).split_off(2)
+    } else {
+        Vec::new()
+    };
     Media { video, audio }
 }
 
@@ -191,7 +247,13 @@ fn payloader(codec: V) -> Box<dyn Payloader> {
 
 /// Feeds `media` as one publisher starting at wall time `start`; returns the
 /// packets fed, in arrival order (video and audio interleaved by time).
-fn feed(rec: &mut Recorder, codec: Option<V>, media: &Media, p: &Publisher, start: Instant) -> usize {
+fn feed(
+    rec: &mut Recorder,
+    codec: Option<V>,
+    media: &Media,
+    p: &Publisher,
+    start: Instant,
+) -> usize {
     let mut events: Vec<(Duration, TapPacket)> = Vec::new();
     let mut seq = p.vseq;
     if let Some(codec) = codec {
@@ -302,20 +364,37 @@ fn publisher(base: u32) -> Publisher {
 
 fn ffprobe(path: &Path) -> Value {
     let out = Command::new("/usr/bin/ffprobe")
-        .args(["-v", "error", "-show_streams", "-show_format", "-of", "json"])
+        .args([
+            "-v",
+            "error",
+            "-show_streams",
+            "-show_format",
+            "-of",
+            "json",
+        ])
         .arg(path)
         .output()
         .expect("ffprobe");
-    assert!(out.status.success(), "ffprobe: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ffprobe: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("ffprobe json")
 }
 
 fn duration_of(probe: &Value) -> f64 {
-    probe["format"]["duration"].as_str().and_then(|d| d.parse().ok()).expect("duration")
+    probe["format"]["duration"]
+        .as_str()
+        .and_then(|d| d.parse().ok())
+        .expect("duration")
 }
 
 fn stream<'a>(probe: &'a Value, codec_type: &str) -> Option<&'a Value> {
-    probe["streams"].as_array()?.iter().find(|s| s["codec_type"] == codec_type)
+    probe["streams"]
+        .as_array()?
+        .iter()
+        .find(|s| s["codec_type"] == codec_type)
 }
 
 /// Decodes everything; answers ffmpeg's error output (empty when clean).
@@ -331,7 +410,10 @@ fn decode_errors(path: &Path) -> String {
 
 fn recorder(dir: &Path) -> (Recorder, Arc<LocalStore>) {
     let store = Arc::new(LocalStore::new(dir.to_path_buf()).unwrap());
-    (Recorder::new(store.clone(), RecorderConfig::default()), store)
+    (
+        Recorder::new(store.clone(), RecorderConfig::default()),
+        store,
+    )
 }
 
 fn record_and_check(codec: Option<V>, audio: bool, size: (u32, u32), name: &str) -> PathBuf {
@@ -342,6 +424,20 @@ fn record_and_check(codec: Option<V>, audio: bool, size: (u32, u32), name: &str)
     let p = publisher(3);
     open_tracks(&mut rec, codec, audio, &p);
     feed(&mut rec, codec, &media, &p, Instant::now());
+    // While live: an EVENT playlist with parts of the growing segment.
+    let live = std::fs::read_to_string(out.join("index.m3u8")).unwrap();
+    for tag in [
+        "#EXT-X-PLAYLIST-TYPE:EVENT",
+        "#EXT-X-PART-INF:PART-TARGET=1.000",
+        "#EXT-X-PART:",
+        "#EXT-X-PRELOAD-HINT:",
+    ] {
+        assert!(
+            live.contains(tag),
+            "{name}: live playlist lacks {tag}: {live}"
+        );
+    }
+    assert!(!live.contains("ENDLIST"));
     let finished = rec.finish().unwrap().expect("recorded");
     let stats = rec.stats();
     let probe = ffprobe(&out.join("index.m3u8"));
@@ -357,7 +453,10 @@ fn record_and_check(codec: Option<V>, audio: bool, size: (u32, u32), name: &str)
     );
     assert!((duration - 6.0).abs() < 0.5, "{name}: duration {duration}");
     assert!((finished.duration.as_secs_f64() - 6.0).abs() < 0.5);
-    assert_eq!(stats.dropped_frames, 0, "{name}: nothing lost, nothing dropped");
+    assert_eq!(
+        stats.dropped_frames, 0,
+        "{name}: nothing lost, nothing dropped"
+    );
     if let Some(codec) = codec {
         let v = stream(&probe, "video").expect("video stream");
         let want = match codec {
@@ -377,7 +476,10 @@ fn record_and_check(codec: Option<V>, audio: bool, size: (u32, u32), name: &str)
     if codec.is_some() {
         // The sample entry's size, as the recorder parsed it from the bitstream.
         let master = std::fs::read_to_string(out.join("master.m3u8")).unwrap();
-        assert!(master.contains(&format!("RESOLUTION={}x{}", size.0, size.1)), "{name}: {master}");
+        assert!(
+            master.contains(&format!("RESOLUTION={}x{}", size.0, size.1)),
+            "{name}: {master}"
+        );
     }
     let master = ffprobe(&out.join("master.m3u8"));
     assert!((duration_of(&master) - duration).abs() < 0.1);
@@ -409,7 +511,10 @@ fn h264_and_opus() {
     }
     let out = record_and_check(Some(V::H264), true, (640, 360), "h264+opus");
     let master = std::fs::read_to_string(out.join("master.m3u8")).unwrap();
-    assert!(master.contains("CODECS=\"avc1.42c01e,opus\"") || master.contains("CODECS=\"avc1.42"), "{master}");
+    assert!(
+        master.contains("CODECS=\"avc1.42c01e,opus\"") || master.contains("CODECS=\"avc1.42"),
+        "{master}"
+    );
     std::fs::remove_dir_all(out.parent().unwrap()).ok();
 }
 
@@ -445,7 +550,16 @@ fn opus_only() {
 /// Per-stream packet times (pts_time) from ffprobe.
 fn packet_times(path: &Path, stream: &str) -> Vec<f64> {
     let out = Command::new("/usr/bin/ffprobe")
-        .args(["-v", "error", "-select_streams", stream, "-show_entries", "packet=pts_time", "-of", "csv=p=0"])
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            stream,
+            "-show_entries",
+            "packet=pts_time",
+            "-of",
+            "csv=p=0",
+        ])
         .arg(path)
         .output()
         .expect("ffprobe");
@@ -474,11 +588,20 @@ fn publisher_reconnect_continues_one_recording() {
     second.video_pt = 100;
     second.audio_pt = 109;
     open_tracks(&mut rec, Some(V::Vp8), true, &second);
-    feed(&mut rec, Some(V::Vp8), &media, &second, start + Duration::from_secs(8));
+    feed(
+        &mut rec,
+        Some(V::Vp8),
+        &media,
+        &second,
+        start + Duration::from_secs(8),
+    );
     let finished = rec.finish().unwrap().unwrap();
     let index = out.join("index.m3u8");
     let duration = duration_of(&ffprobe(&index));
-    println!("reconnect: duration {duration:.3} s (2 × 3 s published), recorder {:.3} s", finished.duration.as_secs_f64());
+    println!(
+        "reconnect: duration {duration:.3} s (2 × 3 s published), recorder {:.3} s",
+        finished.duration.as_secs_f64()
+    );
     assert!((duration - 6.0).abs() < 0.5, "duration {duration}");
     for stream in ["v:0", "a:0"] {
         let times = packet_times(&index, stream);
@@ -511,10 +634,17 @@ fn loss_drops_to_the_next_key_frame() {
     let mut seq_of_frame_40 = p.vseq;
     let mut payloader = payloader(V::Vp8);
     for frame in media.video.iter().take(40) {
-        let n = payloader.payload(1200, &Bytes::copy_from_slice(frame)).unwrap().len();
+        let n = payloader
+            .payload(1200, &Bytes::copy_from_slice(frame))
+            .unwrap()
+            .len();
         seq_of_frame_40 = seq_of_frame_40.wrapping_add(n as u16);
     }
-    p.drop_video = vec![seq_of_frame_40, seq_of_frame_40.wrapping_add(3), seq_of_frame_40.wrapping_add(9)];
+    p.drop_video = vec![
+        seq_of_frame_40,
+        seq_of_frame_40.wrapping_add(3),
+        seq_of_frame_40.wrapping_add(9),
+    ];
     open_tracks(&mut rec, Some(V::Vp8), true, &p);
     feed(&mut rec, Some(V::Vp8), &media, &p, Instant::now());
     assert!(rec.take_keyframe_request(), "a loss asks for a key frame");
@@ -522,7 +652,11 @@ fn loss_drops_to_the_next_key_frame() {
     let stats = rec.stats();
     println!("loss: {} frames dropped", stats.dropped_frames);
     // Frames 40..59 at most (the key frame at 60 ends it), at least the broken ones.
-    assert!((3..=20).contains(&stats.dropped_frames), "dropped {}", stats.dropped_frames);
+    assert!(
+        (3..=20).contains(&stats.dropped_frames),
+        "dropped {}",
+        stats.dropped_frames
+    );
     let index = out.join("index.m3u8");
     let errors = decode_errors(&index);
     assert!(errors.trim().is_empty(), "decode errors: {errors}");
@@ -549,17 +683,33 @@ fn repair_finishes_a_crashed_recording() {
     let complete = state.duration();
     let open = state.open.clone().expect("an open segment");
     let before = store.get(&open.name).unwrap().len();
-    store.append(&open.name, &store.get(&open.name).unwrap()[..100]).unwrap();
-    assert!(!std::fs::read_to_string(out.join("index.m3u8")).unwrap().contains("ENDLIST"));
+    store
+        .append(&open.name, &store.get(&open.name).unwrap()[..100])
+        .unwrap();
+    assert!(
+        !std::fs::read_to_string(out.join("index.m3u8"))
+            .unwrap()
+            .contains("ENDLIST")
+    );
 
     let finished = repair(store.as_ref()).unwrap().expect("a recording");
-    assert_eq!(store.get(&open.name).unwrap().len(), before, "the partial fragment is cut");
+    assert_eq!(
+        store.get(&open.name).unwrap().len(),
+        before,
+        "the partial fragment is cut"
+    );
     let playlist = std::fs::read_to_string(out.join("index.m3u8")).unwrap();
     assert!(playlist.contains("#EXT-X-ENDLIST"), "{playlist}");
     assert!(playlist.contains(&open.name));
     let duration = duration_of(&ffprobe(&out.join("index.m3u8")));
-    println!("repair: {complete:.3} s complete before the crash, ffprobe {duration:.3} s, {}", finished.codecs);
-    assert!((duration - complete).abs() < 0.5, "{duration} vs {complete}");
+    println!(
+        "repair: {complete:.3} s complete before the crash, ffprobe {duration:.3} s, {}",
+        finished.codecs
+    );
+    assert!(
+        (duration - complete).abs() < 0.5,
+        "{duration} vs {complete}"
+    );
     assert!(complete > 5.0, "at most ~1 s lost of 7: {complete}");
     assert!((finished.duration.as_secs_f64() - complete).abs() < 1e-6);
     let errors = decode_errors(&out.join("index.m3u8"));
@@ -567,7 +717,10 @@ fn repair_finishes_a_crashed_recording() {
     // A second repair leaves the finished recording alone.
     let again = repair(store.as_ref()).unwrap().unwrap();
     assert_eq!(again, finished);
-    assert_eq!(std::fs::read_to_string(out.join("index.m3u8")).unwrap(), playlist);
+    assert_eq!(
+        std::fs::read_to_string(out.join("index.m3u8")).unwrap(),
+        playlist
+    );
 }
 
 #[test]
