@@ -9,6 +9,7 @@
 //! - [`text`]: clean text at the edge (no NUL/control characters into SQL).
 //! - [`config`]: defaults (config/default.toml), `--config` file, `TANDEM_*` environment.
 //! - [`storage`]: the sqlx pool (SQLite default, PostgreSQL) and migrations.
+//! - [`recording`]: a stream's packets → CMAF segments + HLS playlists (synchronous core), crash repair.
 //! - [`auth`]: identity JWTs, tandem media/room tokens, the service key.
 //! - [`serve`]: the HTTP accept loop: connection caps, header and idle timeouts.
 //! - [`state`]: [`AppState`], what every handler shares.
