@@ -245,6 +245,9 @@ impl Recorder {
     }
 
     pub fn packet(&mut self, packet: TapPacket) -> io::Result<()> {
+        if self.is_finished() {
+            return Ok(()); // late packets after `finish` change nothing
+        }
         let kind = packet.kind;
         let mut frames = std::mem::take(&mut self.frames);
         let track = self.track(kind);
@@ -585,6 +588,10 @@ impl Recorder {
         result
     }
 
+    fn is_finished(&self) -> bool {
+        self.state.as_ref().is_some_and(|s| s.finished)
+    }
+
     /// The publisher went away: write what is complete; a later
     /// `track_opened` continues this recording right after it.
     pub fn publisher_left(&mut self) -> io::Result<()> {
@@ -602,6 +609,9 @@ impl Recorder {
     /// Time-based work, ~every 250 ms: gives up reorder holes, and writes a
     /// stalled stream's pending samples so they are on disk.
     pub fn tick(&mut self, now: Instant) -> io::Result<()> {
+        if self.is_finished() {
+            return Ok(());
+        }
         for kind in [MediaKind::Video, MediaKind::Audio] {
             let mut frames = std::mem::take(&mut self.frames);
             let track = self.track(kind);

@@ -746,3 +746,9 @@ fn nothing_recorded_finishes_as_none() {
     assert_eq!(repair(store.as_ref()).unwrap(), None);
     assert!(store.list().unwrap().is_empty());
 }
+
+#[test]
+fn a_recorder_can_move_to_its_thread() {
+    fn is_send<T: Send + 'static>() {}
+    is_send::<Recorder>();
+}
