@@ -1193,6 +1193,32 @@ mod tests {
     }
 
     #[test]
+    fn a_hole_is_given_up_after_the_wait() {
+        let mut r = Reorder::new(100);
+        let mut out = Vec::new();
+        let t0 = Instant::now();
+        for s in [10u16, 12, 13] {
+            let mut p = pkt(s, 0, false, b"x");
+            p.arrived = t0;
+            r.push(p, &mut out);
+        }
+        assert_eq!(seqs(&out), vec![10]);
+        out.clear();
+        r.expire(
+            t0 + Duration::from_millis(100),
+            Duration::from_millis(300),
+            &mut out,
+        );
+        assert!(out.is_empty(), "still waiting for 11");
+        r.expire(
+            t0 + Duration::from_millis(400),
+            Duration::from_millis(300),
+            &mut out,
+        );
+        assert_eq!(seqs(&out), vec![-1, 12, 13]);
+    }
+
+    #[test]
     fn vp8_frames_and_loss_waits_for_a_key_frame() {
         let mut d = TrackDepacketizer::new(Codec::Vp8);
         let mut out = Vec::new();

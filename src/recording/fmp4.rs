@@ -387,22 +387,3 @@ pub fn fragment(sequence_number: u32, runs: &[TrackRun<'_>]) -> io::Result<Vec<u
     Mdat { data }.encode(&mut out).map_err(mp4_err)?;
     Ok(out)
 }
-
-/// Box sizes of a byte run of complete top-level boxes: how many bytes from
-/// the start are whole `moof`+`mdat` pairs (repair cuts a segment there).
-pub fn complete_fragments_len(data: &[u8]) -> u64 {
-    let mut at = 0usize;
-    let mut complete = 0usize;
-    while let Some(header) = data.get(at..at + 8) {
-        let size = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        if size < 8 || at + size > data.len() {
-            break;
-        }
-        let kind = &header[4..8];
-        at += size;
-        if kind == b"mdat" {
-            complete = at;
-        }
-    }
-    complete as u64
-}

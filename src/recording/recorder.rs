@@ -81,6 +81,11 @@ pub struct Finished {
     pub bytes: u64,
 }
 
+/// A part never holds more samples than this, whatever the timestamps say
+/// (a publisher whose timestamps stand still must not grow memory): 1000 is
+/// 16 s of 60 fps video, 20 s of Opus.
+const MAX_PART_SAMPLES: usize = 1000;
+
 /// A reorder hole older than this is given up on `tick`.
 const REORDER_WAIT: Duration = Duration::from_millis(300);
 
@@ -240,6 +245,9 @@ impl Recorder {
     }
 
     pub fn packet(&mut self, packet: TapPacket) -> io::Result<()> {
+        if self.is_finished() {
+            return Ok(()); // late packets after `finish` change nothing
+        }
         let kind = packet.kind;
         let mut frames = std::mem::take(&mut self.frames);
         let track = self.track(kind);
@@ -386,6 +394,7 @@ impl Recorder {
         let held_guess = u64::from(track.last_duration);
         let pending_ticks = track.pending_duration();
         let pending_empty = track.pending.is_empty();
+        let pending_len = track.pending.len();
         let pending_secs = track.seconds(pending_ticks);
         let next_secs = track.seconds(pending_ticks + held_guess);
         track.held = Some(Held { sample, dts });
@@ -406,10 +415,10 @@ impl Recorder {
                 // Cut before the held key frame: the pending run ends at it.
                 self.flush_fragment()?;
                 self.close_segment()?;
-            } else if next_secs > part_target {
+            } else if next_secs > part_target || pending_len >= MAX_PART_SAMPLES {
                 self.flush_fragment()?;
             }
-        } else if pending_secs > 3.0 * part_target {
+        } else if pending_secs > 3.0 * part_target || pending_len >= MAX_PART_SAMPLES {
             // The main track stalled (camera off): do not sit on audio.
             self.flush_fragment()?;
         }
@@ -579,6 +588,10 @@ impl Recorder {
         result
     }
 
+    fn is_finished(&self) -> bool {
+        self.state.as_ref().is_some_and(|s| s.finished)
+    }
+
     /// The publisher went away: write what is complete; a later
     /// `track_opened` continues this recording right after it.
     pub fn publisher_left(&mut self) -> io::Result<()> {
@@ -596,6 +609,9 @@ impl Recorder {
     /// Time-based work, ~every 250 ms: gives up reorder holes, and writes a
     /// stalled stream's pending samples so they are on disk.
     pub fn tick(&mut self, now: Instant) -> io::Result<()> {
+        if self.is_finished() {
+            return Ok(());
+        }
         for kind in [MediaKind::Video, MediaKind::Audio] {
             let mut frames = std::mem::take(&mut self.frames);
             let track = self.track(kind);

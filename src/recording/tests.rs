@@ -629,8 +629,6 @@ fn loss_drops_to_the_next_key_frame() {
     let (mut rec, _store) = recorder(&out);
     let mut p = publisher(5);
     // Lose three packets a little after the first second (key frames every 2 s).
-    let per_frame = media.video.len() as f64;
-    let _ = per_frame;
     let mut seq_of_frame_40 = p.vseq;
     let mut payloader = payloader(V::Vp8);
     for frame in media.video.iter().take(40) {
@@ -747,4 +745,10 @@ fn nothing_recorded_finishes_as_none() {
     assert!(rec.stats().dropped_frames >= 50);
     assert_eq!(repair(store.as_ref()).unwrap(), None);
     assert!(store.list().unwrap().is_empty());
+}
+
+#[test]
+fn a_recorder_can_move_to_its_thread() {
+    fn is_send<T: Send + 'static>() {}
+    is_send::<Recorder>();
 }
