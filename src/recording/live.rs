@@ -750,3 +750,54 @@ impl RecorderThread {
 
 /// The thumbnail's file name in a recording's folder.
 pub const THUMBNAIL: &str = "thumb.jpg";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packet(seq: u16) -> TapPacket {
+        TapPacket {
+            kind: MediaKind::Video,
+            payload_type: 96,
+            sequence_number: seq,
+            timestamp: 0,
+            marker: false,
+            payload: bytes::Bytes::from_static(b"x"),
+            arrived: Instant::now(),
+        }
+    }
+
+    /// A recorder that falls behind costs the SFU nothing: the tap drops what
+    /// its queue cannot take, counts it, and control messages keep their place
+    /// in the packet stream.
+    #[test]
+    fn a_full_queue_drops_and_counts_and_control_keeps_its_place() {
+        let metrics = RecordingMetrics::register(&Registry::new()).unwrap();
+        let (packets, packets_rx) = mpsc::sync_channel(2);
+        let (control, control_rx) = mpsc::channel();
+        let tap = Tap {
+            packets,
+            control,
+            queued: AtomicU64::new(0),
+            metrics: metrics.clone(),
+        };
+        tap.track_opened(MediaKind::Video, &[]);
+        for seq in 0..5 {
+            tap.packet(packet(seq));
+        }
+        tap.publisher_left();
+        assert_eq!(
+            metrics.dropped_packets.get(),
+            3,
+            "two queued, three dropped"
+        );
+        let got: Vec<u16> = packets_rx.try_iter().map(|p| p.sequence_number).collect();
+        assert_eq!(got, vec![0, 1]);
+        let stamps: Vec<u64> = control_rx.try_iter().map(|(at, _)| at).collect();
+        assert_eq!(
+            stamps,
+            vec![0, 2],
+            "the track before any packet, the leave after both"
+        );
+    }
+}

@@ -357,3 +357,78 @@ both_backends!(
     an_expired_window_refuses_before_the_job_runs,
     thumbnail_and_the_record_field,
 );
+
+/// Which streams are recorded (`[recording]` and the stream's `record`), asked
+/// as the WHIP handler asks before a publisher's session is built; a recording
+/// that never received a packet leaves no recording behind when it finishes.
+async fn which_streams_are_recorded(backend: Backend) {
+    let app = api_app(backend).spawn().await;
+    let rec = &app.state().recordings;
+    let default = app.create_stream("ines", 0).await;
+    let r = app
+        .post(
+            "/v1/streams",
+            Some(&instructor("ines")),
+            json!({"title": "Off", "scheduled_start": "2030-01-31T18:00:00Z",
+                   "price_tokens": 0, "record": false}),
+        )
+        .await;
+    let off = r.body["id"].as_str().unwrap().to_string();
+
+    rec.publisher_starting(&default).await;
+    assert!(
+        rec.is_recording(&default),
+        "business streams are recorded by default"
+    );
+    let folder = rec.folder_of(&default).unwrap();
+    assert!(folder.starts_with(app.state().config.data_dir.join("recordings")));
+    let r = app.get(&format!("/v1/streams/{default}"), None).await;
+    assert_eq!(r.body["recording"]["available"], false, "{}", r.text);
+    rec.publisher_starting(&off).await;
+    assert!(!rec.is_recording(&off), "record: false");
+    rec.publisher_starting("demo").await;
+    assert!(
+        !rec.is_recording("demo"),
+        "other streams need other_streams"
+    );
+
+    // Nothing was ever published: finishing leaves no recording and no folder.
+    assert!(rec.finish(&default).await.is_none());
+    assert!(!folder.exists());
+    let r = app.get(&format!("/v1/streams/{default}"), None).await;
+    assert!(r.body["recording"].is_null(), "{}", r.text);
+    app.shutdown().await;
+
+    let app = api_app(backend)
+        .config(|c| c.recording.other_streams = true)
+        .spawn()
+        .await;
+    let rec = &app.state().recordings;
+    rec.publisher_starting("demo").await;
+    assert!(rec.is_recording("demo"), "other_streams = true");
+    assert!(
+        rec.folder_of("demo")
+            .unwrap()
+            .starts_with(app.state().config.data_dir.join("recordings/other"))
+    );
+    app.shutdown().await;
+
+    // TANDEM_RECORDING__ENABLED=false: nothing, whatever the stream says.
+    let app = api_app(backend)
+        .config(|c| {
+            c.recording.enabled = false;
+            c.recording.other_streams = true;
+        })
+        .spawn()
+        .await;
+    let s = app.create_stream("ines", 0).await;
+    let rec = &app.state().recordings;
+    rec.publisher_starting(&s).await;
+    rec.publisher_starting("demo").await;
+    assert!(!rec.is_recording(&s) && !rec.is_recording("demo"));
+    let r = app.get(&format!("/v1/streams/{s}"), None).await;
+    assert_eq!(r.body["record"], false);
+    app.shutdown().await;
+}
+
+both_backends!(which_streams_are_recorded);
