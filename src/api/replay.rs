@@ -235,8 +235,26 @@ async fn serve_replay_file(
             "no file '{file}' in this recording"
         )));
     }
+    // Playlists change while live and segments grow part by part: nobody caches
+    // them until the recording is finished.
+    let cache = if row.status == StreamStatus::Ended && !file.ends_with(".m3u8") {
+        "private, max-age=3600"
+    } else {
+        "no-cache"
+    };
+    Ok(with_cors(serve_file(&path, req, mime, cache).await))
+}
+
+/// A file of a recording with `Range` support (tower-http's `ServeFile`), its
+/// MIME type and caching as given.
+async fn serve_file(
+    path: &FsPath,
+    req: axum::extract::Request,
+    mime: &'static str,
+    cache: &'static str,
+) -> Response {
     use tower::ServiceExt;
-    let served = match tower_http::services::ServeFile::new(&path)
+    let served = match tower_http::services::ServeFile::new(path)
         .oneshot(req)
         .await
     {
@@ -246,15 +264,8 @@ async fn serve_replay_file(
     let (mut parts, body) = served.into_parts();
     let h = &mut parts.headers;
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(mime));
-    // Playlists change while live and segments grow part by part: nobody caches
-    // them until the recording is finished.
-    let cache = if row.status == StreamStatus::Ended && !file.ends_with(".m3u8") {
-        "private, max-age=3600"
-    } else {
-        "no-cache"
-    };
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
-    Ok(with_cors(Response::from_parts(parts, body)))
+    Response::from_parts(parts, body)
 }
 
 /// Replay files are fetched by players on other origins (the platform's own
@@ -296,23 +307,7 @@ pub async fn thumbnail(
             "no picture of this stream yet: one is taken from a key frame while it is recorded",
         ));
     };
-    use tower::ServiceExt;
-    let served = match tower_http::services::ServeFile::new(&path)
-        .oneshot(req)
-        .await
-    {
-        Ok(r) => r.into_response(),
-        Err(never) => match never {},
-    };
-    let (mut parts, body) = served.into_parts();
-    parts
-        .headers
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("image/jpeg"));
-    parts.headers.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=10"),
-    );
-    Ok(Response::from_parts(parts, body))
+    Ok(serve_file(&path, req, "image/jpeg", "public, max-age=10").await)
 }
 
 #[cfg(test)]

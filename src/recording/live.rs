@@ -277,13 +277,7 @@ impl Recordings {
         };
         let store: Arc<dyn Store> = Arc::new(LocalStore::new(folder.clone())?);
         if kind == Kind::Business {
-            // The path the database keeps: relative to the data directory when
-            // the root is inside it (a moved data directory keeps working).
-            let path = folder
-                .strip_prefix(&inner.config.data_dir)
-                .unwrap_or(&folder)
-                .to_string_lossy()
-                .into_owned();
+            let path = stored_path(&inner.config, &folder);
             let set = sqlx::query(
                 "UPDATE streams SET recording_path = $1, recording_started_at = $2, \
                  recording_finished_at = NULL, recording_duration_ms = NULL, recording_codecs = NULL \
@@ -405,11 +399,7 @@ impl Recordings {
             .await
             .unwrap_or_default();
         for (folder, finished) in repaired {
-            let path = folder
-                .strip_prefix(&self.inner.config.data_dir)
-                .unwrap_or(&folder)
-                .to_string_lossy()
-                .into_owned();
+            let path = stored_path(&self.inner.config, &folder);
             let _ = record_finished(&self.inner.db, &path, &finished).await;
         }
     }
@@ -458,6 +448,17 @@ impl Recordings {
             self.inner.sfu.remove_tap(stream);
         }
     }
+}
+
+/// The path the database keeps for a recording's folder: relative to the data
+/// directory when the root is inside it (a moved data directory keeps working),
+/// absolute otherwise.
+fn stored_path(config: &Config, folder: &Path) -> String {
+    folder
+        .strip_prefix(&config.data_dir)
+        .unwrap_or(folder)
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// Records a finished recording's length and codecs on its stream's row.
@@ -589,12 +590,7 @@ impl RecorderThread {
         inner.metrics.active.dec();
         if let (Ok(None), Kind::Business) = (&result, self.kind) {
             // Nothing was ever recorded (no publisher connected): no recording.
-            let path = self
-                .folder
-                .strip_prefix(&inner.config.data_dir)
-                .unwrap_or(&self.folder)
-                .to_string_lossy()
-                .into_owned();
+            let path = stored_path(&inner.config, &self.folder);
             let db = inner.db.clone();
             let _ = inner.runtime.block_on(async move {
                 sqlx::query(
@@ -610,12 +606,7 @@ impl RecorderThread {
         if let Ok(Some(finished)) = &result {
             tracing::info!(stream = %self.stream, seconds = finished.duration.as_secs_f64(), bytes = finished.bytes, "recording finished");
             if self.kind == Kind::Business {
-                let path = self
-                    .folder
-                    .strip_prefix(&inner.config.data_dir)
-                    .unwrap_or(&self.folder)
-                    .to_string_lossy()
-                    .into_owned();
+                let path = stored_path(&inner.config, &self.folder);
                 let db = inner.db.clone();
                 let finished = finished.clone();
                 // The reply waits for the row: a replay asked right after `end`

@@ -76,6 +76,15 @@ async fn recorded_class(app: &TestApp, rec: &str) -> String {
     s
 }
 
+/// The signed HLS URL ulla (enrolled) gets for stream `s`.
+async fn ullas_hls_url(app: &TestApp, s: &str) -> String {
+    let r = app
+        .get(&format!("/v1/streams/{s}/replay"), Some(&user("ulla")))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    r.body["hls_url"].as_str().unwrap().to_string()
+}
+
 /// The path of `url` on the test server (the client sends it as it is).
 fn path_of(app: &TestApp, url: &str) -> String {
     url.strip_prefix(&app.url(""))
@@ -152,10 +161,7 @@ async fn replay_url_for_the_enrolled_and_the_owner_only(backend: Backend) {
 async fn the_signed_url_opens_that_recordings_files_only(backend: Backend) {
     let app = spawn_api(backend).await;
     let s = recorded_class(&app, "rec_a").await;
-    let r = app
-        .get(&format!("/v1/streams/{s}/replay"), Some(&user("ulla")))
-        .await;
-    let hls = r.body["hls_url"].as_str().unwrap().to_string();
+    let hls = ullas_hls_url(&app, &s).await;
     let base = hls.trim_end_matches("master.m3u8").to_string();
 
     let r = app.http.get(&hls).send().await.unwrap();
@@ -232,10 +238,7 @@ async fn the_url_stops_when_the_replay_window_closes(backend: Backend) {
     let app = spawn_api(backend).await;
     let s = recorded_class(&app, "rec_a").await;
     let folder = app.state().config.data_dir.join("recordings/rec_a");
-    let r = app
-        .get(&format!("/v1/streams/{s}/replay"), Some(&user("ulla")))
-        .await;
-    let hls = r.body["hls_url"].as_str().unwrap().to_string();
+    let hls = ullas_hls_url(&app, &s).await;
     assert_eq!(
         app.http.get(&hls).send().await.unwrap().status(),
         StatusCode::OK
@@ -268,10 +271,7 @@ async fn the_url_stops_when_the_replay_window_closes(backend: Backend) {
 async fn an_expired_window_refuses_before_the_job_runs(backend: Backend) {
     let app = spawn_api(backend).await;
     let s = recorded_class(&app, "rec_a").await;
-    let r = app
-        .get(&format!("/v1/streams/{s}/replay"), Some(&user("ulla")))
-        .await;
-    let hls = r.body["hls_url"].as_str().unwrap().to_string();
+    let hls = ullas_hls_url(&app, &s).await;
     // The window closed a second ago; no job has run yet.
     sqlx::query("UPDATE streams SET replay_expires_at = $1 WHERE id = $2")
         .bind(tandem::api::now_ms() - 1000)

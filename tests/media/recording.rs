@@ -15,52 +15,6 @@ use crate::support::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-/// `ffprobe` of `input` (a URL or a file) as JSON: streams, format, and with
-/// `packets` the video packets' times.
-pub fn ffprobe(input: &str, packets: bool) -> Value {
-    let mut cmd = Command::new("ffprobe");
-    cmd.args([
-        "-v",
-        "error",
-        "-show_streams",
-        "-show_format",
-        "-of",
-        "json",
-    ]);
-    if packets {
-        cmd.args([
-            "-select_streams",
-            "v:0",
-            "-show_entries",
-            "packet=pts_time,flags",
-        ]);
-    }
-    let out = cmd
-        .arg(input)
-        .output()
-        .expect("ffprobe runs (apt install ffmpeg)");
-    assert!(
-        out.status.success(),
-        "ffprobe {input}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("ffprobe JSON")
-}
-
-pub fn stream_of<'a>(probe: &'a Value, kind: &str) -> &'a Value {
-    probe["streams"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["codec_type"] == kind))
-        .unwrap_or_else(|| panic!("a {kind} stream in {probe}"))
-}
-
-pub fn duration_of(probe: &Value) -> f64 {
-    probe["format"]["duration"]
-        .as_str()
-        .and_then(|d| d.parse().ok())
-        .unwrap_or_else(|| panic!("a duration in {}", probe["format"]))
-}
-
 /// Runs the replay page in Chromium (tests/peers/replay.js) and returns its result.
 async fn replay_page(app: &TestApp, stream: &str, token: &str, flags: &[&str]) -> Value {
     let peers = playwright_peers();

@@ -9,30 +9,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::support::*;
-use serde_json::Value;
 use tandem::auth::{Grants, MediaTokens, TokenRequest};
-
-fn ffprobe_file(path: &Path) -> Value {
-    let out = std::process::Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-show_streams",
-            "-show_format",
-            "-of",
-            "json",
-        ])
-        .arg(path)
-        .output()
-        .expect("ffprobe runs (apt install ffmpeg)");
-    assert!(
-        out.status.success(),
-        "ffprobe {}: {}",
-        path.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
 
 /// The one recording folder under `data/recordings/other`.
 fn the_recording(data: &Path) -> Option<PathBuf> {
@@ -122,11 +99,8 @@ async fn after_a_kill_the_recording_plays_up_to_the_last_second() {
         after.contains("#EXT-X-ENDLIST"),
         "repaired at start:\n{after}"
     );
-    let probe = ffprobe_file(&folder.join("index.m3u8"));
-    let duration: f64 = probe["format"]["duration"]
-        .as_str()
-        .and_then(|d| d.parse().ok())
-        .unwrap_or(0.0);
+    let probe = ffprobe(folder.join("index.m3u8").to_str().unwrap(), false);
+    let duration = duration_of(&probe);
     eprintln!(
         "killed after {killed_after:.2} s of media; the repaired recording has {duration:.2} s"
     );
