@@ -638,8 +638,12 @@ pub async fn end(
     // session close (new WHIP is refused as `stream_closed` by access.rs).
     state.sfu.close_stream(&id).await;
     // The recording's last fragment and ENDLIST are on disk, and its length in
-    // the row, before the answer: the replay plays right after `end`.
+    // the row, before the answer: the replay plays right after `end`. The
+    // recorder writes that row with a connection of its own: this one goes back
+    // to the pool meanwhile (a pool of one would otherwise wait on itself).
+    drop(conn);
     state.recordings.finish(&id).await;
+    let mut conn = state.db.pool.acquire().await?;
     let row = load(&mut conn, &id).await?;
     Ok(axum::Json(to_out(&state, &row, now)))
 }
