@@ -184,6 +184,20 @@ async fn a_chromium_class_is_recorded_live_and_replayed_after_the_end() {
         );
     }
 
+    // Ulla watches live from her platform's link; after the end her watch page
+    // offers the replay.
+    let r = app
+        .post(
+            &format!("/v1/streams/{s}/viewer-token"),
+            Some(&user("ulla")),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    browser
+        .open("watch", r.body["watch_url"].as_str().unwrap())
+        .await;
+
     // The end: the replay plays at once.
     let published = live_at.elapsed().as_secs_f64();
     let asked = Instant::now();
@@ -220,6 +234,27 @@ async fn a_chromium_class_is_recorded_live_and_replayed_after_the_end() {
     );
     let said = replay["duration_seconds"].as_f64().unwrap();
     assert!((said - duration).abs() < 0.5, "{said} vs {duration}");
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while browser.eval("watch", "window.tandem.replayOffered").await != Ok(json!(true)) {
+        assert!(
+            Instant::now() < deadline,
+            "the watch page offers the replay within 20 s of the end: {}",
+            browser
+                .eval("watch", "window.tandem.stateText")
+                .await
+                .unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let link = browser
+        .eval("watch", "document.getElementById('replay-link').href")
+        .await
+        .unwrap();
+    assert!(
+        link.as_str().unwrap().ends_with(&format!("/replay/{s}")),
+        "{link}"
+    );
 
     // The replay page plays it and seeks to the middle.
     let vod = replay_page(&app, &s, &user("ulla"), &[]).await;
