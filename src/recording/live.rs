@@ -203,6 +203,15 @@ impl Recordings {
         db: Db,
         registry: &Registry,
     ) -> prometheus::Result<Self> {
+        let ffmpeg = &config.recording.ffmpeg;
+        if config.recording.enabled && !ffmpeg.is_empty() && find_program(ffmpeg).is_none() {
+            // Said once here, not at every thumbnail: recordings work without it.
+            tracing::warn!(
+                ffmpeg = %ffmpeg,
+                "recordings get no thumbnails: ffmpeg was not found (install it, set \
+                 TANDEM_RECORDING__FFMPEG to its path, or set it to \"\" to say no thumbnails)"
+            );
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 root: config.recording_root(),
@@ -448,6 +457,20 @@ impl Recordings {
             self.inner.sfu.remove_tap(stream);
         }
     }
+}
+
+/// `program` as the OS would run it: a path as given, or a name looked up in
+/// `PATH`.
+fn find_program(program: &str) -> Option<PathBuf> {
+    let p = Path::new(program);
+    if p.components().count() > 1 {
+        return p.is_file().then(|| p.to_path_buf());
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(program))
+            .find(|candidate| candidate.is_file())
+    })
 }
 
 /// The path the database keeps for a recording's folder: relative to the data
@@ -761,6 +784,14 @@ mod tests {
     /// A recorder that falls behind costs the SFU nothing: the tap drops what
     /// its queue cannot take, counts it, and control messages keep their place
     /// in the packet stream.
+    #[test]
+    fn programs_are_found_by_path_or_in_path() {
+        assert_eq!(find_program("sh").map(|p| p.is_file()), Some(true));
+        assert_eq!(find_program("/bin/sh"), Some(PathBuf::from("/bin/sh")));
+        assert_eq!(find_program("tandem-no-such-program"), None);
+        assert_eq!(find_program("/nonexistent/ffmpeg"), None);
+    }
+
     #[test]
     fn a_full_queue_drops_and_counts_and_control_keeps_its_place() {
         let metrics = RecordingMetrics::register(&Registry::new()).unwrap();
