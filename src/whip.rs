@@ -67,6 +67,7 @@ fn media_error(err: MediaError) -> AppError {
         MediaError::UnknownSession => {
             AppError::not_found("no such session (ended or never existed)")
         }
+        MediaError::BadLayer(m) => AppError::bad_request(m),
         MediaError::AtCapacity(m) => {
             let mut e = AppError::unavailable(format!("server at capacity: {m}; retry later"));
             e.retry_after_secs = Some(5);

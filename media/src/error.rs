@@ -14,6 +14,10 @@ pub enum MediaError {
     StreamBusy(String),
     #[error("no such session")]
     UnknownSession,
+    /// A `layer` request (WHEP extension) that names no encoding of the stream,
+    /// or not the viewer's video section: nothing changed.
+    #[error("{0}")]
+    BadLayer(String),
     /// A configured limit was reached.
     #[error("at capacity: {0}")]
     AtCapacity(String),

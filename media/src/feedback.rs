@@ -1,4 +1,5 @@
-//! Viewers' feedback: lets their keyframe requests and NACKs through to the SFU
+//! Viewers' feedback: lets their keyframe requests, NACKs and bandwidth
+//! feedback (TWCC, REMB) through to the SFU
 //! (webrtc-rs stops inbound RTCP at the end of its interceptor chain unless an
 //! interceptor marks it), and throttles the keyframe requests sent on to a publisher.
 
@@ -9,12 +10,15 @@ use std::time::{Duration, Instant};
 use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
+use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::sansio::Protocol;
 use rtc::shared::error::Error;
 
-/// Marks compound RTCP packets carrying PLI, FIR or NACK for delivery to the
-/// application; reports and everything else stay with the interceptors.
+/// Marks compound RTCP packets carrying PLI, FIR, NACK, TWCC or REMB for
+/// delivery to the application; reports and everything else stay with the
+/// interceptors.
 #[derive(Default)]
 pub struct ViewerFeedback {
     read_queue: VecDeque<TaggedPacket>,
@@ -27,6 +31,8 @@ pub fn is_sfu_feedback(packet: &dyn rtc::rtcp::Packet) -> bool {
     any.is::<PictureLossIndication>()
         || any.is::<FullIntraRequest>()
         || any.is::<TransportLayerNack>()
+        || any.is::<TransportLayerCc>()
+        || any.is::<ReceiverEstimatedMaximumBitrate>()
 }
 
 impl Protocol<TaggedPacket, TaggedPacket, ()> for ViewerFeedback {

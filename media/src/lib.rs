@@ -4,12 +4,16 @@
 //! Module map, from the leaves up (each module imports only modules above it in
 //! this list, so every import in the crate points one way):
 //! - [`kinds`]: the shared vocabulary: [`SessionKind`], `MediaKind`, `Transport`.
+//! - [`layers`]: simulcast vocabulary: encodings on offer, a viewer's layer request and layer.
 //! - [`config`]: what the SFU needs to know (port, advertised addresses, limits).
 //! - [`error`]: [`MediaError`], what can go wrong with a session request.
 //! - [`metrics`]: Prometheus instruments of the packet path.
 //! - [`tap`]: what a stream's tap (the recorder) is handed: codecs, packets.
+//! - [`codec`]: key frames and picture sizes read from a video payload's first bytes.
 //! - [`stun`]: the few bytes of STUN the demultiplexer reads (USERNAME).
 //! - [`srtp`]: SRTP protection of forwarded RTP, straight into the send buffer.
+//! - [`bwe`]: a viewer's bandwidth estimate (TWCC stamping and feedback into GCC, REMB).
+//! - [`simulcast`]: which encoding a viewer gets: pin, caps, estimate, the timers.
 //! - [`feedback`]: lets viewers' PLI/FIR/NACK through webrtc-rs; throttles keyframe requests.
 //! - [`track`]: stream numbering continuous across publisher reconnects; the NACK cache.
 //! - [`sdp`]: checks offers before any state is made; trickle/restart fragments.
@@ -25,6 +29,8 @@
 //!   crate's `media_core` target; nothing else imports it.
 
 pub mod admission;
+pub mod bwe;
+pub mod codec;
 pub mod config;
 pub mod core;
 pub mod error;
@@ -33,11 +39,13 @@ pub mod feedback;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod kinds;
+pub mod layers;
 pub mod metrics;
 pub mod registry;
 pub mod sdp;
 pub mod session;
 pub mod sfu;
+pub mod simulcast;
 pub mod srtp;
 pub mod stun;
 pub mod tap;
@@ -50,6 +58,7 @@ pub use admission::SessionHolder;
 pub use config::MediaConfig;
 pub use error::MediaError;
 pub use kinds::SessionKind;
+pub use layers::{LayerInfo, LayerRequest, ViewerLayer};
 pub use registry::{PatchOutcome, SessionAnswer, SessionObserver, SessionSummary, StreamSummary};
 pub use sfu::Sfu;
 pub use tap::{StreamTap, TapCodec, TapPacket};

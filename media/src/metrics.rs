@@ -21,6 +21,18 @@ pub struct MediaMetrics {
     pub retransmitted: IntCounter,
     pub dropped: DropCounters,
     pub forwarding_delay: Histogram,
+    /// `tandem_simulcast_viewers{layer}`: viewers per encoding index (0-2), no
+    /// stream label (its cardinality is the operator's stream count).
+    pub layer_viewers: [IntGauge; crate::layers::MAX_ENCODINGS],
+    /// `tandem_simulcast_switches_total{reason}`, indexed by `SwitchReason::index`.
+    pub switches: [IntCounter; 5],
+    /// PLIs sent to a publisher because a viewer waits to switch encodings.
+    pub switch_plis: IntCounter,
+    /// From a switch decided to the new encoding's first packet sent.
+    pub switch_delay: Histogram,
+    /// Viewer bandwidth feedback received: TWCC and REMB.
+    pub twcc: IntCounter,
+    pub remb: IntCounter,
 }
 
 /// `tandem_dropped_packets_total{reason}`; one child per reason.
@@ -95,6 +107,35 @@ impl MediaMetrics {
                 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1,
             ]),
         )?;
+        let layer_viewers = IntGaugeVec::new(
+            Opts::new(
+                "tandem_simulcast_viewers",
+                "Viewers receiving each simulcast encoding, by its index in the publisher's offer",
+            ),
+            &["layer"],
+        )?;
+        let switches = IntCounterVec::new(
+            Opts::new(
+                "tandem_simulcast_switches_total",
+                "Viewers moved from one simulcast encoding to another, by reason",
+            ),
+            &["reason"],
+        )?;
+        let switch_plis = IntCounter::new(
+            "tandem_simulcast_switch_keyframe_requests_total",
+            "Key frame requests (PLI) wanted for a viewer's switch of simulcast encoding",
+        )?;
+        let switch_delay = Histogram::with_opts(
+            HistogramOpts::new(
+                "tandem_simulcast_switch_seconds",
+                "From a switch of simulcast encoding decided to the new encoding's first packet sent",
+            )
+            .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0]),
+        )?;
+        registry.register(Box::new(layer_viewers.clone()))?;
+        registry.register(Box::new(switches.clone()))?;
+        registry.register(Box::new(switch_plis.clone()))?;
+        registry.register(Box::new(switch_delay.clone()))?;
         registry.register(Box::new(streams_live.clone()))?;
         registry.register(Box::new(sessions.clone()))?;
         registry.register(Box::new(packets.clone()))?;
@@ -115,6 +156,8 @@ impl MediaMetrics {
             nacks: feedback.with_label_values(&["nack"]),
             plis: feedback.with_label_values(&["pli"]),
             firs: feedback.with_label_values(&["fir"]),
+            twcc: feedback.with_label_values(&["twcc"]),
+            remb: feedback.with_label_values(&["remb"]),
             plis_sent,
             retransmitted,
             dropped: DropCounters {
@@ -126,6 +169,11 @@ impl MediaMetrics {
                 session_not_ready: dropped.with_label_values(&["session_not_ready"]),
             },
             forwarding_delay,
+            layer_viewers: std::array::from_fn(|i| layer_viewers.with_label_values(&[&i.to_string()])),
+            switches: crate::layers::SwitchReason::ALL
+                .map(|r| switches.with_label_values(&[r.as_str()])),
+            switch_plis,
+            switch_delay,
         })
     }
 }

@@ -16,6 +16,7 @@ use serde::Serialize;
 use crate::admission::Admission;
 use crate::config::MediaConfig;
 use crate::kinds::{SessionKind, Transport};
+use crate::layers::{LayerInfo, MAX_ENCODINGS, ViewerLayerShared};
 use crate::metrics::MediaMetrics;
 use crate::tap::StreamTap;
 use crate::track::Continuity;
@@ -56,6 +57,9 @@ pub struct StreamSummary {
     /// When the stream's media began (its first publisher connected; kept across
     /// a takeover or a reconnect while the stream is held), unix ms.
     pub started_at_ms: Option<i64>,
+    /// The video encodings on offer (one, with an empty rid, without simulcast;
+    /// none before the publisher's video arrives).
+    pub layers: Vec<LayerInfo>,
 }
 
 /// A stream's connected publisher as the operator view shows it.
@@ -135,8 +139,28 @@ pub struct StreamShared {
     /// Connected viewers per worker: who needs this stream's packets.
     pub viewers_on: Vec<AtomicUsize>,
     pub keyframe_wanted: AtomicBool,
-    /// Numbering handed from one publisher to the next.
-    pub continuity: Mutex<Option<[Continuity; 2]>>,
+    /// Numbering handed from one publisher to the next (audio, then video
+    /// per encoding).
+    pub continuity: Mutex<Option<[Continuity; 1 + MAX_ENCODINGS]>>,
+    /// The publisher's simulcast rids in its offer's order (empty: one
+    /// encoding). Set when a publisher's session is built.
+    pub rids: RwLock<Arc<Vec<String>>>,
+    /// Per video encoding (index = position in `rids`; 0 without simulcast).
+    pub encodings: [EncodingShared; MAX_ENCODINGS],
+}
+
+/// One video encoding of a stream as every worker and the handle see it,
+/// written by the publisher's worker (rates once per window, sizes at key frames).
+#[derive(Debug, Default)]
+pub struct EncodingShared {
+    /// Received bits per second over the last rate window.
+    pub bitrate_bps: AtomicU64,
+    pub width: AtomicU32,
+    pub height: AtomicU32,
+    /// Packets arrived within the inactivity window (see `core::machine`).
+    pub active: AtomicBool,
+    /// A viewer waits for this encoding's key frame (its PLI is due).
+    pub keyframe_wanted: AtomicBool,
 }
 
 impl StreamShared {
@@ -156,6 +180,55 @@ impl StreamShared {
             viewers_on: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
             keyframe_wanted: AtomicBool::new(false),
             continuity: Mutex::new(None),
+            rids: RwLock::new(Arc::new(Vec::new())),
+            encodings: Default::default(),
+        }
+    }
+
+    /// The publisher's rids (empty without simulcast).
+    pub fn rids(&self) -> Arc<Vec<String>> {
+        self.rids.read().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// The encodings on offer, in the publisher's order: what the `layers`
+    /// event lists. Empty while no video has arrived.
+    pub fn layers(&self) -> Vec<LayerInfo> {
+        let rids = self.rids();
+        let count = rids.len().clamp(1, MAX_ENCODINGS);
+        let any_video = self.encodings[..count]
+            .iter()
+            .any(|e| e.active.load(Ordering::Acquire) || e.width.load(Ordering::Relaxed) > 0);
+        if !any_video {
+            return Vec::new();
+        }
+        (0..count)
+            .map(|i| {
+                let e = &self.encodings[i];
+                let rid = rids.get(i).cloned().unwrap_or_default();
+                let active = e.active.load(Ordering::Acquire);
+                LayerInfo {
+                    encoding_id: rid.clone(),
+                    rid,
+                    spatial_layer_id: 0,
+                    temporal_layer_id: 0,
+                    bitrate: if active {
+                        e.bitrate_bps.load(Ordering::Relaxed)
+                    } else {
+                        0
+                    },
+                    width: e.width.load(Ordering::Relaxed),
+                    height: e.height.load(Ordering::Relaxed),
+                    active,
+                }
+            })
+            .collect()
+    }
+
+    /// Asks the publisher for a key frame of encoding `encoding` (throttled per
+    /// encoding by its worker).
+    pub fn want_keyframe(&self, encoding: usize) {
+        if let Some(e) = self.encodings.get(encoding) {
+            e.keyframe_wanted.store(true, Ordering::Release);
         }
     }
 
@@ -308,6 +381,10 @@ pub struct SessionEntry {
     pub summary: SessionSummary,
     pub key: u64,
     pub worker: usize,
+    /// A viewer's layer (publishers: `None`).
+    pub layer: Option<Arc<ViewerLayerShared>>,
+    /// The session's stream.
+    pub stream: Arc<StreamShared>,
 }
 
 /// State shared by the HTTP-facing handle and every worker.

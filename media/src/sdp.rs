@@ -16,6 +16,11 @@ pub struct OfferedMedia {
     /// Lower-case codec names from `a=rtpmap`, in offer order.
     pub codecs: Vec<String>,
     pub rejected: bool,
+    /// Position among all the offer's `m=` lines (the WHEP `mediaId`).
+    pub index: usize,
+    /// Simulcast encodings sent (`a=simulcast:send`, in its order; each with
+    /// an `a=rid:… send`). Empty without simulcast.
+    pub rids: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +72,10 @@ pub fn check_offer(sdp: &str, kind: SessionKind) -> Result<CheckedOffer, MediaEr
     let mut bundle_only: Vec<bool> = Vec::new();
     let mut others = 0usize;
     let mut in_other = false;
+    let mut m_lines = 0usize;
+    // Per audio/video section: `a=rid:… send` ids, and the `a=simulcast` send list.
+    let mut rid_lines: Vec<Vec<String>> = Vec::new();
+    let mut simulcast: Vec<Option<Vec<String>>> = Vec::new();
     for (n, raw) in sdp.lines().enumerate() {
         let line = raw.trim_end_matches('\r');
         if line.is_empty() {
@@ -92,6 +101,7 @@ pub fn check_offer(sdp: &str, kind: SessionKind) -> Result<CheckedOffer, MediaEr
                         n + 1
                     )));
                 }
+                m_lines += 1;
                 let kind = match kind {
                     "audio" => Some(MediaKind::Audio),
                     "video" => Some(MediaKind::Video),
@@ -106,7 +116,11 @@ pub fn check_offer(sdp: &str, kind: SessionKind) -> Result<CheckedOffer, MediaEr
                             direction: Direction::SendRecv,
                             codecs: Vec::new(),
                             rejected: port == "0" && !sdp.contains("a=bundle-only"),
+                            index: m_lines - 1,
+                            rids: Vec::new(),
                         });
+                        rid_lines.push(Vec::new());
+                        simulcast.push(None);
                         media_ufrag.push(false);
                         media_pwd.push(false);
                         media_fingerprint.push(false);
@@ -145,6 +159,24 @@ pub fn check_offer(sdp: &str, kind: SessionKind) -> Result<CheckedOffer, MediaEr
                     ("sendonly", Some(i)) => media[i].direction = Direction::SendOnly,
                     ("recvonly", Some(i)) => media[i].direction = Direction::RecvOnly,
                     ("inactive", Some(i)) => media[i].direction = Direction::Inactive,
+                    ("rid", Some(i)) => {
+                        let mut parts = arg.split_whitespace();
+                        let id = parts.next().unwrap_or("");
+                        let dir = parts.next().unwrap_or("");
+                        if !valid_rid(id) || !matches!(dir, "send" | "recv") {
+                            return Err(MediaError::BadSdp(format!(
+                                "line {}: a=rid needs '<id> send|recv' with an id of 1 to 16 \
+                                 letters, digits, '-' or '_' (RFC 8851)",
+                                n + 1
+                            )));
+                        }
+                        if dir == "send" {
+                            rid_lines[i].push(id.to_string());
+                        }
+                    }
+                    ("simulcast", Some(i)) => {
+                        simulcast[i] = Some(simulcast_send_list(n, arg)?);
+                    }
                     ("rtpmap", Some(i)) => {
                         let name = arg
                             .split_whitespace()
@@ -165,6 +197,40 @@ pub fn check_offer(sdp: &str, kind: SessionKind) -> Result<CheckedOffer, MediaEr
             }
             _ => {}
         }
+    }
+    for (i, list) in simulcast.into_iter().enumerate() {
+        let Some(list) = list else { continue };
+        if list.is_empty() {
+            continue;
+        }
+        if media[i].kind != MediaKind::Video {
+            return Err(MediaError::BadSdp(format!(
+                "media section {}: simulcast is for video only",
+                media[i].index + 1
+            )));
+        }
+        if kind == SessionKind::Viewer {
+            return Err(MediaError::BadSdp(
+                "a WHEP offer receives one encoding: send no a=simulcast:send (choose a layer \
+                 with the layer extension instead)"
+                    .into(),
+            ));
+        }
+        if list.len() > crate::layers::MAX_ENCODINGS {
+            return Err(MediaError::BadSdp(format!(
+                "media section {}: {} simulcast encodings offered; tandem takes up to {}",
+                media[i].index + 1,
+                list.len(),
+                crate::layers::MAX_ENCODINGS
+            )));
+        }
+        if let Some(missing) = list.iter().find(|r| !rid_lines[i].contains(r)) {
+            return Err(MediaError::BadSdp(format!(
+                "media section {}: a=simulcast names rid '{missing}' without an 'a=rid:{missing} send'",
+                media[i].index + 1
+            )));
+        }
+        media[i].rids = list;
     }
     if media.is_empty() {
         return Err(if others > 0 {
@@ -227,6 +293,48 @@ pub fn check_offer(sdp: &str, kind: SessionKind) -> Result<CheckedOffer, MediaEr
         )));
     }
     Ok(CheckedOffer { media })
+}
+
+/// A rid (RFC 8851 §10: `rid-id = 1*(alpha-numeric / "-" / "_")`), at most 16
+/// characters here (browsers use one).
+fn valid_rid(id: &str) -> bool {
+    (1..=16).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The send list of `a=simulcast:send q;h;f` (RFC 8853): rids in order; `~`
+/// (paused at start) is accepted and the rid kept; alternatives (`a,b`) keep
+/// their first. An `a=simulcast` with only `recv` gives an empty list.
+fn simulcast_send_list(line: usize, arg: &str) -> Result<Vec<String>, MediaError> {
+    let mut parts = arg.split_whitespace();
+    let mut out = Vec::new();
+    while let Some(dir) = parts.next() {
+        let list = parts.next().ok_or_else(|| {
+            MediaError::BadSdp(format!(
+                "line {}: a=simulcast needs 'send <rid>;<rid>…'",
+                line + 1
+            ))
+        })?;
+        if dir != "send" {
+            continue;
+        }
+        for alt in list.split(';') {
+            let first = alt.split(',').next().unwrap_or("").trim_start_matches('~');
+            if !valid_rid(first) {
+                return Err(MediaError::BadSdp(format!(
+                    "line {}: a=simulcast lists '{}', not a rid",
+                    line + 1,
+                    truncate(alt, 20)
+                )));
+            }
+            if !out.iter().any(|r| r == first) {
+                out.push(first.to_string());
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// `a=ice-ufrag` / `a=ice-pwd`: RFC 8839 §5.4 asks for 4 (ufrag) or 22 (pwd) to

@@ -31,11 +31,15 @@ use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 
 use crate::admission::SessionSlot;
+use crate::bwe::Bwe;
+use crate::codec::VideoCodec;
 use crate::error::MediaError;
 use crate::kinds::{MediaKind, SessionKind, Transport};
+use crate::layers::{MAX_ENCODINGS, NO_ENCODING, SwitchReason, ViewerLayerShared};
 use crate::registry::StreamShared;
 use crate::sdp::CheckedOffer;
 use crate::srtp::{SrtpIndex, SrtpSender};
+use crate::simulcast::{Preference, Selector};
 use crate::tap::StreamTap;
 use crate::track::Continuity;
 
@@ -72,6 +76,16 @@ pub struct PublisherTrack {
     pub kind: MediaKind,
     pub receiver: RTCRtpReceiverId,
     pub media_ssrc: u32,
+}
+
+/// One video encoding a publisher sends (the only one without simulcast).
+pub struct PublisherEncoding {
+    pub ssrc: u32,
+    pub receiver: RTCRtpReceiverId,
+    /// Received payload bytes, turned into the encoding's rate by the tick.
+    pub rate: RateMeter,
+    pub last_packet: Instant,
+    pub keyframes: crate::feedback::KeyframeThrottle,
 }
 
 pub struct Session {
@@ -116,8 +130,13 @@ pub enum Role {
 /// A publisher: its incoming tracks and the stream numbering it writes.
 pub struct Publisher {
     pub tracks: HashMap<String, PublisherTrack>,
-    /// This publisher's numbering mapped to the stream's (handed on at reconnect).
-    pub continuity: [Continuity; 2],
+    /// Video encodings by index (the rid's place in the offer; 0 without simulcast).
+    pub encodings: [Option<PublisherEncoding>; MAX_ENCODINGS],
+    /// The video codec by the publisher's payload type (key-frame detection).
+    pub video_codecs: [Option<VideoCodec>; 128],
+    /// This publisher's numbering mapped to the stream's (handed on at
+    /// reconnect): audio, then video per encoding.
+    pub continuity: [Continuity; 1 + MAX_ENCODINGS],
     /// The stream's publisher generation (payload types are cached per epoch).
     pub epoch: u32,
     pub keyframes: crate::feedback::KeyframeThrottle,
@@ -126,6 +145,9 @@ pub struct Publisher {
     /// The stream's tap (a recorder), as of `tap_generation` of the registry.
     pub tap: Option<Arc<dyn StreamTap>>,
     pub tap_generation: u64,
+    /// The video encoding the tap records (with simulcast: `f` if offered,
+    /// else the last rid; browsers list them low to high).
+    pub tap_encoding: u8,
 }
 
 /// A publisher's received bytes and the window they are measured over: plain
@@ -160,9 +182,60 @@ impl RateMeter {
     }
 }
 
+/// A viewer's video as simulcast sees it: the encoding forwarded, the one
+/// being switched to, and how the encoding's numbering maps to the viewer's
+/// single SSRC (continuous across switches).
+pub struct ViewerVideo {
+    /// The encoding forwarded ([`NO_ENCODING`] before the first packet).
+    pub current: u8,
+    /// The encoding wanted; a switch happens at its next key frame.
+    pub target: u8,
+    /// Why and since when the switch to `target` is waiting.
+    pub switch: Option<(Instant, SwitchReason)>,
+    pub pref: Preference,
+    /// Viewer sequence = encoding sequence + `seq_offset` (and timestamps alike).
+    pub seq_offset: u16,
+    pub ts_offset: u32,
+    /// The mapping before the last switch, for NACKs of packets sent before it:
+    /// (encoding, seq offset, ts offset, first viewer sequence after the switch).
+    pub before: Option<(u8, u16, u32, u16)>,
+    /// The last packet sent: viewer sequence and timestamp, and when.
+    pub last_out: Option<(u16, u32, Instant)>,
+    pub selector: Selector,
+    /// When the encoding is next reconsidered.
+    pub next_decision: Instant,
+    /// With simulcast and a negotiated `transport-cc`: the bandwidth estimate.
+    pub bwe: Option<Box<Bwe>>,
+    /// The `transport-cc` extension id of the viewer's answer (0: none).
+    pub twcc_ext: u8,
+    /// What the HTTP side reads.
+    pub shared: Arc<ViewerLayerShared>,
+}
+
+impl ViewerVideo {
+    pub fn new(now: Instant, twcc_ext: u8, shared: Arc<ViewerLayerShared>) -> Self {
+        Self {
+            current: NO_ENCODING,
+            target: NO_ENCODING,
+            switch: None,
+            pref: Preference::default(),
+            seq_offset: 0,
+            ts_offset: 0,
+            before: None,
+            last_out: None,
+            selector: Selector::new(now),
+            next_decision: now,
+            bwe: None,
+            twcc_ext,
+            shared,
+        }
+    }
+}
+
 /// A viewer: its outgoing tracks and where forwarded RTP goes.
 pub struct Viewer {
     pub tracks: [Option<ViewerTrack>; 2],
+    pub video: ViewerVideo,
     /// In the stream's fan-out on this worker.
     pub forwarding: bool,
     /// Once DTLS is done: protects forwarded RTP (see `crate::srtp`).
@@ -171,6 +244,27 @@ pub struct Viewer {
     /// session is serviced.
     pub media_dest: Option<(SocketAddr, Transport)>,
     pub next_sender_report: Instant,
+}
+
+/// The transport-wide congestion control header extension (draft-holmer-rmcat).
+pub const TRANSPORT_CC_URI: &str =
+    "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
+
+/// The id an SDP gives `uri` in an `a=extmap` line of its video section (0: none).
+pub fn video_extmap_id(sdp: &str, uri: &str) -> u8 {
+    let mut in_video = false;
+    for line in sdp.lines().map(|l| l.trim_end_matches('\r')) {
+        if let Some(m) = line.strip_prefix("m=") {
+            in_video = m.starts_with("video");
+        } else if in_video && let Some(rest) = line.strip_prefix("a=extmap:") {
+            let mut parts = rest.split_whitespace();
+            let id = parts.next().unwrap_or("").split('/').next().unwrap_or("");
+            if parts.next() == Some(uri) {
+                return id.parse().unwrap_or(0);
+            }
+        }
+    }
+    0
 }
 
 /// The RTP/RTCP pipeline of a session.
@@ -201,6 +295,25 @@ fn interceptors(kind: SessionKind, engine: &mut MediaEngine) -> Result<Registry,
             configure_twcc_receiver_only(registry, engine).map_err(internal)?
         }
         SessionKind::Viewer => {
+            // Negotiated so that a viewer of a simulcast stream reports what
+            // arrives (TWCC); the SFU stamps the sequence numbers itself
+            // (`crate::bwe`), so no sender interceptor is configured.
+            engine
+                .register_header_extension(
+                    rtc::rtp_transceiver::rtp_sender::RTCRtpHeaderExtensionCapability {
+                        uri: TRANSPORT_CC_URI.to_owned(),
+                    },
+                    RtpCodecKind::Video,
+                    None,
+                )
+                .map_err(internal)?;
+            engine.register_feedback(
+                RTCPFeedback {
+                    typ: "transport-cc".into(),
+                    parameter: String::new(),
+                },
+                RtpCodecKind::Video,
+            );
             Registry::new()
                 // Marks inbound PLI/FIR/NACK for the application.
                 .with(
@@ -365,6 +478,10 @@ pub struct Built {
     pub answer: String,
     pub local_ufrag: String,
     pub viewer_tracks: [Option<ViewerTrack>; 2],
+    /// The m-line index of the offer's (first) video section.
+    pub video_media_id: Option<usize>,
+    /// The `transport-cc` extension id the answer negotiated for video (0: none).
+    pub twcc_ext: u8,
 }
 
 fn pc_error(what: &str) -> impl Fn(rtc::shared::error::Error) -> MediaError + '_ {
@@ -550,11 +667,20 @@ pub fn build(params: BuildParams<'_>) -> Result<Built, MediaError> {
     let local_ufrag = crate::sdp::attribute(&answer, "ice-ufrag")
         .ok_or_else(|| MediaError::Internal("answer without ice-ufrag".into()))?
         .to_string();
+    let video_media_id = params
+        .offer
+        .media
+        .iter()
+        .find(|m| m.kind == MediaKind::Video && !m.rejected)
+        .map(|m| m.index);
+    let twcc_ext = video_extmap_id(&answer, TRANSPORT_CC_URI);
     Ok(Built {
         pc,
         answer,
         local_ufrag,
         viewer_tracks,
+        video_media_id,
+        twcc_ext,
     })
 }
 

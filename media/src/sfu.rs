@@ -14,6 +14,7 @@ use crate::core::NewSession;
 use crate::core::machine::REPLACED;
 use crate::error::MediaError;
 use crate::kinds::SessionKind;
+use crate::layers::{LayerInfo, LayerRequest, NO_ENCODING, ViewerLayer};
 use crate::metrics::MediaMetrics;
 pub use crate::registry::SessionObserver;
 use crate::registry::{
@@ -392,6 +393,64 @@ impl Sfu {
         }
     }
 
+    /// The WHEP `layer` extension: pins viewer `session` to an encoding, caps
+    /// its automatic choice, or (`{}`) returns it to automatic selection.
+    /// `BadLayer` (nothing changed) for an unknown rid or mediaId, a publisher's
+    /// session, or a request no encoding can satisfy.
+    pub async fn select_layer(
+        &self,
+        session: &str,
+        request: LayerRequest,
+    ) -> Result<(), MediaError> {
+        let (key, worker) = self.route(session)?;
+        let (reply, rx) = oneshot::channel();
+        self.shared.workers[worker]
+            .control
+            .send(Control::Layer {
+                key,
+                request,
+                reply,
+            })
+            .map_err(|_| MediaError::ShuttingDown)?;
+        rx.await.unwrap_or(Err(MediaError::UnknownSession))
+    }
+
+    /// Viewer `session`'s layer now (the SSE extension, the watch page); `None`
+    /// for no such session or a publisher's.
+    pub fn viewer_layer(&self, session: &str) -> Option<ViewerLayer> {
+        let entry = self.shared.registry.sessions.get(session)?;
+        let shared = entry.layer.as_ref()?;
+        let rids = entry.stream.rids();
+        let name = |i: u8| -> Option<String> {
+            if i == NO_ENCODING {
+                None
+            } else {
+                Some(rids.get(i as usize).cloned().unwrap_or_default())
+            }
+        };
+        let current = shared.current.load(Ordering::Acquire);
+        let target = shared.target.load(Ordering::Acquire);
+        let media_id = shared.video_media_id.load(Ordering::Relaxed);
+        Some(ViewerLayer {
+            rid: name(current),
+            switching_to: if target != current { name(target) } else { None },
+            pinned: shared.pinned.load(Ordering::Acquire),
+            estimate_bps: shared.estimate_bps.load(Ordering::Relaxed),
+            media_id: (media_id != u32::MAX).then(|| media_id.to_string()),
+        })
+    }
+
+    /// The video encodings of `stream` on offer (empty: no such stream, or no
+    /// video yet).
+    pub fn layers(&self, stream: &str) -> Vec<LayerInfo> {
+        self.shared
+            .registry
+            .streams
+            .get(stream)
+            .map(|s| s.layers())
+            .unwrap_or_default()
+    }
+
     pub fn stream(&self, name: &str) -> Option<StreamSummary> {
         self.shared.registry.streams.get(name).map(|s| summary(&s))
     }
@@ -444,6 +503,7 @@ fn summary(s: &StreamShared) -> StreamSummary {
         viewers: s.viewers.load(Ordering::Acquire),
         publisher: s.publisher_status(),
         started_at_ms: (started > 0).then_some(started),
+        layers: s.layers(),
     }
 }
 

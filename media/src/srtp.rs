@@ -191,12 +191,36 @@ impl SrtpSender {
         payload: &[u8],
         out: &mut BytesMut,
     ) -> Result<(), SrtpError> {
+        self.protect_with(index, header, None, payload, out)
+    }
+
+    /// [`SrtpSender::protect`], with a transport-wide sequence number
+    /// (`transport-cc`, as extension `id`) written into a one-byte header
+    /// extension block (RFC 8285 §4.2) when `twcc` is given. `header` must carry
+    /// no extension of its own (forwarded headers never do).
+    pub fn protect_with(
+        &mut self,
+        index: &mut SrtpIndex,
+        header: &rtc::rtp::header::Header,
+        twcc: Option<(u8, u16)>,
+        payload: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<(), SrtpError> {
         let start = out.len();
-        let header_len = header.marshal_size();
+        let mut header_len = header.marshal_size();
         out.resize(start + header_len, 0);
         header
             .marshal_to(&mut out[start..])
             .map_err(|e| SrtpError::Header(e.to_string()))?;
+        if let Some((id, seq)) = twcc
+            && !header.extension
+            && (1..=14).contains(&id)
+        {
+            out[start] |= 0x10;
+            let [hi, lo] = seq.to_be_bytes();
+            out.extend_from_slice(&[0xbe, 0xde, 0x00, 0x01, (id << 4) | 1, hi, lo, 0x00]);
+            header_len += 8;
+        }
         out.extend_from_slice(payload);
         let packet_index = index.next(header.sequence_number);
         let roc = (packet_index >> 16) as u32;
@@ -330,6 +354,36 @@ mod tests {
                 assert_eq!(&out[..], &expected[..], "{profile:?} seq {seq}");
             }
         }
+    }
+
+    #[test]
+    fn a_transport_wide_sequence_number_is_written_as_webrtc_rs_would() {
+        use rtc::rtp::header::{EXTENSION_PROFILE_ONE_BYTE, Extension};
+        let crypto = provider().unwrap().crypto();
+        let profile = ProtectionProfile::AeadAes128Gcm;
+        let k = keying(profile);
+        let mut reference =
+            Context::new(&k.master_key, &k.master_salt, profile, None, None, crypto).unwrap();
+        let mut ours = SrtpSender::new(&k).unwrap();
+        let mut index = SrtpIndex::default();
+        let payload = [7u8; 300];
+        let h = header(100, 9000);
+        let mut with_ext = h.clone();
+        with_ext.extension = true;
+        with_ext.extension_profile = EXTENSION_PROFILE_ONE_BYTE;
+        with_ext.extensions = vec![Extension {
+            id: 5,
+            payload: bytes::Bytes::from_static(&[0x12, 0x34]),
+        }];
+        let mut plain = BytesMut::new();
+        plain.resize(with_ext.marshal_size(), 0);
+        with_ext.marshal_to(&mut plain[..]).unwrap();
+        plain.extend_from_slice(&payload);
+        let expected = reference.encrypt_rtp_with_header(&plain, &with_ext).unwrap();
+        let mut out = BytesMut::new();
+        ours.protect_with(&mut index, &h, Some((5, 0x1234)), &payload, &mut out)
+            .unwrap();
+        assert_eq!(&out[..], &expected[..]);
     }
 
     #[test]

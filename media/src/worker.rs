@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::core::{Core, Egress, Event, Forward, NewSession, TcpDrop};
 use crate::error::MediaError;
 use crate::kinds::Transport;
+use crate::layers::LayerRequest;
 use crate::registry::{PatchOutcome, Registry, SessionAnswer};
 use crate::sdp::IceFragment;
 use crate::udp::{BATCH, SendBatch};
@@ -37,6 +38,12 @@ pub(crate) enum Control {
         /// Logged; `core::machine::REPLACED` marks a publisher takeover.
         reason: &'static str,
         reply: Option<oneshot::Sender<Result<(), MediaError>>>,
+    },
+    /// The WHEP `layer` extension for a viewer.
+    Layer {
+        key: u64,
+        request: LayerRequest,
+        reply: oneshot::Sender<Result<(), MediaError>>,
     },
     /// Sessions that ended elsewhere: stop routing these addresses there.
     Forget {
@@ -213,6 +220,13 @@ impl Shell {
                 if let Some(reply) = reply {
                     let _ = reply.send(result);
                 }
+            }
+            Control::Layer {
+                key,
+                request,
+                reply,
+            } => {
+                let _ = reply.send(core.select_layer(Instant::now(), key, request, out));
             }
             Control::Forget { addrs } => core.forget(&addrs),
             Control::Shutdown { reply } => {

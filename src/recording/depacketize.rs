@@ -17,12 +17,15 @@
 //!   next complete key frame (counted, and a key frame is asked for).
 //! - [`video_info`]: width/height and codec configuration from a key frame.
 //!
-//! Imports only the media crate's tap vocabulary.
+//! Imports only the media crate's tap vocabulary and its bit reader and SPS
+//! parser (`tandem_media::codec`, which the SFU uses to size simulcast layers).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tandem_media::codec::BitReader;
+pub use tandem_media::codec::h264_sps_size;
 use tandem_media::kinds::MediaKind;
 use tandem_media::tap::TapPacket;
 
@@ -621,98 +624,6 @@ pub fn avcc_nals(data: &[u8]) -> impl Iterator<Item = &[u8]> {
     })
 }
 
-/// Width and height from an H.264 SPS NAL unit (with its header byte).
-pub fn h264_sps_size(sps: &[u8]) -> Option<(u32, u32)> {
-    // Remove emulation prevention bytes (00 00 03).
-    let mut rbsp = Vec::with_capacity(sps.len());
-    let mut zeros = 0;
-    for &b in sps.get(1..)? {
-        if zeros >= 2 && b == 3 {
-            zeros = 0;
-            continue;
-        }
-        zeros = if b == 0 { zeros + 1 } else { 0 };
-        rbsp.push(b);
-    }
-    let mut r = BitReader::new(&rbsp);
-    let profile = r.bits(8)?;
-    r.bits(16)?; // constraint flags, level
-    r.ue()?; // sps id
-    let mut chroma_format = 1;
-    if matches!(
-        profile,
-        100 | 110 | 122 | 244 | 44 | 83 | 86 | 118 | 128 | 138 | 139 | 134 | 135
-    ) {
-        chroma_format = r.ue()?;
-        if chroma_format == 3 {
-            r.bits(1)?;
-        }
-        r.ue()?;
-        r.ue()?;
-        r.bits(1)?;
-        if r.bits(1)? == 1 {
-            let lists = if chroma_format != 3 { 8 } else { 12 };
-            for i in 0..lists {
-                if r.bits(1)? == 1 {
-                    let size = if i < 6 { 16 } else { 64 };
-                    let (mut last, mut next) = (8i64, 8i64);
-                    for _ in 0..size {
-                        if next != 0 {
-                            next = (last + r.se()? + 256) % 256;
-                        }
-                        last = if next == 0 { last } else { next };
-                    }
-                }
-            }
-        }
-    }
-    r.ue()?; // log2_max_frame_num_minus4
-    match r.ue()? {
-        0 => {
-            r.ue()?;
-        }
-        1 => {
-            r.bits(1)?;
-            r.se()?;
-            r.se()?;
-            let n = r.ue()?;
-            if n > 255 {
-                return None;
-            }
-            for _ in 0..n {
-                r.se()?;
-            }
-        }
-        _ => {}
-    }
-    r.ue()?; // max_num_ref_frames
-    r.bits(1)?;
-    let w_mbs = r.ue()? + 1;
-    let h_units = r.ue()? + 1;
-    let frame_mbs_only = r.bits(1)?;
-    if frame_mbs_only == 0 {
-        r.bits(1)?;
-    }
-    r.bits(1)?; // direct_8x8_inference
-    let (mut cl, mut cr, mut ct, mut cb) = (0, 0, 0, 0);
-    if r.bits(1)? == 1 {
-        cl = r.ue()?;
-        cr = r.ue()?;
-        ct = r.ue()?;
-        cb = r.ue()?;
-    }
-    let (sub_w, sub_h) = match chroma_format {
-        1 => (2, 2),
-        2 => (2, 1),
-        _ => (1, 1),
-    };
-    let crop_x = if chroma_format == 0 { 1 } else { sub_w };
-    let crop_y = (if chroma_format == 0 { 1 } else { sub_h }) * (2 - frame_mbs_only);
-    let width = (w_mbs * 16).checked_sub((cl + cr) * crop_x)?;
-    let height = (h_units * 16 * (2 - frame_mbs_only)).checked_sub((ct + cb) * crop_y)?;
-    (width > 0 && height > 0 && width <= 16384 && height <= 16384).then_some((width, height))
-}
-
 // ---------------------------------------------------------------- AV1
 
 fn leb128(data: &[u8]) -> Option<(u64, usize)> {
@@ -1091,62 +1002,6 @@ pub fn video_info(codec: Codec, data: &[u8]) -> Option<VideoInfo> {
     })
 }
 
-// ---------------------------------------------------------------- bits
-
-/// An MSB-first bit reader that answers `None` past the end.
-struct BitReader<'a> {
-    data: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> BitReader<'a> {
-    fn new(data: &'a [u8]) -> Self {
-        BitReader { data, pos: 0 }
-    }
-
-    fn bits(&mut self, n: u32) -> Option<u32> {
-        if n > 32 {
-            return None;
-        }
-        let mut v: u64 = 0;
-        for _ in 0..n {
-            let byte = *self.data.get(self.pos / 8)?;
-            let bit = (byte >> (7 - (self.pos % 8))) & 1;
-            v = (v << 1) | u64::from(bit);
-            self.pos += 1;
-        }
-        u32::try_from(v).ok()
-    }
-
-    fn ue(&mut self) -> Option<u32> {
-        let mut zeros = 0;
-        while self.bits(1)? == 0 {
-            zeros += 1;
-            if zeros > 31 {
-                return None;
-            }
-        }
-        let rest = self.bits(zeros)?;
-        u32::try_from((1u64 << zeros) - 1 + u64::from(rest)).ok()
-    }
-
-    fn se(&mut self) -> Option<i64> {
-        let k = i64::from(self.ue()?);
-        Some(if k % 2 == 1 { (k + 1) / 2 } else { -(k / 2) })
-    }
-
-    fn uvlc(&mut self) -> Option<u32> {
-        let mut zeros = 0;
-        while self.bits(1)? == 0 {
-            zeros += 1;
-            if zeros >= 32 {
-                return None;
-            }
-        }
-        let rest = self.bits(zeros)?;
-        u32::try_from((1u64 << zeros) - 1 + u64::from(rest)).ok()
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -16,6 +16,10 @@ pub struct Forward {
     pub stream: u64,
     pub epoch: u32,
     pub kind: MediaKind,
+    /// The video encoding (simulcast index; 0 without simulcast, and for audio).
+    pub encoding: u8,
+    /// The packet starts a key frame (a viewer may switch encodings here).
+    pub keyframe: bool,
     pub packet: rtc::rtp::Packet,
     /// When the publisher's datagram was read: what the 150 ms age limit between
     /// workers counts from.
@@ -29,6 +33,8 @@ impl Forward {
             stream: self.stream,
             epoch: self.epoch,
             kind: self.kind,
+            encoding: self.encoding,
+            keyframe: self.keyframe,
             packet: self.packet.clone(),
             arrived: self.arrived,
         }

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::BytesMut;
@@ -17,9 +18,12 @@ use rtc::shared::time::SystemInstant;
 
 use super::egress::{Egress, Forward, TcpDrop};
 use crate::kinds::{MediaKind, Transport};
+use crate::layers::{MAX_ENCODINGS, NO_ENCODING};
 use crate::metrics::MediaMetrics;
 use crate::registry::{StreamShared, log_id};
-use crate::session::{self, PT_UNKNOWN, PT_UNSUPPORTED, Role, Session, Viewer, ViewerTrack};
+use crate::session::{
+    self, PT_UNKNOWN, PT_UNSUPPORTED, Role, Session, Viewer, ViewerTrack, ViewerVideo,
+};
 use crate::srtp::{SrtpIndex, SrtpSender};
 use crate::track::RetransmitCache;
 
@@ -29,8 +33,9 @@ pub const RETRANSMIT_CACHE: usize = 512;
 /// A stream as one worker serves it.
 pub struct LocalStream {
     pub shared: Arc<StreamShared>,
-    /// Recent audio and video packets, for viewers' NACKs.
-    pub caches: [RetransmitCache; 2],
+    /// Recent packets for viewers' NACKs: audio, then video per encoding
+    /// (see [`cache_slot`]).
+    pub caches: [RetransmitCache; 1 + MAX_ENCODINGS],
     /// Connected viewers on this worker, in fan-out order.
     pub viewers: Vec<u64>,
     /// Sessions of this stream on this worker (publisher and viewers).
@@ -41,14 +46,74 @@ impl LocalStream {
     pub fn new(shared: Arc<StreamShared>) -> Self {
         Self {
             shared,
-            caches: [
-                RetransmitCache::new(RETRANSMIT_CACHE),
-                RetransmitCache::new(RETRANSMIT_CACHE),
-            ],
+            caches: std::array::from_fn(|_| RetransmitCache::new(RETRANSMIT_CACHE)),
             viewers: Vec::new(),
             sessions: 0,
         }
     }
+}
+
+/// The retransmission cache of a kind and encoding: audio 0, video 1 + encoding.
+pub fn cache_slot(kind: MediaKind, encoding: u8) -> usize {
+    match kind {
+        MediaKind::Audio => 0,
+        MediaKind::Video => 1 + (encoding as usize).min(MAX_ENCODINGS - 1),
+    }
+}
+
+/// What a viewer does with a video packet of `encoding`: `None` drops it (not
+/// the viewer's encoding, or not the key frame a switch waits for); otherwise
+/// the viewer's (sequence, timestamp) for it. A switch happens here, at the
+/// first packet of the target encoding's key frame: the viewer's numbering
+/// continues from its last packet, its timestamps advance by the wall time
+/// since (encodings need not share a timestamp base).
+pub fn map_video(
+    video: &mut ViewerVideo,
+    encoding: u8,
+    keyframe: bool,
+    seq: u16,
+    ts: u32,
+    now: Instant,
+    metrics: &MediaMetrics,
+) -> Option<(u16, u32)> {
+    if encoding != video.current {
+        if encoding != video.target || !keyframe {
+            return None;
+        }
+        let (seq_offset, ts_offset) = match video.last_out {
+            Some((last_seq, last_ts, at)) => {
+                let gap = (now.saturating_duration_since(at).as_secs_f64() * 90_000.0) as u32;
+                (
+                    last_seq.wrapping_add(1).wrapping_sub(seq),
+                    last_ts.wrapping_add(gap.max(1)).wrapping_sub(ts),
+                )
+            }
+            None => (0, 0),
+        };
+        if video.current != NO_ENCODING {
+            let first_after = seq.wrapping_add(seq_offset);
+            video.before = Some((video.current, video.seq_offset, video.ts_offset, first_after));
+            metrics.layer_viewers[video.current as usize].dec();
+        }
+        metrics.layer_viewers[(encoding as usize).min(MAX_ENCODINGS - 1)].inc();
+        video.current = encoding;
+        video.seq_offset = seq_offset;
+        video.ts_offset = ts_offset;
+        if let Some((decided, reason)) = video.switch.take() {
+            metrics.switches[reason.index()].inc();
+            metrics
+                .switch_delay
+                .observe(now.saturating_duration_since(decided).as_secs_f64());
+        }
+        video.shared.current.store(encoding, Ordering::Release);
+        video.shared.version.fetch_add(1, Ordering::AcqRel);
+    }
+    let out = (
+        seq.wrapping_add(video.seq_offset),
+        ts.wrapping_add(video.ts_offset),
+    );
+    video.last_out = Some((out.0, out.1, now));
+    Some(out)
 }
 
 /// One packet to every connected viewer of its stream on this worker: the
@@ -65,8 +130,13 @@ pub fn fanout(
         return;
     }
     let slot = forward.kind.index();
-    ls.caches[slot].insert(&forward.packet);
+    ls.caches[cache_slot(forward.kind, forward.encoding)].insert(&forward.packet);
     let ls = &*ls;
+    let video = forward.kind == MediaKind::Video;
+    let (seq_in, ts_in) = (
+        forward.packet.header.sequence_number,
+        forward.packet.header.timestamp,
+    );
     let pt_in = (forward.packet.header.payload_type & 0x7f) as usize;
     let payload = &forward.packet.payload[..];
     // One header, rewritten per viewer in place (SSRC, payload type).
@@ -85,11 +155,31 @@ pub fn fanout(
             tracks,
             srtp,
             media_dest,
+            video: viewer_video,
             ..
         } = viewer;
         let Some(track) = tracks[slot].as_mut() else {
             continue;
         };
+        let mut twcc = None;
+        if video {
+            let Some((seq, ts)) = map_video(
+                viewer_video,
+                forward.encoding,
+                forward.keyframe,
+                seq_in,
+                ts_in,
+                now,
+                metrics,
+            ) else {
+                continue;
+            };
+            header.sequence_number = seq;
+            header.timestamp = ts;
+            if let Some(bwe) = viewer_video.bwe.as_deref_mut() {
+                twcc = Some((bwe.ext_id(), bwe.stamp(now, payload.len() + 40)));
+            }
+        }
         if track.epoch != forward.epoch {
             track.pt_map = [PT_UNKNOWN; 128];
             track.epoch = forward.epoch;
@@ -114,6 +204,7 @@ pub fn fanout(
             dest,
             &mut track.srtp_index,
             &header,
+            twcc,
             payload,
             metrics,
             out,
@@ -140,7 +231,7 @@ pub fn fanout(
 /// repeated is answered again, as long as the packet is in the cache.
 pub fn retransmit(
     viewer: &mut Viewer,
-    caches: &[RetransmitCache; 2],
+    caches: &[RetransmitCache; 1 + MAX_ENCODINGS],
     nacks: &[TransportLayerNack],
     metrics: &MediaMetrics,
     out: &mut impl Egress,
@@ -149,6 +240,7 @@ pub fn retransmit(
         tracks,
         srtp,
         media_dest,
+        video,
         ..
     } = viewer;
     let (Some(srtp), Some(dest)) = (srtp.as_mut(), *media_dest) else {
@@ -166,7 +258,28 @@ pub fn retransmit(
         };
         for pair in &nack.nacks {
             for seq in pair.packet_list() {
-                let Some(cached) = caches[slot].get(seq) else {
+                // The viewer's sequence back to the encoding's: audio and
+                // single-encoding video map one to one.
+                let (cache, seq_in, ts_offset) = if slot == MediaKind::Video.index() {
+                    if video.current == NO_ENCODING {
+                        continue;
+                    }
+                    match video.before {
+                        Some((enc, seq_off, ts_off, first_after))
+                            if seq.wrapping_sub(first_after) >= 0x8000 =>
+                        {
+                            (cache_slot(MediaKind::Video, enc), seq.wrapping_sub(seq_off), ts_off)
+                        }
+                        _ => (
+                            cache_slot(MediaKind::Video, video.current),
+                            seq.wrapping_sub(video.seq_offset),
+                            video.ts_offset,
+                        ),
+                    }
+                } else {
+                    (0, seq, 0)
+                };
+                let Some(cached) = caches[cache].get(seq_in) else {
                     continue;
                 };
                 let pt = track.pt_map[(cached.header.payload_type & 0x7f) as usize];
@@ -176,11 +289,14 @@ pub fn retransmit(
                 let mut header = cached.header.clone();
                 header.ssrc = track.ssrc;
                 header.payload_type = pt;
+                header.sequence_number = seq;
+                header.timestamp = header.timestamp.wrapping_add(ts_offset);
                 if send_protected(
                     srtp,
                     dest,
                     &mut track.srtp_index,
                     &header,
+                    None,
                     &cached.payload,
                     metrics,
                     out,
@@ -232,14 +348,15 @@ pub fn send_protected(
     (to, transport): (std::net::SocketAddr, Transport),
     index: &mut SrtpIndex,
     header: &rtc::rtp::Header,
+    twcc: Option<(u8, u16)>,
     payload: &[u8],
     metrics: &MediaMetrics,
     out: &mut impl Egress,
 ) -> bool {
     match transport {
         Transport::Tcp => {
-            let mut buf = BytesMut::with_capacity(payload.len() + 64);
-            if let Err(e) = srtp.protect(index, header, payload, &mut buf) {
+            let mut buf = BytesMut::with_capacity(payload.len() + 72);
+            if let Err(e) = srtp.protect_with(index, header, twcc, payload, &mut buf) {
                 tracing::debug!(error = %e, "srtp protect");
                 return false;
             }
@@ -256,7 +373,7 @@ pub fn send_protected(
             }
         }
         Transport::Udp => {
-            if let Err(e) = srtp.protect(index, header, payload, out.udp_slot()) {
+            if let Err(e) = srtp.protect_with(index, header, twcc, payload, out.udp_slot()) {
                 tracing::debug!(error = %e, "srtp protect");
                 return false;
             }

@@ -18,6 +18,8 @@ use rtc::peer_connection::state::RTCPeerConnectionState;
 use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
+use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::sansio::Protocol;
@@ -27,8 +29,11 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use super::egress::{Egress, Event, Forward};
 use super::forward::{self, LocalStream};
 use crate::admission::SessionSlot;
+use crate::bwe::Bwe;
+use crate::codec::{self, VideoCodec};
 use crate::error::MediaError;
 use crate::kinds::{MediaKind, SessionKind, Transport};
+use crate::layers::{LayerRequest, MAX_ENCODINGS, NO_ENCODING, SwitchReason, ViewerLayerShared};
 use crate::metrics::MediaMetrics;
 use crate::registry::{
     PatchOutcome, PublisherInfo, RATE_WINDOW, Registry, Route, SessionAnswer, SessionEntry,
@@ -36,8 +41,10 @@ use crate::registry::{
 };
 use crate::sdp::{self, CheckedOffer, IceFragment};
 use crate::session::{
-    self, BuildParams, Publisher, PublisherTrack, RateMeter, Role, Session, Viewer,
+    self, BuildParams, Publisher, PublisherEncoding, PublisherTrack, RateMeter, Role, Session,
+    Viewer, ViewerVideo,
 };
+use crate::simulcast::{Offered, Path, Selector};
 use crate::srtp::SrtpSender;
 use crate::tap::{TapCodec, TapPacket};
 use crate::track::Continuity;
@@ -51,6 +58,12 @@ const REFRESH_TIMEOUTS: Duration = Duration::from_millis(100);
 pub const MAX_HANDOVER_AGE: Duration = Duration::from_millis(150);
 /// How often a viewer gets a sender report per track (browsers use them for lip sync).
 const SENDER_REPORT_INTERVAL: Duration = Duration::from_secs(1);
+/// An encoding with no packet for this long is inactive (the browser paused
+/// it): viewers on it move to another. Chromium sends every encoding at its
+/// frame rate, so 1 s is about 30 missing frames, never an ordinary gap.
+pub const ENCODING_INACTIVE_AFTER: Duration = Duration::from_secs(1);
+/// How often a simulcast viewer's encoding is reconsidered.
+const LAYER_DECISION_INTERVAL: Duration = Duration::from_millis(200);
 /// Why a publisher session ended when the same user's new session took its place.
 pub const REPLACED: &str = "replaced by the same user's new session";
 /// Why sessions end when the server stops.
@@ -182,6 +195,51 @@ impl Core {
         out: &mut impl Egress,
     ) -> bool {
         self.close(now, key, reason, out)
+    }
+
+    /// The WHEP `layer` extension: checks the request against the stream and
+    /// the viewer (nothing changes on error), then pins, caps or frees the
+    /// viewer's choice; a pinned encoding that arrives is switched to at its
+    /// next key frame, asked for now.
+    pub fn select_layer(
+        &mut self,
+        now: Instant,
+        key: u64,
+        request: LayerRequest,
+        _out: &mut impl Egress,
+    ) -> Result<(), MediaError> {
+        let Some(s) = self.sessions.get_mut(&key) else {
+            return Err(MediaError::UnknownSession);
+        };
+        let Role::Viewer(viewer) = &mut s.role else {
+            return Err(MediaError::BadLayer(
+                "this is a WHIP publisher's session; layers are chosen by WHEP viewers".into(),
+            ));
+        };
+        let video = &mut viewer.video;
+        let media_id = video.shared.video_media_id.load(Ordering::Relaxed);
+        let pref = crate::simulcast::preference(
+            &request,
+            &s.stream.rids(),
+            (media_id != u32::MAX).then_some(media_id as usize),
+        )
+        .map_err(MediaError::BadLayer)?;
+        video.pref = pref;
+        video.shared.pinned.store(pref.pinned.is_some(), Ordering::Release);
+        video.shared.version.fetch_add(1, Ordering::AcqRel);
+        if let Some(pinned) = pref.pinned
+            && s.stream.encodings[pinned as usize]
+                .active
+                .load(Ordering::Acquire)
+            && video.current != NO_ENCODING
+        {
+            set_target(video, &s.stream, pinned, SwitchReason::Request, now, &self.metrics);
+        } else {
+            // Decided at the next tick, with the estimate.
+            video.next_decision = now;
+        }
+        tracing::debug!(session = log_id(&s.id), pinned = ?pref.pinned, "layer request");
+        Ok(())
     }
 
     /// Sessions that ended on another worker: stop routing these addresses there.
@@ -331,7 +389,8 @@ impl Core {
         }
         if matches!(s.role, Role::Publisher(_)) {
             for init in opened {
-                open_publisher_track(s, init, metrics);
+                let now = s.last_rx;
+                open_publisher_track(s, init, now, metrics);
             }
         }
         if became_connected {
@@ -354,7 +413,7 @@ impl Core {
                         to_close.push((key, "srtp setup failed"));
                     }
                 }
-                join_fanout(key, viewer, &s.stream, *idx, streams);
+                join_fanout(key, viewer, &s.stream, *idx, streams, s.last_rx, metrics);
             }
         }
         let mut nacks: Vec<TransportLayerNack> = Vec::new();
@@ -375,22 +434,48 @@ impl Core {
                         continue;
                     }
                     let kind = track.kind;
-                    forwards.push(forward_packet(
-                        registry, publisher, &s.stream, kind, packet, arrived,
-                    ));
+                    if let Some(forward) =
+                        forward_packet(registry, publisher, &s.stream, kind, packet, arrived)
+                    {
+                        forwards.push(forward);
+                    }
                 }
-                (RTCMessage::RtcpPacket(_, packets), Role::Viewer(_)) => {
+                (RTCMessage::RtcpPacket(_, packets), Role::Viewer(viewer)) => {
                     for p in &packets {
                         let any = p.as_any();
-                        if any.is::<PictureLossIndication>() {
-                            metrics.plis.inc();
-                            s.stream.keyframe_wanted.store(true, Ordering::Release);
-                        } else if any.is::<FullIntraRequest>() {
-                            metrics.firs.inc();
-                            s.stream.keyframe_wanted.store(true, Ordering::Release);
+                        if any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() {
+                            if any.is::<PictureLossIndication>() {
+                                metrics.plis.inc();
+                            } else {
+                                metrics.firs.inc();
+                            }
+                            // A key frame of the encoding this viewer gets (or waits for).
+                            let video = &viewer.video;
+                            let encoding = if video.target != NO_ENCODING {
+                                video.target
+                            } else {
+                                video.current
+                            };
+                            if encoding == NO_ENCODING {
+                                s.stream.keyframe_wanted.store(true, Ordering::Release);
+                            } else {
+                                s.stream.want_keyframe(encoding as usize);
+                            }
                         } else if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
                             metrics.nacks.inc();
                             nacks.push(nack.clone());
+                        } else if let Some(cc) = any.downcast_ref::<TransportLayerCc>() {
+                            metrics.twcc.inc();
+                            if let Some(bwe) = viewer.video.bwe.as_deref_mut() {
+                                bwe.on_twcc(arrived, cc);
+                            }
+                        } else if let Some(remb) =
+                            any.downcast_ref::<ReceiverEstimatedMaximumBitrate>()
+                        {
+                            metrics.remb.inc();
+                            if let Some(bwe) = viewer.video.bwe.as_deref_mut() {
+                                bwe.on_remb(arrived, remb.bitrate);
+                            }
                         }
                     }
                 }
@@ -505,7 +590,83 @@ impl Core {
         }
         self.scratch_keys = keys;
         self.publish_rates(now);
+        self.choose_layers(now);
         self.request_keyframes(now, out);
+    }
+
+    /// Reconsiders each simulcast viewer's encoding (every
+    /// [`LAYER_DECISION_INTERVAL`]): its bandwidth estimate, its pin and caps,
+    /// the encodings arriving. See `crate::simulcast` for the rules.
+    fn choose_layers(&mut self, now: Instant) {
+        let Core {
+            streams,
+            sessions,
+            metrics,
+            ..
+        } = self;
+        for ls in streams.values() {
+            if ls.viewers.is_empty() || ls.shared.rids().is_empty() {
+                continue;
+            }
+            let stream = &ls.shared;
+            let (all, count) = offered(stream);
+            let offered = &all[..count];
+            for key in &ls.viewers {
+                let Some(Session {
+                    role: Role::Viewer(viewer),
+                    ..
+                }) = sessions.get_mut(key)
+                else {
+                    continue;
+                };
+                let video = &mut viewer.video;
+                if video.next_decision > now {
+                    continue;
+                }
+                video.next_decision = now + LAYER_DECISION_INTERVAL;
+                if video.current == NO_ENCODING && video.target == NO_ENCODING {
+                    start_video(video, stream, now, metrics);
+                    continue;
+                }
+                if video.bwe.is_none() && video.twcc_ext != 0 {
+                    let initial = offered
+                        .iter()
+                        .map(|o| o.bitrate)
+                        .max()
+                        .unwrap_or(0)
+                        .max(1_000_000);
+                    video.bwe = Some(Box::new(Bwe::new(video.twcc_ext, initial)));
+                }
+                let estimate = video.bwe.as_deref().and_then(|b| b.estimate(now));
+                let path = Path {
+                    estimate,
+                    loss: video.bwe.as_deref().map_or(0.0, |b| b.loss()),
+                };
+                video
+                    .shared
+                    .estimate_bps
+                    .store(estimate.unwrap_or(0), Ordering::Relaxed);
+                let at = if video.target != NO_ENCODING {
+                    video.target
+                } else {
+                    video.current
+                };
+                let pref = video.pref;
+                if let Some(d) = video.selector.decide(now, offered, at, &pref, &path) {
+                    if d.probe
+                        && let Some(bwe) = video.bwe.as_deref_mut()
+                    {
+                        let rate = offered[d.encoding as usize].bitrate;
+                        bwe.restart_at(rate + rate / 10);
+                    }
+                    set_target(video, stream, d.encoding, d.reason, now, metrics);
+                } else if video.target != video.current && video.target != NO_ENCODING {
+                    // Still waiting for the target's key frame: ask again (the
+                    // publisher's throttle keeps this to one PLI per interval).
+                    stream.want_keyframe(video.target as usize);
+                }
+            }
+        }
     }
 
     /// Publishes each local publisher's received rate to its stream once per
@@ -520,12 +681,35 @@ impl Core {
                 && let Some(bps) = publisher.rate.roll(now, RATE_WINDOW)
             {
                 stream.bitrate_bps.store(bps, Ordering::Relaxed);
+                for (i, e) in publisher.encodings.iter_mut().enumerate() {
+                    if let Some(e) = e
+                        && let Some(bps) = e.rate.roll(now, RATE_WINDOW)
+                    {
+                        stream.encodings[i].bitrate_bps.store(bps, Ordering::Relaxed);
+                    }
+                }
+            }
+            if let Some(Session {
+                role: Role::Publisher(publisher),
+                stream,
+                ..
+            }) = self.sessions.get(key)
+            {
+                for (i, e) in publisher.encodings.iter().enumerate() {
+                    if let Some(e) = e {
+                        let active = now.saturating_duration_since(e.last_packet)
+                            < ENCODING_INACTIVE_AFTER;
+                        stream.encodings[i].active.store(active, Ordering::Release);
+                    }
+                }
             }
         }
     }
 
     /// Sends PLIs to this worker's publishers whose viewers want a keyframe, at most
-    /// one per stream per `pli_interval`.
+    /// one per encoding per `pli_interval`: a stream-wide wish (a new publisher,
+    /// the recorder) asks every encoding, a viewer's asks the encoding it gets or
+    /// waits for. The first request after a quiet interval goes out at once.
     fn request_keyframes(&mut self, now: Instant, out: &mut impl Egress) {
         let interval = self.registry.config.pli_interval;
         for key in &self.publishers {
@@ -535,28 +719,39 @@ impl Core {
             let Role::Publisher(publisher) = &mut s.role else {
                 continue;
             };
-            if !s.connected
-                || !publisher
-                    .keyframes
-                    .due(&s.stream.keyframe_wanted, now, interval)
-            {
+            if !s.connected {
                 continue;
             }
-            for track in publisher.tracks.values() {
-                if track.kind != MediaKind::Video {
+            if s.stream.keyframe_wanted.swap(false, Ordering::AcqRel) {
+                for e in &s.stream.encodings {
+                    e.keyframe_wanted.store(true, Ordering::Release);
+                }
+            }
+            let mut sent = false;
+            for (i, encoding) in publisher.encodings.iter_mut().enumerate() {
+                let Some(encoding) = encoding else {
+                    continue;
+                };
+                if !encoding
+                    .keyframes
+                    .due(&s.stream.encodings[i].keyframe_wanted, now, interval)
+                {
                     continue;
                 }
-                if let Some(mut r) = s.pc.rtp_receiver(track.receiver) {
+                if let Some(mut r) = s.pc.rtp_receiver(encoding.receiver) {
                     let pli = PictureLossIndication {
                         sender_ssrc: 0,
-                        media_ssrc: track.media_ssrc,
+                        media_ssrc: encoding.ssrc,
                     };
                     if r.write_rtcp(now, vec![Box::new(pli)]).is_ok() {
                         self.metrics.plis_sent.inc();
+                        sent = true;
                     }
                 }
             }
-            forward::drain_writes(&mut s.pc, &self.metrics, out);
+            if sent {
+                forward::drain_writes(&mut s.pc, &self.metrics, out);
+            }
         }
     }
 
@@ -592,10 +787,37 @@ impl Core {
                     .fetch_add(1, Ordering::AcqRel)
                     .wrapping_add(1);
                 let saved = req.stream.continuity.lock().ok().and_then(|mut c| c.take());
+                let rids: Vec<String> = req
+                    .checked
+                    .media
+                    .iter()
+                    .find(|m| m.kind == MediaKind::Video && !m.rejected)
+                    .map(|m| m.rids.clone())
+                    .unwrap_or_default();
+                let tap_encoding = rids
+                    .iter()
+                    .position(|r| r == "f")
+                    .unwrap_or(rids.len().saturating_sub(1)) as u8;
+                if let Ok(mut current) = req.stream.rids.write() {
+                    *current = Arc::new(rids);
+                }
+                for e in &req.stream.encodings {
+                    e.active.store(false, Ordering::Release);
+                    e.bitrate_bps.store(0, Ordering::Relaxed);
+                }
                 Role::Publisher(Publisher {
                     tracks: HashMap::new(),
-                    continuity: saved
-                        .unwrap_or_else(|| [Continuity::new(48_000), Continuity::new(90_000)]),
+                    encodings: Default::default(),
+                    video_codecs: [None; 128],
+                    tap_encoding,
+                    continuity: saved.unwrap_or_else(|| {
+                        [
+                            Continuity::new(48_000),
+                            Continuity::new(90_000),
+                            Continuity::new(90_000),
+                            Continuity::new(90_000),
+                        ]
+                    }),
                     epoch,
                     keyframes: Default::default(),
                     rate: RateMeter::new(now),
@@ -604,6 +826,11 @@ impl Core {
                 })
             }
             SessionKind::Viewer => Role::Viewer(Viewer {
+                video: ViewerVideo::new(
+                    now,
+                    built.twcc_ext,
+                    Arc::new(ViewerLayerShared::new(built.video_media_id)),
+                ),
                 tracks: built.viewer_tracks,
                 forwarding: false,
                 srtp: None,
@@ -625,6 +852,11 @@ impl Core {
                 summary: summary.clone(),
                 key: req.key,
                 worker: self.idx,
+                layer: match &role {
+                    Role::Viewer(v) => Some(v.video.shared.clone()),
+                    Role::Publisher(_) => None,
+                },
+                stream: req.stream.clone(),
             },
         );
         self.registry.ufrags.insert(
@@ -766,6 +998,10 @@ impl Core {
         let kind = s.kind();
         match &s.role {
             Role::Viewer(viewer) => {
+                let current = viewer.video.current;
+                if current != NO_ENCODING {
+                    self.metrics.layer_viewers[current as usize].dec();
+                }
                 if viewer.forwarding {
                     stream.viewers_on[self.idx].fetch_sub(1, Ordering::AcqRel);
                     if let Some(ls) = self.streams.get_mut(&stream.id) {
@@ -844,7 +1080,15 @@ impl Core {
         if let Role::Viewer(viewer) = &mut s.role {
             viewer.srtp = Some(srtp);
             viewer.media_dest = Some(dest);
-            join_fanout(key, viewer, &s.stream, self.idx, &mut self.streams);
+            join_fanout(
+                key,
+                viewer,
+                &s.stream,
+                self.idx,
+                &mut self.streams,
+                self.last_refresh,
+                &self.metrics,
+            );
         }
     }
 
@@ -941,24 +1185,93 @@ fn publisher_connected(
 }
 
 /// A connected viewer joins its stream's fan-out on this worker, and asks the
-/// publisher for a keyframe to start from.
+/// publisher for a keyframe to start from: of every encoding without simulcast
+/// (the viewer takes packets from the first one on, as before), of the encoding
+/// it starts on with simulcast (it gets nothing until that key frame).
 fn join_fanout(
     key: u64,
     viewer: &mut Viewer,
     stream: &StreamShared,
     idx: usize,
     streams: &mut HashMap<u64, LocalStream>,
+    now: Instant,
+    metrics: &MediaMetrics,
 ) {
     viewer.forwarding = true;
     stream.viewers_on[idx].fetch_add(1, Ordering::AcqRel);
-    stream.keyframe_wanted.store(true, Ordering::Release);
     if let Some(ls) = streams.get_mut(&stream.id) {
         ls.viewers.push(key);
     }
+    start_video(&mut viewer.video, stream, now, metrics);
+}
+
+/// The encodings of `stream` as the selector sees them (as many as the
+/// publisher offered, at least one).
+fn offered(stream: &StreamShared) -> ([Offered; MAX_ENCODINGS], usize) {
+    let count = stream.rids().len().clamp(1, MAX_ENCODINGS);
+    let all = std::array::from_fn(|i| {
+        let e = &stream.encodings[i];
+        Offered {
+            active: e.active.load(Ordering::Acquire),
+            bitrate: e.bitrate_bps.load(Ordering::Relaxed),
+            width: e.width.load(Ordering::Relaxed),
+            height: e.height.load(Ordering::Relaxed),
+        }
+    });
+    (all, count)
+}
+
+/// Picks a viewer's first encoding (if it has none yet) and asks for its key frame.
+fn start_video(video: &mut ViewerVideo, stream: &StreamShared, now: Instant, metrics: &MediaMetrics) {
+    if video.current != NO_ENCODING || video.target != NO_ENCODING {
+        return;
+    }
+    if stream.rids().is_empty() {
+        // One encoding: forwarded from the next packet on, key frame or not.
+        video.current = 0;
+        video.target = 0;
+        metrics.layer_viewers[0].inc();
+        video.shared.current.store(0, Ordering::Release);
+        video.shared.target.store(0, Ordering::Release);
+        video.shared.version.fetch_add(1, Ordering::AcqRel);
+        stream.keyframe_wanted.store(true, Ordering::Release);
+        return;
+    }
+    let (all, count) = offered(stream);
+    let Some(first) = Selector::start(&all[..count], &video.pref) else {
+        return;
+    };
+    set_target(video, stream, first, SwitchReason::Start, now, metrics);
+}
+
+/// Wants `encoding` for a viewer: the switch happens at its next key frame,
+/// which is asked for now.
+fn set_target(
+    video: &mut ViewerVideo,
+    stream: &StreamShared,
+    encoding: u8,
+    reason: SwitchReason,
+    now: Instant,
+    metrics: &MediaMetrics,
+) {
+    if encoding == video.current {
+        // Back to what it has: a pending switch is called off.
+        video.target = encoding;
+        video.switch = None;
+    } else {
+        video.target = encoding;
+        video.switch = Some((now, reason));
+        stream.want_keyframe(encoding as usize);
+        metrics.switch_plis.inc();
+    }
+    video.shared.target.store(video.target, Ordering::Release);
+    video.shared.version.fetch_add(1, Ordering::AcqRel);
 }
 
 /// One of a publisher's packets, rewritten into the stream's numbering (once,
-/// for every viewer), on its way to the fan-out, and to the stream's tap.
+/// for every viewer), on its way to the fan-out, and to the stream's tap. Video
+/// is sorted into its encoding by SSRC and read for a key-frame start; a video
+/// packet of an SSRC no encoding claims (none opened yet) is dropped.
 fn forward_packet(
     registry: &Registry,
     publisher: &mut Publisher,
@@ -966,11 +1279,37 @@ fn forward_packet(
     kind: MediaKind,
     mut packet: rtc::rtp::Packet,
     arrived: Instant,
-) -> Forward {
-    publisher.rate.bytes += packet.payload.len() as u64;
-    publisher.continuity[kind.index()].rewrite(&mut packet.header, arrived);
+) -> Option<Forward> {
+    let bytes = packet.payload.len() as u64;
+    publisher.rate.bytes += bytes;
+    let (mut encoding, mut keyframe) = (0u8, false);
+    if kind == MediaKind::Video {
+        let ssrc = packet.header.ssrc;
+        let e = publisher
+            .encodings
+            .iter()
+            .position(|e| e.as_ref().is_some_and(|e| e.ssrc == ssrc))?;
+        encoding = e as u8;
+        if let Some(enc) = publisher.encodings[e].as_mut() {
+            enc.rate.bytes += bytes;
+            enc.last_packet = arrived;
+        }
+        if let Some(codec) = publisher.video_codecs[(packet.header.payload_type & 0x7f) as usize] {
+            let start = codec::frame_start(codec, &packet.payload);
+            keyframe = start.keyframe;
+            if let Some((w, h)) = start.size {
+                let shared = &stream.encodings[e];
+                shared.width.store(w, Ordering::Relaxed);
+                shared.height.store(h, Ordering::Relaxed);
+            }
+        }
+    }
+    let slot = forward::cache_slot(kind, encoding);
+    publisher.continuity[slot].rewrite(&mut packet.header, arrived);
     refresh_tap(registry, publisher, stream);
-    if let Some(tap) = &publisher.tap {
+    if let Some(tap) = &publisher.tap
+        && (kind == MediaKind::Audio || encoding == publisher.tap_encoding)
+    {
         // A refcount on the payload, a few header fields; the tap queues or drops.
         tap.packet(TapPacket {
             kind,
@@ -982,13 +1321,15 @@ fn forward_packet(
             arrived,
         });
     }
-    Forward {
+    Some(Forward {
         stream: stream.id,
         epoch: publisher.epoch,
         kind,
+        encoding,
+        keyframe,
         packet,
         arrived,
-    }
+    })
 }
 
 /// Re-reads the stream's tap when the registry's taps changed (one relaxed load
@@ -1008,7 +1349,13 @@ fn stun_route(registry: &Registry, data: &[u8]) -> Option<Route> {
 
 /// Registers a publisher track: its kind and SSRC for keyframe requests, its
 /// codecs for the stream's viewers, and a fresh base for the stream's numbering.
-fn open_publisher_track(s: &mut Session, init: RTCTrackEventInit, metrics: &MediaMetrics) {
+/// With simulcast each encoding opens on its own (same track, its own rid and SSRC).
+fn open_publisher_track(
+    s: &mut Session,
+    init: RTCTrackEventInit,
+    now: Instant,
+    metrics: &MediaMetrics,
+) {
     let Role::Publisher(publisher) = &mut s.role else {
         return;
     };
@@ -1020,14 +1367,33 @@ fn open_publisher_track(s: &mut Session, init: RTCTrackEventInit, metrics: &Medi
         RtpCodecKind::Audio => MediaKind::Audio,
         _ => MediaKind::Video,
     };
-    let media_ssrc = track.ssrcs().next().unwrap_or(0);
+    let media_ssrc = if init.ssrc != 0 {
+        init.ssrc
+    } else {
+        track.ssrcs().next().unwrap_or(0)
+    };
     let codec = track.codec(media_ssrc);
     let clock_rate = codec.map(|c| c.clock_rate).unwrap_or(90_000);
     if let (Some(codec), Ok(mut active)) = (codec, s.stream.active_codecs.lock()) {
         active[kind.index()] = Some(codec.mime_type.clone());
     }
     let codecs = receiver.get_parameters().rtp_parameters.codecs.clone();
-    if let Some(tap) = &publisher.tap {
+    let encoding = match (&init.rid, kind) {
+        (Some(rid), MediaKind::Video) => {
+            let rids = s.stream.rids();
+            match rids.iter().position(|r| r == rid) {
+                Some(i) => i,
+                None => {
+                    tracing::warn!(session = log_id(&s.id), rid = %rid, "encoding with a rid the offer did not list; ignored");
+                    return;
+                }
+            }
+        }
+        _ => 0,
+    };
+    if let Some(tap) = &publisher.tap
+        && (kind == MediaKind::Audio || encoding == publisher.tap_encoding as usize)
+    {
         let tapped: Vec<TapCodec> = codecs
             .iter()
             .map(|c| TapCodec {
@@ -1040,6 +1406,23 @@ fn open_publisher_track(s: &mut Session, init: RTCTrackEventInit, metrics: &Medi
             .collect();
         tap.track_opened(kind, &tapped);
     }
+    if kind == MediaKind::Video {
+        for c in &codecs {
+            if let Some(slot) = publisher.video_codecs.get_mut((c.payload_type & 0x7f) as usize) {
+                *slot = VideoCodec::from_mime(&c.rtp_codec.mime_type);
+            }
+        }
+        publisher.encodings[encoding] = Some(PublisherEncoding {
+            ssrc: media_ssrc,
+            receiver: init.receiver_id,
+            rate: RateMeter::new(now),
+            last_packet: now,
+            keyframes: Default::default(),
+        });
+        s.stream.encodings[encoding]
+            .active
+            .store(true, Ordering::Release);
+    }
     publisher.tracks.insert(
         init.track_id.clone(),
         PublisherTrack {
@@ -1048,7 +1431,7 @@ fn open_publisher_track(s: &mut Session, init: RTCTrackEventInit, metrics: &Medi
             media_ssrc,
         },
     );
-    publisher.continuity[kind.index()].rebase(clock_rate);
+    publisher.continuity[forward::cache_slot(kind, encoding as u8)].rebase(clock_rate);
     if let Ok(mut current) = s.stream.codecs.write() {
         let mut merged: Vec<_> = current
             .iter()
@@ -1062,5 +1445,5 @@ fn open_publisher_track(s: &mut Session, init: RTCTrackEventInit, metrics: &Medi
         metrics.streams_live.inc();
     }
     s.stream.keyframe_wanted.store(true, Ordering::Release);
-    tracing::info!(session = log_id(&s.id), stream = %s.stream.name, kind = ?kind, ssrc = media_ssrc, "publisher track open");
+    tracing::info!(session = log_id(&s.id), stream = %s.stream.name, kind = ?kind, ssrc = media_ssrc, rid = init.rid.as_deref().unwrap_or(""), "publisher track open");
 }
