@@ -155,7 +155,7 @@ impl Bwe {
 mod tests {
     use super::*;
     use rtc::rtcp::transport_feedbacks::transport_layer_cc::{
-        PacketStatusChunk, RecvDelta, RunLengthChunk, SymbolTypeTcc,
+        PacketStatusChunk, RecvDelta, RunLengthChunk, StatusChunkTypeTcc, SymbolTypeTcc,
     };
 
     fn feedback(base: u16, count: u16, status: SymbolTypeTcc, delta_us: i64) -> TransportLayerCc {
@@ -166,7 +166,7 @@ mod tests {
             reference_time: 1,
             fb_pkt_count: 0,
             packet_chunks: vec![PacketStatusChunk::RunLengthChunk(RunLengthChunk {
-                type_tcc: SymbolTypeTcc::PacketReceivedSmallDelta,
+                type_tcc: StatusChunkTypeTcc::RunLengthChunk,
                 packet_status_symbol: status,
                 run_length: count,
             })],
@@ -190,9 +190,15 @@ mod tests {
         let mut bwe = Bwe::new(3, 2_000_000);
         assert_eq!(bwe.estimate(t0), None);
         for i in 0..50u16 {
-            assert_eq!(bwe.stamp(t0 + Duration::from_millis(u64::from(i) * 4), 1200), i);
+            assert_eq!(
+                bwe.stamp(t0 + Duration::from_millis(u64::from(i) * 4), 1200),
+                i
+            );
         }
-        bwe.on_twcc(t0 + Duration::from_millis(250), &feedback(0, 50, SymbolTypeTcc::PacketReceivedSmallDelta, 4000));
+        bwe.on_twcc(
+            t0 + Duration::from_millis(250),
+            &feedback(0, 50, SymbolTypeTcc::PacketReceivedSmallDelta, 4000),
+        );
         let estimate = bwe.estimate(t0 + Duration::from_millis(250));
         assert!(estimate.is_some_and(|e| e > 0), "{estimate:?}");
         assert_eq!(bwe.loss(), 0.0);
@@ -208,7 +214,10 @@ mod tests {
                 t += Duration::from_millis(4);
                 bwe.stamp(t, 1200);
             }
-            bwe.on_twcc(t, &feedback(round * 50, 50, SymbolTypeTcc::PacketNotReceived, 0));
+            bwe.on_twcc(
+                t,
+                &feedback(round * 50, 50, SymbolTypeTcc::PacketNotReceived, 0),
+            );
         }
         assert!(bwe.loss() > 0.9);
         let estimate = bwe.estimate(t).unwrap();

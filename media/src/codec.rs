@@ -141,15 +141,13 @@ fn vp9(p: &[u8]) -> Option<FrameStart> {
 fn h264(p: &[u8]) -> Option<FrameStart> {
     let b0 = *p.first()?;
     let mut out = FrameStart::default();
-    let nal = |n: &[u8], out: &mut FrameStart| {
-        match n.first().map(|b| b & 0x1f) {
-            Some(5) => out.keyframe = true,
-            Some(7) => {
-                out.keyframe = true;
-                out.size = out.size.or_else(|| h264_sps_size(n));
-            }
-            _ => {}
+    let nal = |n: &[u8], out: &mut FrameStart| match n.first().map(|b| b & 0x1f) {
+        Some(5) => out.keyframe = true,
+        Some(7) => {
+            out.keyframe = true;
+            out.size = out.size.or_else(|| h264_sps_size(n));
         }
+        _ => {}
     };
     match b0 & 0x1f {
         1..=23 => nal(p, &mut out),
@@ -277,7 +275,6 @@ pub fn h264_sps_size(sps: &[u8]) -> Option<(u32, u32)> {
     (width > 0 && height > 0 && width <= 16384 && height <= 16384).then_some((width, height))
 }
 
-
 /// An MSB-first bit reader that answers `None` past the end.
 pub struct BitReader<'a> {
     data: &'a [u8],
@@ -386,7 +383,12 @@ mod tests {
                 let data: Vec<u8> = (0..len)
                     .map(|i| (seed.wrapping_mul(2654435761).wrapping_add(i * 97) >> 7) as u8)
                     .collect();
-                for codec in [VideoCodec::Vp8, VideoCodec::Vp9, VideoCodec::H264, VideoCodec::Av1] {
+                for codec in [
+                    VideoCodec::Vp8,
+                    VideoCodec::Vp9,
+                    VideoCodec::H264,
+                    VideoCodec::Av1,
+                ] {
                     let _ = frame_start(codec, &data);
                 }
             }

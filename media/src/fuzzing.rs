@@ -118,8 +118,11 @@ impl CoreFuzz {
                 fuzz.viewer_ssrcs.push(ssrc);
             }
         }
-        fuzz.core.open_track(1, MediaKind::Audio, 48_000);
-        fuzz.core.open_track(1, MediaKind::Video, 90_000);
+        let now = fuzz.now;
+        fuzz.core
+            .open_track(1, MediaKind::Audio, 0, 0xfeed, 48_000, now);
+        fuzz.core
+            .open_track(1, MediaKind::Video, 0, 0xfeed, 90_000, now);
         let keying = RTCSrtpKeying {
             profile: ProtectionProfile::AeadAes128Gcm,
             master_key: vec![7; 16],
@@ -267,6 +270,8 @@ impl CoreFuzz {
                         stream: self.stream.id,
                         epoch: u32::from(op >> 3),
                         kind: kind(op),
+                        encoding: op >> 6 & 0x03,
+                        keyframe: op & 0x04 != 0,
                         packet,
                         arrived: now,
                     };

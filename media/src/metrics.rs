@@ -169,7 +169,9 @@ impl MediaMetrics {
                 session_not_ready: dropped.with_label_values(&["session_not_ready"]),
             },
             forwarding_delay,
-            layer_viewers: std::array::from_fn(|i| layer_viewers.with_label_values(&[&i.to_string()])),
+            layer_viewers: std::array::from_fn(|i| {
+                layer_viewers.with_label_values(&[&i.to_string()])
+            }),
             switches: crate::layers::SwitchReason::ALL
                 .map(|r| switches.with_label_values(&[r.as_str()])),
             switch_plis,

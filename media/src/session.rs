@@ -38,8 +38,8 @@ use crate::kinds::{MediaKind, SessionKind, Transport};
 use crate::layers::{MAX_ENCODINGS, NO_ENCODING, SwitchReason, ViewerLayerShared};
 use crate::registry::StreamShared;
 use crate::sdp::CheckedOffer;
-use crate::srtp::{SrtpIndex, SrtpSender};
 use crate::simulcast::{Preference, Selector};
+use crate::srtp::{SrtpIndex, SrtpSender};
 use crate::tap::StreamTap;
 use crate::track::Continuity;
 

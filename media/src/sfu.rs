@@ -433,7 +433,11 @@ impl Sfu {
         let media_id = shared.video_media_id.load(Ordering::Relaxed);
         Some(ViewerLayer {
             rid: name(current),
-            switching_to: if target != current { name(target) } else { None },
+            switching_to: if target != current {
+                name(target)
+            } else {
+                None
+            },
             pinned: shared.pinned.load(Ordering::Acquire),
             estimate_bps: shared.estimate_bps.load(Ordering::Relaxed),
             media_id: (media_id != u32::MAX).then(|| media_id.to_string()),

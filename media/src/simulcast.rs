@@ -289,7 +289,9 @@ fn ranked(offered: &[Offered], pref: &Preference) -> Vec<u8> {
             let o = &offered[i as usize];
             o.active
                 && pref.max_width.is_none_or(|w| o.width == 0 || o.width <= w)
-                && pref.max_height.is_none_or(|h| o.height == 0 || o.height <= h)
+                && pref
+                    .max_height
+                    .is_none_or(|h| o.height == 0 || o.height <= h)
         })
         .collect();
     if out.is_empty() {
@@ -377,15 +379,30 @@ mod tests {
             .pinned,
             Some(1)
         );
-        assert!(req(&|r| r.rid = Some("x".into())).unwrap_err().contains("q, h, f"));
-        assert!(req(&|r| r.media_id = Some("0".into())).unwrap_err().contains("audio"));
+        assert!(
+            req(&|r| r.rid = Some("x".into()))
+                .unwrap_err()
+                .contains("q, h, f")
+        );
+        assert!(
+            req(&|r| r.media_id = Some("0".into()))
+                .unwrap_err()
+                .contains("audio")
+        );
         assert!(req(&|r| r.spatial_layer_id = Some(1)).is_err());
         assert!(req(&|r| r.max_width = Some(0)).is_err());
-        assert_eq!(req(&|r| r.max_height = Some(360)).unwrap().max_height, Some(360));
+        assert_eq!(
+            req(&|r| r.max_height = Some(360)).unwrap().max_height,
+            Some(360)
+        );
         let none: Vec<String> = vec![];
         let mut r = LayerRequest::default();
         r.rid = Some("f".into());
-        assert!(preference(&r, &none, Some(1)).unwrap_err().contains("no simulcast"));
+        assert!(
+            preference(&r, &none, Some(1))
+                .unwrap_err()
+                .contains("no simulcast")
+        );
     }
 
     #[test]
@@ -429,7 +446,10 @@ mod tests {
         let early = t0 + UP_HOLD - Duration::from_millis(100);
         assert_eq!(s.decide(early, &o, 0, &pref, &path(600_000)), None);
         let d = s.decide(t0 + UP_HOLD, &o, 0, &pref, &path(600_000));
-        assert_eq!(d.map(|d| (d.encoding, d.reason)), Some((1, SwitchReason::Up)));
+        assert_eq!(
+            d.map(|d| (d.encoding, d.reason)),
+            Some((1, SwitchReason::Up))
+        );
         // A dip resets the hold.
         let mut s = Selector::new(t0);
         s.decide(t0, &o, 0, &pref, &path(600_000));
@@ -459,8 +479,14 @@ mod tests {
         let d = s.decide(t1, &o, 2, &pref, &path(600_000));
         assert_eq!(d.map(|d| d.encoding), Some(1));
         assert_eq!(s.probe_wait(), PROBE_AFTER * 2);
-        assert_eq!(s.decide(t1 + PROBE_AFTER, &o, 1, &pref, &path(550_000)), None);
-        assert!(s.decide(t1 + PROBE_AFTER * 2, &o, 1, &pref, &path(550_000)).is_some_and(|d| d.probe));
+        assert_eq!(
+            s.decide(t1 + PROBE_AFTER, &o, 1, &pref, &path(550_000)),
+            None
+        );
+        assert!(
+            s.decide(t1 + PROBE_AFTER * 2, &o, 1, &pref, &path(550_000))
+                .is_some_and(|d| d.probe)
+        );
     }
 
     #[test]

@@ -379,7 +379,9 @@ mod tests {
         plain.resize(with_ext.marshal_size(), 0);
         with_ext.marshal_to(&mut plain[..]).unwrap();
         plain.extend_from_slice(&payload);
-        let expected = reference.encrypt_rtp_with_header(&plain, &with_ext).unwrap();
+        let expected = reference
+            .encrypt_rtp_with_header(&plain, &with_ext)
+            .unwrap();
         let mut out = BytesMut::new();
         ours.protect_with(&mut index, &h, Some((5, 0x1234)), &payload, &mut out)
             .unwrap();

@@ -1002,7 +1002,6 @@ pub fn video_info(codec: Codec, data: &[u8]) -> Option<VideoInfo> {
     })
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -92,7 +92,12 @@ pub fn map_video(
         };
         if video.current != NO_ENCODING {
             let first_after = seq.wrapping_add(seq_offset);
-            video.before = Some((video.current, video.seq_offset, video.ts_offset, first_after));
+            video.before = Some((
+                video.current,
+                video.seq_offset,
+                video.ts_offset,
+                first_after,
+            ));
             metrics.layer_viewers[video.current as usize].dec();
         }
         metrics.layer_viewers[(encoding as usize).min(MAX_ENCODINGS - 1)].inc();
@@ -268,7 +273,11 @@ pub fn retransmit(
                         Some((enc, seq_off, ts_off, first_after))
                             if seq.wrapping_sub(first_after) >= 0x8000 =>
                         {
-                            (cache_slot(MediaKind::Video, enc), seq.wrapping_sub(seq_off), ts_off)
+                            (
+                                cache_slot(MediaKind::Video, enc),
+                                seq.wrapping_sub(seq_off),
+                                ts_off,
+                            )
                         }
                         _ => (
                             cache_slot(MediaKind::Video, video.current),

@@ -225,7 +225,10 @@ impl Core {
         )
         .map_err(MediaError::BadLayer)?;
         video.pref = pref;
-        video.shared.pinned.store(pref.pinned.is_some(), Ordering::Release);
+        video
+            .shared
+            .pinned
+            .store(pref.pinned.is_some(), Ordering::Release);
         video.shared.version.fetch_add(1, Ordering::AcqRel);
         if let Some(pinned) = pref.pinned
             && s.stream.encodings[pinned as usize]
@@ -233,7 +236,14 @@ impl Core {
                 .load(Ordering::Acquire)
             && video.current != NO_ENCODING
         {
-            set_target(video, &s.stream, pinned, SwitchReason::Request, now, &self.metrics);
+            set_target(
+                video,
+                &s.stream,
+                pinned,
+                SwitchReason::Request,
+                now,
+                &self.metrics,
+            );
         } else {
             // Decided at the next tick, with the estimate.
             video.next_decision = now;
@@ -685,7 +695,9 @@ impl Core {
                     if let Some(e) = e
                         && let Some(bps) = e.rate.roll(now, RATE_WINDOW)
                     {
-                        stream.encodings[i].bitrate_bps.store(bps, Ordering::Relaxed);
+                        stream.encodings[i]
+                            .bitrate_bps
+                            .store(bps, Ordering::Relaxed);
                     }
                 }
             }
@@ -697,8 +709,8 @@ impl Core {
             {
                 for (i, e) in publisher.encodings.iter().enumerate() {
                     if let Some(e) = e {
-                        let active = now.saturating_duration_since(e.last_packet)
-                            < ENCODING_INACTIVE_AFTER;
+                        let active =
+                            now.saturating_duration_since(e.last_packet) < ENCODING_INACTIVE_AFTER;
                         stream.encodings[i].active.store(active, Ordering::Release);
                     }
                 }
@@ -794,10 +806,10 @@ impl Core {
                     .find(|m| m.kind == MediaKind::Video && !m.rejected)
                     .map(|m| m.rids.clone())
                     .unwrap_or_default();
-                let tap_encoding = rids
-                    .iter()
-                    .position(|r| r == "f")
-                    .unwrap_or(rids.len().saturating_sub(1)) as u8;
+                let tap_encoding =
+                    rids.iter()
+                        .position(|r| r == "f")
+                        .unwrap_or(rids.len().saturating_sub(1)) as u8;
                 if let Ok(mut current) = req.stream.rids.write() {
                     *current = Arc::new(rids);
                 }
@@ -1092,15 +1104,37 @@ impl Core {
         }
     }
 
-    /// A publisher's track opens at `clock_rate` (what its `OnTrack` event does to
-    /// the numbering).
-    pub(crate) fn open_track(&mut self, key: u64, kind: MediaKind, clock_rate: u32) {
+    /// A publisher's track (video: its encoding `encoding`, SSRC `ssrc`, VP8 on
+    /// payload type 96) opens at `clock_rate`: what its `OnTrack` event does.
+    pub(crate) fn open_track(
+        &mut self,
+        key: u64,
+        kind: MediaKind,
+        encoding: u8,
+        ssrc: u32,
+        clock_rate: u32,
+        now: Instant,
+    ) {
         if let Some(Session {
             role: Role::Publisher(publisher),
+            stream,
             ..
         }) = self.sessions.get_mut(&key)
         {
-            publisher.continuity[kind.index()].rebase(clock_rate);
+            if kind == MediaKind::Video {
+                publisher.video_codecs[96] = Some(VideoCodec::Vp8);
+                publisher.encodings[encoding as usize] = Some(PublisherEncoding {
+                    ssrc,
+                    receiver: Default::default(),
+                    rate: RateMeter::new(now),
+                    last_packet: now,
+                    keyframes: Default::default(),
+                });
+                stream.encodings[encoding as usize]
+                    .active
+                    .store(true, Ordering::Release);
+            }
+            publisher.continuity[forward::cache_slot(kind, encoding)].rebase(clock_rate);
         }
     }
 
@@ -1116,8 +1150,11 @@ impl Core {
         if let Some(s) = self.sessions.get_mut(&key)
             && let Role::Publisher(publisher) = &mut s.role
         {
-            let forward = forward_packet(&self.registry, publisher, &s.stream, kind, packet, now);
-            self.forwards.push(forward);
+            if let Some(forward) =
+                forward_packet(&self.registry, publisher, &s.stream, kind, packet, now)
+            {
+                self.forwards.push(forward);
+            }
         }
         self.settle(now, out);
     }
@@ -1222,7 +1259,12 @@ fn offered(stream: &StreamShared) -> ([Offered; MAX_ENCODINGS], usize) {
 }
 
 /// Picks a viewer's first encoding (if it has none yet) and asks for its key frame.
-fn start_video(video: &mut ViewerVideo, stream: &StreamShared, now: Instant, metrics: &MediaMetrics) {
+fn start_video(
+    video: &mut ViewerVideo,
+    stream: &StreamShared,
+    now: Instant,
+    metrics: &MediaMetrics,
+) {
     if video.current != NO_ENCODING || video.target != NO_ENCODING {
         return;
     }
@@ -1408,7 +1450,10 @@ fn open_publisher_track(
     }
     if kind == MediaKind::Video {
         for c in &codecs {
-            if let Some(slot) = publisher.video_codecs.get_mut((c.payload_type & 0x7f) as usize) {
+            if let Some(slot) = publisher
+                .video_codecs
+                .get_mut((c.payload_type & 0x7f) as usize)
+            {
                 *slot = VideoCodec::from_mime(&c.rtp_codec.mime_type);
             }
         }

@@ -261,6 +261,8 @@ fn media(bench: &Bench, seq: u16, arrived_ms: u64) -> Forward {
         stream: bench.stream.id,
         epoch: 0,
         kind: MediaKind::Video,
+        encoding: 0,
+        keyframe: false,
         packet: rtp(seq, u32::from(seq) * 3000),
         arrived: bench.at(arrived_ms),
     }
@@ -331,7 +333,9 @@ fn publisher_reconnect_keeps_a_viewers_numbering_continuous() {
     let mut out = Collected::default();
     let mut viewer = bench.viewer(1, Transport::Udp, &mut out);
     let first = bench.session(SessionKind::Publisher, 0, &mut out);
-    bench.core.open_track(first, MediaKind::Video, 90_000);
+    bench
+        .core
+        .open_track(first, MediaKind::Video, 0, 0xfeed, 90_000, bench.at(0));
     for seq in 65_534..=65_535u16 {
         bench.core.publisher_rtp(
             bench.at(40),
@@ -348,7 +352,9 @@ fn publisher_reconnect_keeps_a_viewers_numbering_continuous() {
     );
     // The publisher comes back a second later, numbering from somewhere else.
     let second = bench.session(SessionKind::Publisher, 1_000, &mut out);
-    bench.core.open_track(second, MediaKind::Video, 90_000);
+    bench
+        .core
+        .open_track(second, MediaKind::Video, 0, 0xfeed, 90_000, bench.at(0));
     for seq in 7..9u16 {
         bench.core.publisher_rtp(
             bench.at(1_040),
@@ -403,7 +409,9 @@ fn media_crosses_only_to_workers_with_viewers_of_the_stream() {
     let mut bench = Bench::new();
     let mut out = Collected::default();
     let publisher = bench.session(SessionKind::Publisher, 0, &mut out);
-    bench.core.open_track(publisher, MediaKind::Video, 90_000);
+    bench
+        .core
+        .open_track(publisher, MediaKind::Video, 0, 0xfeed, 90_000, bench.at(0));
     bench.core.publisher_rtp(
         bench.at(10),
         publisher,
@@ -430,7 +438,9 @@ fn the_same_users_new_publisher_takes_over_and_viewers_keep_their_numbering() {
     let mut viewer = bench.viewer(1, Transport::Udp, &mut out);
     let first = bench.session(SessionKind::Publisher, 0, &mut out);
     bench.core.connect_publisher(first, bench.at(10));
-    bench.core.open_track(first, MediaKind::Video, 90_000);
+    bench
+        .core
+        .open_track(first, MediaKind::Video, 0, 0xfeed, 90_000, bench.at(0));
     for seq in 100..102u16 {
         bench.core.publisher_rtp(
             bench.at(40),
@@ -465,7 +475,9 @@ fn the_same_users_new_publisher_takes_over_and_viewers_keep_their_numbering() {
         "a takeover is not an end"
     );
     let second = bench.build(SessionKind::Publisher, 500, &mut out).unwrap();
-    bench.core.open_track(second, MediaKind::Video, 90_000);
+    bench
+        .core
+        .open_track(second, MediaKind::Video, 0, 0xfeed, 90_000, bench.at(0));
     for seq in 9_000..9_002u16 {
         bench.core.publisher_rtp(
             bench.at(540),
@@ -558,7 +570,9 @@ fn the_publishers_bitrate_is_published_once_per_window() {
     let mut bench = Bench::new();
     let mut out = Collected::default();
     let publisher = bench.session(SessionKind::Publisher, 0, &mut out);
-    bench.core.open_track(publisher, MediaKind::Video, 90_000);
+    bench
+        .core
+        .open_track(publisher, MediaKind::Video, 0, 0xfeed, 90_000, bench.at(0));
     // 100 payload bytes every 10 ms: 80 kbit/s.
     let window = RATE_WINDOW.as_millis() as u64;
     for i in 0..window / 10 {
