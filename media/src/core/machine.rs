@@ -498,14 +498,16 @@ impl Core {
             {
                 forward::retransmit(viewer, &ls.caches, &nacks, metrics, out);
             }
-            viewer.media_dest = s.pc.selected_remote().map(|(addr, proto)| {
+            // The last selected pair is kept while none is (during an ICE
+            // restart media keeps going to the address that worked).
+            if let Some((addr, proto)) = s.pc.selected_remote() {
                 let transport = if proto == TransportProtocol::TCP {
                     Transport::Tcp
                 } else {
                     Transport::Udp
                 };
-                (addr, transport)
-            });
+                viewer.media_dest = Some((addr, transport));
+            }
         }
         forward::drain_writes(&mut s.pc, metrics, out);
         s.next_timeout = s.pc.poll_timeout();
@@ -1184,6 +1186,14 @@ impl Core {
         if let Some(s) = self.sessions.get_mut(&key) {
             s.connected = true;
             publisher_connected(&self.registry, &s.stream, key, since, Transport::Udp);
+        }
+    }
+
+    /// A viewer's (current, target) encoding.
+    pub(crate) fn viewer_video(&self, key: u64) -> Option<(u8, u8)> {
+        match &self.sessions.get(&key)?.role {
+            Role::Viewer(v) => Some((v.video.current, v.video.target)),
+            Role::Publisher(_) => None,
         }
     }
 
