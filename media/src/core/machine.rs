@@ -685,37 +685,28 @@ impl Core {
     /// [`RATE_WINDOW`] (the operator view's `bitrate_kbps`).
     fn publish_rates(&mut self, now: Instant) {
         for key in &self.publishers {
-            if let Some(Session {
+            let Some(Session {
                 role: Role::Publisher(publisher),
                 stream,
                 ..
             }) = self.sessions.get_mut(key)
-                && let Some(bps) = publisher.rate.roll(now, RATE_WINDOW)
-            {
+            else {
+                continue;
+            };
+            if let Some(bps) = publisher.rate.roll(now, RATE_WINDOW) {
                 stream.bitrate_bps.store(bps, Ordering::Relaxed);
-                for (i, e) in publisher.encodings.iter_mut().enumerate() {
-                    if let Some(e) = e
-                        && let Some(bps) = e.rate.roll(now, RATE_WINDOW)
-                    {
-                        stream.encodings[i]
-                            .bitrate_bps
-                            .store(bps, Ordering::Relaxed);
-                    }
-                }
             }
-            if let Some(Session {
-                role: Role::Publisher(publisher),
-                stream,
-                ..
-            }) = self.sessions.get(key)
-            {
-                for (i, e) in publisher.encodings.iter().enumerate() {
-                    if let Some(e) = e {
-                        let active =
-                            now.saturating_duration_since(e.last_packet) < ENCODING_INACTIVE_AFTER;
-                        stream.encodings[i].active.store(active, Ordering::Release);
-                    }
+            // Each encoding's window runs from its own first packet; its
+            // activity is looked at every tick.
+            for (i, e) in publisher.encodings.iter_mut().enumerate() {
+                let Some(e) = e else { continue };
+                if let Some(bps) = e.rate.roll(now, RATE_WINDOW) {
+                    stream.encodings[i]
+                        .bitrate_bps
+                        .store(bps, Ordering::Relaxed);
                 }
+                let active = now.saturating_duration_since(e.last_packet) < ENCODING_INACTIVE_AFTER;
+                stream.encodings[i].active.store(active, Ordering::Release);
             }
         }
     }
