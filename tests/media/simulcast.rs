@@ -435,3 +435,141 @@ async fn a_viewer_behind_a_narrow_link_is_moved_down_and_back_up_without_a_broke
     browser.quit().await;
     app.shutdown().await;
 }
+
+/// The WHEP session id of watch page `name` (from its stats).
+async fn watch_session(browser: &mut Browser, name: &str) -> String {
+    let url = browser
+        .wait_stats(
+            &[name],
+            &format!("{name}'s WHEP session"),
+            Duration::from_secs(30),
+            |s| match s[0]["session"].as_str() {
+                Some(l) => Ok(l.to_string()),
+                None => Err(s[0].to_string()),
+            },
+        )
+        .await;
+    url.rsplit('/').next().unwrap().to_string()
+}
+
+/// Waits until page `name` has decoded `more` frames beyond now.
+async fn decodes_more(browser: &mut Browser, name: &str, more: f64, what: &str) {
+    let from = quality(browser, name).await.frames;
+    browser
+        .wait_stats(&[name], what, Duration::from_secs(15), |s| {
+            if num(&s[0]["video"]["framesDecoded"]) >= from + more {
+                Ok(())
+            } else {
+                Err(s[0].to_string())
+            }
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encoding_the_browser_pauses_leaves_every_viewer_fed() {
+    let _guard = media_lock().await;
+    let app = TestApp::builder().spawn().await;
+    let mut browser = Browser::launch().await;
+    let publish = page_url(
+        &app,
+        "broadcast",
+        "yoga",
+        &app.publish_token("yoga"),
+        "&simulcast=1&codec=VP8",
+    );
+    browser.open("pub", &publish).await;
+    wait_layers(&app, "yoga", 3, Duration::from_secs(45)).await;
+    let watch = page_url(&app, "watch", "yoga", &app.subscribe_token("yoga"), "");
+    browser.open("auto", &watch).await;
+    browser.open("pinned", &watch).await;
+    let auto = watch_session(&mut browser, "auto").await;
+    let pinned = watch_session(&mut browser, "pinned").await;
+    app.state()
+        .sfu
+        .select_layer(
+            &pinned,
+            LayerRequest {
+                rid: Some("f".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    for s in [&auto, &pinned] {
+        wait_rid(&app, s, "a viewer on f", Duration::from_secs(20), |r| {
+            r == "f"
+        })
+        .await;
+    }
+    decodes_more(&mut browser, "auto", 30.0, "auto viewer playing").await;
+
+    // The browser pauses f: both viewers go to h and keep decoding.
+    let paused = browser
+        .eval("pub", "window.tandem.setEncodingActive('f', false)")
+        .await
+        .unwrap();
+    assert_eq!(paused, true);
+    for s in [&auto, &pinned] {
+        wait_rid(
+            &app,
+            s,
+            "a viewer off the paused f",
+            Duration::from_secs(10),
+            |r| r == "h",
+        )
+        .await;
+    }
+    let layers = app.state().sfu.layers("yoga");
+    assert!(
+        layers
+            .iter()
+            .any(|l| l.rid == "f" && !l.active && l.bitrate == 0),
+        "{layers:?}"
+    );
+    decodes_more(
+        &mut browser,
+        "auto",
+        30.0,
+        "auto viewer fed while f is paused",
+    )
+    .await;
+    decodes_more(
+        &mut browser,
+        "pinned",
+        30.0,
+        "pinned viewer fed while f is paused",
+    )
+    .await;
+
+    // f comes back: the pinned viewer returns to it at once.
+    browser
+        .eval("pub", "window.tandem.setEncodingActive('f', true)")
+        .await
+        .unwrap();
+    wait_rid(
+        &app,
+        &pinned,
+        "the pinned viewer back on f",
+        Duration::from_secs(15),
+        |r| r == "f",
+    )
+    .await;
+    decodes_more(
+        &mut browser,
+        "pinned",
+        30.0,
+        "pinned viewer playing f again",
+    )
+    .await;
+    let m = app.metrics().await;
+    assert!(
+        metric_value(
+            &m,
+            "tandem_simulcast_switches_total",
+            &[("reason", "layer_inactive")]
+        ) >= 2.0
+    );
+    browser.quit().await;
+    app.shutdown().await;
+}
