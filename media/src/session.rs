@@ -201,6 +201,9 @@ pub struct ViewerVideo {
     pub before: Option<(u8, u16, u32, u16)>,
     /// The last packet sent: viewer sequence and timestamp, and when.
     pub last_out: Option<(u16, u32, Instant)>,
+    /// A joiner's first video packet brings the cached packets since the last
+    /// key frame first (`core::forward::catch_up`).
+    pub catch_up: bool,
     pub selector: Selector,
     /// When the encoding is next reconsidered.
     pub next_decision: Instant,
@@ -223,6 +226,7 @@ impl ViewerVideo {
             ts_offset: 0,
             before: None,
             last_out: None,
+            catch_up: false,
             selector: Selector::new(now),
             next_decision: now,
             bwe: None,

@@ -637,7 +637,7 @@ impl Core {
                 }
                 video.next_decision = now + LAYER_DECISION_INTERVAL;
                 if video.current == NO_ENCODING && video.target == NO_ENCODING {
-                    start_video(video, stream, now, metrics);
+                    start_video(video, stream, Some(ls), now, metrics);
                     continue;
                 }
                 if video.bwe.is_none() && video.twcc_ext != 0 {
@@ -1077,6 +1077,7 @@ impl Core {
         key: u64,
         srtp: SrtpSender,
         dest: (SocketAddr, Transport),
+        now: Instant,
     ) {
         let Some(s) = self.sessions.get_mut(&key) else {
             return;
@@ -1091,7 +1092,7 @@ impl Core {
                 &s.stream,
                 self.idx,
                 &mut self.streams,
-                self.last_refresh,
+                now,
                 &self.metrics,
             );
         }
@@ -1237,10 +1238,15 @@ fn join_fanout(
 ) {
     viewer.forwarding = true;
     stream.viewers_on[idx].fetch_add(1, Ordering::AcqRel);
-    if let Some(ls) = streams.get_mut(&stream.id) {
-        ls.viewers.push(key);
-    }
-    start_video(&mut viewer.video, stream, now, metrics);
+    let ls = streams.get_mut(&stream.id);
+    let ls = match ls {
+        Some(ls) => {
+            ls.viewers.push(key);
+            Some(&*ls)
+        }
+        None => None,
+    };
+    start_video(&mut viewer.video, stream, ls, now, metrics);
 }
 
 /// The encodings of `stream` as the selector sees them (as many as the
@@ -1259,16 +1265,19 @@ fn offered(stream: &StreamShared) -> ([Offered; MAX_ENCODINGS], usize) {
     (all, count)
 }
 
-/// Picks a viewer's first encoding (if it has none yet) and asks for its key frame.
+/// Picks a viewer's first encoding (if it has none yet) and asks for its key
+/// frame, unless the worker's cache holds a recent one to start from.
 fn start_video(
     video: &mut ViewerVideo,
     stream: &StreamShared,
+    ls: Option<&LocalStream>,
     now: Instant,
     metrics: &MediaMetrics,
 ) {
     if video.current != NO_ENCODING || video.target != NO_ENCODING {
         return;
     }
+    video.catch_up = true;
     if stream.rids().is_empty() {
         // One encoding: forwarded from the next packet on, key frame or not.
         video.current = 0;
@@ -1277,13 +1286,23 @@ fn start_video(
         video.shared.current.store(0, Ordering::Release);
         video.shared.target.store(0, Ordering::Release);
         video.shared.version.fetch_add(1, Ordering::AcqRel);
-        stream.keyframe_wanted.store(true, Ordering::Release);
+        if !ls.is_some_and(|ls| forward::can_catch_up(ls, 0, now)) {
+            stream.keyframe_wanted.store(true, Ordering::Release);
+        }
         return;
     }
     let (all, count) = offered(stream);
     let Some(first) = Selector::start(&all[..count], &video.pref) else {
         return;
     };
+    if ls.is_some_and(|ls| forward::can_catch_up(ls, first, now)) {
+        // Started from the cache: no key frame to wait for.
+        video.target = first;
+        video.switch = Some((now, SwitchReason::Start));
+        video.shared.target.store(first, Ordering::Release);
+        video.shared.version.fetch_add(1, Ordering::AcqRel);
+        return;
+    }
     set_target(video, stream, first, SwitchReason::Start, now, metrics);
 }
 

@@ -310,3 +310,53 @@ fn a_viewer_without_simulcast_gets_every_packet_as_before() {
     );
     assert!(matches!(e, Err(MediaError::BadLayer(m)) if m.contains("no simulcast")));
 }
+
+/// A forwarded video packet (from another worker) of encoding 0.
+fn video(bench: &Bench, seq: u16, keyframe: bool, ms: u64) -> Forward {
+    let mut f = media(bench, seq, ms);
+    f.keyframe = keyframe;
+    f
+}
+
+#[test]
+fn a_joiner_starts_from_the_cached_key_frame_without_asking_for_one() {
+    let mut bench = Bench::new();
+    let mut out = Collected::default();
+    let _first = bench.viewer(1, Transport::Udp, &mut out);
+    bench.stream.keyframe_wanted.store(false, Ordering::Release);
+    for seq in 10..15 {
+        let f = video(&bench, seq, seq == 10, 20);
+        bench.core.handle_media(bench.at(20), &f, &mut out);
+    }
+    // 100 ms after the key frame: the joiner needs no new one.
+    let mut joiner = bench.viewer_at(2, Transport::Udp, 120, &mut out);
+    assert!(!bench.stream.keyframe_wanted.load(Ordering::Acquire));
+    let f = video(&bench, 15, false, 130);
+    bench.core.handle_media(bench.at(130), &f, &mut out);
+    let seqs: Vec<u16> = joiner.received(&out).iter().map(|p| p.0).collect();
+    assert_eq!(
+        seqs,
+        [10, 11, 12, 13, 14, 15],
+        "from the key frame on, in order"
+    );
+    assert_eq!(bench.metrics.catch_ups.get(), 1);
+}
+
+#[test]
+fn a_stale_key_frame_is_not_replayed_and_one_is_asked_for() {
+    let mut bench = Bench::new();
+    let mut out = Collected::default();
+    let _first = bench.viewer(1, Transport::Udp, &mut out);
+    bench.stream.keyframe_wanted.store(false, Ordering::Release);
+    for seq in 10..15 {
+        let f = video(&bench, seq, seq == 10, 20);
+        bench.core.handle_media(bench.at(20), &f, &mut out);
+    }
+    let mut joiner = bench.viewer_at(2, Transport::Udp, 900, &mut out);
+    assert!(bench.stream.keyframe_wanted.load(Ordering::Acquire));
+    let f = video(&bench, 15, false, 910);
+    bench.core.handle_media(bench.at(910), &f, &mut out);
+    let seqs: Vec<u16> = joiner.received(&out).iter().map(|p| p.0).collect();
+    assert_eq!(seqs, [15], "live from here, as before");
+    assert_eq!(bench.metrics.catch_ups.get(), 0);
+}

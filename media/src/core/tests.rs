@@ -212,13 +212,22 @@ impl Bench {
 
     /// A viewer whose handshake is done: `n` picks its keys and port.
     fn viewer(&mut self, n: u8, transport: Transport, out: &mut Collected) -> Viewer {
+        self.viewer_at(n, transport, 0, out)
+    }
+
+    /// A viewer whose handshake is done at `ms`.
+    fn viewer_at(&mut self, n: u8, transport: Transport, ms: u64, out: &mut Collected) -> Viewer {
         let key = self.session(SessionKind::Viewer, 0, out);
         let addr: SocketAddr = format!("127.0.0.1:{}", 6000 + u16::from(n))
             .parse()
             .unwrap();
         let keys = keying(n);
-        self.core
-            .connect_viewer(key, SrtpSender::new(&keys).unwrap(), (addr, transport));
+        self.core.connect_viewer(
+            key,
+            SrtpSender::new(&keys).unwrap(),
+            (addr, transport),
+            self.at(ms),
+        );
         let provider = rtc::crypto::default_provider().unwrap();
         let crypto = provider.crypto();
         let ctx = Context::new(
