@@ -167,7 +167,8 @@ export class WhipWhepSession {
     if (!loc) throw new HttpError(resp.status, 'no_location', 'answer without a Location header (CORS expose-headers?)');
     this.sessionUrl = new URL(loc, this.endpoint).toString();
     this.etag = resp.headers.get('ETag');
-    this.iceServers = parseIceServerLinks(resp.headers.get('Link'));
+    this.links = resp.headers.get('Link') || '';
+    this.iceServers = parseIceServerLinks(this.links);
     const answer = await resp.text();
     this.log(`session ${this.sessionUrl}`);
     await this.pc.setRemoteDescription({ type: 'answer', sdp: answer });
