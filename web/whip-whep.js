@@ -157,6 +157,7 @@ export class WhipWhepSession {
     for (const m of sdp.matchAll(/^a=(candidate:.+?)\r?$/gm)) this.sentInOffer.add(m[1]);
     this.pending = this.pending.filter((c) => !this.sentInOffer.has(c));
 
+    this.postedAt = performance.now(); // the WHEP/WHIP POST (first-frame timing)
     const resp = await fetch(this.endpoint, {
       method: 'POST',
       headers: this._headers('application/sdp'),

@@ -213,10 +213,12 @@ pub struct ViewerVideo {
     pub twcc_ext: u8,
     /// What the HTTP side reads.
     pub shared: Arc<ViewerLayerShared>,
+    /// The worker this viewer lives on (its place in `StreamShared::watching`).
+    pub worker: usize,
 }
 
 impl ViewerVideo {
-    pub fn new(now: Instant, twcc_ext: u8, shared: Arc<ViewerLayerShared>) -> Self {
+    pub fn new(now: Instant, worker: usize, twcc_ext: u8, shared: Arc<ViewerLayerShared>) -> Self {
         Self {
             current: NO_ENCODING,
             target: NO_ENCODING,
@@ -232,7 +234,13 @@ impl ViewerVideo {
             bwe: None,
             twcc_ext,
             shared,
+            worker,
         }
+    }
+
+    /// The encodings this viewer receives or waits for.
+    pub fn watching(&self) -> [bool; MAX_ENCODINGS] {
+        std::array::from_fn(|e| self.current as usize == e || self.target as usize == e)
     }
 }
 

@@ -50,16 +50,19 @@ pub struct LocalStream {
     pub last_key: [Option<(u16, Instant, u32)>; 1 + MAX_ENCODINGS],
     /// Sessions of this stream on this worker (publisher and viewers).
     pub sessions: usize,
+    /// This worker's index (its place in `StreamShared::watching`).
+    pub worker: usize,
 }
 
 impl LocalStream {
-    pub fn new(shared: Arc<StreamShared>) -> Self {
+    pub fn new(shared: Arc<StreamShared>, worker: usize) -> Self {
         Self {
             shared,
             caches: std::array::from_fn(|_| RetransmitCache::new(RETRANSMIT_CACHE)),
             viewers: Vec::new(),
             last_key: [None; 1 + MAX_ENCODINGS],
             sessions: 0,
+            worker,
         }
     }
 }
@@ -78,8 +81,10 @@ pub fn cache_slot(kind: MediaKind, encoding: u8) -> usize {
 /// first packet of the target encoding's key frame: the viewer's numbering
 /// continues from its last packet, its timestamps advance by the wall time
 /// since (encodings need not share a timestamp base).
+#[allow(clippy::too_many_arguments)]
 pub fn map_video(
     video: &mut ViewerVideo,
+    stream: &StreamShared,
     encoding: u8,
     keyframe: bool,
     seq: u16,
@@ -101,6 +106,7 @@ pub fn map_video(
             }
             None => (0, 0),
         };
+        let before = video.watching();
         if video.current != NO_ENCODING {
             let first_after = seq.wrapping_add(seq_offset);
             video.before = Some((
@@ -113,6 +119,7 @@ pub fn map_video(
         }
         metrics.layer_viewers[(encoding as usize).min(MAX_ENCODINGS - 1)].inc();
         video.current = encoding;
+        stream.rewatch(video.worker, before, video.watching());
         video.seq_offset = seq_offset;
         video.ts_offset = ts_offset;
         if let Some((decided, reason)) = video.switch.take() {
@@ -146,6 +153,8 @@ pub fn fanout(
         return;
     }
     let slot = forward.kind.index();
+    let watched =
+        forward.kind == MediaKind::Audio || ls.shared.watched(ls.worker, forward.encoding);
     let cache = cache_slot(forward.kind, forward.encoding);
     ls.caches[cache].insert(&forward.packet);
     if forward.keyframe {
@@ -154,6 +163,10 @@ pub fn fanout(
             forward.arrived,
             forward.epoch,
         ));
+    }
+    if !watched {
+        // Cached for a joiner or a switch; nobody here wants it now.
+        return;
     }
     let ls = &*ls;
     let video = forward.kind == MediaKind::Video;
@@ -204,6 +217,7 @@ pub fn fanout(
             }
             let Some((seq, ts)) = map_video(
                 viewer_video,
+                &ls.shared,
                 forward.encoding,
                 forward.keyframe,
                 seq_in,
@@ -335,6 +349,7 @@ fn catch_up(
         }
         let Some((seq, ts)) = map_video(
             video,
+            &ls.shared,
             encoding,
             i == 0,
             cached.header.sequence_number,

@@ -523,8 +523,12 @@ impl Core {
         for forward in forwards.drain(..) {
             if let Some(ls) = self.streams.get(&forward.stream) {
                 let stream = &ls.shared;
+                let video = forward.kind == MediaKind::Video;
                 for w in 0..self.registry.workers {
-                    if w == self.idx || stream.viewers_on[w].load(Ordering::Acquire) == 0 {
+                    if w == self.idx
+                        || stream.viewers_on[w].load(Ordering::Acquire) == 0
+                        || (video && !stream.watched(w, forward.encoding))
+                    {
                         continue;
                     }
                     if !out.media(w, forward.share()) {
@@ -833,6 +837,7 @@ impl Core {
             SessionKind::Viewer => Role::Viewer(Viewer {
                 video: ViewerVideo::new(
                     now,
+                    self.idx,
                     built.twcc_ext,
                     Arc::new(ViewerLayerShared::new(built.video_media_id)),
                 ),
@@ -873,7 +878,7 @@ impl Core {
         );
         self.streams
             .entry(req.stream.id)
-            .or_insert_with(|| LocalStream::new(req.stream.clone()))
+            .or_insert_with(|| LocalStream::new(req.stream.clone(), self.idx))
             .sessions += 1;
         match req.kind {
             SessionKind::Publisher => {
@@ -1008,6 +1013,7 @@ impl Core {
                     self.metrics.layer_viewers[current as usize].dec();
                 }
                 if viewer.forwarding {
+                    stream.rewatch(self.idx, viewer.video.watching(), Default::default());
                     stream.viewers_on[self.idx].fetch_sub(1, Ordering::AcqRel);
                     if let Some(ls) = self.streams.get_mut(&stream.id) {
                         ls.viewers.retain(|k| *k != key);
@@ -1280,8 +1286,10 @@ fn start_video(
     video.catch_up = true;
     if stream.rids().is_empty() {
         // One encoding: forwarded from the next packet on, key frame or not.
+        let before = video.watching();
         video.current = 0;
         video.target = 0;
+        stream.rewatch(video.worker, before, video.watching());
         metrics.layer_viewers[0].inc();
         video.shared.current.store(0, Ordering::Release);
         video.shared.target.store(0, Ordering::Release);
@@ -1297,7 +1305,9 @@ fn start_video(
     };
     if ls.is_some_and(|ls| forward::can_catch_up(ls, first, now)) {
         // Started from the cache: no key frame to wait for.
+        let before = video.watching();
         video.target = first;
+        stream.rewatch(video.worker, before, video.watching());
         video.switch = Some((now, SwitchReason::Start));
         video.shared.target.store(first, Ordering::Release);
         video.shared.version.fetch_add(1, Ordering::AcqRel);
@@ -1316,6 +1326,7 @@ fn set_target(
     now: Instant,
     metrics: &MediaMetrics,
 ) {
+    let before = video.watching();
     if encoding == video.current {
         // Back to what it has: a pending switch is called off.
         video.target = encoding;
@@ -1326,6 +1337,7 @@ fn set_target(
         stream.want_keyframe(encoding as usize);
         metrics.switch_plis.inc();
     }
+    stream.rewatch(video.worker, before, video.watching());
     video.shared.target.store(video.target, Ordering::Release);
     video.shared.version.fetch_add(1, Ordering::AcqRel);
 }

@@ -454,12 +454,22 @@ fn media_crosses_only_to_workers_with_viewers_of_the_stream() {
         &mut out,
     );
     assert!(out.media.is_empty());
+    // A viewer on worker 1 that does not watch this encoding yet: nothing crosses.
     bench.stream.viewers_on[1].fetch_add(1, Ordering::AcqRel);
+    bench.core.publisher_rtp(
+        bench.at(15),
+        publisher,
+        MediaKind::Video,
+        rtp(2, 0),
+        &mut out,
+    );
+    assert!(out.media.is_empty());
+    bench.stream.rewatch(1, [false; 3], [true, false, false]);
     bench.core.publisher_rtp(
         bench.at(20),
         publisher,
         MediaKind::Video,
-        rtp(2, 0),
+        rtp(3, 0),
         &mut out,
     );
     assert_eq!(out.media, [1]);
