@@ -144,6 +144,9 @@ fn a_switch_waits_for_the_key_frame_and_keeps_the_numbering_continuous() {
             .keyframe_wanted
             .load(Ordering::Acquire)
     );
+    // Watched here: f (sent) and q (waited for); h by nobody, so not walked.
+    let watched = |b: &Bench| [0u8, 1, 2].map(|e| b.stream.watched(0, e));
+    assert_eq!(watched(&bench), [true, false, true]);
     send(&mut bench, publisher, 30, 0, 5000, DELTA, &mut out);
     send(&mut bench, publisher, 30, 2, 102, DELTA, &mut out);
     send(&mut bench, publisher, 63, 0, 5001, KEY, &mut out);
@@ -160,6 +163,7 @@ fn a_switch_waits_for_the_key_frame_and_keeps_the_numbering_continuous() {
     // f's three packets, then q's from its key frame on.
     assert_eq!(packets[3].2, [0x10, 0x00]);
     assert_eq!(layer(&bench, &viewer), (0, 0));
+    assert_eq!(watched(&bench), [true, false, false]);
     // Timestamps never go back, and advance by the wall time at the switch
     // (33 ms at 90 kHz) although q's own timestamps are far from f's.
     let ts: Vec<u32> = packets.iter().map(|p| p.1).collect();
