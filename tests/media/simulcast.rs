@@ -346,6 +346,11 @@ async fn a_viewer_behind_a_narrow_link_is_moved_down_and_back_up_without_a_broke
         )
         .await;
     let before = quality(&mut browser, "viewer").await;
+    assert_eq!(
+        rid_of(&app, &session).as_deref(),
+        Some("f"),
+        "still on f before the limit"
+    );
     relay.set_limit(limit);
     let down = wait_rid(
         &app,
@@ -423,6 +428,22 @@ async fn a_viewer_behind_a_narrow_link_is_moved_down_and_back_up_without_a_broke
     }
     assert!(end.frames > after_down.frames && after_down.frames > before.frames);
     let m = app.metrics().await;
+    let reasons: Vec<(&str, f64)> = [
+        "start",
+        "request",
+        "bandwidth_down",
+        "bandwidth_up",
+        "layer_inactive",
+    ]
+    .iter()
+    .map(|r| {
+        (
+            *r,
+            metric_value(&m, "tandem_simulcast_switches_total", &[("reason", r)]),
+        )
+    })
+    .collect();
+    eprintln!("switches: {reasons:?}");
     assert!(metric_value(&m, "tandem_rtcp_feedback_total", &[("type", "twcc")]) > 0.0);
     assert!(
         metric_value(
