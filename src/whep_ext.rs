@@ -229,6 +229,14 @@ impl EventSet {
 
 // --- Registrations ---
 
+/// Whether a session still exists (the SFU's, or a test's).
+type Alive = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+fn alive_in(sfu: &tandem_media::Sfu) -> Alive {
+    let sfu = sfu.clone();
+    Arc::new(move |session| sfu.session(session).is_some())
+}
+
 struct Registration {
     session: Arc<str>,
     stream: Arc<str>,
@@ -322,6 +330,11 @@ impl SseHub {
         Ok(id)
     }
 
+    /// Forgets every registration of `session` (it ended).
+    pub fn forget_session(&self, session: &str) {
+        self.lock().retain(|_, r| &*r.session != session);
+    }
+
     /// Starts streaming registration `id` of `session`: its events and the guard
     /// that hands it back when the stream ends. One GET at a time per id.
     fn open(
@@ -330,10 +343,10 @@ impl SseHub {
         session: &str,
         stream: &str,
         now: Instant,
-        alive: &dyn Fn(&str) -> bool,
+        alive: Alive,
     ) -> AppResult<(EventSet, OpenGuard)> {
         let mut map = self.lock();
-        Self::purge(&mut map, now, alive);
+        Self::purge(&mut map, now, &*alive);
         let reg = map
             .get_mut(id)
             .filter(|r| &*r.session == session && &*r.stream == stream)
@@ -357,6 +370,8 @@ impl SseHub {
             OpenGuard {
                 hub: self.clone(),
                 id: id.to_string(),
+                alive,
+                session: session.into(),
             },
         ))
     }
@@ -385,6 +400,9 @@ impl SseHub {
 struct OpenGuard {
     hub: SseHub,
     id: String,
+    /// To tell, at the end, whether the session is still there.
+    alive: Alive,
+    session: Arc<str>,
 }
 
 impl std::fmt::Debug for OpenGuard {
@@ -395,9 +413,30 @@ impl std::fmt::Debug for OpenGuard {
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
-        if let Some(reg) = self.hub.lock().get_mut(&self.id) {
+        if !(self.alive)(&self.session) {
+            self.hub.forget_session(&self.session);
+        } else if let Some(reg) = self.hub.lock().get_mut(&self.id) {
             reg.open = false;
             reg.since = Instant::now();
+        }
+    }
+}
+
+/// The WHEP session under this URL (`whip::session_for`); when there is none
+/// (ended), its event-stream registrations go too.
+async fn viewer_session(
+    state: &AppState,
+    headers: &HeaderMap,
+    stream: &str,
+    session: &str,
+) -> AppResult<()> {
+    match session_for(state, headers, stream, session, SessionKind::Viewer).await {
+        Ok(_) => Ok(()),
+        Err(err) => {
+            if state.sfu.session(session).is_none() {
+                state.whep_events.forget_session(session);
+            }
+            Err(err)
         }
     }
 }
@@ -408,7 +447,7 @@ async fn sse_post(
     headers: HeaderMap,
     body: Body,
 ) -> AppResult<Response> {
-    session_for(&state, &headers, &stream, &session, SessionKind::Viewer).await?;
+    viewer_session(&state, &headers, &stream, &session).await?;
     let body = read_json(&headers, body).await?;
     let events = EventSet::from_body(body.as_ref())?;
     let sfu = state.sfu.clone();
@@ -431,13 +470,11 @@ async fn sse_get(
     Path((stream, session, id)): Path<(String, String, String)>,
     headers: HeaderMap,
 ) -> AppResult<Response> {
-    session_for(&state, &headers, &stream, &session, SessionKind::Viewer).await?;
-    let sfu = state.sfu.clone();
-    let (events, guard) = state
-        .whep_events
-        .open(&id, &session, &stream, Instant::now(), &|s| {
-            sfu.session(s).is_some()
-        })?;
+    viewer_session(&state, &headers, &stream, &session).await?;
+    let (events, guard) =
+        state
+            .whep_events
+            .open(&id, &session, &stream, Instant::now(), alive_in(&state.sfu))?;
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let feed = Feed {
@@ -638,6 +675,7 @@ mod tests {
         let hub = SseHub::with_cap(6);
         let t0 = Instant::now();
         let alive = |_: &str| true;
+        let all: Alive = Arc::new(alive);
         for _ in 0..MAX_PER_SESSION {
             hub.register("a", "s", EventSet::ALL, t0, &alive).unwrap();
         }
@@ -655,13 +693,13 @@ mod tests {
         assert_eq!(hub.len(), 6);
 
         // An open one outlives the expiry; unfetched ones go.
-        let (_, guard) = hub.open(&b1, "b", "s", t0, &alive).unwrap();
+        let (_, guard) = hub.open(&b1, "b", "s", t0, all.clone()).unwrap();
         assert_eq!(
-            hub.open(&b1, "b", "s", t0, &alive).unwrap_err().status,
+            hub.open(&b1, "b", "s", t0, all.clone()).unwrap_err().status,
             StatusCode::CONFLICT
         );
         assert_eq!(
-            hub.open(&b1, "a", "s", t0, &alive).unwrap_err().status,
+            hub.open(&b1, "a", "s", t0, all.clone()).unwrap_err().status,
             StatusCode::NOT_FOUND,
             "another session's id"
         );
@@ -675,7 +713,7 @@ mod tests {
         hub.register("c", "s", EventSet::ALL, later, &|s| s != "b")
             .unwrap();
         assert_eq!(hub.count_of("b"), 0);
-        assert!(hub.open(&b1, "b", "s", later, &alive).is_err());
+        assert!(hub.open(&b1, "b", "s", later, all.clone()).is_err());
     }
 
     #[test]

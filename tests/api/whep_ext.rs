@@ -14,6 +14,17 @@ use serde_json::{Value, json};
 const LAYER_REL: &str = "urn:ietf:params:whep:ext:core:layer";
 const SSE_REL: &str = "urn:ietf:params:whep:ext:core:server-sent-events";
 
+/// A server whose never-connecting sessions (canned offers) live for the whole test.
+async fn spawn() -> TestApp {
+    TestApp::builder()
+        .config(|c| {
+            c.media.ice_start_timeout_ms = 120_000;
+            c.media.connect_timeout_seconds = 120;
+        })
+        .spawn()
+        .await
+}
+
 /// The canned publisher offer with three simulcast encodings q, h, f on its video.
 fn simulcast_offer() -> String {
     CHROMIUM_SENDONLY_OFFER.replacen(
@@ -55,7 +66,7 @@ fn links(headers: &reqwest::header::HeaderMap) -> Vec<String> {
 
 #[tokio::test]
 async fn whep_answers_link_the_layer_and_sse_extensions() {
-    let app = spawn_app().await;
+    let app = spawn().await;
     let (location, headers) = viewer(&app, "cam").await;
     let links = links(&headers);
     assert!(
@@ -105,7 +116,7 @@ async fn whep_answers_link_the_layer_and_sse_extensions() {
 
 #[tokio::test]
 async fn layer_requests_bad_bodies_are_400_and_change_nothing() {
-    let app = spawn_app().await;
+    let app = spawn().await;
     let resp = post_offer(
         &app,
         &app.whip_url("cam"),
@@ -273,7 +284,7 @@ async fn register(app: &TestApp, location: &str, body: Option<&str>) -> reqwest:
 
 #[tokio::test]
 async fn sse_sends_the_state_then_ends_with_the_session() {
-    let app = spawn_app().await;
+    let app = spawn().await;
     let (location, _) = viewer(&app, "cam").await;
     let id = session_id(&location).to_string();
 
@@ -361,7 +372,7 @@ async fn sse_sends_the_state_then_ends_with_the_session() {
 
 #[tokio::test]
 async fn sse_event_names_are_checked_and_streams_are_capped() {
-    let app = spawn_app().await;
+    let app = spawn().await;
     let (location, _) = viewer(&app, "cam").await;
     let url = format!("{location}/sse");
     for (body, field) in [
