@@ -500,7 +500,7 @@ async fn sse_get(
         }
     });
     Ok(Sse::new(body)
-        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"))
         .into_response())
 }
 

@@ -317,6 +317,16 @@ async fn sse_sends_the_state_then_ends_with_the_session() {
     assert_eq!(name, "viewercount");
     let viewers = app.state().sfu.stream("cam").map_or(0, |s| s.viewers);
     assert_eq!(data, json!({ "viewercount": viewers }));
+    // The encodings on offer (none: no publisher), keyed by the viewer's video mediaId.
+    let sfu = &app.state().sfu;
+    let (name, data) = events.next().await.unwrap();
+    assert_eq!(name, "layers");
+    assert_eq!(data, json!({ "0": { "layers": sfu.layers("cam") } }));
+    // Our extension: the viewer's own layer.
+    let (name, data) = events.next().await.unwrap();
+    assert_eq!(name, "layer");
+    assert_eq!(data, serde_json::to_value(sfu.viewer_layer(&id)).unwrap());
+    assert_eq!(data["media_id"], "0");
     // While the stream is being read, a second GET of it is refused.
     let r = app.get(&events_url, None).await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
