@@ -450,12 +450,10 @@ async fn sse_post(
     viewer_session(&state, &headers, &stream, &session).await?;
     let body = read_json(&headers, body).await?;
     let events = EventSet::from_body(body.as_ref())?;
-    let sfu = state.sfu.clone();
+    let alive = alive_in(&state.sfu);
     let id = state
         .whep_events
-        .register(&session, &stream, events, Instant::now(), &|s| {
-            sfu.session(s).is_some()
-        })?;
+        .register(&session, &stream, events, Instant::now(), &*alive)?;
     let location = format!("/v1/whep/{stream}/{session}/sse/{id}");
     let mut resp = StatusCode::CREATED.into_response();
     resp.headers_mut().insert(
