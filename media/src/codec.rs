@@ -187,14 +187,17 @@ fn av1(p: &[u8]) -> Option<FrameStart> {
     }
     // The first OBU element (with a length unless W = 1) is the sequence
     // header that starts a coded video sequence.
-    let w = (b0 >> 4) & 0x03;
-    let mut rest = p.get(1..)?;
-    if w != 1 {
-        let (len, n) = leb128(rest)?;
-        rest = rest.get(n..n.checked_add(usize::try_from(len).ok()?)?)?;
-    }
-    let header = *rest.first()?;
-    let size = if (header >> 3) & 0x0f == 1 {
+    let size = (|| {
+        let w = (b0 >> 4) & 0x03;
+        let mut rest = p.get(1..)?;
+        if w != 1 {
+            let (len, n) = leb128(rest)?;
+            rest = rest.get(n..n.checked_add(usize::try_from(len).ok()?)?)?;
+        }
+        let header = *rest.first()?;
+        if (header >> 3) & 0x0f != 1 {
+            return None;
+        }
         let hl = 1 + usize::from(header & 0x04 != 0);
         let mut body = rest.get(hl..)?;
         if header & 0x02 != 0 {
@@ -202,9 +205,7 @@ fn av1(p: &[u8]) -> Option<FrameStart> {
             body = body.get(n..n.checked_add(usize::try_from(len).ok()?)?)?;
         }
         av1_sequence_header(body).map(|s| (s.width, s.height))
-    } else {
-        None
-    };
+    })();
     Some(FrameStart { keyframe, size })
 }
 
