@@ -1037,6 +1037,13 @@ impl Core {
                 if stream.live.swap(false, Ordering::AcqRel) {
                     self.metrics.streams_live.dec();
                 }
+                // Nothing arrives any more: the layers event and the operator
+                // view say so. A successor is built only after this close (a
+                // takeover waits for it) and marks its own encodings.
+                for e in &stream.encodings {
+                    e.active.store(false, Ordering::Release);
+                    e.bitrate_bps.store(0, Ordering::Relaxed);
+                }
                 let was_connected = match stream.publisher_info.lock() {
                     Ok(mut info) if info.as_ref().is_some_and(|i| i.key == key) => {
                         *info = None;

@@ -386,3 +386,20 @@ fn a_stale_key_frame_is_not_replayed_and_one_is_asked_for() {
     assert_eq!(seqs, [15], "live from here, as before");
     assert_eq!(bench.metrics.catch_ups.get(), 0);
 }
+
+#[test]
+fn a_publisher_that_leaves_leaves_no_active_encoding_behind() {
+    let mut out = Collected::default();
+    let (mut bench, publisher) = simulcast_bench(&mut out);
+    assert_eq!(bench.stream.layers().iter().filter(|l| l.active).count(), 3);
+    assert!(
+        bench
+            .core
+            .end_session(bench.at(100), publisher, "deleted", &mut out)
+    );
+    let layers = bench.stream.layers();
+    assert!(
+        layers.iter().all(|l| !l.active && l.bitrate == 0),
+        "{layers:?}"
+    );
+}
