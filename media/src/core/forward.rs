@@ -202,7 +202,7 @@ pub fn fanout(
         if video {
             if viewer_video.catch_up {
                 viewer_video.catch_up = false;
-                catch_up(
+                let caught_up = catch_up(
                     pc,
                     viewer_video,
                     track,
@@ -214,6 +214,15 @@ pub fn fanout(
                     metrics,
                     out,
                 );
+                if !caught_up {
+                    // Counted on at the join (so no key frame was asked for
+                    // then), but the cache no longer serves it: ask now.
+                    let e = match viewer_video.target {
+                        NO_ENCODING => forward.encoding,
+                        t => t,
+                    };
+                    ls.shared.want_keyframe(e as usize);
+                }
             }
             let Some((seq, ts)) = map_video(
                 viewer_video,
@@ -294,7 +303,7 @@ pub fn can_catch_up(ls: &LocalStream, encoding: u8, now: Instant) -> bool {
 /// key frame up to this one go first, in order, as the fan-out would have
 /// sent them, so the viewer decodes a picture at once. Nothing is sent if the
 /// key frame is stale, from another publisher, or any packet since is missing
-/// from the cache (the viewer then waits for the key frame its PLI asked for).
+/// from the cache (then false: the caller asks for a key frame).
 #[allow(clippy::too_many_arguments)]
 fn catch_up(
     pc: &mut RTCPeerConnection,
@@ -307,30 +316,30 @@ fn catch_up(
     now: Instant,
     metrics: &MediaMetrics,
     out: &mut impl Egress,
-) {
+) -> bool {
     let encoding = if video.target != NO_ENCODING {
         video.target
     } else {
         forward.encoding
     };
     if encoding != forward.encoding || !can_catch_up(ls, encoding, now) {
-        return;
+        return false;
     }
     let slot = cache_slot(MediaKind::Video, encoding);
     let Some((key_seq, _, _)) = ls.last_key[slot] else {
-        return;
+        return false;
     };
     let until = forward.packet.header.sequence_number;
     let count = until.wrapping_sub(key_seq);
     if count == 0 || count > CATCH_UP_PACKETS {
-        return;
+        return false;
     }
     let cache = &ls.caches[slot];
     if (0..count).any(|i| cache.get(key_seq.wrapping_add(i)).is_none()) {
-        return;
+        return false;
     }
     let (Some(srtp), Some(dest)) = (srtp.as_mut(), dest) else {
-        return;
+        return false;
     };
     if track.epoch != forward.epoch {
         track.pt_map = [PT_UNKNOWN; 128];
@@ -339,7 +348,7 @@ fn catch_up(
     let mut sent = 0u64;
     for i in 0..count {
         let Some(cached) = cache.get(key_seq.wrapping_add(i)) else {
-            return;
+            return false;
         };
         let pt_in = (cached.header.payload_type & 0x7f) as usize;
         let mut pt = track.pt_map[pt_in];
@@ -357,7 +366,7 @@ fn catch_up(
             now,
             metrics,
         ) else {
-            return;
+            return false;
         };
         if pt == PT_UNSUPPORTED {
             continue;
@@ -386,6 +395,7 @@ fn catch_up(
     }
     metrics.catch_ups.inc();
     metrics.packets_out.inc_by(sent);
+    true
 }
 
 /// Answers a viewer's NACKs from the worker's per-track cache: the same packet
