@@ -82,9 +82,24 @@ fn vp8(p: &[u8]) -> Option<FrameStart> {
     })
 }
 
-/// draft-ietf-payload-vp9 §4.2: a key frame's first packet has B=1 and P=0 (and
-/// is the lowest spatial layer); its scalability structure (V=1) carries sizes.
-fn vp9(p: &[u8]) -> Option<FrameStart> {
+/// A VP9 RTP payload descriptor (draft-ietf-payload-vp9 §4.2) as far as the
+/// SFU and the recorder read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vp9Descriptor {
+    /// B: the packet starts a frame.
+    pub begin: bool,
+    /// P: the frame is predicted from an earlier one (not a key frame).
+    pub predicted: bool,
+    /// The spatial layer id (0 without L).
+    pub spatial: u8,
+    /// The largest size in the scalability structure (V=1 with Y), if any.
+    pub size: Option<(u32, u32)>,
+    /// Where the VP9 bitstream starts.
+    pub len: usize,
+}
+
+/// Reads a VP9 payload descriptor; `None` when it runs past the packet.
+pub fn vp9_descriptor(p: &[u8]) -> Option<Vp9Descriptor> {
     let b0 = *p.first()?;
     let (i_bit, p_bit, l_bit, f_bit, b_bit, v_bit) = (
         b0 & 0x80 != 0,
@@ -94,45 +109,69 @@ fn vp9(p: &[u8]) -> Option<FrameStart> {
         b0 & 0x08 != 0,
         b0 & 0x02 != 0,
     );
-    let mut i = 1;
+    let mut n = 1;
     if i_bit {
-        i += if *p.get(i)? & 0x80 != 0 { 2 } else { 1 };
+        n += if *p.get(n)? & 0x80 != 0 { 2 } else { 1 };
     }
     let mut spatial = 0;
     if l_bit {
-        spatial = *p.get(i)? >> 5 & 0x07;
-        i += if f_bit { 1 } else { 2 };
+        spatial = (*p.get(n)? >> 1) & 0x07;
+        // The layer byte, and TL0PICIDX in non-flexible mode.
+        n += if f_bit { 1 } else { 2 };
     }
     if f_bit && p_bit {
         // Flexible mode: up to three reference indices, each with an N bit.
         for _ in 0..3 {
-            let r = *p.get(i)?;
-            i += 1;
-            if r & 0x01 == 0 {
+            let d = *p.get(n)?;
+            n += 1;
+            if d & 0x01 == 0 {
                 break;
             }
         }
     }
-    if !(b_bit && !p_bit && spatial == 0) {
-        return Some(FrameStart::default());
-    }
     let mut size = None;
     if v_bit {
-        let ss = *p.get(i)?;
+        let ss = *p.get(n)?;
+        n += 1;
         let layers = usize::from(ss >> 5) + 1;
         if ss & 0x10 != 0 {
-            // Y: a width and a height per spatial layer; the largest is the picture.
-            for l in 0..layers {
-                let at = i + 1 + 4 * l;
-                let w = u32::from(u16::from_be_bytes([*p.get(at)?, *p.get(at + 1)?]));
-                let h = u32::from(u16::from_be_bytes([*p.get(at + 2)?, *p.get(at + 3)?]));
+            // Y: a width and a height per spatial layer; the last is the largest.
+            for _ in 0..layers {
+                let w = u32::from(u16::from_be_bytes([*p.get(n)?, *p.get(n + 1)?]));
+                let h = u32::from(u16::from_be_bytes([*p.get(n + 2)?, *p.get(n + 3)?]));
                 size = Some((w, h));
+                n += 4;
+            }
+        }
+        if ss & 0x08 != 0 {
+            // G: the picture group's description.
+            let groups = *p.get(n)?;
+            n += 1;
+            for _ in 0..groups {
+                let g = *p.get(n)?;
+                n += 1 + usize::from((g >> 2) & 0x03);
             }
         }
     }
+    (n <= p.len()).then_some(Vp9Descriptor {
+        begin: b_bit,
+        predicted: p_bit,
+        spatial,
+        size,
+        len: n,
+    })
+}
+
+/// A key frame's first packet has B=1 and P=0 and is the lowest spatial layer;
+/// its scalability structure carries the sizes.
+fn vp9(p: &[u8]) -> Option<FrameStart> {
+    let d = vp9_descriptor(p)?;
+    if !(d.begin && !d.predicted && d.spatial == 0) {
+        return Some(FrameStart::default());
+    }
     Some(FrameStart {
         keyframe: true,
-        size,
+        size: d.size,
     })
 }
 
@@ -553,8 +592,8 @@ mod tests {
 
     #[test]
     fn vp9_and_av1_starts() {
-        // VP9: I=0, P=0, B=1, V=1 with one layer and Y: 320x180.
-        let p = [0x0a, 0x18, 0x01, 0x40, 0x00, 0xb4];
+        // VP9: I=0, P=0, B=1, V=1 with one layer and Y (no G): 320x180.
+        let p = [0x0a, 0x10, 0x01, 0x40, 0x00, 0xb4];
         let f = frame_start(VideoCodec::Vp9, &p);
         assert!(f.keyframe);
         assert_eq!(f.size, Some((320, 180)));

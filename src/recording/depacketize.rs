@@ -419,60 +419,11 @@ fn vp8_frame(payloads: &[Bytes]) -> Option<(Vec<u8>, bool)> {
 
 // ---------------------------------------------------------------- VP9
 
-/// VP9 RTP payload descriptor → (B: start of frame, header length).
-fn vp9_descriptor(p: &[u8]) -> Option<(bool, usize)> {
-    let b0 = *p.first()?;
-    let (i, pbit, l, f, b, v) = (
-        b0 & 0x80 != 0,
-        b0 & 0x40 != 0,
-        b0 & 0x20 != 0,
-        b0 & 0x10 != 0,
-        b0 & 0x08 != 0,
-        b0 & 0x02 != 0,
-    );
-    let mut n = 1;
-    if i {
-        let m = *p.get(n)?;
-        n += if m & 0x80 != 0 { 2 } else { 1 };
-    }
-    if l {
-        n += 1;
-        if !f {
-            n += 1; // TL0PICIDX
-        }
-    }
-    if f && pbit {
-        for _ in 0..3 {
-            let d = *p.get(n)?;
-            n += 1;
-            if d & 0x01 == 0 {
-                break;
-            }
-        }
-    }
-    if v {
-        let ss = *p.get(n)?;
-        n += 1;
-        let ns = usize::from(ss >> 5) + 1;
-        if ss & 0x10 != 0 {
-            n += 4 * ns;
-        }
-        if ss & 0x08 != 0 {
-            let ng = *p.get(n)?;
-            n += 1;
-            for _ in 0..ng {
-                let g = *p.get(n)?;
-                n += 1 + usize::from((g >> 2) & 0x03);
-            }
-        }
-    }
-    (n <= p.len()).then_some((b, n))
-}
-
 fn vp9_frame(payloads: &[Bytes]) -> Option<(Vec<u8>, bool)> {
     let mut data = Vec::new();
     for (i, p) in payloads.iter().enumerate() {
-        let (start, n) = vp9_descriptor(p)?;
+        let d = tandem_media::codec::vp9_descriptor(p)?;
+        let (start, n) = (d.begin, d.len);
         if i == 0 && !start {
             return None;
         }

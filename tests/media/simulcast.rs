@@ -60,18 +60,23 @@ fn answered_video_mid(answered: &Value) -> String {
     index.to_string()
 }
 
-async fn simulcast_publish_and_pin(codec: &str) {
-    let _guard = media_lock().await;
+/// One real-peer test's start: the media lock (held while the guard lives),
+/// a server, Chromium, and the broadcast page publishing `stream` with `query`
+/// (e.g. `&simulcast=1&codec=VP8`).
+async fn stage(
+    stream: &str,
+    query: &str,
+) -> (tokio::sync::MutexGuard<'static, ()>, TestApp, Browser) {
+    let guard = media_lock().await;
     let app = TestApp::builder().spawn().await;
     let mut browser = Browser::launch().await;
-    let publish = page_url(
-        &app,
-        "broadcast",
-        "class",
-        &app.publish_token("class"),
-        &format!("&simulcast=1&codec={codec}"),
-    );
+    let publish = page_url(&app, "broadcast", stream, &app.publish_token(stream), query);
     browser.open("pub", &publish).await;
+    (guard, app, browser)
+}
+
+async fn simulcast_publish_and_pin(codec: &str) {
+    let (_guard, app, browser) = stage("class", &format!("&simulcast=1&codec={codec}")).await;
     let layers = wait_layers(&app, "class", 3, Duration::from_secs(45)).await;
     eprintln!("simulcast {codec}: {layers:?}");
     let widths: Vec<u32> = layers.iter().map(|l| l.1).collect();
@@ -288,17 +293,7 @@ async fn wait_rid(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_viewer_behind_a_narrow_link_is_moved_down_and_back_up_without_a_broken_frame() {
-    let _guard = media_lock().await;
-    let app = TestApp::builder().spawn().await;
-    let mut browser = Browser::launch().await;
-    let publish = page_url(
-        &app,
-        "broadcast",
-        "gym",
-        &app.publish_token("gym"),
-        "&simulcast=1&codec=VP8",
-    );
-    browser.open("pub", &publish).await;
+    let (_guard, app, mut browser) = stage("gym", "&simulcast=1&codec=VP8").await;
     wait_layers(&app, "gym", 3, Duration::from_secs(45)).await;
 
     let server: std::net::SocketAddr = format!("127.0.0.1:{}", app.state().sfu.local_port())
@@ -501,17 +496,7 @@ async fn decodes_more(browser: &mut Browser, name: &str, more: f64, what: &str) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_encoding_the_browser_pauses_leaves_every_viewer_fed() {
-    let _guard = media_lock().await;
-    let app = TestApp::builder().spawn().await;
-    let mut browser = Browser::launch().await;
-    let publish = page_url(
-        &app,
-        "broadcast",
-        "yoga",
-        &app.publish_token("yoga"),
-        "&simulcast=1&codec=VP8",
-    );
-    browser.open("pub", &publish).await;
+    let (_guard, app, mut browser) = stage("yoga", "&simulcast=1&codec=VP8").await;
     wait_layers(&app, "yoga", 3, Duration::from_secs(45)).await;
     let watch = page_url(&app, "watch", "yoga", &app.subscribe_token("yoga"), "");
     browser.open("auto", &watch).await;
@@ -613,17 +598,7 @@ async fn an_encoding_the_browser_pauses_leaves_every_viewer_fed() {
 /// start (the target, p95 under 500 ms, is a measurement, not a timed test).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_joiners_first_frame_is_recorded() {
-    let _guard = media_lock().await;
-    let app = TestApp::builder().spawn().await;
-    let mut browser = Browser::launch().await;
-    let publish = page_url(
-        &app,
-        "broadcast",
-        "join",
-        &app.publish_token("join"),
-        "&simulcast=0&codec=VP8",
-    );
-    browser.open("pub", &publish).await;
+    let (_guard, app, mut browser) = stage("join", "&simulcast=0&codec=VP8").await;
     let watch = page_url(&app, "watch", "join", &app.subscribe_token("join"), "");
     let mut times = Vec::new();
     for i in 0..8 {
@@ -685,17 +660,7 @@ async fn shown_layer(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_watch_page_shows_its_layer_and_lets_the_viewer_pick_one() {
-    let _guard = media_lock().await;
-    let app = TestApp::builder().spawn().await;
-    let mut browser = Browser::launch().await;
-    let publish = page_url(
-        &app,
-        "broadcast",
-        "dance",
-        &app.publish_token("dance"),
-        "&codec=VP8",
-    );
-    browser.open("pub", &publish).await;
+    let (_guard, app, mut browser) = stage("dance", "&codec=VP8").await;
     // The fake camera is 1280 wide: simulcast is on without asking.
     let layers = wait_layers(&app, "dance", 3, Duration::from_secs(45)).await;
     let shown = browser
@@ -757,17 +722,7 @@ async fn the_watch_page_shows_its_layer_and_lets_the_viewer_pick_one() {
 /// VP9 and AV1 (aiortc decodes neither): three Chromium watch pages pin q, h
 /// and f through the page's picker, which posts to the layer extension.
 async fn simulcast_publish_and_pick_in_pages(codec: &str) {
-    let _guard = media_lock().await;
-    let app = TestApp::builder().spawn().await;
-    let mut browser = Browser::launch().await;
-    let publish = page_url(
-        &app,
-        "broadcast",
-        "class",
-        &app.publish_token("class"),
-        &format!("&simulcast=1&codec={codec}"),
-    );
-    browser.open("pub", &publish).await;
+    let (_guard, app, mut browser) = stage("class", &format!("&simulcast=1&codec={codec}")).await;
     let layers = wait_layers(&app, "class", 3, Duration::from_secs(45)).await;
     eprintln!("simulcast {codec}: {layers:?}");
     let watch = page_url(&app, "watch", "class", &app.subscribe_token("class"), "");
