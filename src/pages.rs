@@ -69,6 +69,12 @@ const ASSETS: &[(&str, &str, &str)] = &[
         "text/javascript; charset=utf-8",
         include_str!("../web/fmp4-webm.js"),
     ),
+    // Issue 15: the watch page's layer choice and server events (WHEP extensions).
+    (
+        "whep-layers.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../web/whep-layers.js"),
+    ),
 ];
 
 /// Third-party files under `/vendor/` (see web/vendor/README.md for versions and licences).

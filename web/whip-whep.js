@@ -157,6 +157,7 @@ export class WhipWhepSession {
     for (const m of sdp.matchAll(/^a=(candidate:.+?)\r?$/gm)) this.sentInOffer.add(m[1]);
     this.pending = this.pending.filter((c) => !this.sentInOffer.has(c));
 
+    this.postedAt = performance.now(); // the WHEP/WHIP POST (first-frame timing)
     const resp = await fetch(this.endpoint, {
       method: 'POST',
       headers: this._headers('application/sdp'),
@@ -167,7 +168,8 @@ export class WhipWhepSession {
     if (!loc) throw new HttpError(resp.status, 'no_location', 'answer without a Location header (CORS expose-headers?)');
     this.sessionUrl = new URL(loc, this.endpoint).toString();
     this.etag = resp.headers.get('ETag');
-    this.iceServers = parseIceServerLinks(resp.headers.get('Link'));
+    this.links = resp.headers.get('Link') || '';
+    this.iceServers = parseIceServerLinks(this.links);
     const answer = await resp.text();
     this.log(`session ${this.sessionUrl}`);
     await this.pc.setRemoteDescription({ type: 'answer', sdp: answer });

@@ -132,6 +132,7 @@ impl CoreFuzz {
             2,
             SrtpSender::new(&keying).unwrap(),
             (addr(VIEWER_ADDR), Transport::Udp),
+            now,
         );
         fuzz
     }

@@ -33,6 +33,8 @@ pub struct MediaMetrics {
     /// Viewer bandwidth feedback received: TWCC and REMB.
     pub twcc: IntCounter,
     pub remb: IntCounter,
+    /// Joiners started from the cached last key frame (no PLI waited for).
+    pub catch_ups: IntCounter,
 }
 
 /// `tandem_dropped_packets_total{reason}`; one child per reason.
@@ -132,6 +134,11 @@ impl MediaMetrics {
             )
             .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0]),
         )?;
+        let catch_ups = IntCounter::new(
+            "tandem_viewer_catch_ups_total",
+            "Joining viewers started from the cached last key frame instead of waiting for a new one",
+        )?;
+        registry.register(Box::new(catch_ups.clone()))?;
         registry.register(Box::new(layer_viewers.clone()))?;
         registry.register(Box::new(switches.clone()))?;
         registry.register(Box::new(switch_plis.clone()))?;
@@ -176,6 +183,7 @@ impl MediaMetrics {
                 .map(|r| switches.with_label_values(&[r.as_str()])),
             switch_plis,
             switch_delay,
+            catch_ups,
         })
     }
 }

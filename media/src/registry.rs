@@ -138,6 +138,10 @@ pub struct StreamShared {
     pub viewers: AtomicUsize,
     /// Connected viewers per worker: who needs this stream's packets.
     pub viewers_on: Vec<AtomicUsize>,
+    /// Per worker and video encoding: viewers receiving it or switching to it.
+    /// An encoding nobody watches on a worker is neither handed to that worker
+    /// nor walked through its viewers.
+    pub watching: Vec<[AtomicU32; MAX_ENCODINGS]>,
     pub keyframe_wanted: AtomicBool,
     /// Numbering handed from one publisher to the next (audio, then video
     /// per encoding).
@@ -178,6 +182,7 @@ impl StreamShared {
             live: AtomicBool::new(false),
             viewers: AtomicUsize::new(0),
             viewers_on: (0..workers).map(|_| AtomicUsize::new(0)).collect(),
+            watching: (0..workers).map(|_| Default::default()).collect(),
             keyframe_wanted: AtomicBool::new(false),
             continuity: Mutex::new(None),
             rids: RwLock::new(Arc::new(Vec::new())),
@@ -222,6 +227,37 @@ impl StreamShared {
                 }
             })
             .collect()
+    }
+
+    /// A viewer on `worker` changed the encodings it watches (see `watching`).
+    pub fn rewatch(
+        &self,
+        worker: usize,
+        before: [bool; MAX_ENCODINGS],
+        after: [bool; MAX_ENCODINGS],
+    ) {
+        let Some(counts) = self.watching.get(worker) else {
+            return;
+        };
+        for e in 0..MAX_ENCODINGS {
+            match (before[e], after[e]) {
+                (false, true) => {
+                    counts[e].fetch_add(1, Ordering::AcqRel);
+                }
+                (true, false) => {
+                    counts[e].fetch_sub(1, Ordering::AcqRel);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Whether a viewer on `worker` receives or waits for encoding `encoding`.
+    pub fn watched(&self, worker: usize, encoding: u8) -> bool {
+        self.watching
+            .get(worker)
+            .and_then(|c| c.get(encoding as usize))
+            .is_some_and(|c| c.load(Ordering::Acquire) > 0)
     }
 
     /// Asks the publisher for a key frame of encoding `encoding` (throttled per

@@ -201,6 +201,9 @@ pub struct ViewerVideo {
     pub before: Option<(u8, u16, u32, u16)>,
     /// The last packet sent: viewer sequence and timestamp, and when.
     pub last_out: Option<(u16, u32, Instant)>,
+    /// A joiner's first video packet brings the cached packets since the last
+    /// key frame first (`core::forward::catch_up`).
+    pub catch_up: bool,
     pub selector: Selector,
     /// When the encoding is next reconsidered.
     pub next_decision: Instant,
@@ -210,10 +213,12 @@ pub struct ViewerVideo {
     pub twcc_ext: u8,
     /// What the HTTP side reads.
     pub shared: Arc<ViewerLayerShared>,
+    /// The worker this viewer lives on (its place in `StreamShared::watching`).
+    pub worker: usize,
 }
 
 impl ViewerVideo {
-    pub fn new(now: Instant, twcc_ext: u8, shared: Arc<ViewerLayerShared>) -> Self {
+    pub fn new(now: Instant, worker: usize, twcc_ext: u8, shared: Arc<ViewerLayerShared>) -> Self {
         Self {
             current: NO_ENCODING,
             target: NO_ENCODING,
@@ -223,12 +228,19 @@ impl ViewerVideo {
             ts_offset: 0,
             before: None,
             last_out: None,
+            catch_up: false,
             selector: Selector::new(now),
             next_decision: now,
             bwe: None,
             twcc_ext,
             shared,
+            worker,
         }
+    }
+
+    /// The encodings this viewer receives or waits for.
+    pub fn watching(&self) -> [bool; MAX_ENCODINGS] {
+        std::array::from_fn(|e| self.current as usize == e || self.target as usize == e)
     }
 }
 

@@ -21,6 +21,7 @@ mod operator;
 mod pages;
 mod port;
 mod recording;
+mod simulcast;
 mod slow_viewer;
 mod stream_key;
 mod takeover;

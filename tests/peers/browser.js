@@ -84,6 +84,9 @@ async function main() {
         if (pages.has(msg.name)) throw new Error(`page ${msg.name} already open`);
         // One context per page: separate storage, like separate people.
         const context = await browser.newContext();
+        // A script that runs before the page's own (a test's stand-in for the
+        // network between the page and the server, e.g. a relay).
+        if (msg.init) await context.addInitScript(msg.init);
         const page = await context.newPage();
         page.on('console', (m) => process.stderr.write(`[${msg.name}] ${m.type()}: ${m.text()}\n`));
         page.on('pageerror', (e) => process.stderr.write(`[${msg.name}] pageerror: ${e}\n`));

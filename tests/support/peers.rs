@@ -324,6 +324,17 @@ impl Browser {
         .unwrap_or_else(|e| panic!("opening {name} ({url}): {e}"));
     }
 
+    /// Opens `url` in a new page called `name`, with `init` (JavaScript) run
+    /// before the page's own scripts.
+    pub async fn open_with_init(&mut self, name: &str, url: &str, init: &str) {
+        self.call(
+            json!({"cmd": "open", "name": name, "url": url, "init": init}),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("opening {name} ({url}): {e}"));
+    }
+
     /// Evaluates a JS expression (may be a promise) in page `name`.
     pub async fn eval(&mut self, name: &str, expr: &str) -> Result<Value, String> {
         self.call(

@@ -29,6 +29,13 @@ use crate::track::RetransmitCache;
 
 /// Packets per track kept for retransmission (about 1 s of 2.5 Mbps video).
 pub const RETRANSMIT_CACHE: usize = 512;
+/// A joiner starts from the last key frame still in the cache (sent at once,
+/// instead of waiting for the one its PLI brings) if it is at most this old
+/// and at most [`CATCH_UP_PACKETS`] back: the pictures it shows first are
+/// this much behind live, a delay Chromium's jitter buffer absorbs within a
+/// second (measured in docs/PERFORMANCE.md, issue 15).
+pub const CATCH_UP_MAX_AGE: std::time::Duration = std::time::Duration::from_millis(500);
+pub const CATCH_UP_PACKETS: u16 = 300;
 
 /// A stream as one worker serves it.
 pub struct LocalStream {
@@ -38,17 +45,24 @@ pub struct LocalStream {
     pub caches: [RetransmitCache; 1 + MAX_ENCODINGS],
     /// Connected viewers on this worker, in fan-out order.
     pub viewers: Vec<u64>,
+    /// Per cache slot: the last key frame's first packet (sequence, arrival,
+    /// publisher epoch), where a joiner can start.
+    pub last_key: [Option<(u16, Instant, u32)>; 1 + MAX_ENCODINGS],
     /// Sessions of this stream on this worker (publisher and viewers).
     pub sessions: usize,
+    /// This worker's index (its place in `StreamShared::watching`).
+    pub worker: usize,
 }
 
 impl LocalStream {
-    pub fn new(shared: Arc<StreamShared>) -> Self {
+    pub fn new(shared: Arc<StreamShared>, worker: usize) -> Self {
         Self {
             shared,
             caches: std::array::from_fn(|_| RetransmitCache::new(RETRANSMIT_CACHE)),
             viewers: Vec::new(),
+            last_key: [None; 1 + MAX_ENCODINGS],
             sessions: 0,
+            worker,
         }
     }
 }
@@ -67,8 +81,10 @@ pub fn cache_slot(kind: MediaKind, encoding: u8) -> usize {
 /// first packet of the target encoding's key frame: the viewer's numbering
 /// continues from its last packet, its timestamps advance by the wall time
 /// since (encodings need not share a timestamp base).
+#[allow(clippy::too_many_arguments)]
 pub fn map_video(
     video: &mut ViewerVideo,
+    stream: &StreamShared,
     encoding: u8,
     keyframe: bool,
     seq: u16,
@@ -90,6 +106,7 @@ pub fn map_video(
             }
             None => (0, 0),
         };
+        let before = video.watching();
         if video.current != NO_ENCODING {
             let first_after = seq.wrapping_add(seq_offset);
             video.before = Some((
@@ -102,6 +119,7 @@ pub fn map_video(
         }
         metrics.layer_viewers[(encoding as usize).min(MAX_ENCODINGS - 1)].inc();
         video.current = encoding;
+        stream.rewatch(video.worker, before, video.watching());
         video.seq_offset = seq_offset;
         video.ts_offset = ts_offset;
         if let Some((decided, reason)) = video.switch.take() {
@@ -135,7 +153,21 @@ pub fn fanout(
         return;
     }
     let slot = forward.kind.index();
-    ls.caches[cache_slot(forward.kind, forward.encoding)].insert(&forward.packet);
+    let watched =
+        forward.kind == MediaKind::Audio || ls.shared.watched(ls.worker, forward.encoding);
+    let cache = cache_slot(forward.kind, forward.encoding);
+    ls.caches[cache].insert(&forward.packet);
+    if forward.keyframe {
+        ls.last_key[cache] = Some((
+            forward.packet.header.sequence_number,
+            forward.arrived,
+            forward.epoch,
+        ));
+    }
+    if !watched {
+        // Cached for a joiner or a switch; nobody here wants it now.
+        return;
+    }
     let ls = &*ls;
     let video = forward.kind == MediaKind::Video;
     let (seq_in, ts_in) = (
@@ -168,8 +200,24 @@ pub fn fanout(
         };
         let mut twcc = None;
         if video {
+            if viewer_video.catch_up {
+                viewer_video.catch_up = false;
+                catch_up(
+                    pc,
+                    viewer_video,
+                    track,
+                    srtp,
+                    *media_dest,
+                    ls,
+                    forward,
+                    now,
+                    metrics,
+                    out,
+                );
+            }
             let Some((seq, ts)) = map_video(
                 viewer_video,
+                &ls.shared,
                 forward.encoding,
                 forward.keyframe,
                 seq_in,
@@ -229,6 +277,115 @@ pub fn fanout(
             .inc_by(sent * forward.packet.payload.len() as u64);
         out.fanned_out(forward.arrived);
     }
+}
+
+/// Whether a joiner of this worker can start from the cached last key frame of
+/// `encoding` at `now` (then no key frame needs asking for).
+pub fn can_catch_up(ls: &LocalStream, encoding: u8, now: Instant) -> bool {
+    let slot = cache_slot(MediaKind::Video, encoding);
+    ls.last_key[slot].is_some_and(|(seq, at, epoch)| {
+        now.saturating_duration_since(at) <= CATCH_UP_MAX_AGE
+            && epoch == ls.shared.epoch.load(Ordering::Acquire)
+            && ls.caches[slot].get(seq).is_some()
+    })
+}
+
+/// A joiner's first video packet: the cached packets from the encoding's last
+/// key frame up to this one go first, in order, as the fan-out would have
+/// sent them, so the viewer decodes a picture at once. Nothing is sent if the
+/// key frame is stale, from another publisher, or any packet since is missing
+/// from the cache (the viewer then waits for the key frame its PLI asked for).
+#[allow(clippy::too_many_arguments)]
+fn catch_up(
+    pc: &mut RTCPeerConnection,
+    video: &mut ViewerVideo,
+    track: &mut ViewerTrack,
+    srtp: &mut Option<SrtpSender>,
+    dest: Option<(std::net::SocketAddr, Transport)>,
+    ls: &LocalStream,
+    forward: &Forward,
+    now: Instant,
+    metrics: &MediaMetrics,
+    out: &mut impl Egress,
+) {
+    let encoding = if video.target != NO_ENCODING {
+        video.target
+    } else {
+        forward.encoding
+    };
+    if encoding != forward.encoding || !can_catch_up(ls, encoding, now) {
+        return;
+    }
+    let slot = cache_slot(MediaKind::Video, encoding);
+    let Some((key_seq, _, _)) = ls.last_key[slot] else {
+        return;
+    };
+    let until = forward.packet.header.sequence_number;
+    let count = until.wrapping_sub(key_seq);
+    if count == 0 || count > CATCH_UP_PACKETS {
+        return;
+    }
+    let cache = &ls.caches[slot];
+    if (0..count).any(|i| cache.get(key_seq.wrapping_add(i)).is_none()) {
+        return;
+    }
+    let (Some(srtp), Some(dest)) = (srtp.as_mut(), dest) else {
+        return;
+    };
+    if track.epoch != forward.epoch {
+        track.pt_map = [PT_UNKNOWN; 128];
+        track.epoch = forward.epoch;
+    }
+    let mut sent = 0u64;
+    for i in 0..count {
+        let Some(cached) = cache.get(key_seq.wrapping_add(i)) else {
+            return;
+        };
+        let pt_in = (cached.header.payload_type & 0x7f) as usize;
+        let mut pt = track.pt_map[pt_in];
+        if pt == PT_UNKNOWN {
+            pt = resolve_payload_type(&ls.shared, pc, track, pt_in as u8);
+            track.pt_map[pt_in] = pt;
+        }
+        let Some((seq, ts)) = map_video(
+            video,
+            &ls.shared,
+            encoding,
+            i == 0,
+            cached.header.sequence_number,
+            cached.header.timestamp,
+            now,
+            metrics,
+        ) else {
+            return;
+        };
+        if pt == PT_UNSUPPORTED {
+            continue;
+        }
+        let mut header = cached.header.clone();
+        header.ssrc = track.ssrc;
+        header.payload_type = pt;
+        header.sequence_number = seq;
+        header.timestamp = ts;
+        let twcc = video
+            .bwe
+            .as_deref_mut()
+            .map(|b| (b.ext_id(), b.stamp(now, cached.payload.len() + 40)));
+        if send_protected(
+            srtp,
+            dest,
+            &mut track.srtp_index,
+            &header,
+            twcc,
+            &cached.payload,
+            metrics,
+            out,
+        ) {
+            sent += 1;
+        }
+    }
+    metrics.catch_ups.inc();
+    metrics.packets_out.inc_by(sent);
 }
 
 /// Answers a viewer's NACKs from the worker's per-track cache: the same packet

@@ -498,14 +498,16 @@ impl Core {
             {
                 forward::retransmit(viewer, &ls.caches, &nacks, metrics, out);
             }
-            viewer.media_dest = s.pc.selected_remote().map(|(addr, proto)| {
+            // The last selected pair is kept while none is (during an ICE
+            // restart media keeps going to the address that worked).
+            if let Some((addr, proto)) = s.pc.selected_remote() {
                 let transport = if proto == TransportProtocol::TCP {
                     Transport::Tcp
                 } else {
                     Transport::Udp
                 };
-                (addr, transport)
-            });
+                viewer.media_dest = Some((addr, transport));
+            }
         }
         forward::drain_writes(&mut s.pc, metrics, out);
         s.next_timeout = s.pc.poll_timeout();
@@ -521,8 +523,12 @@ impl Core {
         for forward in forwards.drain(..) {
             if let Some(ls) = self.streams.get(&forward.stream) {
                 let stream = &ls.shared;
+                let video = forward.kind == MediaKind::Video;
                 for w in 0..self.registry.workers {
-                    if w == self.idx || stream.viewers_on[w].load(Ordering::Acquire) == 0 {
+                    if w == self.idx
+                        || stream.viewers_on[w].load(Ordering::Acquire) == 0
+                        || (video && !stream.watched(w, forward.encoding))
+                    {
                         continue;
                     }
                     if !out.media(w, forward.share()) {
@@ -635,7 +641,7 @@ impl Core {
                 }
                 video.next_decision = now + LAYER_DECISION_INTERVAL;
                 if video.current == NO_ENCODING && video.target == NO_ENCODING {
-                    start_video(video, stream, now, metrics);
+                    start_video(video, stream, Some(ls), now, metrics);
                     continue;
                 }
                 if video.bwe.is_none() && video.twcc_ext != 0 {
@@ -683,37 +689,28 @@ impl Core {
     /// [`RATE_WINDOW`] (the operator view's `bitrate_kbps`).
     fn publish_rates(&mut self, now: Instant) {
         for key in &self.publishers {
-            if let Some(Session {
+            let Some(Session {
                 role: Role::Publisher(publisher),
                 stream,
                 ..
             }) = self.sessions.get_mut(key)
-                && let Some(bps) = publisher.rate.roll(now, RATE_WINDOW)
-            {
+            else {
+                continue;
+            };
+            if let Some(bps) = publisher.rate.roll(now, RATE_WINDOW) {
                 stream.bitrate_bps.store(bps, Ordering::Relaxed);
-                for (i, e) in publisher.encodings.iter_mut().enumerate() {
-                    if let Some(e) = e
-                        && let Some(bps) = e.rate.roll(now, RATE_WINDOW)
-                    {
-                        stream.encodings[i]
-                            .bitrate_bps
-                            .store(bps, Ordering::Relaxed);
-                    }
-                }
             }
-            if let Some(Session {
-                role: Role::Publisher(publisher),
-                stream,
-                ..
-            }) = self.sessions.get(key)
-            {
-                for (i, e) in publisher.encodings.iter().enumerate() {
-                    if let Some(e) = e {
-                        let active =
-                            now.saturating_duration_since(e.last_packet) < ENCODING_INACTIVE_AFTER;
-                        stream.encodings[i].active.store(active, Ordering::Release);
-                    }
+            // Each encoding's window runs from its own first packet; its
+            // activity is looked at every tick.
+            for (i, e) in publisher.encodings.iter_mut().enumerate() {
+                let Some(e) = e else { continue };
+                if let Some(bps) = e.rate.roll(now, RATE_WINDOW) {
+                    stream.encodings[i]
+                        .bitrate_bps
+                        .store(bps, Ordering::Relaxed);
                 }
+                let active = now.saturating_duration_since(e.last_packet) < ENCODING_INACTIVE_AFTER;
+                stream.encodings[i].active.store(active, Ordering::Release);
             }
         }
     }
@@ -840,6 +837,7 @@ impl Core {
             SessionKind::Viewer => Role::Viewer(Viewer {
                 video: ViewerVideo::new(
                     now,
+                    self.idx,
                     built.twcc_ext,
                     Arc::new(ViewerLayerShared::new(built.video_media_id)),
                 ),
@@ -880,7 +878,7 @@ impl Core {
         );
         self.streams
             .entry(req.stream.id)
-            .or_insert_with(|| LocalStream::new(req.stream.clone()))
+            .or_insert_with(|| LocalStream::new(req.stream.clone(), self.idx))
             .sessions += 1;
         match req.kind {
             SessionKind::Publisher => {
@@ -1015,6 +1013,7 @@ impl Core {
                     self.metrics.layer_viewers[current as usize].dec();
                 }
                 if viewer.forwarding {
+                    stream.rewatch(self.idx, viewer.video.watching(), Default::default());
                     stream.viewers_on[self.idx].fetch_sub(1, Ordering::AcqRel);
                     if let Some(ls) = self.streams.get_mut(&stream.id) {
                         ls.viewers.retain(|k| *k != key);
@@ -1084,6 +1083,7 @@ impl Core {
         key: u64,
         srtp: SrtpSender,
         dest: (SocketAddr, Transport),
+        now: Instant,
     ) {
         let Some(s) = self.sessions.get_mut(&key) else {
             return;
@@ -1098,7 +1098,7 @@ impl Core {
                 &s.stream,
                 self.idx,
                 &mut self.streams,
-                self.last_refresh,
+                now,
                 &self.metrics,
             );
         }
@@ -1187,6 +1187,14 @@ impl Core {
         }
     }
 
+    /// A viewer's (current, target) encoding.
+    pub(crate) fn viewer_video(&self, key: u64) -> Option<(u8, u8)> {
+        match &self.sessions.get(&key)?.role {
+            Role::Viewer(v) => Some((v.video.current, v.video.target)),
+            Role::Publisher(_) => None,
+        }
+    }
+
     /// Whether the registry remembers `stream` as recently ended at `now`.
     pub(crate) fn recently_ended(&self, stream: &str, now: Instant) -> bool {
         self.registry
@@ -1236,10 +1244,15 @@ fn join_fanout(
 ) {
     viewer.forwarding = true;
     stream.viewers_on[idx].fetch_add(1, Ordering::AcqRel);
-    if let Some(ls) = streams.get_mut(&stream.id) {
-        ls.viewers.push(key);
-    }
-    start_video(&mut viewer.video, stream, now, metrics);
+    let ls = streams.get_mut(&stream.id);
+    let ls = match ls {
+        Some(ls) => {
+            ls.viewers.push(key);
+            Some(&*ls)
+        }
+        None => None,
+    };
+    start_video(&mut viewer.video, stream, ls, now, metrics);
 }
 
 /// The encodings of `stream` as the selector sees them (as many as the
@@ -1258,31 +1271,48 @@ fn offered(stream: &StreamShared) -> ([Offered; MAX_ENCODINGS], usize) {
     (all, count)
 }
 
-/// Picks a viewer's first encoding (if it has none yet) and asks for its key frame.
+/// Picks a viewer's first encoding (if it has none yet) and asks for its key
+/// frame, unless the worker's cache holds a recent one to start from.
 fn start_video(
     video: &mut ViewerVideo,
     stream: &StreamShared,
+    ls: Option<&LocalStream>,
     now: Instant,
     metrics: &MediaMetrics,
 ) {
     if video.current != NO_ENCODING || video.target != NO_ENCODING {
         return;
     }
+    video.catch_up = true;
     if stream.rids().is_empty() {
         // One encoding: forwarded from the next packet on, key frame or not.
+        let before = video.watching();
         video.current = 0;
         video.target = 0;
+        stream.rewatch(video.worker, before, video.watching());
         metrics.layer_viewers[0].inc();
         video.shared.current.store(0, Ordering::Release);
         video.shared.target.store(0, Ordering::Release);
         video.shared.version.fetch_add(1, Ordering::AcqRel);
-        stream.keyframe_wanted.store(true, Ordering::Release);
+        if !ls.is_some_and(|ls| forward::can_catch_up(ls, 0, now)) {
+            stream.keyframe_wanted.store(true, Ordering::Release);
+        }
         return;
     }
     let (all, count) = offered(stream);
     let Some(first) = Selector::start(&all[..count], &video.pref) else {
         return;
     };
+    if ls.is_some_and(|ls| forward::can_catch_up(ls, first, now)) {
+        // Started from the cache: no key frame to wait for.
+        let before = video.watching();
+        video.target = first;
+        stream.rewatch(video.worker, before, video.watching());
+        video.switch = Some((now, SwitchReason::Start));
+        video.shared.target.store(first, Ordering::Release);
+        video.shared.version.fetch_add(1, Ordering::AcqRel);
+        return;
+    }
     set_target(video, stream, first, SwitchReason::Start, now, metrics);
 }
 
@@ -1296,6 +1326,7 @@ fn set_target(
     now: Instant,
     metrics: &MediaMetrics,
 ) {
+    let before = video.watching();
     if encoding == video.current {
         // Back to what it has: a pending switch is called off.
         video.target = encoding;
@@ -1306,6 +1337,7 @@ fn set_target(
         stream.want_keyframe(encoding as usize);
         metrics.switch_plis.inc();
     }
+    stream.rewatch(video.worker, before, video.watching());
     video.shared.target.store(video.target, Ordering::Release);
     video.shared.version.fetch_add(1, Ordering::AcqRel);
 }

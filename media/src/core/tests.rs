@@ -101,6 +101,17 @@ fn vp8() -> RTCRtpCodecParameters {
     }
 }
 
+/// A publisher's offer with three VP8 encodings, as Chromium makes it.
+fn simulcast_offer() -> String {
+    offer("sendonly").replace(
+        "a=rtpmap:96 VP8/90000\r\n",
+        "a=rtpmap:96 VP8/90000\r\n\
+a=extmap:4 urn:ietf:params:rtp-hdrext:sdes:mid\r\n\
+a=extmap:10 urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id\r\n\
+a=rid:q send\r\na=rid:h send\r\na=rid:f send\r\na=simulcast:send q;h;f\r\n",
+    )
+}
+
 /// SRTP keys for viewer `n`, as its DTLS handshake would leave them.
 fn keying(n: u8) -> RTCSrtpKeying {
     let profile = ProtectionProfile::AeadAes128Gcm;
@@ -120,6 +131,8 @@ struct Bench {
     metrics: MediaMetrics,
     t0: Instant,
     next_key: u64,
+    /// Publishers offer three encodings (q, h, f).
+    simulcast: bool,
 }
 
 impl Bench {
@@ -144,6 +157,7 @@ impl Bench {
             metrics,
             t0,
             next_key: 1,
+            simulcast: false,
         }
     }
 
@@ -169,10 +183,11 @@ impl Bench {
     ) -> Result<u64, MediaError> {
         let key = self.next_key;
         self.next_key += 1;
-        let offer = offer(match kind {
-            SessionKind::Publisher => "sendonly",
-            SessionKind::Viewer => "recvonly",
-        });
+        let offer = match kind {
+            SessionKind::Publisher if self.simulcast => simulcast_offer(),
+            SessionKind::Publisher => offer("sendonly"),
+            SessionKind::Viewer => offer("recvonly"),
+        };
         let holder = SessionHolder {
             user: "u",
             token: "t",
@@ -197,13 +212,22 @@ impl Bench {
 
     /// A viewer whose handshake is done: `n` picks its keys and port.
     fn viewer(&mut self, n: u8, transport: Transport, out: &mut Collected) -> Viewer {
+        self.viewer_at(n, transport, 0, out)
+    }
+
+    /// A viewer whose handshake is done at `ms`.
+    fn viewer_at(&mut self, n: u8, transport: Transport, ms: u64, out: &mut Collected) -> Viewer {
         let key = self.session(SessionKind::Viewer, 0, out);
         let addr: SocketAddr = format!("127.0.0.1:{}", 6000 + u16::from(n))
             .parse()
             .unwrap();
         let keys = keying(n);
-        self.core
-            .connect_viewer(key, SrtpSender::new(&keys).unwrap(), (addr, transport));
+        self.core.connect_viewer(
+            key,
+            SrtpSender::new(&keys).unwrap(),
+            (addr, transport),
+            self.at(ms),
+        );
         let provider = rtc::crypto::default_provider().unwrap();
         let crypto = provider.crypto();
         let ctx = Context::new(
@@ -233,13 +257,20 @@ struct Viewer {
 impl Viewer {
     /// The (sequence number, SSRC) of each RTP packet the viewer was sent over UDP.
     fn received(&mut self, out: &Collected) -> Vec<(u16, u32)> {
+        self.packets(out)
+            .iter()
+            .map(|p| (p.header.sequence_number, p.header.ssrc))
+            .collect()
+    }
+
+    /// Every RTP packet the viewer was sent over UDP, decrypted.
+    fn packets(&mut self, out: &Collected) -> Vec<rtc::rtp::Packet> {
         out.udp
             .iter()
             .filter(|(to, _)| *to == self.addr)
             .map(|(_, wire)| {
                 let plain = self.ctx.decrypt_rtp(wire).unwrap();
-                let packet = rtc::rtp::Packet::unmarshal(&mut &plain[..]).unwrap();
-                (packet.header.sequence_number, packet.header.ssrc)
+                rtc::rtp::Packet::unmarshal(&mut &plain[..]).unwrap()
             })
             .collect()
     }
@@ -267,6 +298,9 @@ fn media(bench: &Bench, seq: u16, arrived_ms: u64) -> Forward {
         arrived: bench.at(arrived_ms),
     }
 }
+
+#[path = "simulcast_tests.rs"]
+mod simulcast_tests;
 
 #[test]
 fn keyframe_requests_on_viewer_joins_are_throttled_to_one_per_interval() {
@@ -420,12 +454,22 @@ fn media_crosses_only_to_workers_with_viewers_of_the_stream() {
         &mut out,
     );
     assert!(out.media.is_empty());
+    // A viewer on worker 1 that does not watch this encoding yet: nothing crosses.
     bench.stream.viewers_on[1].fetch_add(1, Ordering::AcqRel);
+    bench.core.publisher_rtp(
+        bench.at(15),
+        publisher,
+        MediaKind::Video,
+        rtp(2, 0),
+        &mut out,
+    );
+    assert!(out.media.is_empty());
+    bench.stream.rewatch(1, [false; 3], [true, false, false]);
     bench.core.publisher_rtp(
         bench.at(20),
         publisher,
         MediaKind::Video,
-        rtp(2, 0),
+        rtp(3, 0),
         &mut out,
     );
     assert_eq!(out.media, [1]);
