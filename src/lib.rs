@@ -38,6 +38,7 @@ pub mod server;
 pub mod state;
 pub mod storage;
 pub mod text;
+pub mod whep_ext;
 pub mod whip;
 
 pub use server::{Running, app, start};

@@ -282,6 +282,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         public_url,
         recordings,
         ready: Arc::default(),
+        whep_events: crate::whep_ext::SseHub::default(),
     };
     let (stop, stopped) = watch::channel(false);
     let router = app(state.clone());

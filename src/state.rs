@@ -29,6 +29,8 @@ pub struct AppState {
     pub recordings: crate::recording::live::Recordings,
     /// `/readyz`'s last verdict, reused for [`READY_CACHE`].
     pub ready: Arc<tokio::sync::Mutex<Option<(Instant, Readiness)>>>,
+    /// The WHEP server-sent-event streams registered (src/whep_ext.rs).
+    pub whep_events: crate::whep_ext::SseHub,
 }
 
 /// How long one `/readyz` verdict is reused: the write probe is one committed

@@ -34,6 +34,7 @@ pub fn routes() -> Router<AppState> {
             "/v1/whep/{stream}/{session}",
             patch(whep_session_patch).delete(whep_session_delete),
         )
+        .merge(crate::whep_ext::routes())
 }
 
 /// Stream names: what a URL path segment and a Discord instance id can hold.
@@ -45,7 +46,7 @@ pub fn valid_stream_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
 }
 
-fn media_error(err: MediaError) -> AppError {
+pub(crate) fn media_error(err: MediaError) -> AppError {
     match err {
         MediaError::BadSdp(m) => AppError::new(
             StatusCode::BAD_REQUEST,
@@ -258,6 +259,12 @@ async fn create_session(
     h.insert(header::ETAG, header_value(&quote_etag(&answer.etag)));
     h.insert("accept-patch", HeaderValue::from_static(SDPFRAG));
     add_ice_server_links(h, &state.config.ice_servers, true);
+    if kind == SessionKind::Viewer {
+        // The WHEP extensions (API.md): layer selection and server-sent events.
+        for link in crate::whep_ext::links(&location) {
+            h.append(header::LINK, header_value(&link));
+        }
+    }
     Ok(resp)
 }
 
@@ -363,7 +370,7 @@ pub async fn options_headers(
 /// under its own URL: its kind (`/v1/whip` publishers, `/v1/whep` viewers) and
 /// its stream; anything else is 404, as for a session that does not exist.
 /// Encoders (OBS) send their stream key with the DELETE that ends a session.
-async fn session_for(
+pub(crate) async fn session_for(
     state: &AppState,
     headers: &HeaderMap,
     stream: &str,

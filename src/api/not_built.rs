@@ -16,9 +16,6 @@ use crate::state::AppState;
 
 /// `(method, path)` of every contract route not built yet, in API.md's order.
 pub const NOT_BUILT: &[(&str, &str)] = &[
-    // WHEP extensions (draft-ietf-wish-whep): layer selection and server-sent events.
-    ("POST", "/v1/whep/{stream}/{session}/layer"),
-    ("POST", "/v1/whep/{stream}/{session}/sse"),
     // Discord.
     ("POST", "/v1/discord/token"),
     ("GET", "/v1/discord/link"),

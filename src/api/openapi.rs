@@ -171,6 +171,57 @@ impl Modify for Extras {
             );
         }
         paths.add_path_operation(
+            "/v1/whep/{stream}/{session}/layer",
+            vec![HttpMethod::Post],
+            op(
+                "media",
+                "WHEP layer extension: JSON {mediaId?, rid? (or encodingId), spatialLayerId?, \
+                 temporalLayerId?, maxSpatialLayerId?, maxTemporalLayerId?, maxWidth?, \
+                 maxHeight?} pins or caps the viewer's encoding; {} returns to automatic",
+                &[
+                    (
+                        "200",
+                        "the viewer's layer: {rid, switching_to, pinned, estimate_bps, media_id}",
+                    ),
+                    ("400", "bad body, unknown rid or mediaId"),
+                    ("403", "token not valid for this stream"),
+                    ("404", "no such WHEP session"),
+                    ("415", "not application/json"),
+                ],
+            ),
+        );
+        paths.add_path_operation(
+            "/v1/whep/{stream}/{session}/sse",
+            vec![HttpMethod::Post],
+            op(
+                "media",
+                "WHEP server-sent-events extension: JSON array of event names (active, \
+                 inactive, layers, viewercount, layer; empty for all) registers an event \
+                 stream; fetch it within 30 s",
+                &[
+                    ("201", "Location of the text/event-stream"),
+                    ("400", "bad body or unknown event name"),
+                    ("404", "no such WHEP session"),
+                    ("429", "4 event streams on this session already"),
+                    ("503", "the server's event-stream limit"),
+                ],
+            ),
+        );
+        paths.add_path_operation(
+            "/v1/whep/{stream}/{session}/sse/{id}",
+            vec![HttpMethod::Get],
+            op(
+                "media",
+                "the text/event-stream registered by POST …/sse: events active, inactive, \
+                 layers, viewercount, layer; ends with the session",
+                &[
+                    ("200", "text/event-stream"),
+                    ("404", "no such session or event stream (expired)"),
+                    ("409", "already being read"),
+                ],
+            ),
+        );
+        paths.add_path_operation(
             "/v1/rooms/{room}/token",
             vec![HttpMethod::Post],
             op(

@@ -1,6 +1,7 @@
 //! The business-API tests (enrollment, the token ledger, streams, background jobs,
 //! the hardening of issue 11, and issue 13's first hour: auth messages, 501 routes,
-//! OpenAPI and request metrics in `first_hour`), each on a fresh SQLite file and a fresh
+//! OpenAPI and request metrics in `first_hour`; issue 15's WHEP extensions over HTTP in
+//! `whep_ext`), each on a fresh SQLite file and a fresh
 //! PostgreSQL database: every `both_backends!` test runs as `<name>::sqlite` and
 //! `<name>::postgres`. `cargo test --test api -- ::sqlite` needs nothing installed.
 
@@ -16,3 +17,4 @@ mod media_streams;
 mod replay;
 mod stream_keys;
 mod streams;
+mod whep_ext;

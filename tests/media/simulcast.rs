@@ -48,10 +48,16 @@ async fn wait_layers(
     .await
 }
 
-/// The WHEP session id in a viewer's `answered` event.
-fn session_of(answered: &Value) -> String {
-    let location = answered["location"].as_str().expect("a Location");
-    location.rsplit('/').next().unwrap().to_string()
+/// The m-line index of the video section in the offer behind a viewer's
+/// `answered` event (the answer has the offer's sections in order).
+fn answered_video_mid(answered: &Value) -> String {
+    let answer = answered["answer"].as_str().expect("an answer");
+    let index = answer
+        .lines()
+        .filter(|l| l.starts_with("m="))
+        .position(|l| l.starts_with("m=video"))
+        .expect("a video section");
+    index.to_string()
 }
 
 async fn simulcast_publish_and_pin(codec: &str) {
@@ -77,18 +83,24 @@ async fn simulcast_publish_and_pin(codec: &str) {
     for (rid, _) in &layers {
         let mut v = PyPeer::viewer(&app, rid, "class", &["--frames", "40"]);
         let answered = v.wait_event("answered", Duration::from_secs(20)).await;
-        let session = session_of(&answered);
-        app.state()
-            .sfu
-            .select_layer(
-                &session,
-                LayerRequest {
-                    rid: Some(rid.clone()),
-                    ..Default::default()
-                },
-            )
+        // Pinned through the WHEP layer extension, as a client would.
+        let location = answered["location"].as_str().expect("a Location");
+        let session_url = if location.starts_with('/') {
+            format!("{}{location}", app.base)
+        } else {
+            location.to_string()
+        };
+        let resp = reqwest::Client::new()
+            .post(format!("{session_url}/layer"))
+            .bearer_auth(app.subscribe_token("class"))
+            .json(&serde_json::json!({ "mediaId": answered_video_mid(&answered), "rid": rid }))
+            .send()
             .await
             .unwrap();
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or_default();
+        assert_eq!(status, 200, "pinning {rid}: {body}");
+        assert_eq!(body["pinned"], true, "{body}");
         viewers.push((rid.clone(), v));
     }
     for ((rid, mut v), (_, width)) in viewers.into_iter().zip(&layers) {
@@ -346,6 +358,11 @@ async fn a_viewer_behind_a_narrow_link_is_moved_down_and_back_up_without_a_broke
         )
         .await;
     let before = quality(&mut browser, "viewer").await;
+    assert_eq!(
+        rid_of(&app, &session).as_deref(),
+        Some("f"),
+        "still on f before the limit"
+    );
     relay.set_limit(limit);
     let down = wait_rid(
         &app,
@@ -423,6 +440,22 @@ async fn a_viewer_behind_a_narrow_link_is_moved_down_and_back_up_without_a_broke
     }
     assert!(end.frames > after_down.frames && after_down.frames > before.frames);
     let m = app.metrics().await;
+    let reasons: Vec<(&str, f64)> = [
+        "start",
+        "request",
+        "bandwidth_down",
+        "bandwidth_up",
+        "layer_inactive",
+    ]
+    .iter()
+    .map(|r| {
+        (
+            *r,
+            metric_value(&m, "tandem_simulcast_switches_total", &[("reason", r)]),
+        )
+    })
+    .collect();
+    eprintln!("switches: {reasons:?}");
     assert!(metric_value(&m, "tandem_rtcp_feedback_total", &[("type", "twcc")]) > 0.0);
     assert!(
         metric_value(
@@ -627,6 +660,96 @@ async fn chromium_joiners_first_frame_is_recorded() {
         metric_value(&m, "tandem_keyframe_requests_sent_total", &[])
     );
     assert!(p(0.5) < 3000.0, "a joiner's first frame took {times:?}");
+    browser.quit().await;
+    app.shutdown().await;
+}
+
+/// Waits until watch page `name` shows a layer matching `want`.
+async fn shown_layer(
+    browser: &mut Browser,
+    name: &str,
+    what: &str,
+    want: impl Fn(&str) -> bool,
+) -> String {
+    browser
+        .wait_stats(&[name], what, Duration::from_secs(20), |s| {
+            let shown = s[0]["shownLayer"].as_str().unwrap_or_default().to_string();
+            if want(&shown) {
+                Ok(shown)
+            } else {
+                Err(s[0]["shownLayer"].to_string())
+            }
+        })
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watch_page_shows_its_layer_and_lets_the_viewer_pick_one() {
+    let _guard = media_lock().await;
+    let app = TestApp::builder().spawn().await;
+    let mut browser = Browser::launch().await;
+    let publish = page_url(
+        &app,
+        "broadcast",
+        "dance",
+        &app.publish_token("dance"),
+        "&codec=VP8",
+    );
+    browser.open("pub", &publish).await;
+    // The fake camera is 1280 wide: simulcast is on without asking.
+    let layers = wait_layers(&app, "dance", 3, Duration::from_secs(45)).await;
+    let shown = browser
+        .eval("pub", "document.getElementById('layers-info').textContent")
+        .await
+        .unwrap();
+    assert!(
+        shown.as_str().is_some_and(|s| s.starts_with("q 320×180")),
+        "{shown}"
+    );
+    let watch = page_url(&app, "watch", "dance", &app.subscribe_token("dance"), "");
+    browser.open("w", &watch).await;
+    let (f_rid, f_width) = layers.last().unwrap().clone();
+    let auto = shown_layer(&mut browser, "w", "the top layer, automatic", |s| {
+        s.starts_with(&format!("{f_rid} {f_width}×")) && s.ends_with("(auto)")
+    })
+    .await;
+    eprintln!("shown: {auto}");
+    // The picker offers Auto and the three layers.
+    let options = browser
+        .eval(
+            "w",
+            "[...document.getElementById('layer-pick').options].map((o) => o.value).join(',')",
+        )
+        .await
+        .unwrap();
+    assert_eq!(options, ",q,h,f");
+    // The viewer picks q: the server pins it, the page says so, frames go on.
+    let picked = browser
+        .eval(
+            "w",
+            "window.tandem.pickLayer('q').then((l) => l && l.pinned)",
+        )
+        .await
+        .unwrap();
+    assert_eq!(picked, true);
+    shown_layer(&mut browser, "w", "q, chosen", |s| {
+        s.starts_with("q 320×180 (chosen")
+    })
+    .await;
+    let session = watch_session(&mut browser, "w").await;
+    assert_eq!(rid_of(&app, &session).as_deref(), Some("q"));
+    decodes_more(&mut browser, "w", 30.0, "frames on q").await;
+    let width = browser.stats("w").await["video"]["frameWidth"].clone();
+    assert_eq!(width, 320, "the picture is q's");
+    // Back to Auto: the top layer again.
+    browser
+        .eval("w", "window.tandem.pickLayer('')")
+        .await
+        .unwrap();
+    shown_layer(&mut browser, "w", "automatic again", |s| {
+        s.ends_with("(auto)")
+    })
+    .await;
     browser.quit().await;
     app.shutdown().await;
 }

@@ -664,8 +664,8 @@ async fn no_common_codec_is_406() {
 
 /// A successful WHIP POST: 201 with Location, a quoted ETag, an ICE-lite passive
 /// answer pointing at the media port, the ICE servers as Link headers, and CORS
-/// headers that let a browser read Location and ETag. WHEP the same, also before
-/// the stream has a publisher.
+/// headers that let a browser read Location and ETag. WHEP the same (plus the
+/// WHEP extensions' Link headers), also before the stream has a publisher.
 #[tokio::test]
 async fn created_sessions_carry_location_etag_links_and_ice_lite_answer() {
     let app = TestApp::builder().config(ice_servers).spawn().await;
@@ -704,11 +704,27 @@ async fn created_sessions_carry_location_etag_links_and_ice_lite_answer() {
             "quoted ETag: {etag}"
         );
         assert!(header_str(&resp, header::CONTENT_TYPE).starts_with(SDP));
+        let links = link_headers(&resp);
         assert_eq!(
-            resp.headers().get_all(header::LINK).iter().count(),
+            links
+                .iter()
+                .filter(|l| l.contains("rel=\"ice-server\""))
+                .count(),
             2,
-            "Link per ICE server"
+            "Link per ICE server: {links:?}"
         );
+        // WHEP answers also link the layer and server-sent-events extensions
+        // (API.md; tests/api/whep_ext.rs checks them in full); WHIP answers do not.
+        let extensions = links
+            .iter()
+            .filter(|l| l.contains("rel=\"urn:ietf:params:whep:ext:core:"))
+            .count();
+        assert_eq!(
+            extensions,
+            if kind == "whep" { 2 } else { 0 },
+            "{kind}: {links:?}"
+        );
+        assert_eq!(links.len(), 2 + extensions, "{links:?}");
         let expose = header_str(&resp, "access-control-expose-headers").to_lowercase();
         for h in ["location", "etag", "link"] {
             assert!(expose.contains(h), "CORS exposes {h}: {expose}");

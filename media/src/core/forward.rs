@@ -509,6 +509,7 @@ pub fn write_sender_reports(
 
 /// Protects one RTP packet for a viewer and queues it: over UDP straight into a
 /// slot of the send batch (nothing allocated), over ICE-TCP to its connection.
+#[allow(clippy::too_many_arguments)]
 pub fn send_protected(
     srtp: &mut SrtpSender,
     (to, transport): (std::net::SocketAddr, Transport),

@@ -645,12 +645,17 @@ impl Core {
                     continue;
                 }
                 if video.bwe.is_none() && video.twcc_ext != 0 {
+                    // Generous until the viewer says otherwise: the delay and
+                    // loss controllers bring it down within a round of
+                    // feedback on a path that cannot carry it, while a low
+                    // start would step a good path down for nothing.
                     let initial = offered
                         .iter()
                         .map(|o| o.bitrate)
                         .max()
                         .unwrap_or(0)
-                        .max(1_000_000);
+                        .saturating_mul(2)
+                        .max(5_000_000);
                     video.bwe = Some(Box::new(Bwe::new(video.twcc_ext, initial)));
                 }
                 let estimate = video.bwe.as_deref().and_then(|b| b.estimate(now));
