@@ -66,6 +66,10 @@ pub struct MediaStreamOut {
     /// Not built yet: always false.
     pub restreamed: bool,
     pub business: Option<BusinessOut>,
+    /// The video encodings on offer (three with simulcast, one without, none
+    /// before video arrives): `{rid, width, height, bitrate, active, …}` as the
+    /// WHEP `layers` event lists them (docs/MEDIA.md "Simulcast").
+    pub layers: Vec<tandem_media::LayerInfo>,
 }
 
 #[derive(Debug, Serialize)]
@@ -156,6 +160,7 @@ pub async fn list(
             recorded: state.recordings.is_recording(&s.name),
             restreamed: false,
             business,
+            layers: s.layers,
             stream: s.name,
         });
     }

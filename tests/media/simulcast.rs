@@ -753,3 +753,13 @@ async fn the_watch_page_shows_its_layer_and_lets_the_viewer_pick_one() {
     browser.quit().await;
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_vp9_simulcast_viewers_pinned_to_each_layer_get_its_size() {
+    simulcast_publish_and_pin("VP9").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_av1_simulcast_viewers_pinned_to_each_layer_get_its_size() {
+    simulcast_publish_and_pin("AV1").await;
+}
