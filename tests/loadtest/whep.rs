@@ -173,7 +173,10 @@ async fn whep_mode_simulcast_pinned_viewers_receive_their_encoding() {
         assert_eq!(g.viewers, 1, "{table}");
         assert!(g.window_packets[pin] > 30, "{rid} arrived: {table}");
         assert_eq!(g.viewers_off_pin, 0, "{rid} alone: {table}");
-        let others: u64 = (0..4).filter(|k| *k != pin).map(|k| g.window_packets[k]).sum();
+        let others: u64 = (0..4)
+            .filter(|k| *k != pin)
+            .map(|k| g.window_packets[k])
+            .sum();
         assert_eq!(others, 0, "no other encoding for {rid}: {table}");
     }
     // A pin moves a viewer only at the pinned encoding's key frame.
@@ -211,7 +214,10 @@ async fn whep_mode_simulcast_switches_are_timed() {
     assert!(s.completed > 0, "switches arrived: {table}");
     assert_eq!(s.time.count, s.completed, "{table}");
     assert!(
-        sim.server.switches_by_reason.get("request").is_some_and(|n| *n > 0.0),
+        sim.server
+            .switches_by_reason
+            .get("request")
+            .is_some_and(|n| *n > 0.0),
         "the server counted requested switches: {table}"
     );
     assert!(sim.changes > 0, "{table}");
