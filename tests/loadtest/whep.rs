@@ -212,7 +212,6 @@ async fn whep_mode_simulcast_switches_are_timed() {
     assert_eq!(s.between, ("q".to_string(), "f".to_string()), "{table}");
     assert!(s.asked > 0, "{table}");
     assert!(s.completed > 0, "switches arrived: {table}");
-    assert_eq!(s.time.count, s.completed, "{table}");
     assert!(
         sim.server
             .switches_by_reason
