@@ -12,6 +12,7 @@
 //! - [`recording`]: a stream's packets → CMAF segments + HLS playlists (synchronous core), crash repair.
 //! - [`auth`]: identity JWTs, tandem media/room tokens, the service key.
 //! - [`serve`]: the HTTP accept loop: connection caps, header and idle timeouts.
+//! - [`whep_events`]: the WHEP event-stream registrations the state holds, the extensions' links.
 //! - [`state`]: [`AppState`], what every handler shares.
 //! - [`extract`]: the caller as axum extractors: [`extract::Identity`],
 //!   [`extract::Instructor`], [`extract::ServiceCaller`].
@@ -20,6 +21,7 @@
 //! - [`recording`]: live streams recorded as fMP4 + HLS (the SFU's tap, the muxer, repair).
 //! - [`api`]: business APIs (ledger, streams, enrollment, media access, jobs, OpenAPI).
 //! - [`whip`]: WHIP ingest and WHEP egress routes over [`tandem_media::Sfu`].
+//! - [`whep_ext`]: the WHEP `layer` and server-sent-events extensions' routes.
 //! - [`rooms`]: Watch Together WebSocket and room-token routes, the sqlx chat store.
 //! - [`server`]: the router ([`server::app`]), [`server::start`] and [`server::Running`].
 
@@ -38,6 +40,7 @@ pub mod server;
 pub mod state;
 pub mod storage;
 pub mod text;
+pub mod whep_events;
 pub mod whep_ext;
 pub mod whip;
 

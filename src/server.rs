@@ -26,6 +26,7 @@ use crate::storage::Db;
 pub fn app(state: AppState) -> Router {
     let api = Router::new()
         .merge(crate::whip::routes())
+        .merge(crate::whep_ext::routes())
         .merge(crate::rooms::routes())
         .merge(crate::api::routes())
         .merge(crate::api::not_built::routes())
@@ -282,7 +283,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         public_url,
         recordings,
         ready: Arc::default(),
-        whep_events: crate::whep_ext::SseHub::default(),
+        whep_events: crate::whep_events::SseHub::default(),
     };
     let (stop, stopped) = watch::channel(false);
     let router = app(state.clone());

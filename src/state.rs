@@ -30,7 +30,7 @@ pub struct AppState {
     /// `/readyz`'s last verdict, reused for [`READY_CACHE`].
     pub ready: Arc<tokio::sync::Mutex<Option<(Instant, Readiness)>>>,
     /// The WHEP server-sent-event streams registered (src/whep_ext.rs).
-    pub whep_events: crate::whep_ext::SseHub,
+    pub whep_events: crate::whep_events::SseHub,
 }
 
 /// How long one `/readyz` verdict is reused: the write probe is one committed

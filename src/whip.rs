@@ -34,7 +34,6 @@ pub fn routes() -> Router<AppState> {
             "/v1/whep/{stream}/{session}",
             patch(whep_session_patch).delete(whep_session_delete),
         )
-        .merge(crate::whep_ext::routes())
 }
 
 /// Stream names: what a URL path segment and a Discord instance id can hold.
@@ -261,7 +260,7 @@ async fn create_session(
     add_ice_server_links(h, &state.config.ice_servers, true);
     if kind == SessionKind::Viewer {
         // The WHEP extensions (API.md): layer selection and server-sent events.
-        for link in crate::whep_ext::links(&location) {
+        for link in crate::whep_events::links(&location) {
             h.append(header::LINK, header_value(&link));
         }
     }

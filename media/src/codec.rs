@@ -177,10 +177,197 @@ fn h264(p: &[u8]) -> Option<FrameStart> {
 /// sequence, which starts with a key frame.
 fn av1(p: &[u8]) -> Option<FrameStart> {
     let b0 = *p.first()?;
-    Some(FrameStart {
-        keyframe: b0 & 0x08 != 0,
-        size: None,
-    })
+    let keyframe = b0 & 0x08 != 0;
+    if !keyframe || b0 & 0x80 != 0 {
+        // Not a sequence's start, or it continues an OBU from the last packet.
+        return Some(FrameStart {
+            keyframe,
+            size: None,
+        });
+    }
+    // The first OBU element (with a length unless W = 1) is the sequence
+    // header that starts a coded video sequence.
+    let size = (|| {
+        let w = (b0 >> 4) & 0x03;
+        let mut rest = p.get(1..)?;
+        if w != 1 {
+            let (len, n) = leb128(rest)?;
+            rest = rest.get(n..n.checked_add(usize::try_from(len).ok()?)?)?;
+        }
+        let header = *rest.first()?;
+        if (header >> 3) & 0x0f != 1 {
+            return None;
+        }
+        let hl = 1 + usize::from(header & 0x04 != 0);
+        let mut body = rest.get(hl..)?;
+        if header & 0x02 != 0 {
+            let (len, n) = leb128(body)?;
+            body = body.get(n..n.checked_add(usize::try_from(len).ok()?)?)?;
+        }
+        av1_sequence_header(body).map(|s| (s.width, s.height))
+    })();
+    Some(FrameStart { keyframe, size })
+}
+
+/// An unsigned LEB128 number (AV1's `leb128()`): (value, bytes read).
+pub fn leb128(data: &[u8]) -> Option<(u64, usize)> {
+    let mut value = 0u64;
+    for i in 0..8 {
+        let b = *data.get(i)?;
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+/// What the av1C box and CODECS string need from a sequence header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Av1SequenceHeader {
+    pub profile: u8,
+    pub level: u8,
+    pub tier: bool,
+    pub reduced_still_picture_header: bool,
+    pub width: u32,
+    pub height: u32,
+    pub high_bitdepth: bool,
+    pub twelve_bit: bool,
+    pub monochrome: bool,
+    pub subsampling_x: bool,
+    pub subsampling_y: bool,
+    pub chroma_sample_position: u8,
+}
+
+impl Av1SequenceHeader {
+    pub fn bit_depth(&self) -> u8 {
+        match (self.high_bitdepth, self.twelve_bit) {
+            (false, _) => 8,
+            (true, false) => 10,
+            (true, true) => 12,
+        }
+    }
+}
+
+/// Parses a sequence header OBU's payload (AV1 spec 5.5).
+pub fn av1_sequence_header(body: &[u8]) -> Option<Av1SequenceHeader> {
+    let mut r = BitReader::new(body);
+    let mut s = Av1SequenceHeader {
+        profile: r.bits(3)? as u8,
+        ..Default::default()
+    };
+    r.bits(1)?; // still_picture
+    s.reduced_still_picture_header = r.bits(1)? == 1;
+    if s.reduced_still_picture_header {
+        s.level = r.bits(5)? as u8;
+    } else {
+        let mut decoder_model_info = false;
+        let mut buffer_delay_len = 0;
+        if r.bits(1)? == 1 {
+            // timing_info
+            r.bits(32)?;
+            r.bits(32)?;
+            if r.bits(1)? == 1 {
+                r.uvlc()?;
+            }
+            decoder_model_info = r.bits(1)? == 1;
+            if decoder_model_info {
+                buffer_delay_len = r.bits(5)? + 1;
+                r.bits(32)?;
+                r.bits(5)?;
+                r.bits(5)?;
+            }
+        }
+        let initial_display_delay = r.bits(1)? == 1;
+        let ops = r.bits(5)? + 1;
+        for i in 0..ops {
+            r.bits(12)?;
+            let level = r.bits(5)? as u8;
+            let tier = if level > 7 { r.bits(1)? == 1 } else { false };
+            if i == 0 {
+                s.level = level;
+                s.tier = tier;
+            }
+            if decoder_model_info && r.bits(1)? == 1 {
+                r.bits(buffer_delay_len)?;
+                r.bits(buffer_delay_len)?;
+                r.bits(1)?;
+            }
+            if initial_display_delay && r.bits(1)? == 1 {
+                r.bits(4)?;
+            }
+        }
+    }
+    let wb = r.bits(4)? + 1;
+    let hb = r.bits(4)? + 1;
+    s.width = r.bits(wb)? + 1;
+    s.height = r.bits(hb)? + 1;
+    if !s.reduced_still_picture_header && r.bits(1)? == 1 {
+        r.bits(4)?;
+        r.bits(3)?;
+    }
+    r.bits(3)?; // 128x128 superblock, filter intra, intra edge filter
+    if !s.reduced_still_picture_header {
+        r.bits(4)?; // interintra, masked, warped, dual filter
+        let order_hint = r.bits(1)? == 1;
+        if order_hint {
+            r.bits(2)?;
+        }
+        let force_sct = if r.bits(1)? == 1 { 2 } else { r.bits(1)? };
+        if force_sct > 0 && r.bits(1)? == 0 {
+            r.bits(1)?;
+        }
+        if order_hint {
+            r.bits(3)?;
+        }
+    }
+    r.bits(3)?; // superres, cdef, restoration
+    // color_config
+    s.high_bitdepth = r.bits(1)? == 1;
+    if s.profile == 2 && s.high_bitdepth {
+        s.twelve_bit = r.bits(1)? == 1;
+    }
+    s.monochrome = if s.profile == 1 {
+        false
+    } else {
+        r.bits(1)? == 1
+    };
+    let (mut cp, mut tc, mut mc) = (2, 2, 2);
+    if r.bits(1)? == 1 {
+        cp = r.bits(8)?;
+        tc = r.bits(8)?;
+        mc = r.bits(8)?;
+    }
+    if s.monochrome {
+        s.subsampling_x = true;
+        s.subsampling_y = true;
+        return Some(s);
+    }
+    if cp == 1 && tc == 13 && mc == 0 {
+        return Some(s); // sRGB: 4:4:4
+    }
+    r.bits(1)?; // color_range
+    match s.profile {
+        0 => {
+            s.subsampling_x = true;
+            s.subsampling_y = true;
+        }
+        1 => {}
+        _ => {
+            if s.bit_depth() == 12 {
+                s.subsampling_x = r.bits(1)? == 1;
+                if s.subsampling_x {
+                    s.subsampling_y = r.bits(1)? == 1;
+                }
+            } else {
+                s.subsampling_x = true;
+            }
+        }
+    }
+    if s.subsampling_x && s.subsampling_y {
+        s.chroma_sample_position = r.bits(2)? as u8;
+    }
+    Some(s)
 }
 
 /// Width and height from an H.264 SPS NAL unit (with its header byte).

@@ -24,8 +24,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tandem_media::codec::BitReader;
-pub use tandem_media::codec::h264_sps_size;
+pub use tandem_media::codec::{Av1SequenceHeader, av1_sequence_header, h264_sps_size};
+use tandem_media::codec::{BitReader, leb128};
 use tandem_media::kinds::MediaKind;
 use tandem_media::tap::TapPacket;
 
@@ -626,18 +626,6 @@ pub fn avcc_nals(data: &[u8]) -> impl Iterator<Item = &[u8]> {
 
 // ---------------------------------------------------------------- AV1
 
-fn leb128(data: &[u8]) -> Option<(u64, usize)> {
-    let mut value = 0u64;
-    for i in 0..8 {
-        let b = *data.get(i)?;
-        value |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return Some((value, i + 1));
-        }
-    }
-    None
-}
-
 fn put_leb128(out: &mut Vec<u8>, mut v: usize) {
     loop {
         let b = (v & 0x7f) as u8;
@@ -767,154 +755,6 @@ pub fn av1_obus(data: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
         rest = &rest[end..];
         Some(((header >> 3) & 0x0f, obu))
     })
-}
-
-/// What the av1C box and CODECS string need from a sequence header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Av1SequenceHeader {
-    pub profile: u8,
-    pub level: u8,
-    pub tier: bool,
-    pub reduced_still_picture_header: bool,
-    pub width: u32,
-    pub height: u32,
-    pub high_bitdepth: bool,
-    pub twelve_bit: bool,
-    pub monochrome: bool,
-    pub subsampling_x: bool,
-    pub subsampling_y: bool,
-    pub chroma_sample_position: u8,
-}
-
-impl Av1SequenceHeader {
-    pub fn bit_depth(&self) -> u8 {
-        match (self.high_bitdepth, self.twelve_bit) {
-            (false, _) => 8,
-            (true, false) => 10,
-            (true, true) => 12,
-        }
-    }
-}
-
-/// Parses a sequence header OBU's payload (AV1 spec 5.5).
-pub fn av1_sequence_header(body: &[u8]) -> Option<Av1SequenceHeader> {
-    let mut r = BitReader::new(body);
-    let mut s = Av1SequenceHeader {
-        profile: r.bits(3)? as u8,
-        ..Default::default()
-    };
-    r.bits(1)?; // still_picture
-    s.reduced_still_picture_header = r.bits(1)? == 1;
-    if s.reduced_still_picture_header {
-        s.level = r.bits(5)? as u8;
-    } else {
-        let mut decoder_model_info = false;
-        let mut buffer_delay_len = 0;
-        if r.bits(1)? == 1 {
-            // timing_info
-            r.bits(32)?;
-            r.bits(32)?;
-            if r.bits(1)? == 1 {
-                r.uvlc()?;
-            }
-            decoder_model_info = r.bits(1)? == 1;
-            if decoder_model_info {
-                buffer_delay_len = r.bits(5)? + 1;
-                r.bits(32)?;
-                r.bits(5)?;
-                r.bits(5)?;
-            }
-        }
-        let initial_display_delay = r.bits(1)? == 1;
-        let ops = r.bits(5)? + 1;
-        for i in 0..ops {
-            r.bits(12)?;
-            let level = r.bits(5)? as u8;
-            let tier = if level > 7 { r.bits(1)? == 1 } else { false };
-            if i == 0 {
-                s.level = level;
-                s.tier = tier;
-            }
-            if decoder_model_info && r.bits(1)? == 1 {
-                r.bits(buffer_delay_len)?;
-                r.bits(buffer_delay_len)?;
-                r.bits(1)?;
-            }
-            if initial_display_delay && r.bits(1)? == 1 {
-                r.bits(4)?;
-            }
-        }
-    }
-    let wb = r.bits(4)? + 1;
-    let hb = r.bits(4)? + 1;
-    s.width = r.bits(wb)? + 1;
-    s.height = r.bits(hb)? + 1;
-    if !s.reduced_still_picture_header && r.bits(1)? == 1 {
-        r.bits(4)?;
-        r.bits(3)?;
-    }
-    r.bits(3)?; // 128x128 superblock, filter intra, intra edge filter
-    if !s.reduced_still_picture_header {
-        r.bits(4)?; // interintra, masked, warped, dual filter
-        let order_hint = r.bits(1)? == 1;
-        if order_hint {
-            r.bits(2)?;
-        }
-        let force_sct = if r.bits(1)? == 1 { 2 } else { r.bits(1)? };
-        if force_sct > 0 && r.bits(1)? == 0 {
-            r.bits(1)?;
-        }
-        if order_hint {
-            r.bits(3)?;
-        }
-    }
-    r.bits(3)?; // superres, cdef, restoration
-    // color_config
-    s.high_bitdepth = r.bits(1)? == 1;
-    if s.profile == 2 && s.high_bitdepth {
-        s.twelve_bit = r.bits(1)? == 1;
-    }
-    s.monochrome = if s.profile == 1 {
-        false
-    } else {
-        r.bits(1)? == 1
-    };
-    let (mut cp, mut tc, mut mc) = (2, 2, 2);
-    if r.bits(1)? == 1 {
-        cp = r.bits(8)?;
-        tc = r.bits(8)?;
-        mc = r.bits(8)?;
-    }
-    if s.monochrome {
-        s.subsampling_x = true;
-        s.subsampling_y = true;
-        return Some(s);
-    }
-    if cp == 1 && tc == 13 && mc == 0 {
-        return Some(s); // sRGB: 4:4:4
-    }
-    r.bits(1)?; // color_range
-    match s.profile {
-        0 => {
-            s.subsampling_x = true;
-            s.subsampling_y = true;
-        }
-        1 => {}
-        _ => {
-            if s.bit_depth() == 12 {
-                s.subsampling_x = r.bits(1)? == 1;
-                if s.subsampling_x {
-                    s.subsampling_y = r.bits(1)? == 1;
-                }
-            } else {
-                s.subsampling_x = true;
-            }
-        }
-    }
-    if s.subsampling_x && s.subsampling_y {
-        s.chroma_sample_position = r.bits(2)? as u8;
-    }
-    Some(s)
 }
 
 // ---------------------------------------------------------------- key frame info

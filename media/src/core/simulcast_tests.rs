@@ -87,6 +87,28 @@ fn layer(bench: &Bench, viewer: &Viewer) -> (u8, u8) {
 }
 
 #[test]
+fn the_answer_receives_the_offered_encodings() {
+    let mut out = Collected::default();
+    let (bench, _) = simulcast_bench(&mut out);
+    let answer = &bench.last_answer;
+    // What Chromium needs to keep sending all three (RFC 8853 §5.3): the rids
+    // received, in the offer's order, and the rid and mid extensions.
+    for line in [
+        "a=rid:q recv",
+        "a=rid:h recv",
+        "a=rid:f recv",
+        "a=simulcast:recv q;h;f",
+        "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id",
+        "urn:ietf:params:rtp-hdrext:sdes:mid",
+    ] {
+        assert!(
+            answer.contains(line),
+            "no '{line}' in the answer:\n{answer}"
+        );
+    }
+}
+
+#[test]
 fn a_simulcast_viewer_starts_on_a_key_frame_of_the_best_encoding_only() {
     let mut out = Collected::default();
     let (mut bench, publisher) = simulcast_bench(&mut out);

@@ -133,6 +133,8 @@ struct Bench {
     next_key: u64,
     /// Publishers offer three encodings (q, h, f).
     simulcast: bool,
+    /// The SDP answer of the last session built.
+    last_answer: String,
 }
 
 impl Bench {
@@ -158,6 +160,7 @@ impl Bench {
             t0,
             next_key: 1,
             simulcast: false,
+            last_answer: String::new(),
         }
     }
 
@@ -206,7 +209,7 @@ impl Bench {
             user: Arc::from("u"),
             slot: self.admission.admit(&self.config, kind, &holder).unwrap(),
         };
-        self.core.create_session(self.at(ms), req, out)?;
+        self.last_answer = self.core.create_session(self.at(ms), req, out)?.sdp;
         Ok(key)
     }
 
