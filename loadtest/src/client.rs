@@ -20,7 +20,9 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use rtc::interceptor::Registry;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
-use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::interceptor_registry::{
+    configure_simulcast_extension_headers, register_default_interceptors,
+};
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::event::RTCPeerConnectionEvent;
@@ -43,7 +45,15 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
 use crate::media::{self, AudioSource, PT_H264, PT_OPUS, VideoCodec, VideoSource};
 use crate::rxtime;
-use crate::stats::{ViewerStats, new_histogram};
+use crate::stats::{LayerCtl, UNTAGGED, ViewerStats, new_histogram};
+
+/// The RTP header extensions that bind a simulcast SSRC to its rid (RFC 8852).
+const MID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
+const RID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id";
+/// How long each simulcast SSRC carries the mid and rid extensions after its
+/// first packet: a browser sends them until a receiver report acknowledges the
+/// SSRC; the server binds the SSRC at its first packet.
+const RID_EXTENSION_FOR: Duration = Duration::from_secs(3);
 
 /// What the publisher sends.
 #[derive(Debug, Clone)]
@@ -56,6 +66,41 @@ pub struct PublishOptions {
     /// Video packets leave at this multiple of the bitrate, spread over the frame
     /// interval like libwebrtc's pacer (2.5); 0 sends each frame as one burst.
     pub pacing_factor: f64,
+    /// Simulcast encodings offered (1: none, as before; 2–3: rids `q`, `h`, `f`
+    /// with `a=rid`/`a=simulcast`, each its own SSRC).
+    pub simulcast: usize,
+    /// Per-encoding video bitrates, lowest first; empty: `video_bitrate_bps`
+    /// split 1:3:9 (1:3 for two encodings).
+    pub layer_bitrates_bps: Vec<u64>,
+}
+
+impl PublishOptions {
+    /// The bitrate of each encoding sent (one entry without simulcast).
+    pub fn encoding_rates(&self) -> Vec<u64> {
+        let n = self.simulcast.clamp(1, media::RIDS.len());
+        if n == 1 {
+            return vec![self.video_bitrate_bps];
+        }
+        if self.layer_bitrates_bps.len() == n {
+            return self.layer_bitrates_bps.clone();
+        }
+        let weights = &[1u64, 3, 9][..n];
+        let total: u64 = weights.iter().sum();
+        weights
+            .iter()
+            .map(|w| self.video_bitrate_bps * w / total)
+            .collect()
+    }
+
+    /// The rids offered (empty without simulcast).
+    pub fn rids(&self) -> Vec<&'static str> {
+        let n = self.simulcast.clamp(1, media::RIDS.len());
+        if n == 1 {
+            Vec::new()
+        } else {
+            media::RIDS[..n].to_vec()
+        }
+    }
 }
 
 impl Default for PublishOptions {
@@ -67,6 +112,8 @@ impl Default for PublishOptions {
             keyframe_interval_s: 2.0,
             audio: true,
             pacing_factor: 2.5,
+            simulcast: 1,
+            layer_bitrates_bps: Vec::new(),
         }
     }
 }
@@ -147,16 +194,26 @@ enum Role {
 
 struct Publisher {
     opts: PublishOptions,
-    video: Option<Outgoing>,
+    /// One per encoding (one without simulcast), lowest first.
+    video: Vec<VideoOut>,
     audio: Option<Outgoing>,
-    video_src: VideoSource,
     audio_src: AudioSource,
     next_video: Option<Instant>,
     next_audio: Option<Instant>,
     keyframe_requests: u64,
-    /// Paced video packets waiting for their slot, with the frame's RTP timestamp.
-    pending: std::collections::VecDeque<(media::Chunk, u32)>,
+    /// Paced video packets waiting for their slot: the encoding, the packet and the
+    /// frame's RTP timestamp. One pacer for all encodings, as a browser has.
+    pending: std::collections::VecDeque<(usize, media::Chunk, u32)>,
     next_packet: Option<Instant>,
+    /// The server's SRTCP, decrypted here to read which SSRC a PLI names (the
+    /// peer connection does not hand a sender its RTCP; see [`is_keyframe_request`]).
+    srtcp_in: Option<rtc::srtp::context::Context>,
+}
+
+/// One video encoding being sent: its RTP stream and its frames.
+struct VideoOut {
+    out: Outgoing,
+    src: VideoSource,
 }
 
 struct Outgoing {
@@ -165,6 +222,11 @@ struct Outgoing {
     pt: u8,
     seq: u16,
     ts: u32,
+    /// The mid and rid header extensions a simulcast SSRC carries on its first
+    /// packets (empty without simulcast) …
+    exts: Vec<rtc::rtp::header::Extension>,
+    /// … until this instant (set at the first packet).
+    exts_until: Option<Instant>,
 }
 
 /// One WebRTC peer (publisher or viewer) with its socket.
@@ -189,8 +251,9 @@ pub struct Peer {
 }
 
 /// A peer connection offering `publish`'s video codec, or (a viewer) every codec the
-/// publisher might send, so the server's answer picks the publisher's.
-fn build_pc(publish: Option<VideoCodec>) -> Result<RTCPeerConnection, String> {
+/// publisher might send, so the server's answer picks the publisher's; a simulcast
+/// publisher also offers the mid and rid header extensions.
+fn build_pc(publish: Option<VideoCodec>, simulcast: bool) -> Result<RTCPeerConnection, String> {
     let publisher = publish.is_some();
     let mut engine = MediaEngine::default();
     let videos = match publish {
@@ -213,6 +276,9 @@ fn build_pc(publish: Option<VideoCodec>) -> Result<RTCPeerConnection, String> {
     engine
         .register_codec(audio, RtpCodecKind::Audio)
         .map_err(err("codec"))?;
+    if simulcast {
+        configure_simulcast_extension_headers(&mut engine).map_err(err("header extensions"))?;
+    }
     // A publisher keeps the default interceptors (sender reports, NACK responder) as a
     // browser would; viewers run none: they count, they do not repair or report.
     let registry = if publisher {
@@ -232,7 +298,8 @@ fn build_pc(publish: Option<VideoCodec>) -> Result<RTCPeerConnection, String> {
         .map_err(err("peer connection"))
 }
 
-fn track(kind: RtpCodecKind, ssrc: u32, video: VideoCodec) -> MediaStreamTrack {
+/// A track of one encoding per `(ssrc, rid)` (rid empty without simulcast).
+fn track(kind: RtpCodecKind, encodings: &[(u32, &str)], video: VideoCodec) -> MediaStreamTrack {
     let (id, codec) = match kind {
         RtpCodecKind::Audio => ("audio", opus()),
         _ => ("video", video_codec(video)),
@@ -242,15 +309,32 @@ fn track(kind: RtpCodecKind, ssrc: u32, video: VideoCodec) -> MediaStreamTrack {
         format!("loadtest-{id}"),
         id.to_string(),
         kind,
-        vec![RTCRtpEncodingParameters {
-            rtp_coding_parameters: RTCRtpCodingParameters {
-                ssrc: Some(ssrc),
+        encodings
+            .iter()
+            .map(|(ssrc, rid)| RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(*ssrc),
+                    rid: rid.to_string(),
+                    ..Default::default()
+                },
+                codec: codec.clone(),
                 ..Default::default()
-            },
-            codec,
-            ..Default::default()
-        }],
+            })
+            .collect(),
     )
+}
+
+/// The `a=mid` of the first video section of an SDP.
+fn video_mid(sdp: &str) -> Option<String> {
+    let mut in_video = false;
+    for line in sdp.lines() {
+        if line.starts_with("m=") {
+            in_video = line.starts_with("m=video");
+        } else if in_video && let Some(mid) = line.strip_prefix("a=mid:") {
+            return Some(mid.trim().to_string());
+        }
+    }
+    None
 }
 
 /// Resolves a `Location` header against the request URL.
@@ -274,6 +358,18 @@ impl Peer {
         token: &str,
         publish: Option<PublishOptions>,
     ) -> Result<Peer, String> {
+        Self::connect_with(http, url, token, publish, None).await
+    }
+
+    /// [`Peer::connect`]; a viewer given `layer` reports the encoding it receives
+    /// there and times the switches asked through it.
+    pub async fn connect_with(
+        http: &reqwest::Client,
+        url: &str,
+        token: &str,
+        publish: Option<PublishOptions>,
+        layer: Option<Arc<LayerCtl>>,
+    ) -> Result<Peer, String> {
         let (mut pc, socket, local, senders) = Self::prepare(publish.as_ref())?;
         let offer = pc.create_offer(None).map_err(err("create offer"))?;
         pc.set_local_description(Instant::now(), offer)
@@ -282,6 +378,7 @@ impl Peer {
             .local_description()
             .map(|d| d.sdp)
             .ok_or("no local description")?;
+        let mid = video_mid(&sdp).unwrap_or_default();
         let resp = http
             .post(url)
             .header("Content-Type", "application/sdp")
@@ -306,11 +403,11 @@ impl Peer {
             .map_err(err("remote description"))?;
         let role = match publish {
             Some(opts) => {
-                let mut out = |kind: RtpCodecKind, s: Option<(RTCRtpSenderId, u32)>| {
-                    let (sender, ssrc) = s?;
+                let rids = opts.rids();
+                let mut out = |kind: RtpCodecKind, sender: RTCRtpSenderId, ssrc: u32, rid: &str| {
                     let mut rtp = pc.rtp_sender(sender)?;
-                    let pt = rtp
-                        .get_parameters()
+                    let params = rtp.get_parameters();
+                    let pt = params
                         .rtp_parameters
                         .codecs
                         .first()
@@ -320,23 +417,59 @@ impl Peer {
                         } else {
                             opts.codec.payload_type()
                         });
+                    // A simulcast SSRC names its mid and rid (the ids the answer kept).
+                    let mut exts = Vec::new();
+                    if !rid.is_empty() {
+                        for (uri, value) in [(MID_URI, mid.as_str()), (RID_URI, rid)] {
+                            if let Some(e) = params
+                                .rtp_parameters
+                                .header_extensions
+                                .iter()
+                                .find(|e| e.uri == uri)
+                            {
+                                exts.push(rtc::rtp::header::Extension {
+                                    id: e.id as u8,
+                                    payload: bytes::Bytes::copy_from_slice(value.as_bytes()),
+                                });
+                            }
+                        }
+                    }
                     Some(Outgoing {
                         sender,
                         ssrc,
                         pt,
                         seq: rand::random(),
                         ts: rand::random(),
+                        exts,
+                        exts_until: None,
                     })
                 };
-                let video = out(RtpCodecKind::Video, senders.0);
-                let audio = out(RtpCodecKind::Audio, senders.1);
+                let rates = opts.encoding_rates();
+                let mut video = Vec::new();
+                if let Some((sender, ssrcs)) = &senders.0 {
+                    for (i, ssrc) in ssrcs.iter().enumerate() {
+                        let rid = rids.get(i).copied().unwrap_or("");
+                        let Some(o) = out(RtpCodecKind::Video, *sender, *ssrc, rid) else {
+                            continue;
+                        };
+                        let src = VideoSource::new(
+                            opts.codec,
+                            rates.get(i).copied().unwrap_or(opts.video_bitrate_bps),
+                            opts.fps,
+                            opts.keyframe_interval_s,
+                        );
+                        let src = if rid.is_empty() {
+                            src
+                        } else {
+                            src.for_encoding(i)
+                        };
+                        video.push(VideoOut { out: o, src });
+                    }
+                }
+                let audio = senders
+                    .1
+                    .and_then(|(sender, ssrc)| out(RtpCodecKind::Audio, sender, ssrc, ""));
                 Role::Publisher(Box::new(Publisher {
-                    video_src: VideoSource::new(
-                        opts.codec,
-                        opts.video_bitrate_bps,
-                        opts.fps,
-                        opts.keyframe_interval_s,
-                    ),
                     audio_src: AudioSource::default(),
                     opts,
                     video,
@@ -346,9 +479,10 @@ impl Peer {
                     keyframe_requests: 0,
                     pending: Default::default(),
                     next_packet: None,
+                    srtcp_in: None,
                 }))
             }
-            None => Role::Viewer(ViewerStats::new(Instant::now())),
+            None => Role::Viewer(ViewerStats::new(Instant::now(), layer)),
         };
         Ok(Peer {
             srtp_in: None,
@@ -372,11 +506,15 @@ impl Peer {
             RTCPeerConnection,
             UdpSocket,
             SocketAddr,
-            (Option<(RTCRtpSenderId, u32)>, Option<(RTCRtpSenderId, u32)>),
+            (
+                Option<(RTCRtpSenderId, Vec<u32>)>,
+                Option<(RTCRtpSenderId, u32)>,
+            ),
         ),
         String,
     > {
-        let mut pc = build_pc(publish.map(|o| o.codec))?;
+        let simulcast = publish.is_some_and(|o| !o.rids().is_empty());
+        let mut pc = build_pc(publish.map(|o| o.codec), simulcast)?;
         let std_socket = std::net::UdpSocket::bind("127.0.0.1:0").map_err(err("bind"))?;
         std_socket.set_nonblocking(true).map_err(err("socket"))?;
         rxtime::enable(std_socket.as_raw_fd()).map_err(err("SO_TIMESTAMPNS"))?;
@@ -400,16 +538,21 @@ impl Peer {
         let mut senders = (None, None);
         match publish {
             Some(opts) => {
-                let ssrc: u32 = rand::random();
+                let rids = opts.rids();
+                let encodings: Vec<(u32, &str)> = if rids.is_empty() {
+                    vec![(rand::random(), "")]
+                } else {
+                    rids.iter().map(|r| (rand::random(), *r)).collect()
+                };
                 senders.0 = Some((
-                    pc.add_track(track(RtpCodecKind::Video, ssrc, opts.codec))
+                    pc.add_track(track(RtpCodecKind::Video, &encodings, opts.codec))
                         .map_err(err("video track"))?,
-                    ssrc,
+                    encodings.iter().map(|(s, _)| *s).collect(),
                 ));
                 if opts.audio {
                     let ssrc: u32 = rand::random();
                     senders.1 = Some((
-                        pc.add_track(track(RtpCodecKind::Audio, ssrc, opts.codec))
+                        pc.add_track(track(RtpCodecKind::Audio, &[(ssrc, "")], opts.codec))
                             .map_err(err("audio track"))?,
                         ssrc,
                     ));
@@ -440,10 +583,9 @@ impl Peer {
         arrived: Option<u64>,
     ) {
         if let Role::Publisher(p) = &mut self.role
-            && is_keyframe_request(data)
+            && is_srtcp(data)
         {
-            p.keyframe_requests += 1;
-            p.video_src.request_keyframe();
+            p.on_rtcp(data);
         }
         if let Some(ctx) = self.srtp_in.as_mut()
             && is_srtp_rtp(data)
@@ -516,6 +658,18 @@ impl Peer {
                             Role::Publisher(p) => {
                                 p.next_video = Some(now);
                                 p.next_audio = p.audio.as_ref().map(|_| now);
+                                p.srtcp_in = self.pc.remote_srtp_keying().and_then(|k| {
+                                    let provider = rtc::crypto::default_provider().ok()?;
+                                    rtc::srtp::context::Context::new(
+                                        &k.master_key,
+                                        &k.master_salt,
+                                        k.profile,
+                                        None,
+                                        Some(rtc::srtp::option::srtcp_replay_protection(64)),
+                                        provider.crypto(),
+                                    )
+                                    .ok()
+                                });
                                 c.publisher_connected.store(true, Ordering::Release);
                             }
                         }
@@ -568,10 +722,9 @@ impl Peer {
                 }
                 (Role::Publisher(p), RTCMessage::RtcpPacket(_, packets)) => {
                     for pkt in &packets {
-                        let any = pkt.as_any();
-                        if any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() {
+                        if let Some(ssrcs) = keyframe_request_ssrcs(pkt.as_ref()) {
                             c.keyframe_requests.fetch_add(1, Ordering::Relaxed);
-                            p.video_src.request_keyframe();
+                            p.request_keyframes(&ssrcs);
                         }
                     }
                 }
@@ -643,6 +796,7 @@ fn on_viewer_rtp(
         if v.first_keyframe_at.is_none() && starts_key() {
             v.first_keyframe_at = Some(now);
         }
+        on_viewer_layer(v, header, payload, at, measuring, starts_key);
     }
     if measuring && let Some(sent) = media::read_trailer(payload) {
         let _ = latency
@@ -652,6 +806,123 @@ fn on_viewer_rtp(
             let _ = latency.socket.record(socket.saturating_sub(sent).max(1));
         }
     }
+}
+
+/// Which encoding a viewer's video packet came from: counted per encoding, a
+/// change of encoding checked (on a key frame, after a whole frame, with the RTP
+/// timestamp moving forward), and a pending switch asked through `/layer` timed
+/// to this packet if it is the first of the encoding asked for.
+fn on_viewer_layer(
+    v: &mut ViewerStats,
+    header: &rtc::rtp::Header,
+    payload: &[u8],
+    at: Arrival,
+    measuring: bool,
+    starts_key: impl Fn() -> bool,
+) {
+    let enc = media::encoding_of(payload).unwrap_or(UNTAGGED);
+    let l = &mut v.layers;
+    l.packets[enc] += 1;
+    if measuring {
+        l.window_packets[enc] += 1;
+    }
+    if l.current != Some(enc) {
+        if l.current.is_some() {
+            l.changes += 1;
+            if !starts_key() {
+                l.change_not_on_keyframe += 1;
+            }
+            if !l.last_marker {
+                l.change_mid_frame += 1;
+            }
+            if header.timestamp.wrapping_sub(l.last_ts) as i32 <= 0 {
+                l.change_ts_not_forward += 1;
+            }
+        }
+        l.current = Some(enc);
+        if let Some(ctl) = &v.ctl {
+            ctl.current.store(enc as u8, Ordering::Release);
+        }
+    }
+    l.last_marker = header.marker;
+    l.last_ts = header.timestamp;
+    if let Some(ctl) = &v.ctl {
+        let asked = ctl.asked_us.load(Ordering::Acquire);
+        if asked != 0
+            && usize::from(ctl.want.load(Ordering::Acquire)) == enc
+            && ctl
+                .asked_us
+                .compare_exchange(asked, 0, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            let arrived = at.socket_us.unwrap_or_else(|| media::us_of(at.read));
+            l.switch_us.push(arrived.saturating_sub(asked).max(1));
+        }
+    }
+}
+
+impl Publisher {
+    /// An SRTCP datagram from the server: every PLI or FIR in it asks a key frame of
+    /// the encoding whose SSRC it names (a PLI's media SSRC, a FIR entry's SSRC), as
+    /// a browser's encoder does per simulcast stream. When the datagram cannot be
+    /// read (no keys yet), a request in its clear first header asks every encoding.
+    fn on_rtcp(&mut self, data: &[u8]) {
+        let decrypted = self
+            .srtcp_in
+            .as_mut()
+            .and_then(|c| c.decrypt_rtcp(data).ok());
+        let Some(plain) = decrypted else {
+            if is_keyframe_request(data) {
+                self.keyframe_requests += 1;
+                self.request_keyframes(&[]);
+            }
+            return;
+        };
+        let mut buf = &plain[..];
+        let Ok(packets) = rtc::rtcp::packet::unmarshal(&mut buf) else {
+            return;
+        };
+        for pkt in &packets {
+            if let Some(ssrcs) = keyframe_request_ssrcs(pkt.as_ref()) {
+                self.keyframe_requests += 1;
+                self.request_keyframes(&ssrcs);
+            }
+        }
+    }
+
+    /// Key frames on the encodings with these SSRCs; on every encoding when none
+    /// of them is one of ours (an SSRC of 0, or a request without one).
+    fn request_keyframes(&mut self, ssrcs: &[u32]) {
+        let mut any = false;
+        for v in &mut self.video {
+            if ssrcs.contains(&v.out.ssrc) {
+                v.src.request_keyframe();
+                any = true;
+            }
+        }
+        if !any {
+            for v in &mut self.video {
+                v.src.request_keyframe();
+            }
+        }
+    }
+}
+
+/// The SSRCs a PLI or FIR asks key frames of (`None`: not a key-frame request).
+fn keyframe_request_ssrcs(pkt: &dyn rtc::rtcp::packet::Packet) -> Option<Vec<u32>> {
+    let any = pkt.as_any();
+    if let Some(pli) = any.downcast_ref::<PictureLossIndication>() {
+        return Some(vec![pli.media_ssrc]);
+    }
+    if let Some(fir) = any.downcast_ref::<FullIntraRequest>() {
+        return Some(fir.fir.iter().map(|e| e.ssrc).collect());
+    }
+    None
+}
+
+/// An SRTCP datagram: RTP version 2 and a packet type in RTCP's 192–223 (RFC 5761 §4).
+fn is_srtcp(data: &[u8]) -> bool {
+    data.len() >= 8 && data[0] >> 6 == 2 && (192..=223).contains(&data[1])
 }
 
 /// An SRTP (not SRTCP, DTLS or STUN) datagram: RTP version 2 and a payload type
@@ -665,7 +936,9 @@ fn is_srtp_rtp(data: &[u8]) -> bool {
 ///
 /// webrtc-rs `rtc` 0.21.1 does not hand a sending peer the PLIs it receives (nor
 /// any RTCP: see docs/PERFORMANCE.md), so the publisher reads the request from the
-/// datagram itself, as an encoder's feedback path would.
+/// datagram itself, as an encoder's feedback path would: decrypted with its own
+/// SRTCP context to learn the SSRC asked for ([`Publisher::on_rtcp`]), or, before
+/// it has the keys, from this clear header (then every encoding answers).
 pub fn is_keyframe_request(data: &[u8]) -> bool {
     data.len() >= 12 && data[0] >> 6 == 2 && data[1] == 206 && matches!(data[0] & 0x1f, 1 | 4)
 }
@@ -683,16 +956,22 @@ fn write(
     if media::read_trailer(&payload).is_some() {
         payload[n - 8..].copy_from_slice(&media::now_us().to_be_bytes());
     }
+    let mut header = rtc::rtp::header::Header {
+        version: 2,
+        marker: chunk.marker,
+        payload_type: out.pt,
+        sequence_number: out.seq,
+        timestamp: ts,
+        ssrc: out.ssrc,
+        ..Default::default()
+    };
+    if !out.exts.is_empty() && *out.exts_until.get_or_insert(now + RID_EXTENSION_FOR) > now {
+        header.extension = true;
+        header.extension_profile = rtc::rtp::header::EXTENSION_PROFILE_ONE_BYTE;
+        header.extensions = out.exts.clone();
+    }
     let packet = rtc::rtp::Packet {
-        header: rtc::rtp::header::Header {
-            version: 2,
-            marker: chunk.marker,
-            payload_type: out.pt,
-            sequence_number: out.seq,
-            timestamp: ts,
-            ssrc: out.ssrc,
-            ..Default::default()
-        },
+        header,
         payload: payload.freeze(),
     };
     out.seq = out.seq.wrapping_add(1);
@@ -705,15 +984,16 @@ fn write(
 fn send_media(pc: &mut RTCPeerConnection, p: &mut Publisher, now: Instant, c: &Counters) {
     let frame_interval = Duration::from_secs_f64(1.0 / p.opts.fps.max(1) as f64);
     while let Some(at) = p.next_video.filter(|t| *t <= now) {
-        if let Some(out) = p.video.as_mut() {
-            let (chunks, key) = p.video_src.next_frame(0);
+        // Every encoding's frame of this instant, lowest first.
+        for (i, v) in p.video.iter_mut().enumerate() {
+            let (chunks, key) = v.src.next_frame(0);
             if key {
                 c.keyframes_sent.fetch_add(1, Ordering::Relaxed);
             }
             for chunk in chunks {
-                p.pending.push_back((chunk, out.ts));
+                p.pending.push_back((i, chunk, v.out.ts));
             }
-            out.ts = out.ts.wrapping_add(p.video_src.ts_step());
+            v.out.ts = v.out.ts.wrapping_add(v.src.ts_step());
             if p.next_packet.is_none_or(|t| t < at) {
                 p.next_packet = Some(at);
             }
@@ -726,10 +1006,13 @@ fn send_media(pc: &mut RTCPeerConnection, p: &mut Publisher, now: Instant, c: &C
             next
         });
     }
-    let rate = p.opts.pacing_factor * p.opts.video_bitrate_bps as f64;
+    let rate = p.opts.pacing_factor * p.opts.encoding_rates().iter().sum::<u64>() as f64;
     while let Some(at) = p.next_packet.filter(|t| *t <= now) {
-        let (Some(out), Some((chunk, ts))) = (p.video.as_mut(), p.pending.pop_front()) else {
+        let Some((i, chunk, ts)) = p.pending.pop_front() else {
             break;
+        };
+        let Some(out) = p.video.get_mut(i).map(|v| &mut v.out) else {
+            continue;
         };
         let n = chunk.payload.len() as u64;
         if write(pc, out, chunk, ts, now) {

@@ -190,6 +190,28 @@ struct WhepArgs {
     pacing: f64,
     #[arg(long, default_value = "loadtest")]
     stream: String,
+    /// Simulcast encodings the publisher offers (1: none; 2–3: rids q, h, f, each
+    /// its own SSRC, key frames and PLIs per encoding).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=3))]
+    simulcast: u8,
+    /// Per-encoding video bitrates in kbit/s, lowest first, e.g. 150,500,1500
+    /// (default: --bitrate split 1:3:9).
+    #[arg(long, value_delimiter = ',')]
+    layer_bitrates: Vec<u64>,
+    /// Viewers pin these rids round-robin through the WHEP layer extension once
+    /// connected, e.g. q,h,f (default: automatic selection).
+    #[arg(long, value_delimiter = ',')]
+    pin_layers: Vec<String>,
+    /// This many viewers (taken first, not pinned by --pin-layers) alternate their
+    /// pin between two rids during the window, timing each switch.
+    #[arg(long, default_value_t = 0)]
+    switches: usize,
+    /// Seconds between one switcher's requests (switchers are staggered over it).
+    #[arg(long, default_value_t = 3.0)]
+    switch_every: f64,
+    /// The two rids switched between, e.g. q,f (default: lowest and highest offered).
+    #[arg(long, value_delimiter = ',')]
+    switch_between: Vec<String>,
     /// Seconds each bare-limit loop runs (0 skips them).
     #[arg(long, default_value_t = 2)]
     bare_seconds: u64,
@@ -261,6 +283,9 @@ fn finish<T: serde::Serialize>(
 }
 
 async fn run_whep(a: WhepArgs) -> Result<(), String> {
+    if a.simulcast == 1 && (!a.pin_layers.is_empty() || a.switches > 0) {
+        return Err("--pin-layers and --switches need --simulcast 2 or 3".into());
+    }
     let mut t = target(&a.server, &[]).await?;
     let publish_token = match &a.publish_token {
         Some(t) => t.clone(),
@@ -288,17 +313,42 @@ async fn run_whep(a: WhepArgs) -> Result<(), String> {
             keyframe_interval_s: a.keyframe_interval,
             audio: !a.no_audio,
             pacing_factor: a.pacing,
+            simulcast: usize::from(a.simulcast),
+            layer_bitrates_bps: a.layer_bitrates.iter().map(|k| k * 1000).collect(),
         },
         bare_duration: Duration::from_secs(a.bare_seconds),
         progress: !a.server.quiet,
+        layers: whep::LayerPlan {
+            pin: a.pin_layers.clone(),
+            switches: a.switches,
+            switch_between: match a.switch_between.as_slice() {
+                [] => None,
+                [x, y] => Some((x.clone(), y.clone())),
+                _ => return Err("--switch-between wants two rids, e.g. q,f".into()),
+            },
+            switch_every: Duration::from_secs_f64(a.switch_every.max(0.1)),
+        },
     };
+    if !a.layer_bitrates.is_empty() && a.layer_bitrates.len() != usize::from(a.simulcast) {
+        return Err(format!(
+            "--layer-bitrates gives {} rates for --simulcast {}",
+            a.layer_bitrates.len(),
+            a.simulcast
+        ));
+    }
     let r = whep::run(&cfg).await;
     t.stop();
     let r = r?;
     finish(
         &format!(
-            "tandem-loadtest whep: {} viewers, {} s window",
-            a.viewers, a.duration
+            "tandem-loadtest whep: {} viewers, {} s window{}",
+            a.viewers,
+            a.duration,
+            if a.simulcast > 1 {
+                format!(", simulcast {}", a.simulcast)
+            } else {
+                String::new()
+            }
         ),
         &whep::rows(&r),
         &a.server.json,

@@ -8,8 +8,16 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 /// The trailer at the end of every RTP payload the publisher sends: a magic and
 /// the send time in µs since [`base`] (publisher and viewers share one process).
+/// The magic's last byte is a tag naming the encoding: `T` ([`TAG_SINGLE`]) for a
+/// publisher without simulcast and for audio, `0`–`2` for simulcast encoding 0–2
+/// (`q`, `h`, `f`), so a viewer can tell which encoding the SFU forwards it
+/// without changing the payload size single-layer runs measured before.
 pub const TRAILER_MAGIC: [u8; 4] = *b"TDLT";
 pub const TRAILER_LEN: usize = 12;
+/// The tag of payloads that belong to no simulcast encoding.
+pub const TAG_SINGLE: u8 = b'T';
+/// The rids the publisher gives its encodings, lowest first (browsers' names).
+pub const RIDS: [&str; 3] = ["q", "h", "f"];
 /// Largest RTP payload the publisher produces (descriptor + data + trailer).
 pub const MAX_PAYLOAD: usize = 1200;
 /// Payload types the load generator offers (the server answers with the offerer's numbers).
@@ -66,22 +74,46 @@ pub fn us_of(t: Instant) -> u64 {
     t.saturating_duration_since(base()).as_micros() as u64
 }
 
-/// Appends the send-time trailer.
-pub fn put_trailer(buf: &mut BytesMut, sent_us: u64) {
-    buf.put_slice(&TRAILER_MAGIC);
+/// The trailer tag of simulcast encoding `index` (0–2).
+pub fn encoding_tag(index: usize) -> u8 {
+    b'0' + index.min(9) as u8
+}
+
+/// Appends the send-time trailer with its encoding tag.
+pub fn put_trailer(buf: &mut BytesMut, tag: u8, sent_us: u64) {
+    buf.put_slice(&TRAILER_MAGIC[..3]);
+    buf.put_u8(tag);
     buf.put_u64(sent_us);
 }
 
-/// Reads the send time from a payload's trailer, if it carries one.
-pub fn read_trailer(payload: &[u8]) -> Option<u64> {
+/// Reads the encoding tag and the send time from a payload's trailer, if it
+/// carries one.
+pub fn read_tagged_trailer(payload: &[u8]) -> Option<(u8, u64)> {
     if payload.len() < TRAILER_LEN {
         return None;
     }
     let t = &payload[payload.len() - TRAILER_LEN..];
-    if t[..4] != TRAILER_MAGIC {
+    if t[..3] != TRAILER_MAGIC[..3] {
         return None;
     }
-    Some(u64::from_be_bytes(t[4..12].try_into().ok()?))
+    let tag = t[3];
+    if tag != TAG_SINGLE && !tag.is_ascii_digit() {
+        return None;
+    }
+    Some((tag, u64::from_be_bytes(t[4..12].try_into().ok()?)))
+}
+
+/// Reads the send time from a payload's trailer, if it carries one.
+pub fn read_trailer(payload: &[u8]) -> Option<u64> {
+    read_tagged_trailer(payload).map(|(_, t)| t)
+}
+
+/// The simulcast encoding a payload belongs to (`None`: untagged, no simulcast).
+pub fn encoding_of(payload: &[u8]) -> Option<usize> {
+    match read_tagged_trailer(payload)? {
+        (TAG_SINGLE, _) => None,
+        (tag, _) => Some(usize::from(tag - b'0')),
+    }
 }
 
 /// True when a VP8 RTP payload (RFC 7741) starts a key frame: S=1, PID=0 and
@@ -155,6 +187,10 @@ pub struct Chunk {
 /// filled from random bytes generated once: no encoder runs.
 pub struct VideoSource {
     codec: VideoCodec,
+    /// The trailer tag of this source's payloads.
+    tag: u8,
+    /// The picture size a VP8 key frame announces.
+    size: (u16, u16),
     noise: Bytes,
     frame_bytes: usize,
     pub fps: u32,
@@ -171,6 +207,8 @@ impl VideoSource {
         let noise: Vec<u8> = (0..(frame_bytes + 4096)).map(|_| rand::random()).collect();
         Self {
             codec,
+            tag: TAG_SINGLE,
+            size: (320, 240),
             noise: Bytes::from(noise),
             frame_bytes,
             fps,
@@ -179,6 +217,16 @@ impl VideoSource {
             since_key: 0,
             force_key: false,
         }
+    }
+
+    /// The source of simulcast encoding `index` (0 = `q`, 1 = `h`, 2 = `f`): its
+    /// payloads carry the encoding's tag and its VP8 key frames announce 1280×720
+    /// scaled down by 4, 2 or 1 (as a browser's q/h/f), so the server sees three sizes.
+    pub fn for_encoding(mut self, index: usize) -> Self {
+        self.tag = encoding_tag(index);
+        let down = [4u16, 2, 1][index.min(2)];
+        self.size = (1280 / down, 720 / down);
+        self
     }
 
     /// The next frame is a key frame (a PLI or FIR arrived).
@@ -203,8 +251,8 @@ impl VideoSource {
         let offset = (self.frame_no as usize * 131) % 4096;
         let data = self.noise.slice(offset..offset + self.frame_bytes);
         let chunks = match self.codec {
-            VideoCodec::Vp8 => vp8_packets(key, &data, sent_us),
-            VideoCodec::H264 => h264_packets(key, &data, sent_us),
+            VideoCodec::Vp8 => vp8_packets(key, self.size, &data, self.tag, sent_us),
+            VideoCodec::H264 => h264_packets(key, &data, self.tag, sent_us),
         };
         (chunks, key)
     }
@@ -212,10 +260,12 @@ impl VideoSource {
 
 /// RFC 7741: a payload descriptor on every packet (S=1 on the first), the frame tag
 /// (and a key frame's start code) ahead of the data.
-fn vp8_packets(key: bool, data: &[u8], sent_us: u64) -> Vec<Chunk> {
+fn vp8_packets(key: bool, size: (u16, u16), data: &[u8], tag: u8, sent_us: u64) -> Vec<Chunk> {
+    let (w, h) = (size.0.to_le_bytes(), size.1.to_le_bytes());
+    let key_header = [0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a, w[0], w[1], h[0], h[1]];
     let header: &[u8] = if key {
-        // Frame tag (P=0, show_frame), start code, 320x240.
-        &[0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0x40, 0x01, 0xf0, 0x00]
+        // Frame tag (P=0, show_frame), start code, width and height (scale 0).
+        &key_header
     } else {
         &[0x11, 0x02, 0x00]
     };
@@ -237,7 +287,7 @@ fn vp8_packets(key: bool, data: &[u8], sent_us: u64) -> Vec<Chunk> {
         } else {
             p.put_slice(&data[pos - header.len()..end - header.len()]);
         }
-        put_trailer(&mut p, sent_us);
+        put_trailer(&mut p, tag, sent_us);
         pos = end;
         chunks.push(Chunk {
             payload: p.freeze(),
@@ -249,7 +299,7 @@ fn vp8_packets(key: bool, data: &[u8], sent_us: u64) -> Vec<Chunk> {
 
 /// RFC 6184, packetization-mode 1: a key frame's SPS and PPS in one STAP-A, then the
 /// slice (IDR or not) in FU-A fragments, each with the trailer after its data.
-fn h264_packets(key: bool, data: &[u8], sent_us: u64) -> Vec<Chunk> {
+fn h264_packets(key: bool, data: &[u8], tag: u8, sent_us: u64) -> Vec<Chunk> {
     let room = MAX_PAYLOAD - 2 - TRAILER_LEN;
     let mut chunks = Vec::with_capacity(data.len() / room + 3);
     if key {
@@ -263,7 +313,7 @@ fn h264_packets(key: bool, data: &[u8], sent_us: u64) -> Vec<Chunk> {
         // packet stays well formed and still ends with it.
         p.put_u16(1 + TRAILER_LEN as u16);
         p.put_u8(0x06);
-        put_trailer(&mut p, sent_us);
+        put_trailer(&mut p, tag, sent_us);
         chunks.push(Chunk {
             payload: p.freeze(),
             marker: false,
@@ -285,7 +335,7 @@ fn h264_packets(key: bool, data: &[u8], sent_us: u64) -> Vec<Chunk> {
         }
         p.put_u8(fu_header);
         p.put_slice(&data[pos..end]);
-        put_trailer(&mut p, sent_us);
+        put_trailer(&mut p, tag, sent_us);
         chunks.push(Chunk {
             payload: p.freeze(),
             marker: end == data.len(),
@@ -316,7 +366,7 @@ impl AudioSource {
     pub fn next_packet(&mut self, sent_us: u64) -> Chunk {
         let mut p = BytesMut::with_capacity(self.noise.len() + TRAILER_LEN);
         p.put_slice(&self.noise);
-        put_trailer(&mut p, sent_us);
+        put_trailer(&mut p, TAG_SINGLE, sent_us);
         Chunk {
             payload: p.freeze(),
             marker: false,
@@ -395,6 +445,26 @@ mod tests {
         assert!(h264_starts_keyframe(&[0x78, 0, 1, 0x06, 0, 2, 0x65, 9]));
         assert!(!h264_starts_keyframe(&[0x78, 0, 1, 0x06, 0]));
         assert!(!h264_starts_keyframe(&[]));
+    }
+
+    #[test]
+    fn simulcast_payloads_name_their_encoding_and_size() {
+        let mut q = VideoSource::new(VideoCodec::Vp8, 200_000, 30, 2.0).for_encoding(0);
+        let mut f = VideoSource::new(VideoCodec::Vp8, 1_800_000, 30, 2.0).for_encoding(2);
+        let (qc, _) = q.next_frame(5);
+        let (fc, _) = f.next_frame(6);
+        assert!(qc.iter().all(|c| encoding_of(&c.payload) == Some(0)));
+        assert!(fc.iter().all(|c| encoding_of(&c.payload) == Some(2)));
+        assert!(fc.iter().all(|c| read_trailer(&c.payload) == Some(6)));
+        // 320×180 and 1280×720 after the start code (descriptor byte, 3-byte tag, 3-byte code).
+        assert_eq!(&qc[0].payload[7..11], &[0x40, 0x01, 0xb4, 0x00]);
+        assert_eq!(&fc[0].payload[7..11], &[0x00, 0x05, 0xd0, 0x02]);
+        let mut single = VideoSource::new(VideoCodec::H264, 500_000, 30, 2.0);
+        let (sc, _) = single.next_frame(7);
+        assert!(sc.iter().all(|c| encoding_of(&c.payload).is_none()));
+        assert!(sc.iter().all(|c| read_trailer(&c.payload) == Some(7)));
+        let mut audio = AudioSource::default();
+        assert_eq!(encoding_of(&audio.next_packet(1).payload), None);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! What a viewer counts about the packets it receives (sequence continuity, loss,
 //! late packets, keyframe wait) and the latency histograms the report prints.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU64};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -110,6 +112,72 @@ impl SeqTrack {
     }
 }
 
+/// The index of [`LayerStats::packets`] counting video without an encoding tag
+/// (a publisher without simulcast).
+pub const UNTAGGED: usize = 3;
+/// "No encoding" in [`LayerCtl`].
+pub const NO_LAYER: u8 = u8::MAX;
+
+/// What a viewer does about layers for the whole run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerRole {
+    /// Automatic selection (no `/layer` request).
+    Auto,
+    /// Pinned to this encoding index once connected.
+    Pinned(u8),
+    /// Alternates its pin between these two encoding indexes.
+    Switching(u8, u8),
+}
+
+/// Between the run's controller (which POSTs `/layer`) and a viewer's driver
+/// thread (which sees the packets): what was asked, when, and what arrives.
+#[derive(Debug)]
+pub struct LayerCtl {
+    pub role: LayerRole,
+    /// The encoding index asked for ([`NO_LAYER`]: automatic).
+    pub want: AtomicU8,
+    /// When the switch to `want` was asked (µs since [`crate::media::base`]);
+    /// 0 once its first packet arrived (or no switch pending).
+    pub asked_us: AtomicU64,
+    /// The encoding of the last video packet ([`UNTAGGED`] untagged, [`NO_LAYER`]
+    /// before the first).
+    pub current: AtomicU8,
+}
+
+impl LayerCtl {
+    pub fn new(role: LayerRole) -> Self {
+        Self {
+            role,
+            want: AtomicU8::new(NO_LAYER),
+            asked_us: AtomicU64::new(0),
+            current: AtomicU8::new(NO_LAYER),
+        }
+    }
+}
+
+/// What one viewer saw of the simulcast encodings.
+#[derive(Debug, Clone, Default)]
+pub struct LayerStats {
+    /// Video packets per encoding (index 0–2; [`UNTAGGED`]: no encoding tag).
+    pub packets: [u64; 4],
+    /// The same, inside the measurement window.
+    pub window_packets: [u64; 4],
+    pub current: Option<usize>,
+    /// Changes of encoding seen in the viewer's one video stream …
+    pub changes: u64,
+    /// … whose first packet did not start a key frame (a broken picture) …
+    pub change_not_on_keyframe: u64,
+    /// … that came before the old encoding's frame was complete (no marker) …
+    pub change_mid_frame: u64,
+    /// … whose RTP timestamp did not move forward from the last packet's.
+    pub change_ts_not_forward: u64,
+    pub last_marker: bool,
+    pub last_ts: u32,
+    /// Each switch asked through `/layer`: from the POST to the first packet of
+    /// the encoding asked for (at the viewer's socket), µs.
+    pub switch_us: Vec<u64>,
+}
+
 /// Everything one viewer counted.
 #[derive(Debug, Clone)]
 pub struct ViewerStats {
@@ -122,10 +190,13 @@ pub struct ViewerStats {
     pub packets: u64,
     pub bytes: u64,
     pub failed: bool,
+    pub layers: LayerStats,
+    /// Shared with the controller when this viewer pins or switches layers.
+    pub ctl: Option<Arc<LayerCtl>>,
 }
 
 impl ViewerStats {
-    pub fn new(created_at: Instant) -> Self {
+    pub fn new(created_at: Instant, ctl: Option<Arc<LayerCtl>>) -> Self {
         Self {
             created_at,
             connected_at: None,
@@ -136,6 +207,8 @@ impl ViewerStats {
             packets: 0,
             bytes: 0,
             failed: false,
+            layers: LayerStats::default(),
+            ctl,
         }
     }
 

@@ -31,9 +31,11 @@ fn small_run(app: &TestApp, stream: &str, viewers: usize, codec: VideoCodec) -> 
             keyframe_interval_s: 2.0,
             audio: true,
             pacing_factor: 2.5,
+            ..Default::default()
         },
         bare_duration: Duration::from_millis(200),
         progress: false,
+        layers: Default::default(),
     }
 }
 
@@ -135,6 +137,89 @@ async fn whep_mode_publishes_h264() {
         r.latency.count > 500 && r.latency_at_socket.count > 500,
         "{table}"
     );
+    app.wait_sessions(0, Duration::from_secs(10)).await;
+    app.shutdown().await;
+}
+
+/// Simulcast (issue 15): the publisher sends q, h and f; three viewers pin one
+/// each through the WHEP `layer` extension and receive that encoding alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whep_mode_simulcast_pinned_viewers_receive_their_encoding() {
+    let _media = media_lock().await;
+    let app = spawn_app().await;
+    let mut cfg = WhepConfig {
+        bare_duration: Duration::ZERO,
+        ..small_run(&app, "lt-simulcast", 3, VideoCodec::Vp8)
+    };
+    cfg.publish.simulcast = 3;
+    cfg.publish.keyframe_interval_s = 1.0;
+    cfg.layers.pin = vec!["q".into(), "h".into(), "f".into()];
+    let r = whep::run(&cfg).await.expect("the whep run completes");
+    let table = tandem_loadtest::report::table("whep", &whep::rows(&r));
+    println!("{table}");
+
+    assert_eq!(r.viewers_connected, 3, "{table}\n{:?}", r.setup_errors);
+    let sim = r.simulcast.as_ref().expect("simulcast figures");
+    assert_eq!(sim.rids, ["q", "h", "f"], "{table}");
+    assert_eq!(sim.layer_requests, 3, "{table}");
+    assert_eq!(sim.layer_request_errors, 0, "{table}");
+    assert_eq!(sim.pins_not_reached, 0, "{table}");
+    for (pin, rid) in ["q", "h", "f"].iter().enumerate() {
+        let g = sim
+            .groups
+            .iter()
+            .find(|g| g.group == format!("pinned {rid}"))
+            .unwrap_or_else(|| panic!("a group pinned to {rid}: {table}"));
+        assert_eq!(g.viewers, 1, "{table}");
+        assert!(g.window_packets[pin] > 30, "{rid} arrived: {table}");
+        assert_eq!(g.viewers_off_pin, 0, "{rid} alone: {table}");
+        let others: u64 = (0..4)
+            .filter(|k| *k != pin)
+            .map(|k| g.window_packets[k])
+            .sum();
+        assert_eq!(others, 0, "no other encoding for {rid}: {table}");
+    }
+    // A pin moves a viewer only at the pinned encoding's key frame.
+    assert_eq!(sim.changes_not_on_keyframe, 0, "{table}");
+    assert!(r.loss.lost * 100 <= r.loss.expected, "{table}");
+    app.wait_sessions(0, Duration::from_secs(10)).await;
+    app.shutdown().await;
+}
+
+/// The switch mode: two viewers alternate between q and f; switches are asked,
+/// arrive, and the server counts them (the times are measured, not asserted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whep_mode_simulcast_switches_are_timed() {
+    let _media = media_lock().await;
+    let app = spawn_app().await;
+    let mut cfg = WhepConfig {
+        bare_duration: Duration::ZERO,
+        ..small_run(&app, "lt-switch", 2, VideoCodec::Vp8)
+    };
+    cfg.duration = Duration::from_secs(4);
+    cfg.publish.simulcast = 3;
+    cfg.publish.keyframe_interval_s = 1.0;
+    cfg.layers.switches = 2;
+    cfg.layers.switch_every = Duration::from_secs(1);
+    let r = whep::run(&cfg).await.expect("the whep run completes");
+    let table = tandem_loadtest::report::table("whep", &whep::rows(&r));
+    println!("{table}");
+
+    assert_eq!(r.viewers_connected, 2, "{table}\n{:?}", r.setup_errors);
+    let sim = r.simulcast.as_ref().expect("simulcast figures");
+    assert_eq!(sim.layer_request_errors, 0, "{table}");
+    let s = sim.switch.as_ref().expect("switch figures");
+    assert_eq!(s.between, ("q".to_string(), "f".to_string()), "{table}");
+    assert!(s.asked > 0, "{table}");
+    assert!(s.completed > 0, "switches arrived: {table}");
+    assert!(
+        sim.server
+            .switches_by_reason
+            .get("request")
+            .is_some_and(|n| *n > 0.0),
+        "the server counted requested switches: {table}"
+    );
+    assert!(sim.changes > 0, "{table}");
     app.wait_sessions(0, Duration::from_secs(10)).await;
     app.shutdown().await;
 }
