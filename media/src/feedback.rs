@@ -107,4 +107,46 @@ impl KeyframeThrottle {
         self.last = Some(now);
         true
     }
+
+    /// An urgent wish (a worker's first viewer of an encoding: nothing cached
+    /// there to start from) goes out past the interval, but never within
+    /// `min_gap` of the last request, so a viewer joining and leaving in a loop
+    /// cannot turn the publisher's uplink into key frames.
+    pub fn due_urgent(&mut self, urgent: &AtomicBool, now: Instant, min_gap: Duration) -> bool {
+        if !urgent.load(Ordering::Acquire)
+            || self
+                .last
+                .is_some_and(|t| now.saturating_duration_since(t) < min_gap)
+        {
+            return false;
+        }
+        urgent.store(false, Ordering::Release);
+        self.last = Some(now);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_urgent_wish_passes_the_interval_but_not_the_minimum_gap() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let (interval, gap) = (Duration::from_millis(500), Duration::from_millis(100));
+        let mut throttle = KeyframeThrottle::default();
+        let (wanted, urgent) = (AtomicBool::new(true), AtomicBool::new(false));
+        assert!(throttle.due(&wanted, ms(0), interval));
+        urgent.store(true, Ordering::Release);
+        assert!(!throttle.due_urgent(&urgent, ms(50), gap), "within the gap");
+        assert!(throttle.due_urgent(&urgent, ms(100), gap));
+        assert!(!urgent.load(Ordering::Acquire));
+        wanted.store(true, Ordering::Release);
+        assert!(
+            !throttle.due(&wanted, ms(400), interval),
+            "the interval runs from the urgent one"
+        );
+        assert!(throttle.due(&wanted, ms(600), interval));
+    }
 }

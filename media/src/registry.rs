@@ -165,6 +165,9 @@ pub struct EncodingShared {
     pub active: AtomicBool,
     /// A viewer waits for this encoding's key frame (its PLI is due).
     pub keyframe_wanted: AtomicBool,
+    /// The wait is a worker's first viewer of this encoding (nothing cached
+    /// there): the PLI goes out past the throttle's interval.
+    pub keyframe_urgent: AtomicBool,
 }
 
 impl StreamShared {

@@ -62,6 +62,9 @@ const SENDER_REPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// it): viewers on it move to another. Chromium sends every encoding at its
 /// frame rate, so 1 s is about 30 missing frames, never an ordinary gap.
 pub const ENCODING_INACTIVE_AFTER: Duration = Duration::from_secs(1);
+/// The shortest gap between two PLIs for one encoding, urgent ones included
+/// (a worker's first viewer of an encoding; `feedback::KeyframeThrottle`).
+const URGENT_PLI_GAP: Duration = Duration::from_millis(100);
 /// How often a simulcast viewer's encoding is reconsidered.
 const LAYER_DECISION_INTERVAL: Duration = Duration::from_millis(200);
 /// Why a publisher session ended when the same user's new session took its place.
@@ -746,9 +749,16 @@ impl Core {
                 let Some(encoding) = encoding else {
                     continue;
                 };
-                if !encoding
+                let shared = &s.stream.encodings[i];
+                let urgent =
+                    encoding
+                        .keyframes
+                        .due_urgent(&shared.keyframe_urgent, now, URGENT_PLI_GAP);
+                if urgent {
+                    shared.keyframe_wanted.store(false, Ordering::Release);
+                } else if !encoding
                     .keyframes
-                    .due(&s.stream.encodings[i].keyframe_wanted, now, interval)
+                    .due(&shared.keyframe_wanted, now, interval)
                 {
                     continue;
                 }
@@ -1298,6 +1308,7 @@ fn start_video(
     video.catch_up = true;
     if stream.rids().is_empty() {
         // One encoding: forwarded from the next packet on, key frame or not.
+        let first_here = !stream.watched(video.worker, 0);
         let before = video.watching();
         video.current = 0;
         video.target = 0;
@@ -1308,6 +1319,12 @@ fn start_video(
         video.shared.version.fetch_add(1, Ordering::AcqRel);
         if !ls.is_some_and(|ls| forward::can_catch_up(ls, 0, now)) {
             stream.keyframe_wanted.store(true, Ordering::Release);
+            if first_here {
+                // See `set_target`: nothing cached on this worker to start from.
+                stream.encodings[0]
+                    .keyframe_urgent
+                    .store(true, Ordering::Release);
+            }
         }
         return;
     }
@@ -1347,6 +1364,13 @@ fn set_target(
         video.target = encoding;
         video.switch = Some((now, reason));
         stream.want_keyframe(encoding as usize);
+        if !stream.watched(video.worker, encoding) {
+            // This worker's first viewer of the encoding: nothing cached here
+            // to start from, so its key frame does not wait for the throttle.
+            stream.encodings[encoding as usize]
+                .keyframe_urgent
+                .store(true, Ordering::Release);
+        }
         metrics.switch_plis.inc();
     }
     stream.rewatch(video.worker, before, video.watching());

@@ -403,3 +403,34 @@ fn a_publisher_that_leaves_leaves_no_active_encoding_behind() {
         "{layers:?}"
     );
 }
+
+#[test]
+fn a_workers_first_viewer_of_an_encoding_asks_past_the_throttle() {
+    let mut out = Collected::default();
+    let (mut bench, _publisher) = simulcast_bench(&mut out);
+    let urgent = |b: &Bench, e: usize| {
+        b.stream.encodings[e]
+            .keyframe_urgent
+            .swap(false, Ordering::AcqRel)
+    };
+    let first = bench.viewer(1, Transport::Udp, &mut out);
+    assert!(
+        urgent(&bench, 2),
+        "the first viewer of f here: nothing cached"
+    );
+    let _second = bench.viewer_at(2, Transport::Udp, 50, &mut out);
+    assert!(!urgent(&bench, 2), "f is watched here already");
+    // Pinning q, watched by nobody here yet, is urgent again.
+    let pin = LayerRequest {
+        rid: Some("q".into()),
+        ..Default::default()
+    };
+    // (The viewer has had no packet yet, so the pin waits for the next tick.)
+    bench
+        .core
+        .select_layer(bench.at(60), first.key, pin, &mut out)
+        .unwrap();
+    bench.core.handle_timeout(bench.at(70), &mut out);
+    assert_eq!(layer(&bench, &first).1, 0);
+    assert!(urgent(&bench, 0), "the first viewer of q here");
+}
