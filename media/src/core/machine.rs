@@ -1171,12 +1171,10 @@ impl Core {
     ) {
         if let Some(s) = self.sessions.get_mut(&key)
             && let Role::Publisher(publisher) = &mut s.role
-        {
-            if let Some(forward) =
+            && let Some(forward) =
                 forward_packet(&self.registry, publisher, &s.stream, kind, packet, now)
-            {
-                self.forwards.push(forward);
-            }
+        {
+            self.forwards.push(forward);
         }
         self.settle(now, out);
     }

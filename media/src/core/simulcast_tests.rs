@@ -82,8 +82,7 @@ fn got(viewer: &mut Viewer, out: &Collected) -> Vec<(u16, u32, [u8; 2])> {
 }
 
 fn layer(bench: &Bench, viewer: &Viewer) -> (u8, u8) {
-    let entry = bench.core.viewer_video(viewer.key).expect("a viewer");
-    entry
+    bench.core.viewer_video(viewer.key).expect("a viewer")
 }
 
 #[test]
