@@ -87,7 +87,7 @@ async fn operator_view_and_status_auth_and_shapes(backend: Backend) {
         r.body,
         json!({"streams": [{
             "stream": "cam", "publisher": null, "viewers": 0, "started_at": null,
-            "recorded": false, "restreamed": false, "business": null,
+            "recorded": false, "restreamed": false, "business": null, "layers": [],
         }]})
     );
 

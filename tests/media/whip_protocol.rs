@@ -1098,12 +1098,14 @@ async fn browser_trickle_and_ice_restart_keep_media_flowing() {
     let _guard = media_lock().await;
     let app = spawn_app().await;
     let mut browser = Browser::launch().await;
+    // The broadcast page sends simulcast here (the fake camera is 1280 wide):
+    // an ICE restart must keep the encodings bound (vendor/rtc/TANDEM_PATCH.md).
     let pub_url = page_url(
         &app,
         "broadcast",
         "cam",
         &app.publish_token("cam"),
-        "&trickle=1",
+        "&trickle=1&simulcast=1",
     );
     let view_url = page_url(
         &app,

@@ -242,15 +242,7 @@ pub fn fanout(
                 twcc = Some((bwe.ext_id(), bwe.stamp(now, payload.len() + 40)));
             }
         }
-        if track.epoch != forward.epoch {
-            track.pt_map = [PT_UNKNOWN; 128];
-            track.epoch = forward.epoch;
-        }
-        let mut pt = track.pt_map[pt_in];
-        if pt == PT_UNKNOWN {
-            pt = resolve_payload_type(&ls.shared, pc, track, pt_in as u8);
-            track.pt_map[pt_in] = pt;
-        }
+        let pt = viewer_payload_type(&ls.shared, pc, track, forward.epoch, pt_in);
         if pt == PT_UNSUPPORTED {
             metrics.dropped.codec_mismatch.inc();
             continue;
@@ -341,21 +333,13 @@ fn catch_up(
     let (Some(srtp), Some(dest)) = (srtp.as_mut(), dest) else {
         return false;
     };
-    if track.epoch != forward.epoch {
-        track.pt_map = [PT_UNKNOWN; 128];
-        track.epoch = forward.epoch;
-    }
     let mut sent = 0u64;
     for i in 0..count {
         let Some(cached) = cache.get(key_seq.wrapping_add(i)) else {
             return false;
         };
         let pt_in = (cached.header.payload_type & 0x7f) as usize;
-        let mut pt = track.pt_map[pt_in];
-        if pt == PT_UNKNOWN {
-            pt = resolve_payload_type(&ls.shared, pc, track, pt_in as u8);
-            track.pt_map[pt_in] = pt;
-        }
+        let pt = viewer_payload_type(&ls.shared, pc, track, forward.epoch, pt_in);
         let Some((seq, ts)) = map_video(
             video,
             &ls.shared,
@@ -558,6 +542,28 @@ pub fn send_protected(
             true
         }
     }
+}
+
+/// The viewer's payload type for the publisher's `pt_in` of publisher
+/// generation `epoch`, from the track's map (worked out on first use).
+#[inline]
+fn viewer_payload_type(
+    stream: &StreamShared,
+    pc: &mut RTCPeerConnection,
+    track: &mut ViewerTrack,
+    epoch: u32,
+    pt_in: usize,
+) -> u8 {
+    if track.epoch != epoch {
+        track.pt_map = [PT_UNKNOWN; 128];
+        track.epoch = epoch;
+    }
+    let mut pt = track.pt_map[pt_in];
+    if pt == PT_UNKNOWN {
+        pt = resolve_payload_type(stream, pc, track, pt_in as u8);
+        track.pt_map[pt_in] = pt;
+    }
+    pt
 }
 
 /// Works out (once per publisher payload type and epoch) which payload type the

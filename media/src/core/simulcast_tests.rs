@@ -343,8 +343,9 @@ fn video(bench: &Bench, seq: u16, keyframe: bool, ms: u64) -> Forward {
     f
 }
 
-#[test]
-fn a_joiner_starts_from_the_cached_key_frame_without_asking_for_one() {
+/// A stream one viewer watches on this worker, whose key frame (10) and four
+/// packets after it arrived at 20 ms; no key frame wanted.
+fn watched_key_frame_at_20() -> (Bench, Collected) {
     let mut bench = Bench::new();
     let mut out = Collected::default();
     let _first = bench.viewer(1, Transport::Udp, &mut out);
@@ -353,6 +354,12 @@ fn a_joiner_starts_from_the_cached_key_frame_without_asking_for_one() {
         let f = video(&bench, seq, seq == 10, 20);
         bench.core.handle_media(bench.at(20), &f, &mut out);
     }
+    (bench, out)
+}
+
+#[test]
+fn a_joiner_starts_from_the_cached_key_frame_without_asking_for_one() {
+    let (mut bench, mut out) = watched_key_frame_at_20();
     // 100 ms after the key frame: the joiner needs no new one.
     let mut joiner = bench.viewer_at(2, Transport::Udp, 120, &mut out);
     assert!(!bench.stream.keyframe_wanted.load(Ordering::Acquire));
@@ -369,14 +376,7 @@ fn a_joiner_starts_from_the_cached_key_frame_without_asking_for_one() {
 
 #[test]
 fn a_stale_key_frame_is_not_replayed_and_one_is_asked_for() {
-    let mut bench = Bench::new();
-    let mut out = Collected::default();
-    let _first = bench.viewer(1, Transport::Udp, &mut out);
-    bench.stream.keyframe_wanted.store(false, Ordering::Release);
-    for seq in 10..15 {
-        let f = video(&bench, seq, seq == 10, 20);
-        bench.core.handle_media(bench.at(20), &f, &mut out);
-    }
+    let (mut bench, mut out) = watched_key_frame_at_20();
     let mut joiner = bench.viewer_at(2, Transport::Udp, 900, &mut out);
     assert!(bench.stream.keyframe_wanted.load(Ordering::Acquire));
     let f = video(&bench, 15, false, 910);

@@ -854,6 +854,23 @@ impl RTCPeerConnection {
             }) && let Some(receiver) = transceiver.receiver_mut()
             {
                 let mut receive_codings = vec![];
+                // tandem patch: a description applied again (an ICE restart) with
+                // the same rids keeps the receiver's bound simulcast streams.
+                // Browsers send the rid header extension only on a stream's first
+                // packets, so a binding reset here would never come back and the
+                // encodings would stop arriving.
+                if !incoming_track.rids.is_empty() {
+                    let current = receiver.get_coding_parameters();
+                    let bound = current.iter().any(|c| c.ssrc.is_some());
+                    let same = current.len() == incoming_track.rids.len()
+                        && incoming_track
+                            .rids
+                            .iter()
+                            .all(|rid| current.iter().any(|c| &c.rid == rid));
+                    if bound && same {
+                        continue;
+                    }
+                }
                 if !incoming_track.rids.is_empty() {
                     // for incoming_track with rids, defer adding track until received the first RTP
                     // packet with rtp header extension with "urn:ietf:params:rtp-hdrext:sdes:mid" and
