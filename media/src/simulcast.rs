@@ -396,8 +396,10 @@ mod tests {
             Some(360)
         );
         let none: Vec<String> = vec![];
-        let mut r = LayerRequest::default();
-        r.rid = Some("f".into());
+        let r = LayerRequest {
+            rid: Some("f".into()),
+            ..Default::default()
+        };
         assert!(
             preference(&r, &none, Some(1))
                 .unwrap_err()
