@@ -196,9 +196,15 @@ pub struct ViewerVideo {
     /// Viewer sequence = encoding sequence + `seq_offset` (and timestamps alike).
     pub seq_offset: u16,
     pub ts_offset: u32,
-    /// The mapping before the last switch, for NACKs of packets sent before it:
-    /// (encoding, seq offset, ts offset, first viewer sequence after the switch).
-    pub before: Option<(u8, u16, u32, u16)>,
+    /// The viewer sequence of the first packet of the current mapping, since
+    /// the last switch (`None`: no switch yet, every packet sent is under it).
+    pub since: Option<u16>,
+    /// The mapping before the last switch, for NACKs of packets sent under it:
+    /// (encoding, seq offset, ts offset, its first viewer sequence, the first
+    /// viewer sequence after the switch). Older packets are not answered: their
+    /// encoding is no longer known, and a packet of another would corrupt the
+    /// picture.
+    pub before: Option<(u8, u16, u32, u16, u16)>,
     /// The last packet sent: viewer sequence and timestamp, and when.
     pub last_out: Option<(u16, u32, Instant)>,
     /// A joiner's first video packet brings the cached packets since the last
@@ -226,6 +232,7 @@ impl ViewerVideo {
             pref: Preference::default(),
             seq_offset: 0,
             ts_offset: 0,
+            since: None,
             before: None,
             last_out: None,
             catch_up: false,

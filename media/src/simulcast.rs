@@ -12,7 +12,7 @@
 //!   a path beyond its load), so after [`PROBE_AFTER`] of a clean path the next
 //!   encoding is tried (a probe); a probe that is followed by a step down
 //!   within [`PROBE_GRACE`] doubles the wait before the next, up to
-//!   [`PROBE_MAX`];
+//!   [`PROBE_MAX`]; one that holds lets the next come [`PROBE_AFTER`] after it;
 //! - an encoding that stopped arriving is left for the nearest active one.
 
 use std::time::{Duration, Instant};
@@ -22,13 +22,19 @@ use crate::layers::{LayerRequest, SwitchReason};
 /// How long the estimate must hold above the next encoding's rate before an up-switch.
 pub const UP_HOLD: Duration = Duration::from_secs(3);
 /// A clean path for this long tries the next encoding up.
-pub const PROBE_AFTER: Duration = Duration::from_secs(4);
-/// The longest wait between probes after failed ones.
-pub const PROBE_MAX: Duration = Duration::from_secs(8);
-/// A step down this soon after a probe means the probe failed.
-pub const PROBE_GRACE: Duration = Duration::from_secs(4);
+pub const PROBE_AFTER: Duration = Duration::from_secs(3);
+/// The longest wait between probes after failed ones: a viewer that fell two
+/// steps climbs back within about two of these and a grace once its path is
+/// clear (measured 7-12 s in tests/media/simulcast.rs).
+pub const PROBE_MAX: Duration = Duration::from_secs(6);
+/// A step down this soon after a probe means the probe failed (GCC sees a
+/// path that cannot carry the new rate within a second).
+pub const PROBE_GRACE: Duration = Duration::from_secs(2);
 /// Headroom: the estimate must exceed an encoding's rate by this factor to hold it.
 pub const HEADROOM: f64 = 1.0;
+/// During a probe's grace, the estimate must fall under this share of the
+/// probed encoding's rate (or loss appear) to call the probe failed.
+pub const PROBE_FLOOR: f64 = 0.7;
 /// Loss above this share of packets counts as a congested path (no probing).
 pub const LOSS_CONGESTED: f64 = 0.05;
 
@@ -149,9 +155,22 @@ impl Selector {
             });
         };
         let congested = path.loss > LOSS_CONGESTED;
+        // While a probe is young, only a clear sign sends it back: loss, or an
+        // estimate far under the probed rate. The delay-based half dips below
+        // a rate it was just restarted at on a busy host's jitter alone
+        // (seen on this 2-core VM with Chromium encoding three sizes).
+        let probe_young = self
+            .probing
+            .is_some_and(|s| now.saturating_duration_since(s) < PROBE_GRACE);
+        let floor = if probe_young { PROBE_FLOOR } else { HEADROOM };
+        let down_now = match path.estimate {
+            Some(e) if probe_young => congested || (e as f64) < cur.bitrate as f64 * floor,
+            Some(e) => (e as f64) < cur.bitrate as f64 * floor,
+            None => false,
+        };
         if let Some(estimate) = path.estimate {
             // Down at once.
-            if (estimate as f64) < cur.bitrate as f64 * HEADROOM && pos > 0 {
+            if down_now && pos > 0 {
                 let pick = best_within(offered, &ranked, Some(estimate));
                 self.up_since = None;
                 self.clean_since = now;
@@ -488,6 +507,43 @@ mod tests {
         assert!(
             s.decide(t1 + PROBE_AFTER * 2, &o, 1, &pref, &path(550_000))
                 .is_some_and(|d| d.probe)
+        );
+    }
+
+    #[test]
+    fn a_young_probe_survives_a_dip_but_not_loss() {
+        let t0 = Instant::now();
+        let o = three();
+        let pref = Preference::default();
+        let probe = |s: &mut Selector| {
+            assert_eq!(s.decide(t0, &o, 1, &pref, &path(550_000)), None);
+            let d = s.decide(t0 + PROBE_AFTER, &o, 1, &pref, &path(550_000));
+            assert!(d.is_some_and(|d| d.probe && d.encoding == 2));
+        };
+        let t1 = t0 + PROBE_AFTER + Duration::from_millis(500);
+        // 1.2 Mbit/s against f's 1.5: a dip, not a verdict.
+        let mut s = Selector::new(t0);
+        probe(&mut s);
+        assert_eq!(s.decide(t1, &o, 2, &pref, &path(1_200_000)), None);
+        // Loss is.
+        let mut s = Selector::new(t0);
+        probe(&mut s);
+        let lossy = Path {
+            estimate: Some(1_200_000),
+            loss: 0.2,
+        };
+        assert_eq!(
+            s.decide(t1, &o, 2, &pref, &lossy).map(|d| d.reason),
+            Some(SwitchReason::Down)
+        );
+        // After the grace the usual rule holds.
+        let mut s = Selector::new(t0);
+        probe(&mut s);
+        let t2 = t0 + PROBE_AFTER + PROBE_GRACE + Duration::from_millis(200);
+        assert_eq!(
+            s.decide(t2, &o, 2, &pref, &path(1_200_000))
+                .map(|d| d.reason),
+            Some(SwitchReason::Down)
         );
     }
 

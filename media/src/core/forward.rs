@@ -107,16 +107,21 @@ pub fn map_video(
             None => (0, 0),
         };
         let before = video.watching();
+        let first_after = seq.wrapping_add(seq_offset);
         if video.current != NO_ENCODING {
-            let first_after = seq.wrapping_add(seq_offset);
+            // Without an earlier switch the old mapping covered everything
+            // sent (as far back as a sequence number can say: half its range).
+            let since = video.since.unwrap_or(first_after.wrapping_sub(0x7fff));
             video.before = Some((
                 video.current,
                 video.seq_offset,
                 video.ts_offset,
+                since,
                 first_after,
             ));
             metrics.layer_viewers[video.current as usize].dec();
         }
+        video.since = Some(first_after);
         metrics.layer_viewers[(encoding as usize).min(MAX_ENCODINGS - 1)].inc();
         video.current = encoding;
         stream.rewatch(video.worker, before, video.watching());
@@ -420,9 +425,20 @@ pub fn retransmit(
                     if video.current == NO_ENCODING {
                         continue;
                     }
+                    // Sent under the current mapping, the one before it, or
+                    // earlier (not answered: which encoding is not known).
+                    let last = video.last_out.map_or(seq, |l| l.0);
+                    let current = video
+                        .since
+                        .is_none_or(|s| seq.wrapping_sub(s) <= last.wrapping_sub(s));
                     match video.before {
-                        Some((enc, seq_off, ts_off, first_after))
-                            if seq.wrapping_sub(first_after) >= 0x8000 =>
+                        _ if current => (
+                            cache_slot(MediaKind::Video, video.current),
+                            seq.wrapping_sub(video.seq_offset),
+                            video.ts_offset,
+                        ),
+                        Some((enc, seq_off, ts_off, from, until))
+                            if seq.wrapping_sub(from) < until.wrapping_sub(from) =>
                         {
                             (
                                 cache_slot(MediaKind::Video, enc),
@@ -430,11 +446,7 @@ pub fn retransmit(
                                 ts_off,
                             )
                         }
-                        _ => (
-                            cache_slot(MediaKind::Video, video.current),
-                            seq.wrapping_sub(video.seq_offset),
-                            video.ts_offset,
-                        ),
+                        _ => continue,
                     }
                 } else {
                     (0, seq, 0)

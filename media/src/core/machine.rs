@@ -680,8 +680,12 @@ impl Core {
                     if d.probe
                         && let Some(bwe) = video.bwe.as_deref_mut()
                     {
+                        // Half again the encoding's rate: its measured rate
+                        // jumps with the key frame the switch asks for, and a
+                        // path that cannot carry it shows overuse within a
+                        // second anyway.
                         let rate = offered[d.encoding as usize].bitrate;
-                        bwe.restart_at(rate + rate / 10);
+                        bwe.restart_at(rate + rate / 2);
                     }
                     set_target(video, stream, d.encoding, d.reason, now, metrics);
                 } else if video.target != video.current && video.target != NO_ENCODING {

@@ -433,3 +433,45 @@ fn a_workers_first_viewer_of_an_encoding_asks_past_the_throttle() {
     assert_eq!(layer(&bench, &first).1, 0);
     assert!(urgent(&bench, 0), "the first viewer of q here");
 }
+
+#[test]
+fn a_nack_two_switches_back_is_not_answered_with_another_encodings_packet() {
+    let mut out = Collected::default();
+    let (mut bench, publisher) = simulcast_bench(&mut out);
+    let mut viewer = bench.viewer(1, Transport::Udp, &mut out);
+    let pin = |rid: &str| LayerRequest {
+        rid: Some(rid.into()),
+        ..Default::default()
+    };
+    send(&mut bench, publisher, 10, 2, 100, KEY, &mut out); // viewer 100 (f)
+    bench
+        .core
+        .select_layer(bench.at(20), viewer.key, pin("h"), &mut out)
+        .unwrap();
+    send(&mut bench, publisher, 30, 1, 7000, KEY, &mut out); // viewer 101 (h)
+    bench
+        .core
+        .select_layer(bench.at(40), viewer.key, pin("q"), &mut out)
+        .unwrap();
+    send(&mut bench, publisher, 50, 0, 3000, KEY, &mut out); // viewer 102 (q)
+    let sent = got(&mut viewer, &out);
+    assert_eq!(
+        sent.iter().map(|p| p.0).collect::<Vec<_>>(),
+        [100, 101, 102]
+    );
+    let ssrc = viewer.received(&out)[0].1;
+    out.udp.clear();
+    let nack = TransportLayerNack {
+        sender_ssrc: 1,
+        media_ssrc: ssrc,
+        nacks: vec![NackPair {
+            packet_id: 100,
+            lost_packets: 0b11, // 101 and 102
+        }],
+    };
+    bench.core.viewer_nacks(viewer.key, &[nack], &mut out);
+    let again = got(&mut viewer, &out);
+    // 101 (h, the mapping before) and 102 (q, the current one) come again as
+    // sent; 100 (f, two switches back) is not guessed at.
+    assert_eq!(again, sent[1..].to_vec());
+}
