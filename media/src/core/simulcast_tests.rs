@@ -81,6 +81,18 @@ fn got(viewer: &mut Viewer, out: &Collected) -> Vec<(u16, u32, [u8; 2])> {
         .collect()
 }
 
+/// Pins `viewer` to `rid` at `ms` through the layer extension's handle.
+fn pin(bench: &mut Bench, viewer: &Viewer, rid: &str, ms: u64, out: &mut Collected) {
+    let request = LayerRequest {
+        rid: Some(rid.into()),
+        ..Default::default()
+    };
+    bench
+        .core
+        .select_layer(bench.at(ms), viewer.key, request, out)
+        .unwrap();
+}
+
 fn layer(bench: &Bench, viewer: &Viewer) -> (u8, u8) {
     bench.core.viewer_video(viewer.key).expect("a viewer")
 }
@@ -151,14 +163,7 @@ fn a_switch_waits_for_the_key_frame_and_keeps_the_numbering_continuous() {
     bench.stream.encodings[0]
         .keyframe_wanted
         .store(false, Ordering::Release);
-    let pin = LayerRequest {
-        rid: Some("q".into()),
-        ..Default::default()
-    };
-    bench
-        .core
-        .select_layer(bench.at(25), viewer.key, pin, &mut out)
-        .unwrap();
+    pin(&mut bench, &viewer, "q", 25, &mut out);
     assert_eq!(layer(&bench, &viewer), (2, 0));
     assert!(
         bench.stream.encodings[0]
@@ -207,14 +212,7 @@ fn a_nack_after_a_switch_is_answered_from_the_encoding_that_was_sent() {
     let mut viewer = bench.viewer(1, Transport::Udp, &mut out);
     send(&mut bench, publisher, 10, 2, 100, KEY, &mut out);
     send(&mut bench, publisher, 20, 2, 101, DELTA, &mut out);
-    let pin = LayerRequest {
-        rid: Some("h".into()),
-        ..Default::default()
-    };
-    bench
-        .core
-        .select_layer(bench.at(25), viewer.key, pin, &mut out)
-        .unwrap();
+    pin(&mut bench, &viewer, "h", 25, &mut out);
     send(&mut bench, publisher, 30, 1, 7000, KEY, &mut out);
     send(&mut bench, publisher, 40, 1, 7001, DELTA, &mut out);
     let sent = got(&mut viewer, &out);
@@ -439,20 +437,10 @@ fn a_nack_two_switches_back_is_not_answered_with_another_encodings_packet() {
     let mut out = Collected::default();
     let (mut bench, publisher) = simulcast_bench(&mut out);
     let mut viewer = bench.viewer(1, Transport::Udp, &mut out);
-    let pin = |rid: &str| LayerRequest {
-        rid: Some(rid.into()),
-        ..Default::default()
-    };
     send(&mut bench, publisher, 10, 2, 100, KEY, &mut out); // viewer 100 (f)
-    bench
-        .core
-        .select_layer(bench.at(20), viewer.key, pin("h"), &mut out)
-        .unwrap();
+    pin(&mut bench, &viewer, "h", 20, &mut out);
     send(&mut bench, publisher, 30, 1, 7000, KEY, &mut out); // viewer 101 (h)
-    bench
-        .core
-        .select_layer(bench.at(40), viewer.key, pin("q"), &mut out)
-        .unwrap();
+    pin(&mut bench, &viewer, "q", 40, &mut out);
     send(&mut bench, publisher, 50, 0, 3000, KEY, &mut out); // viewer 102 (q)
     let sent = got(&mut viewer, &out);
     assert_eq!(
