@@ -111,8 +111,6 @@ pub struct ViewerLayerShared {
     pub estimate_bps: AtomicU64,
     /// The viewer's video m-line index in its offer (`u32::MAX`: no video).
     pub video_media_id: AtomicU32,
-    /// Bumped on every change, so a reader can tell that something moved.
-    pub version: AtomicU64,
 }
 
 impl ViewerLayerShared {

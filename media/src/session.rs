@@ -71,13 +71,6 @@ pub struct SenderReportState {
     pub last_sent_at: Option<Instant>,
 }
 
-/// A publisher's incoming track.
-pub struct PublisherTrack {
-    pub kind: MediaKind,
-    pub receiver: RTCRtpReceiverId,
-    pub media_ssrc: u32,
-}
-
 /// One video encoding a publisher sends (the only one without simulcast).
 pub struct PublisherEncoding {
     pub ssrc: u32,
@@ -129,7 +122,8 @@ pub enum Role {
 
 /// A publisher: its incoming tracks and the stream numbering it writes.
 pub struct Publisher {
-    pub tracks: HashMap<String, PublisherTrack>,
+    /// Its incoming tracks' kinds, by track id (video encodings: `encodings`).
+    pub tracks: HashMap<String, MediaKind>,
     /// Video encodings by index (the rid's place in the offer; 0 without simulcast).
     pub encodings: [Option<PublisherEncoding>; MAX_ENCODINGS],
     /// The video codec by the publisher's payload type (key-frame detection).

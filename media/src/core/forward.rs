@@ -134,7 +134,6 @@ pub fn map_video(
                 .observe(now.saturating_duration_since(decided).as_secs_f64());
         }
         video.shared.current.store(encoding, Ordering::Release);
-        video.shared.version.fetch_add(1, Ordering::AcqRel);
     }
     let out = (
         seq.wrapping_add(video.seq_offset),

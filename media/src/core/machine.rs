@@ -41,8 +41,7 @@ use crate::registry::{
 };
 use crate::sdp::{self, CheckedOffer, IceFragment};
 use crate::session::{
-    self, BuildParams, Publisher, PublisherEncoding, PublisherTrack, RateMeter, Role, Session,
-    Viewer, ViewerVideo,
+    self, BuildParams, Publisher, PublisherEncoding, RateMeter, Role, Session, Viewer, ViewerVideo,
 };
 use crate::simulcast::{Offered, Path, Selector};
 use crate::srtp::SrtpSender;
@@ -232,7 +231,6 @@ impl Core {
             .shared
             .pinned
             .store(pref.pinned.is_some(), Ordering::Release);
-        video.shared.version.fetch_add(1, Ordering::AcqRel);
         if let Some(pinned) = pref.pinned
             && s.stream.encodings[pinned as usize]
                 .active
@@ -437,7 +435,7 @@ impl Core {
         {
             match (message, &mut s.role) {
                 (RTCMessage::RtpPacket(track_id, packet), Role::Publisher(publisher)) => {
-                    let Some(track) = publisher.tracks.get(&track_id) else {
+                    let Some(&kind) = publisher.tracks.get(&track_id) else {
                         continue;
                     };
                     metrics.packets_in.inc();
@@ -446,7 +444,7 @@ impl Core {
                         // Padding-only probes are the publisher's business, not the viewers'.
                         continue;
                     }
-                    let kind = track.kind;
+
                     if let Some(forward) =
                         forward_packet(registry, publisher, &s.stream, kind, packet, arrived)
                     {
@@ -1318,7 +1316,6 @@ fn start_video(
         metrics.layer_viewers[0].inc();
         video.shared.current.store(0, Ordering::Release);
         video.shared.target.store(0, Ordering::Release);
-        video.shared.version.fetch_add(1, Ordering::AcqRel);
         if !ls.is_some_and(|ls| forward::can_catch_up(ls, 0, now)) {
             stream.keyframe_wanted.store(true, Ordering::Release);
             if first_here {
@@ -1341,7 +1338,6 @@ fn start_video(
         stream.rewatch(video.worker, before, video.watching());
         video.switch = Some((now, SwitchReason::Start));
         video.shared.target.store(first, Ordering::Release);
-        video.shared.version.fetch_add(1, Ordering::AcqRel);
         return;
     }
     set_target(video, stream, first, SwitchReason::Start, now, metrics);
@@ -1377,7 +1373,6 @@ fn set_target(
     }
     stream.rewatch(video.worker, before, video.watching());
     video.shared.target.store(video.target, Ordering::Release);
-    video.shared.version.fetch_add(1, Ordering::AcqRel);
 }
 
 /// One of a publisher's packets, rewritten into the stream's numbering (once,
@@ -1538,14 +1533,7 @@ fn open_publisher_track(
             .active
             .store(true, Ordering::Release);
     }
-    publisher.tracks.insert(
-        init.track_id.clone(),
-        PublisherTrack {
-            kind,
-            receiver: init.receiver_id,
-            media_ssrc,
-        },
-    );
+    publisher.tracks.insert(init.track_id.clone(), kind);
     publisher.continuity[forward::cache_slot(kind, encoding as u8)].rebase(clock_rate);
     if let Ok(mut current) = s.stream.codecs.write() {
         let mut merged: Vec<_> = current

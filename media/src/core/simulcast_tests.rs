@@ -81,6 +81,16 @@ fn got(viewer: &mut Viewer, out: &Collected) -> Vec<(u16, u32, [u8; 2])> {
         .collect()
 }
 
+/// A simulcast bench with one viewer that received f's key frame (100) and a
+/// delta (101).
+fn viewer_on_f(out: &mut Collected) -> (Bench, u64, Viewer) {
+    let (mut bench, publisher) = simulcast_bench(out);
+    let viewer = bench.viewer(1, Transport::Udp, out);
+    send(&mut bench, publisher, 10, 2, 100, KEY, out);
+    send(&mut bench, publisher, 20, 2, 101, DELTA, out);
+    (bench, publisher, viewer)
+}
+
 /// Pins `viewer` to `rid` at `ms` through the layer extension's handle.
 fn pin(bench: &mut Bench, viewer: &Viewer, rid: &str, ms: u64, out: &mut Collected) {
     let request = LayerRequest {
@@ -155,10 +165,7 @@ fn a_simulcast_viewer_starts_on_a_key_frame_of_the_best_encoding_only() {
 #[test]
 fn a_switch_waits_for_the_key_frame_and_keeps_the_numbering_continuous() {
     let mut out = Collected::default();
-    let (mut bench, publisher) = simulcast_bench(&mut out);
-    let mut viewer = bench.viewer(1, Transport::Udp, &mut out);
-    send(&mut bench, publisher, 10, 2, 100, KEY, &mut out);
-    send(&mut bench, publisher, 20, 2, 101, DELTA, &mut out);
+    let (mut bench, publisher, mut viewer) = viewer_on_f(&mut out);
     // Pin q: f keeps flowing until q's key frame, asked for now.
     bench.stream.encodings[0]
         .keyframe_wanted
@@ -208,10 +215,7 @@ fn a_switch_waits_for_the_key_frame_and_keeps_the_numbering_continuous() {
 #[test]
 fn a_nack_after_a_switch_is_answered_from_the_encoding_that_was_sent() {
     let mut out = Collected::default();
-    let (mut bench, publisher) = simulcast_bench(&mut out);
-    let mut viewer = bench.viewer(1, Transport::Udp, &mut out);
-    send(&mut bench, publisher, 10, 2, 100, KEY, &mut out);
-    send(&mut bench, publisher, 20, 2, 101, DELTA, &mut out);
+    let (mut bench, publisher, mut viewer) = viewer_on_f(&mut out);
     pin(&mut bench, &viewer, "h", 25, &mut out);
     send(&mut bench, publisher, 30, 1, 7000, KEY, &mut out);
     send(&mut bench, publisher, 40, 1, 7001, DELTA, &mut out);
