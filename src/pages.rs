@@ -75,6 +75,12 @@ const ASSETS: &[(&str, &str, &str)] = &[
         "text/javascript; charset=utf-8",
         include_str!("../web/whep-layers.js"),
     ),
+    // Issue 16: the instructor's restream page (/restream).
+    (
+        "restream.html",
+        "text/html; charset=utf-8",
+        include_str!("../web/restream.html"),
+    ),
 ];
 
 /// Third-party files under `/vendor/` (see web/vendor/README.md for versions and licences).
@@ -104,6 +110,7 @@ pub fn routes() -> Router<AppState> {
         .route("/together/{room}", get(|| async { asset("together.html") }))
         .route("/streams", get(|| async { asset("streams.html") }))
         .route("/replay/{stream}", get(|| async { asset("replay.html") }))
+        .route("/restream", get(|| async { asset("restream.html") }))
         .route(
             "/web/{file}",
             get(|Path(file): Path<String>| async move { asset(&file) }),

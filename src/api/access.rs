@@ -121,6 +121,12 @@ pub async fn session_started(
                     && streams::go_live(&mut conn, stream, now_ms()).await?
                 {
                     tracing::info!(stream, "owner's WHIP session started the stream");
+                    // The pushes start beside the answer: resolving a destination
+                    // may call its platform, and the WHIP answer must not wait.
+                    let (state, stream) = (state.clone(), stream.to_string());
+                    tokio::spawn(async move {
+                        super::destinations::go_live(&state, &stream).await;
+                    });
                 }
             }
             SessionKind::Viewer => {

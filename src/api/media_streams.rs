@@ -158,7 +158,7 @@ pub async fn list(
             viewers: s.viewers,
             started_at: rfc3339_opt(s.started_at_ms),
             recorded: state.recordings.is_recording(&s.name),
-            restreamed: false,
+            restreamed: state.restreams.is_restreaming(&s.name),
             business,
             layers: s.layers,
             stream: s.name,

@@ -15,6 +15,8 @@
 //!   and the check `whip.rs` runs on a bearer token that is one.
 //! - [`enrollment`]: paid enrollment, my enrollments, viewer tokens, admin refunds.
 //! - [`replay`]: the signed replay URL, the recording's files, the thumbnail.
+//! - [`destinations`]: a stream's restream destinations, their live status and
+//!   when the pushes run (go-live, end, server start).
 //! - [`access`]: the WHIP/WHEP hook (enrollment re-check, WHIP starts a stream)
 //!   and the room gate.
 //! - [`jobs`]: replay expiry, recording cleanup, catalog migration, key pruning.
@@ -27,6 +29,7 @@
 
 pub mod access;
 pub mod common;
+pub mod destinations;
 pub mod enrollment;
 pub mod enrollment_records;
 pub mod idempotency;
@@ -55,6 +58,7 @@ pub fn routes() -> Router<AppState> {
         .merge(stream_keys::routes())
         .merge(enrollment::routes())
         .merge(replay::routes())
+        .merge(destinations::routes())
         .merge(openapi::routes())
         .route_layer(axum::middleware::from_fn(crate::text::refuse_control_chars))
 }

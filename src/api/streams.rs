@@ -603,6 +603,11 @@ pub async fn start(
         return Err(invalid_transition(&row, "live"));
     }
     let row = load(&mut conn, &id).await?;
+    drop(conn);
+    // The pushes start beside the answer (a platform's API may be slow); their
+    // statuses arrive at GET/events …/destinations.
+    let (pushes, stream) = (state.clone(), id.clone());
+    tokio::spawn(async move { super::destinations::go_live(&pushes, &stream).await });
     Ok(axum::Json(to_out(&state, &row, now)))
 }
 
@@ -637,6 +642,7 @@ pub async fn end(
     // Ended means the media stops now: the publisher's and every viewer's
     // session close (new WHIP is refused as `stream_closed` by access.rs).
     state.sfu.close_stream(&id).await;
+    super::destinations::stop(&state, &id);
     // The recording's last fragment and ENDLIST are on disk, and its length in
     // the row, before the answer: the replay plays right after `end`. The
     // recorder writes that row with a connection of its own: this one goes back

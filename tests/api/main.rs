@@ -8,6 +8,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod destinations;
 mod enrollment;
 mod first_hour;
 mod hardening;
