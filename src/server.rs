@@ -288,6 +288,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let (stop, stopped) = watch::channel(false);
     let router = app(state.clone());
     let jobs = crate::api::jobs::spawn(&state);
+    // Classes still live when the process stopped push to their destinations again.
+    crate::api::destinations::resume_all(&state).await;
     let served = tokio::spawn(crate::serve::serve(
         listener,
         router,

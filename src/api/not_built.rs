@@ -36,9 +36,6 @@ pub const NOT_BUILT: &[(&str, &str)] = &[
     ("GET", "/v1/platform-connections"),
     ("DELETE", "/v1/platform-connections/{id}"),
     ("GET", "/v1/platform-connections/oauth/{platform}/start"),
-    ("PUT", "/v1/streams/{id}/destinations"),
-    ("GET", "/v1/streams/{id}/destinations"),
-    ("GET", "/v1/streams/{id}/destinations/events"),
     ("POST", "/v1/meetings"),
     ("GET", "/v1/meetings/{id}"),
     // Operations: clustering.

@@ -12,7 +12,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{self, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use super::{enrollment, ledger, media_streams, replay, stream_keys, streams};
+use super::{destinations, enrollment, ledger, media_streams, replay, stream_keys, streams};
 use crate::state::AppState;
 
 pub fn routes() -> axum::Router<AppState> {
@@ -55,6 +55,9 @@ pub fn routes() -> axum::Router<AppState> {
         replay::replay,
         replay::replay_file,
         replay::thumbnail,
+        destinations::replace,
+        destinations::list,
+        destinations::events,
     ),
     modifiers(&Extras),
     tags(
@@ -63,6 +66,7 @@ pub fn routes() -> axum::Router<AppState> {
         (name = "enrollment", description = "paid enrollment and access"),
         (name = "media", description = "media tokens, WHIP and WHEP"),
         (name = "replay", description = "recordings: the signed HLS replay, its files, thumbnails"),
+        (name = "restream", description = "platform connections, a stream's restream destinations, meetings"),
         (name = "rooms", description = "Watch Together rooms: tokens, WebSocket, videos"),
         (name = "operations", description = "health and metrics"),
     )
