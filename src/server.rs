@@ -288,8 +288,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let (stop, stopped) = watch::channel(false);
     let router = app(state.clone());
     let jobs = crate::api::jobs::spawn(&state);
-    // Classes still live when the process stopped push to their destinations again.
-    crate::api::destinations::resume_all(&state).await;
+    // Classes still live when the process stopped push to their destinations
+    // again (beside serving: resolving a destination may call its platform).
+    let resumed = state.clone();
+    tokio::spawn(async move { crate::api::destinations::resume_all(&resumed).await });
     let served = tokio::spawn(crate::serve::serve(
         listener,
         router,
