@@ -13,6 +13,7 @@ use utoipa::openapi::{self, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::{enrollment, ledger, media_streams, replay, stream_keys, streams};
+use crate::platforms::{connections, meetings, oauth};
 use crate::state::AppState;
 
 pub fn routes() -> axum::Router<AppState> {
@@ -55,6 +56,13 @@ pub fn routes() -> axum::Router<AppState> {
         replay::replay,
         replay::replay_file,
         replay::thumbnail,
+        connections::create,
+        connections::list,
+        connections::remove,
+        oauth::start,
+        oauth::callback,
+        meetings::create,
+        meetings::show,
     ),
     modifiers(&Extras),
     tags(
@@ -63,6 +71,7 @@ pub fn routes() -> axum::Router<AppState> {
         (name = "enrollment", description = "paid enrollment and access"),
         (name = "media", description = "media tokens, WHIP and WHEP"),
         (name = "replay", description = "recordings: the signed HLS replay, its files, thumbnails"),
+        (name = "platforms", description = "restream destinations (platform connections, OAuth) and meetings"),
         (name = "rooms", description = "Watch Together rooms: tokens, WebSocket, videos"),
         (name = "operations", description = "health and metrics"),
     )
