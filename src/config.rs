@@ -41,6 +41,10 @@ pub struct Config {
     pub api: ApiConfig,
     /// Recording and replay (src/recording, docs/RECORDING.md).
     pub recording: RecordingConfig,
+    /// Encryption keys of secrets at rest (src/secrets.rs).
+    pub secrets: SecretsConfig,
+    /// Platform fan-out and meetings: OAuth apps and provider URLs (src/platforms).
+    pub platforms: PlatformsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -165,6 +169,101 @@ pub struct RecordingConfig {
     pub queue_packets: usize,
 }
 
+/// `[secrets]`: the keyring of secrets at rest (src/secrets.rs). Debug prints key ids only.
+#[derive(Clone, Deserialize)]
+pub struct SecretsConfig {
+    /// `"id:base64-of-32-bytes"` entries.
+    pub keys: Vec<String>,
+    /// The id new values are sealed with (empty: the only key, or the generated one).
+    pub active_key: String,
+}
+
+impl std::fmt::Debug for SecretsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ids: Vec<&str> = self
+            .keys
+            .iter()
+            .map(|k| k.split(':').next().unwrap_or(""))
+            .collect();
+        f.debug_struct("SecretsConfig")
+            .field("key_ids", &ids)
+            .field("active_key", &self.active_key)
+            .finish()
+    }
+}
+
+/// `[platforms.*]`: each provider's app credentials and URLs (src/platforms).
+#[derive(Debug, Clone, Deserialize)]
+pub struct PlatformsConfig {
+    pub youtube: OAuthProvider,
+    pub twitch: OAuthProvider,
+    pub facebook: OAuthProvider,
+    pub zoom: ZoomConfig,
+    pub teams: TeamsConfig,
+    pub jitsi: JitsiConfig,
+}
+
+/// An OAuth 2.0 provider of restream destinations (YouTube, Twitch, Facebook).
+#[derive(Clone, Deserialize)]
+pub struct OAuthProvider {
+    pub client_id: String,
+    pub client_secret: String,
+    pub auth_url: String,
+    pub token_url: String,
+    pub api_base_url: String,
+    /// Where streams are pushed (Twitch); empty where the API hands out the URL.
+    #[serde(default)]
+    pub ingest_url: String,
+}
+
+/// `[platforms.zoom]`: a Server-to-Server OAuth app.
+#[derive(Clone, Deserialize)]
+pub struct ZoomConfig {
+    pub account_id: String,
+    pub client_id: String,
+    pub client_secret: String,
+    pub token_url: String,
+    pub api_base_url: String,
+}
+
+/// `[platforms.teams]`: a Microsoft Entra app with `OnlineMeetings.ReadWrite.All`.
+#[derive(Clone, Deserialize)]
+pub struct TeamsConfig {
+    pub tenant_id: String,
+    pub client_id: String,
+    pub client_secret: String,
+    /// `{tenant}` is replaced with `tenant_id`.
+    pub token_url: String,
+    pub api_base_url: String,
+    pub organizer_user_id: String,
+}
+
+/// `[platforms.jitsi]`: a self-hosted Jitsi Meet with JWT token auth.
+#[derive(Clone, Deserialize)]
+pub struct JitsiConfig {
+    pub base_url: String,
+    pub app_id: String,
+    pub app_secret: String,
+}
+
+/// Debug of a provider section without its secret.
+macro_rules! redacted_debug {
+    ($ty:ty, $secret:ident, [$($field:ident),*]) => {
+        impl std::fmt::Debug for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($ty))
+                    $(.field(stringify!($field), &self.$field))*
+                    .field(stringify!($secret), &if self.$secret.is_empty() { "" } else { "<secret>" })
+                    .finish()
+            }
+        }
+    };
+}
+redacted_debug!(OAuthProvider, client_secret, [client_id, auth_url, token_url, api_base_url, ingest_url]);
+redacted_debug!(ZoomConfig, client_secret, [account_id, client_id, token_url, api_base_url]);
+redacted_debug!(TeamsConfig, client_secret, [tenant_id, client_id, token_url, api_base_url, organizer_user_id]);
+redacted_debug!(JitsiConfig, app_secret, [base_url, app_id]);
+
 impl Config {
     /// The folder recordings are written under.
     pub fn recording_root(&self) -> PathBuf {
@@ -272,6 +371,7 @@ impl Config {
             .with_list_parse_key("nat_1to1_ips")
             .with_list_parse_key("cors_origins")
             .with_list_parse_key("rooms.blocked_words")
+            .with_list_parse_key("secrets.keys")
             .try_parsing(true)
             .source(Some(env_map));
         // Each source is checked for unknown keys on its own (over the defaults,

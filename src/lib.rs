@@ -8,6 +8,7 @@
 //! - [`error`]: [`error::AppError`], the one error type of the HTTP surface.
 //! - [`text`]: clean text at the edge (no NUL/control characters into SQL).
 //! - [`config`]: defaults (config/default.toml), `--config` file, `TANDEM_*` environment.
+//! - [`secrets`]: AES-256-GCM sealing of secrets at rest under a keyring (rotation).
 //! - [`storage`]: the sqlx pool (SQLite default, PostgreSQL) and migrations.
 //! - [`recording`]: a stream's packets → CMAF segments + HLS playlists (synchronous core), crash repair.
 //! - [`auth`]: identity JWTs, tandem media/room tokens, the service key.
@@ -20,6 +21,9 @@
 //! - [`pages`]: the demo pages and static files under `web/`.
 //! - [`recording`]: live streams recorded as fMP4 + HLS (the SFU's tap, the muxer, repair).
 //! - [`api`]: business APIs (ledger, streams, enrollment, media access, jobs, OpenAPI).
+//! - [`platforms`]: restream destinations (stream keys, OAuth 2.0 + PKCE, the push
+//!   URL of a connection) and meetings (Jitsi, Zoom, Teams links); uses
+//!   `api::common`, and `api::openapi` documents its routes.
 //! - [`whip`]: WHIP ingest and WHEP egress routes over [`tandem_media::Sfu`].
 //! - [`whep_ext`]: the WHEP `layer` and server-sent-events extensions' routes.
 //! - [`rooms`]: Watch Together WebSocket and room-token routes, the sqlx chat store.
@@ -33,8 +37,10 @@ pub mod error;
 pub mod extract;
 pub mod metrics;
 pub mod pages;
+pub mod platforms;
 pub mod recording;
 pub mod rooms;
+pub mod secrets;
 pub mod serve;
 pub mod server;
 pub mod state;

@@ -1,7 +1,8 @@
 //! The `tandem` binary: `tandem [serve]` runs the server, `tandem token` mints
 //! media/room tokens for operators with the key the server uses, and
 //! `tandem identity` mints platform identity JWTs with the configured
-//! `jwt_secret` (for trying the business API without a platform).
+//! `jwt_secret` (for trying the business API without a platform), and
+//! `tandem secrets rotate` re-seals stored secrets under the active key.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -53,6 +54,16 @@ enum Command {
     Token(TokenArgs),
     /// Print an identity JWT for the business API, signed with the configured jwt_secret.
     Identity(IdentityArgs),
+    /// Secrets at rest (stream keys, OAuth tokens): `tandem secrets rotate`.
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
+}
+
+#[derive(Subcommand)]
+enum SecretsCommand {
+    /// Re-seal every stored secret not under [secrets] active_key with it, and
+    /// print how many rows changed (docs/SECURITY.md "Secrets at rest").
+    Rotate,
 }
 
 #[derive(Args)]
@@ -118,6 +129,7 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Token(args) => print_token(&config, args),
         Command::Identity(args) => print_identity(&config, args),
+        Command::Secrets(SecretsCommand::Rotate) => rotate_secrets(&config),
         Command::Serve => serve(config),
     }
 }
@@ -149,6 +161,64 @@ fn print_identity(config: &Config, args: IdentityArgs) -> ExitCode {
     );
     println!("{token}");
     ExitCode::SUCCESS
+}
+
+/// `tandem secrets rotate`: the server's keyring and database, every sealed
+/// field re-sealed under the active key. Safe while servers run (each row is
+/// rewritten only if unchanged since it was read).
+fn rotate_secrets(config: &Config) -> ExitCode {
+    // The rows that do not open are named in the log (stderr).
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")))
+        .init();
+    let keyring = match tandem::secrets::Keyring::from_config(config) {
+        Ok(k) => k,
+        Err(err) => {
+            eprintln!("tandem secrets rotate: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("tandem secrets rotate: cannot start the async runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async {
+        let db = match tandem::storage::Db::connect(&config.database_url(), 2).await {
+            Ok(db) => db,
+            Err(err) => {
+                eprintln!("tandem secrets rotate: {err}");
+                return ExitCode::from(1);
+            }
+        };
+        let result = tandem::platforms::rotate::rotate(&db, &keyring).await;
+        db.pool.close().await;
+        match result {
+            Ok(done) => {
+                println!(
+                    "re-encrypted {} rows under key {}",
+                    done.rows,
+                    keyring.active_id()
+                );
+                if done.failed > 0 {
+                    eprintln!(
+                        "tandem secrets rotate: {} rows did not open (their key is not in \
+                         [secrets] keys any more); the log names them",
+                        done.failed
+                    );
+                    return ExitCode::from(1);
+                }
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("tandem secrets rotate: database: {err}");
+                ExitCode::from(1)
+            }
+        }
+    })
 }
 
 /// `dir` as given and, when relative, where that is (a relative `./data` from

@@ -29,6 +29,7 @@ pub fn app(state: AppState) -> Router {
         .merge(crate::whep_ext::routes())
         .merge(crate::rooms::routes())
         .merge(crate::api::routes())
+        .merge(crate::platforms::routes())
         .merge(crate::api::not_built::routes())
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -222,6 +223,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             source,
         },
     )?;
+    let keyring = crate::secrets::Keyring::from_config(&config).map_err(|source| {
+        StartError::DataDir {
+            dir: config.data_dir.display().to_string(),
+            source,
+        }
+    })?;
     let db = Db::connect(&config.database_url(), config.database_pool_size).await?;
     // A database that opens but cannot write (read-only mount, immutable file,
     // replica) would serve reads and fail every write: refuse to start instead.
@@ -284,6 +291,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         recordings,
         ready: Arc::default(),
         whep_events: crate::whep_events::SseHub::default(),
+        keyring,
     };
     let (stop, stopped) = watch::channel(false);
     let router = app(state.clone());

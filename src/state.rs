@@ -31,6 +31,8 @@ pub struct AppState {
     pub ready: Arc<tokio::sync::Mutex<Option<(Instant, Readiness)>>>,
     /// The WHEP server-sent-event streams registered (src/whep_ext.rs).
     pub whep_events: crate::whep_events::SseHub,
+    /// The keys of secrets at rest: stream keys, OAuth tokens (src/secrets.rs).
+    pub keyring: crate::secrets::Keyring,
 }
 
 /// How long one `/readyz` verdict is reused: the write probe is one committed

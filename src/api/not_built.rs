@@ -32,12 +32,6 @@ pub const NOT_BUILT: &[(&str, &str)] = &[
     ("POST", "/v1/calls/{id}/end"),
     ("GET", "/v1/calls/{id}"),
     // Platform fan-out and meetings.
-    ("POST", "/v1/platform-connections"),
-    ("GET", "/v1/platform-connections"),
-    ("DELETE", "/v1/platform-connections/{id}"),
-    ("GET", "/v1/platform-connections/oauth/{platform}/start"),
-    ("POST", "/v1/meetings"),
-    ("GET", "/v1/meetings/{id}"),
     // Operations: clustering.
     ("GET", "/v1/cluster/nodes"),
 ];

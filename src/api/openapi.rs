@@ -13,6 +13,7 @@ use utoipa::openapi::{self, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::{destinations, enrollment, ledger, media_streams, replay, stream_keys, streams};
+use crate::platforms::{connections, meetings, oauth};
 use crate::state::AppState;
 
 pub fn routes() -> axum::Router<AppState> {
@@ -58,6 +59,13 @@ pub fn routes() -> axum::Router<AppState> {
         destinations::replace,
         destinations::list,
         destinations::events,
+        connections::create,
+        connections::list,
+        connections::remove,
+        oauth::start,
+        oauth::callback,
+        meetings::create,
+        meetings::show,
     ),
     modifiers(&Extras),
     tags(
@@ -66,7 +74,8 @@ pub fn routes() -> axum::Router<AppState> {
         (name = "enrollment", description = "paid enrollment and access"),
         (name = "media", description = "media tokens, WHIP and WHEP"),
         (name = "replay", description = "recordings: the signed HLS replay, its files, thumbnails"),
-        (name = "restream", description = "platform connections, a stream's restream destinations, meetings"),
+        (name = "restream", description = "a stream's restream destinations and their live status"),
+        (name = "platforms", description = "platform connections (stream keys, OAuth) and meetings"),
         (name = "rooms", description = "Watch Together rooms: tokens, WebSocket, videos"),
         (name = "operations", description = "health and metrics"),
     )

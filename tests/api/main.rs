@@ -1,7 +1,8 @@
 //! The business-API tests (enrollment, the token ledger, streams, background jobs,
 //! the hardening of issue 11, and issue 13's first hour: auth messages, 501 routes,
 //! OpenAPI and request metrics in `first_hour`; issue 15's WHEP extensions over HTTP in
-//! `whep_ext`), each on a fresh SQLite file and a fresh
+//! `whep_ext`; issue 16's platform connections and meetings in `platforms` and
+//! `meetings`, against stand-in providers), each on a fresh SQLite file and a fresh
 //! PostgreSQL database: every `both_backends!` test runs as `<name>::sqlite` and
 //! `<name>::postgres`. `cargo test --test api -- ::sqlite` needs nothing installed.
 
@@ -15,6 +16,8 @@ mod hardening;
 mod jobs;
 mod ledger;
 mod media_streams;
+mod meetings;
+mod platforms;
 mod replay;
 mod stream_keys;
 mod streams;

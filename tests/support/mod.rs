@@ -12,6 +12,7 @@
 //! - [`wait`]: event-driven waiting ([`eventually`]), metric parsing, the media lock.
 //! - [`peers`]: the real WebRTC peers — headless Chromium ([`Browser`]) and aiortc
 //!   ([`PyPeer`]) — installed by `scripts/test.sh`.
+//! - [`providers`]: stand-in OAuth/YouTube/Twitch/Facebook/Zoom/Graph servers ([`Providers`]).
 //! - [`probe`]: ffprobe of a recording ([`ffprobe`], [`stream_of`], [`duration_of`]).
 //! - [`ws`]: the Watch Together WebSocket client with a skewed clock ([`Client`]).
 //! - [`bin`]: the real `tandem` binary as a child process and its start banner
@@ -27,6 +28,7 @@ pub mod bin;
 pub mod db;
 pub mod peers;
 pub mod probe;
+pub mod providers;
 pub mod wait;
 pub mod whip;
 pub mod ws;
@@ -37,6 +39,7 @@ pub use bin::*;
 pub use db::*;
 pub use peers::*;
 pub use probe::*;
+pub use providers::*;
 pub use wait::*;
 pub use whip::*;
 pub use ws::*;
