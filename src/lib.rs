@@ -10,6 +10,7 @@
 //! - [`config`]: defaults (config/default.toml), `--config` file, `TANDEM_*` environment.
 //! - [`storage`]: the sqlx pool (SQLite default, PostgreSQL) and migrations.
 //! - [`recording`]: a stream's packets → CMAF segments + HLS playlists (synchronous core), crash repair.
+//! - [`restream`]: a live stream pushed to RTMP(S) destinations, one supervised ffmpeg each.
 //! - [`auth`]: identity JWTs, tandem media/room tokens, the service key.
 //! - [`serve`]: the HTTP accept loop: connection caps, header and idle timeouts.
 //! - [`whep_events`]: the WHEP event-stream registrations the state holds, the extensions' links.
@@ -34,6 +35,7 @@ pub mod extract;
 pub mod metrics;
 pub mod pages;
 pub mod recording;
+pub mod restream;
 pub mod rooms;
 pub mod serve;
 pub mod server;

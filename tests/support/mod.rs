@@ -13,6 +13,8 @@
 //! - [`peers`]: the real WebRTC peers — headless Chromium ([`Browser`]) and aiortc
 //!   ([`PyPeer`]) — installed by `scripts/test.sh`.
 //! - [`probe`]: ffprobe of a recording ([`ffprobe`], [`stream_of`], [`duration_of`]).
+//! - [`rtmp`]: private nginx-rtmp destinations and their `on_publish` endpoint
+//!   refusing one key ([`Nginx`], [`PublishAuth`]) for the restream tests.
 //! - [`ws`]: the Watch Together WebSocket client with a skewed clock ([`Client`]).
 //! - [`bin`]: the real `tandem` binary as a child process and its start banner
 //!   ([`spawn_tandem`], [`Banner`]).
@@ -27,6 +29,7 @@ pub mod bin;
 pub mod db;
 pub mod peers;
 pub mod probe;
+pub mod rtmp;
 pub mod wait;
 pub mod whip;
 pub mod ws;
@@ -37,6 +40,7 @@ pub use bin::*;
 pub use db::*;
 pub use peers::*;
 pub use probe::*;
+pub use rtmp::*;
 pub use wait::*;
 pub use whip::*;
 pub use ws::*;
