@@ -36,6 +36,10 @@ pub const TAP_OWNER: &str = "restream";
 /// alone after this long (a publisher without a camera).
 pub const LONE_TRACK_AFTER: Duration = Duration::from_secs(3);
 
+/// A publisher's second track opens a moment after its first: how long a
+/// lone open track waits for it.
+pub const OTHER_TRACK_GRACE: Duration = Duration::from_millis(500);
+
 /// How often each track's RTCP sender report goes out.
 const SR_EVERY: Duration = Duration::from_secs(1);
 
@@ -311,11 +315,16 @@ impl FeedThread {
         if !self.dirty || !any {
             return;
         }
-        let all = (0..2).all(|k| !self.expected[k] || self.seen[k].is_some());
-        let waited = self
-            .first_packet
-            .is_some_and(|t| now.saturating_duration_since(t) >= LONE_TRACK_AFTER);
-        if !all && !waited {
+        // Tracks open one after the other: a lone track is described once
+        // the other had [`OTHER_TRACK_GRACE`] to show up, or [`LONE_TRACK_AFTER`]
+        // to send.
+        let both = self.seen.iter().all(|s| s.is_some());
+        let expected_seen = (0..2).all(|k| !self.expected[k] || self.seen[k].is_some());
+        let waited = |d: Duration| {
+            self.first_packet
+                .is_some_and(|t| now.saturating_duration_since(t) >= d)
+        };
+        if !(both || (expected_seen && waited(OTHER_TRACK_GRACE)) || waited(LONE_TRACK_AFTER)) {
             return;
         }
         let codecs = self.shared.codecs.lock().map(|c| c.clone()).unwrap_or_default();

@@ -493,6 +493,14 @@ impl DestTask {
             let actions = self.sup.handle(Event::Media(true), Instant::now());
             self.apply(actions, &media).await;
         }
+        // H.264 passes through with the publisher's key frames, and WebRTC
+        // encoders send one only when asked: asked every interval, so the
+        // destination gets one as often as a transcoded one would (YouTube
+        // wants at most 4 s, recommends 2 s; a player joining the RTMP side
+        // waits for one).
+        let every = Duration::from_secs(self.restreams.inner.config.keyframe_interval_seconds.max(1) as u64);
+        let mut keyframes = tokio::time::interval(every);
+        keyframes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let wake = self.sup.next_wake();
             let sleep = async {
@@ -501,8 +509,15 @@ impl DestTask {
                     None => std::future::pending().await,
                 }
             };
+            let copying = self.run_media.as_ref().and_then(|m| m.video.as_ref()).is_some_and(|v| {
+                ffmpeg::video_plan(&v.codec.mime_type) == ffmpeg::VideoPlan::Copy
+            });
             let actions = tokio::select! {
                 _ = &mut stop => break,
+                _ = keyframes.tick(), if copying => {
+                    self.restreams.inner.sfu.request_keyframe(&self.stream);
+                    Vec::new()
+                }
                 changed = media.changed() => {
                     let now = Instant::now();
                     let current = if changed.is_ok() { media.borrow_and_update().clone() } else { None };

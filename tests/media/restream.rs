@@ -1,6 +1,6 @@
 //! Issue 16, restream, with real peers and real RTMP servers: private
 //! nginx-rtmp instances (support::rtmp) whose `on_publish` refuses the key
-//! `refused`, driven through `state.restreams` directly (the HTTP routes are
+//! a key, driven through `state.restreams` directly (the HTTP routes are
 //! tests/api). Statuses are awaited on the restream's event channel, never
 //! slept for.
 //!
@@ -196,6 +196,7 @@ async fn an_aiortc_class_goes_to_two_rtmp_servers_and_each_fails_alone() {
     // What arrived: H.264 of the published size (passed through) and AAC.
     let size = published_size(&app, stream);
     assert_eq!(size, (320, 240), "aiortc's MovingPattern");
+
     for url in [a.url("class-a"), b.url("class-b")] {
         assert_h264_aac(&probe(url).await, &[size]);
     }

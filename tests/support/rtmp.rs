@@ -1,7 +1,7 @@
 //! RTMP destinations for the restream tests: a private nginx with the RTMP
 //! module (Debian `nginx-light` + `libnginx-mod-rtmp`, as ../shared/TESTING.md
 //! shows) on a free port, whose `on_publish` asks a local HTTP server
-//! ([`PublishAuth`]) that refuses the stream key `refused` with 403, the way a
+//! ([`PublishAuth`]) that refuses one stream key ([`REFUSED_KEY`]) with 403, the way a
 //! platform refuses a wrong key. An instance can be killed and started again on
 //! the same port.
 
@@ -20,8 +20,8 @@ use serde::Deserialize;
 use super::app::TempDir;
 use super::wait::eventually;
 
-/// The stream key every [`Nginx`] refuses.
-pub const REFUSED_KEY: &str = "refused";
+/// The stream key every [`Nginx`] refuses (`on_publish` answers 403).
+pub const REFUSED_KEY: &str = "refused-key-7f3a";
 
 #[derive(Deserialize)]
 struct Publish {
