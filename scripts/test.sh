@@ -12,8 +12,9 @@
 # nothing and needs no PostgreSQL, Chromium, Python or Node.
 #
 # For a fresh Debian 12 machine running as root. Idempotent: when Chromium,
-# ffmpeg, the Python venv (.venv with aiortc + aiohttp) and the Node peers
-# (tests/peers/node_modules) are already there, it goes straight to the tests.
+# ffmpeg, nginx with the RTMP module (the restream tests), the Python venv
+# (.venv with aiortc + aiohttp) and the Node peers (tests/peers/node_modules)
+# are already there, it goes straight to the tests.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -40,7 +41,7 @@ have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok
 
 # --- system packages (Debian) -------------------------------------------------
 missing=()
-for pkg in chromium ffmpeg; do
+for pkg in chromium ffmpeg nginx-light libnginx-mod-rtmp; do
     have_pkg "$pkg" || missing+=("$pkg")
 done
 command -v node >/dev/null 2>&1 || missing+=(nodejs)

@@ -45,6 +45,9 @@ pub struct Config {
     pub secrets: SecretsConfig,
     /// Platform fan-out and meetings: OAuth apps and provider URLs (src/platforms).
     pub platforms: PlatformsConfig,
+    /// Restreaming live streams to RTMP(S) destinations (src/restream, docs/RESTREAM.md).
+    #[serde(default)]
+    pub restream: RestreamConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -263,6 +266,54 @@ redacted_debug!(OAuthProvider, client_secret, [client_id, auth_url, token_url, a
 redacted_debug!(ZoomConfig, client_secret, [account_id, client_id, token_url, api_base_url]);
 redacted_debug!(TeamsConfig, client_secret, [tenant_id, client_id, token_url, api_base_url, organizer_user_id]);
 redacted_debug!(JitsiConfig, app_secret, [base_url, app_id]);
+
+/// The `[restream]` section of the configuration (see config/default.toml).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct RestreamConfig {
+    /// Restream at all; false: every destination is `failed` with a message.
+    pub enabled: bool,
+    /// The ffmpeg each destination runs.
+    pub ffmpeg: String,
+    /// No progress from a destination's ffmpeg for this long: killed and restarted.
+    pub stall_seconds: u64,
+    /// Backoff between restarts: full jitter under a cap that doubles from
+    /// `backoff_min_ms` to `backoff_max_ms`.
+    pub backoff_min_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Video bitrate when transcoding (VP8/VP9/AV1 → H.264), kbit/s.
+    pub transcode_bitrate_kbps: u32,
+    /// AAC bitrate (Opus is always transcoded), kbit/s.
+    pub audio_bitrate_kbps: u32,
+    /// Key-frame interval of transcoded video (YouTube wants 2 s).
+    pub keyframe_interval_seconds: u32,
+    /// Destinations one stream may have (more are `failed`).
+    pub max_destinations_per_stream: usize,
+    /// ffmpeg processes this node runs at most (more are `failed`).
+    pub max_processes: usize,
+    /// Packets queued between the SFU and a stream's feed thread; past it the
+    /// feed drops (the SFU never waits).
+    pub queue_packets: usize,
+}
+
+impl Default for RestreamConfig {
+    /// The values of config/default.toml.
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            ffmpeg: "ffmpeg".into(),
+            stall_seconds: 10,
+            backoff_min_ms: 1000,
+            backoff_max_ms: 60_000,
+            transcode_bitrate_kbps: 3000,
+            audio_bitrate_kbps: 128,
+            keyframe_interval_seconds: 2,
+            max_destinations_per_stream: 8,
+            max_processes: 32,
+            queue_packets: 2048,
+        }
+    }
+}
 
 impl Config {
     /// The folder recordings are written under.

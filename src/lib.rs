@@ -11,6 +11,7 @@
 //! - [`secrets`]: AES-256-GCM sealing of secrets at rest under a keyring (rotation).
 //! - [`storage`]: the sqlx pool (SQLite default, PostgreSQL) and migrations.
 //! - [`recording`]: a stream's packets → CMAF segments + HLS playlists (synchronous core), crash repair.
+//! - [`restream`]: a live stream pushed to RTMP(S) destinations, one supervised ffmpeg each.
 //! - [`auth`]: identity JWTs, tandem media/room tokens, the service key.
 //! - [`serve`]: the HTTP accept loop: connection caps, header and idle timeouts.
 //! - [`whep_events`]: the WHEP event-stream registrations the state holds, the extensions' links.
@@ -39,6 +40,7 @@ pub mod metrics;
 pub mod pages;
 pub mod platforms;
 pub mod recording;
+pub mod restream;
 pub mod rooms;
 pub mod secrets;
 pub mod serve;

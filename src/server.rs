@@ -153,6 +153,13 @@ impl Running {
         self.jobs.stop().await;
         let grace = Duration::from_secs(self.state.config.shutdown_grace_seconds.max(1));
         self.state.rooms.shutdown(grace).await;
+        // Restream children are killed (and waited for) before the media stops.
+        if tokio::time::timeout(grace, self.state.restreams.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("restream processes still stopping after the grace period");
+        }
         // Recordings end cleanly (last fragment, ENDLIST) before their publishers go.
         if tokio::time::timeout(grace, self.state.recordings.finish_all())
             .await
@@ -263,6 +270,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         db.clone(),
         &registry,
     )?;
+    let restreams = crate::restream::Restreams::new(sfu.clone(), &config, &registry);
     // Recordings a killed process left open are finished before anything is served.
     recordings.repair_all().await;
 
@@ -289,6 +297,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         rooms,
         public_url,
         recordings,
+        restreams,
         ready: Arc::default(),
         whep_events: crate::whep_events::SseHub::default(),
         keyring,

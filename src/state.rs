@@ -27,6 +27,8 @@ pub struct AppState {
     pub public_url: Arc<str>,
     /// Recordings of live streams (src/recording).
     pub recordings: crate::recording::live::Recordings,
+    /// Restreams of live streams to RTMP(S) destinations (src/restream).
+    pub restreams: crate::restream::Restreams,
     /// `/readyz`'s last verdict, reused for [`READY_CACHE`].
     pub ready: Arc<tokio::sync::Mutex<Option<(Instant, Readiness)>>>,
     /// The WHEP server-sent-event streams registered (src/whep_ext.rs).

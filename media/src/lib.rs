@@ -8,7 +8,7 @@
 //! - [`config`]: what the SFU needs to know (port, advertised addresses, limits).
 //! - [`error`]: [`MediaError`], what can go wrong with a session request.
 //! - [`metrics`]: Prometheus instruments of the packet path.
-//! - [`tap`]: what a stream's tap (the recorder) is handed: codecs, packets.
+//! - [`tap`]: what a stream's taps (the recorder, the restream feed) are handed: codecs, packets.
 //! - [`codec`]: key frames and picture sizes read from a video payload's first bytes.
 //! - [`stun`]: the few bytes of STUN the demultiplexer reads (USERNAME).
 //! - [`srtp`]: SRTP protection of forwarded RTP, straight into the send buffer.
@@ -61,4 +61,4 @@ pub use kinds::SessionKind;
 pub use layers::{LayerInfo, LayerRequest, ViewerLayer};
 pub use registry::{PatchOutcome, SessionAnswer, SessionObserver, SessionSummary, StreamSummary};
 pub use sfu::Sfu;
-pub use tap::{StreamTap, TapCodec, TapPacket};
+pub use tap::{StreamTap, TapCodec, TapPacket, Taps};

@@ -18,7 +18,7 @@ use crate::config::MediaConfig;
 use crate::kinds::{SessionKind, Transport};
 use crate::layers::{LayerInfo, MAX_ENCODINGS, ViewerLayerShared};
 use crate::metrics::MediaMetrics;
-use crate::tap::StreamTap;
+use crate::tap::Taps;
 use crate::track::Continuity;
 
 /// What the HTTP layer returns for a new session.
@@ -443,10 +443,11 @@ pub struct Registry {
     pub running: AtomicBool,
     /// Streams whose publisher was live and left (the status endpoint's `ended`).
     pub recently_ended: Mutex<RecentlyEnded>,
-    /// Taps by stream name (a recorder): set by the server before or while a
-    /// publisher is on. Kept apart from [`StreamShared`], which is forgotten when
-    /// a publisher leaves and nobody watches; a tap outlives reconnects.
-    pub taps: DashMap<Arc<str>, Arc<dyn StreamTap>>,
+    /// Taps by stream name, one per owner (the recorder, the restream feed):
+    /// set by the server before or while a publisher is on. Kept apart from
+    /// [`StreamShared`], which is forgotten when a publisher leaves and nobody
+    /// watches; a tap outlives reconnects.
+    pub taps: DashMap<Arc<str>, Taps>,
     /// Bumped on every change of `taps`: a publisher re-reads its tap when this
     /// moves (one relaxed load per packet instead of a map lookup).
     pub taps_generation: AtomicU64,
@@ -486,8 +487,8 @@ impl Registry {
         }
     }
 
-    /// The tap of stream `name`, if one is set.
-    pub fn tap(&self, name: &str) -> Option<Arc<dyn StreamTap>> {
+    /// The taps of stream `name`, if any is set.
+    pub fn taps(&self, name: &str) -> Option<Taps> {
         self.taps.get(name).map(|t| t.value().clone())
     }
 

@@ -40,7 +40,7 @@ use crate::registry::StreamShared;
 use crate::sdp::CheckedOffer;
 use crate::simulcast::{Preference, Selector};
 use crate::srtp::{SrtpIndex, SrtpSender};
-use crate::tap::StreamTap;
+use crate::tap::{TapCodec, Taps};
 use crate::track::Continuity;
 
 /// Payload-type map entries: not computed yet / the viewer cannot take this codec.
@@ -136,9 +136,13 @@ pub struct Publisher {
     pub keyframes: crate::feedback::KeyframeThrottle,
     /// Received payload bytes, turned into the stream's `bitrate_bps` by the tick.
     pub rate: RateMeter,
-    /// The stream's tap (a recorder), as of `tap_generation` of the registry.
-    pub tap: Option<Arc<dyn StreamTap>>,
+    /// The stream's taps (recorder, restream feed), as of `tap_generation` of
+    /// the registry.
+    pub tap: Option<Taps>,
     pub tap_generation: u64,
+    /// The codecs of the tapped tracks (audio, video), as opened: told to a tap
+    /// that is added while the publisher is on.
+    pub tap_codecs: [Option<Vec<TapCodec>>; 2],
     /// The video encoding the tap records (with simulcast: `f` if offered,
     /// else the last rid; browsers list them low to high).
     pub tap_encoding: u8,

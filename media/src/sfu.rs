@@ -358,27 +358,49 @@ impl Sfu {
         self.shared.registry.sessions.len()
     }
 
-    /// Sets the tap of stream `name` (a recorder): its publisher's packets go to
-    /// it from the next packet on, across reconnects, until [`Sfu::remove_tap`].
-    pub fn set_tap(&self, name: &str, tap: Arc<dyn StreamTap>) {
+    /// Sets `owner`'s tap of stream `name` (the recorder, a restream feed),
+    /// replacing that owner's previous one: its publisher's packets go to it
+    /// from the next packet on, across reconnects, until [`Sfu::remove_tap`].
+    /// A tap set while the publisher is on is told its open tracks first.
+    pub fn set_tap(&self, name: &str, owner: &'static str, tap: Arc<dyn StreamTap>) {
         let registry = &self.shared.registry;
-        registry.taps.insert(Arc::from(name), tap);
+        let mut entry = registry.taps.entry(Arc::from(name)).or_insert_with(|| Arc::from([]));
+        let list: Vec<(&'static str, Arc<dyn StreamTap>)> = entry
+            .iter()
+            .filter(|(o, _)| *o != owner)
+            .cloned()
+            .chain(std::iter::once((owner, tap)))
+            .collect();
+        *entry = list.into();
+        drop(entry);
         registry.taps_generation.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Removes the tap of stream `name`; returns it if there was one.
-    pub fn remove_tap(&self, name: &str) -> Option<Arc<dyn StreamTap>> {
+    /// Removes `owner`'s tap of stream `name`; returns it if there was one.
+    pub fn remove_tap(&self, name: &str, owner: &'static str) -> Option<Arc<dyn StreamTap>> {
         let registry = &self.shared.registry;
-        let removed = registry.taps.remove(name).map(|(_, tap)| tap);
+        let mut removed = None;
+        if let Some(mut entry) = registry.taps.get_mut(name) {
+            removed = entry.iter().find(|(o, _)| *o == owner).map(|(_, t)| t.clone());
+            if removed.is_some() {
+                let list: Vec<_> = entry.iter().filter(|(o, _)| *o != owner).cloned().collect();
+                *entry = list.into();
+            }
+        }
+        registry.taps.remove_if(name, |_, list| list.is_empty());
         if removed.is_some() {
             registry.taps_generation.fetch_add(1, Ordering::AcqRel);
         }
         removed
     }
 
-    /// Whether stream `name` has a tap.
-    pub fn has_tap(&self, name: &str) -> bool {
-        self.shared.registry.taps.contains_key(name)
+    /// Whether stream `name` has a tap of `owner`.
+    pub fn has_tap(&self, name: &str, owner: &str) -> bool {
+        self.shared
+            .registry
+            .taps
+            .get(name)
+            .is_some_and(|list| list.iter().any(|(o, _)| *o == owner))
     }
 
     /// Asks the stream's publisher for a key frame (a PLI, throttled like the

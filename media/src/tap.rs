@@ -1,6 +1,9 @@
-//! Taps on the publisher's side of a stream: what a recorder (or any other
-//! consumer that wants a stream's media once, however many viewers it has) is
-//! handed. The core calls a tap from the publisher's worker thread for every
+//! Taps on the publisher's side of a stream: what a recorder, a restream feed
+//! (or any other consumer that wants a stream's media once, however many viewers
+//! it has) is handed. A stream has one tap per owner (`recording`, `restream`):
+//! the registry publishes them as one immutable list ([`Taps`]) that the core
+//! caches and walks per packet, so adding a consumer costs no lock and no
+//! allocation on the packet path. The core calls a tap from the publisher's worker thread for every
 //! packet it forwards, already rewritten into the stream's numbering (so
 //! sequence numbers and timestamps run on across a publisher's reconnect). A
 //! tap must return at once: it queues, and drops when it cannot keep up (the
@@ -8,6 +11,7 @@
 //!
 //! Imports only the shared vocabulary ([`crate::kinds`]).
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -54,3 +58,8 @@ pub trait StreamTap: Send + Sync + 'static {
     /// stream's numbering).
     fn publisher_left(&self);
 }
+
+/// The taps of one stream, by owner (a subsystem: `recording`, `restream`),
+/// published as a whole: a change builds a new list, so the publisher's worker
+/// walks its cached copy without a lock.
+pub type Taps = Arc<[(&'static str, Arc<dyn StreamTap>)]>;

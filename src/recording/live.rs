@@ -44,6 +44,9 @@ pub const OTHER_GRACE: Duration = Duration::from_secs(60);
 /// finishing an abandoned recording).
 const TICK: Duration = Duration::from_millis(250);
 
+/// The recorder's name among a stream's taps (the restream feed is another).
+pub const TAP_OWNER: &str = "recording";
+
 /// Folder (under the recording root) of recordings of non-business streams.
 pub const OTHER_FOLDER: &str = "other";
 
@@ -359,7 +362,7 @@ impl Recordings {
             .name(format!("rec-{}", &id[4..12]))
             .spawn(move || thread.run())?;
         inner.metrics.active.inc();
-        inner.sfu.set_tap(stream, tap);
+        inner.sfu.set_tap(stream, TAP_OWNER, tap);
         tracing::info!(stream, folder = %folder.display(), "recording");
         Ok(())
     }
@@ -372,7 +375,7 @@ impl Recordings {
             let mut active = self.inner.active.lock().ok()?;
             active.remove(stream)?.tap
         };
-        self.inner.sfu.remove_tap(stream);
+        self.inner.sfu.remove_tap(stream, TAP_OWNER);
         let (reply, done) = oneshot::channel();
         tap.control(Control::Finish(reply));
         drop(tap);
@@ -454,7 +457,7 @@ impl Recordings {
             && active.get(stream).is_some_and(|a| a.folder == folder)
         {
             active.remove(stream);
-            self.inner.sfu.remove_tap(stream);
+            self.inner.sfu.remove_tap(stream, TAP_OWNER);
         }
     }
 }

@@ -14,6 +14,8 @@
 //!   ([`PyPeer`]) — installed by `scripts/test.sh`.
 //! - [`providers`]: stand-in OAuth/YouTube/Twitch/Facebook/Zoom/Graph servers ([`Providers`]).
 //! - [`probe`]: ffprobe of a recording ([`ffprobe`], [`stream_of`], [`duration_of`]).
+//! - [`rtmp`]: private nginx-rtmp destinations and their `on_publish` endpoint
+//!   refusing one key ([`Nginx`], [`PublishAuth`]) for the restream tests.
 //! - [`ws`]: the Watch Together WebSocket client with a skewed clock ([`Client`]).
 //! - [`bin`]: the real `tandem` binary as a child process and its start banner
 //!   ([`spawn_tandem`], [`Banner`]).
@@ -29,6 +31,7 @@ pub mod db;
 pub mod peers;
 pub mod probe;
 pub mod providers;
+pub mod rtmp;
 pub mod wait;
 pub mod whip;
 pub mod ws;
@@ -40,6 +43,7 @@ pub use db::*;
 pub use peers::*;
 pub use probe::*;
 pub use providers::*;
+pub use rtmp::*;
 pub use wait::*;
 pub use whip::*;
 pub use ws::*;

@@ -847,8 +847,9 @@ impl Core {
                     epoch,
                     keyframes: Default::default(),
                     rate: RateMeter::new(now),
-                    tap: self.registry.tap(&req.stream.name),
                     tap_generation: self.registry.taps_generation.load(Ordering::Acquire),
+                    tap: self.registry.taps(&req.stream.name),
+                    tap_codecs: Default::default(),
                 })
             }
             SessionKind::Viewer => Role::Viewer(Viewer {
@@ -1040,7 +1041,7 @@ impl Core {
                 self.metrics.viewers.dec();
             }
             Role::Publisher(publisher) => {
-                if let Some(tap) = &publisher.tap {
+                for (_, tap) in publisher.tap.iter().flat_map(|t| t.iter()) {
                     tap.publisher_left();
                 }
                 if let Ok(mut saved) = stream.continuity.lock() {
@@ -1414,19 +1415,21 @@ fn forward_packet(
     let slot = forward::cache_slot(kind, encoding);
     publisher.continuity[slot].rewrite(&mut packet.header, arrived);
     refresh_tap(registry, publisher, stream);
-    if let Some(tap) = &publisher.tap
+    if let Some(taps) = &publisher.tap
         && (kind == MediaKind::Audio || encoding == publisher.tap_encoding)
     {
-        // A refcount on the payload, a few header fields; the tap queues or drops.
-        tap.packet(TapPacket {
-            kind,
-            payload_type: packet.header.payload_type,
-            sequence_number: packet.header.sequence_number,
-            timestamp: packet.header.timestamp,
-            marker: packet.header.marker,
-            payload: packet.payload.clone(),
-            arrived,
-        });
+        // A refcount on the payload, a few header fields; each tap queues or drops.
+        for (_, tap) in taps.iter() {
+            tap.packet(TapPacket {
+                kind,
+                payload_type: packet.header.payload_type,
+                sequence_number: packet.header.sequence_number,
+                timestamp: packet.header.timestamp,
+                marker: packet.header.marker,
+                payload: packet.payload.clone(),
+                arrived,
+            });
+        }
     }
     Some(Forward {
         stream: stream.id,
@@ -1439,13 +1442,32 @@ fn forward_packet(
     })
 }
 
-/// Re-reads the stream's tap when the registry's taps changed (one relaxed load
-/// per packet otherwise).
+/// Re-reads the stream's taps when the registry's taps changed (one relaxed load
+/// per packet otherwise). A tap that was not in the old list is told the
+/// tracks already open (it was added while the publisher is on).
 fn refresh_tap(registry: &Registry, publisher: &mut Publisher, stream: &StreamShared) {
     let generation = registry.taps_generation.load(Ordering::Acquire);
-    if generation != publisher.tap_generation {
-        publisher.tap_generation = generation;
-        publisher.tap = registry.tap(&stream.name);
+    if generation == publisher.tap_generation {
+        return;
+    }
+    publisher.tap_generation = generation;
+    let old = std::mem::replace(&mut publisher.tap, registry.taps(&stream.name));
+    let Some(new) = &publisher.tap else {
+        return;
+    };
+    for (_, tap) in new.iter() {
+        let known = old
+            .iter()
+            .flat_map(|o| o.iter())
+            .any(|(_, t)| Arc::ptr_eq(t, tap));
+        if known {
+            continue;
+        }
+        for kind in [MediaKind::Audio, MediaKind::Video] {
+            if let Some(codecs) = &publisher.tap_codecs[kind.index()] {
+                tap.track_opened(kind, codecs);
+            }
+        }
     }
 }
 
@@ -1498,9 +1520,7 @@ fn open_publisher_track(
         }
         _ => 0,
     };
-    if let Some(tap) = &publisher.tap
-        && (kind == MediaKind::Audio || encoding == publisher.tap_encoding as usize)
-    {
+    if kind == MediaKind::Audio || encoding == publisher.tap_encoding as usize {
         let tapped: Vec<TapCodec> = codecs
             .iter()
             .map(|c| TapCodec {
@@ -1511,7 +1531,11 @@ fn open_publisher_track(
                 fmtp: c.rtp_codec.sdp_fmtp_line.clone(),
             })
             .collect();
-        tap.track_opened(kind, &tapped);
+        for (_, tap) in publisher.tap.iter().flat_map(|t| t.iter()) {
+            tap.track_opened(kind, &tapped);
+        }
+        // Kept for a tap added later (a restream started while live).
+        publisher.tap_codecs[kind.index()] = Some(tapped);
     }
     if kind == MediaKind::Video {
         for c in &codecs {

@@ -1,0 +1,358 @@
+//! Issue 16, restream, with real peers and real RTMP servers: private
+//! nginx-rtmp instances (support::rtmp) whose `on_publish` refuses the key
+//! a key, driven through `state.restreams` directly (the HTTP routes are
+//! tests/api). Statuses are awaited on the restream's event channel, never
+//! slept for.
+//!
+//! - An aiortc publisher (H.264 + Opus) goes to two destinations: `ffprobe` on
+//!   each RTMP URL reads H.264 of the published size (copied) and AAC. One
+//!   nginx killed: that destination goes `retrying`, the other stays `live` and
+//!   a WHEP viewer sees no gap; nginx back on the same port: `live` again. A
+//!   refused key: `failed` after at most two attempts. A destination added
+//!   while live goes live; one removed: its ffmpeg is gone. `stop`: all gone.
+//! - A Chromium broadcaster (VP8 + Opus) is transcoded: H.264 of the
+//!   published size with a key frame every 2 s, AAC; the server's shutdown
+//!   kills the ffmpeg.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+use serde_json::Value;
+use tandem::restream::{DestinationSpec, DestinationStatus, Status, Target};
+use tokio::sync::broadcast;
+
+fn dest(id: &str, url: String) -> DestinationSpec {
+    DestinationSpec {
+        connection_id: id.into(),
+        platform: "rtmp".into(),
+        target: Target::Url(url),
+    }
+}
+
+/// Waits on `events` for destination `id` to reach `status`; returns it.
+async fn wait_status(
+    events: &mut broadcast::Receiver<DestinationStatus>,
+    id: &str,
+    status: Status,
+    within: Duration,
+) -> DestinationStatus {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut seen = Vec::new();
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Ok(s)) => {
+                if s.connection_id == id && s.status == status {
+                    return s;
+                }
+                seen.push(format!(
+                    "{} {:?} a{} {:?}",
+                    s.connection_id, s.status, s.attempts, s.last_error
+                ));
+            }
+            Ok(Err(broadcast::error::RecvError::Lagged(_))) => continue,
+            Ok(Err(e)) => panic!("events closed: {e}"),
+            Err(_) => panic!("{id} not {status:?} within {within:?}; saw: {seen:#?}"),
+        }
+    }
+}
+
+fn status_of(app: &TestApp, stream: &str, id: &str) -> DestinationStatus {
+    app.state()
+        .restreams
+        .status(stream)
+        .into_iter()
+        .find(|s| s.connection_id == id)
+        .unwrap_or_else(|| panic!("no destination {id}"))
+}
+
+/// ffprobe of a live RTMP URL: its streams (reads a few seconds at most).
+fn probe_rtmp(url: &str) -> Value {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-rw_timeout",
+            "15000000",
+            "-show_streams",
+            "-of",
+            "json",
+            url,
+        ])
+        .output()
+        .expect("ffprobe runs");
+    assert!(
+        out.status.success(),
+        "ffprobe {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("ffprobe JSON")
+}
+
+async fn probe(url: String) -> Value {
+    tokio::task::spawn_blocking(move || probe_rtmp(&url))
+        .await
+        .unwrap()
+}
+
+/// Times of the video key frames among the first `seconds` of a live URL.
+async fn key_frames(url: String, seconds: u32) -> Vec<f64> {
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new("ffprobe")
+            .args([
+                "-v",
+                "error",
+                "-rw_timeout",
+                "15000000",
+                "-select_streams",
+                "v:0",
+                "-read_intervals",
+                &format!("%+{seconds}"),
+                "-show_entries",
+                "packet=pts_time,flags",
+                "-of",
+                "json",
+                &url,
+            ])
+            .output()
+            .expect("ffprobe runs");
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["packets"]
+            .as_array()
+            .map(|p| {
+                p.iter()
+                    .filter(|p| p["flags"].as_str().is_some_and(|f| f.starts_with('K')))
+                    .filter_map(|p| p["pts_time"].as_str()?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    })
+    .await
+    .unwrap()
+}
+
+/// The size the SFU reads from the publisher's key frames.
+fn published_size(app: &TestApp, stream: &str) -> (u64, u64) {
+    app.state()
+        .sfu
+        .layers(stream)
+        .first()
+        .map(|l| (l.width as u64, l.height as u64))
+        .unwrap_or_default()
+}
+
+fn assert_h264_aac(probe: &Value, sizes: &[(u64, u64)]) {
+    let video = stream_of(probe, "video");
+    assert_eq!(video["codec_name"], "h264", "{probe}");
+    let size = (
+        video["width"].as_u64().unwrap_or(0),
+        video["height"].as_u64().unwrap_or(0),
+    );
+    assert!(
+        sizes.contains(&size),
+        "restreamed {size:?}, published {sizes:?}: {probe}"
+    );
+    let audio = stream_of(probe, "audio");
+    assert_eq!(audio["codec_name"], "aac", "{probe}");
+    assert_eq!(audio["sample_rate"], "48000", "{probe}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_aiortc_class_goes_to_two_rtmp_servers_and_each_fails_alone() {
+    let _guard = media_lock().await;
+    init_tracing();
+    let app = TestApp::builder()
+        .config(|c| {
+            // Quick retries: the test waits for a restart, not for a long backoff.
+            c.restream.backoff_min_ms = 300;
+            c.restream.backoff_max_ms = 2000;
+        })
+        .spawn()
+        .await;
+    let auth = PublishAuth::start().await;
+    let mut a = Nginx::start(&auth).await;
+    let b = Nginx::start(&auth).await;
+    let stream = "restream-h264";
+    let mut publisher = PyPeer::publisher(&app, stream, &["--codec", "H264"]);
+    publisher
+        .wait_event("connected", Duration::from_secs(30))
+        .await;
+    let restreams = app.state().restreams.clone();
+    let mut events = restreams.subscribe(stream);
+
+    let set_at = Instant::now();
+    restreams.set(
+        stream,
+        vec![dest("a", a.url("class-a")), dest("b", b.url("class-b"))],
+    );
+    assert!(restreams.is_restreaming(stream));
+    wait_status(&mut events, "a", Status::Live, Duration::from_secs(30)).await;
+    eprintln!("a live {:?} after set()", set_at.elapsed());
+    if status_of(&app, stream, "b").status != Status::Live {
+        wait_status(&mut events, "b", Status::Live, Duration::from_secs(30)).await;
+    }
+    eprintln!("both live {:?} after set()", set_at.elapsed());
+
+    // What arrived: H.264 of the published size (passed through) and AAC.
+    let size = published_size(&app, stream);
+    assert_eq!(size, (320, 240), "aiortc's MovingPattern");
+
+    for url in [a.url("class-a"), b.url("class-b")] {
+        assert_h264_aac(&probe(url).await, &[size]);
+    }
+    let pid_a = restreams.process_id(stream, "a").expect("a runs ffmpeg");
+    assert!(process_alive(pid_a));
+
+    // A viewer watches through the whole failure below.
+    let mut viewer = PyPeer::viewer(&app, "viewer", stream, &["--frames", "30", "--hold"]);
+    viewer.wait_event("reached", Duration::from_secs(30)).await;
+
+    // nginx a dies: a retries, b stays live, the viewer sees no gap.
+    a.kill();
+    let retrying = wait_status(&mut events, "a", Status::Retrying, Duration::from_secs(20)).await;
+    let error = retrying.last_error.clone().unwrap_or_default();
+    assert!(!error.contains("class-a"), "no key in errors: {error}");
+    assert_eq!(status_of(&app, stream, "b").status, Status::Live);
+    let bytes_b = status_of(&app, stream, "b").bytes_sent;
+    eventually(
+        "b still sending",
+        Duration::from_secs(10),
+        || async {
+            let now = status_of(&app, stream, "b").bytes_sent;
+            if now > bytes_b {
+                Ok(())
+            } else {
+                Err(format!("{now} bytes"))
+            }
+        },
+    )
+    .await;
+    assert!(!process_alive(pid_a), "a's ffmpeg ended with its server");
+
+    // nginx a back on its port: live again within the backoff.
+    a.restart().await;
+    let back = wait_status(&mut events, "a", Status::Live, Duration::from_secs(20)).await;
+    assert!(back.attempts >= 2, "a restarted: {back:?}");
+    assert_eq!(status_of(&app, stream, "b").status, Status::Live);
+    assert_h264_aac(&probe(a.url("class-a")).await, &[size]);
+    let seen = viewer.stop(Duration::from_secs(20)).await;
+    assert_eq!(seen["ok"], true, "{seen}");
+    let gap = seen["max_gap_s"].as_f64().unwrap_or(99.0);
+    assert!(gap < 1.0, "the viewer saw no gap while a failed: {seen}");
+    assert!(num(&seen["video_frames"]) > 60.0, "{seen}");
+
+    // A refused key: failed quickly, not retried forever.
+    let mut with_refused = vec![
+        dest("a", a.url("class-a")),
+        dest("b", b.url("class-b")),
+        dest("r", b.url(REFUSED_KEY)),
+    ];
+    restreams.set(stream, with_refused.clone());
+    let failed = wait_status(&mut events, "r", Status::Failed, Duration::from_secs(20)).await;
+    assert!(failed.attempts <= 2, "{failed:?}");
+    let error = failed.last_error.clone().unwrap_or_default();
+    assert!(error.contains("refused"), "{error}");
+    assert!(!error.contains(REFUSED_KEY), "no key in errors: {error}");
+    assert!(auth.asked(REFUSED_KEY) <= 2);
+
+    // Added while live: live; a and b untouched (same process).
+    with_refused.push(dest("c", b.url("class-c")));
+    restreams.set(stream, with_refused);
+    wait_status(&mut events, "c", Status::Live, Duration::from_secs(30)).await;
+    let pid_a = restreams.process_id(stream, "a").expect("a runs");
+    let pid_b = restreams.process_id(stream, "b").expect("b runs");
+
+    // Removed: its process is gone; the others keep theirs.
+    restreams.set(stream, vec![dest("b", b.url("class-b")), dest("c", b.url("class-c"))]);
+    wait_status(&mut events, "a", Status::Idle, Duration::from_secs(10)).await;
+    assert!(!process_alive(pid_a), "a's ffmpeg {pid_a} is gone");
+    assert_eq!(restreams.process_id(stream, "b"), Some(pid_b));
+    assert!(restreams.status(stream).iter().all(|s| s.connection_id != "a"));
+
+    let metrics = app.registry_metrics();
+    assert_eq!(
+        metric_value(&metrics, "tandem_restream_destinations", &[("status", "live")]),
+        2.0,
+        "{metrics}"
+    );
+    assert!(metric_value(&metrics, "tandem_restream_restarts_total", &[]) >= 1.0);
+    assert!(metric_value(&metrics, "tandem_restream_bytes_total", &[]) > 0.0);
+
+    // The stream ends: everything stops.
+    restreams.stop(stream);
+    wait_status(&mut events, "b", Status::Idle, Duration::from_secs(10)).await;
+    eventually("no restream process left", Duration::from_secs(10), || async {
+        match restreams.processes() {
+            0 if !process_alive(pid_b) => Ok(()),
+            n => Err(format!("{n} processes")),
+        }
+    })
+    .await;
+    assert!(!restreams.is_restreaming(stream));
+    assert!(!app.state().sfu.has_tap(stream, "restream"));
+    publisher.stop(Duration::from_secs(20)).await;
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_chromium_vp8_class_is_transcoded_to_h264_with_two_second_key_frames() {
+    let _guard = media_lock().await;
+    init_tracing();
+    let app = spawn_app().await;
+    let auth = PublishAuth::start().await;
+    let nginx = Nginx::start(&auth).await;
+    let stream = "restream-vp8";
+    let mut browser = Browser::launch().await;
+    browser
+        .open(
+            "pub",
+            &page_url(&app, "broadcast", stream, &app.publish_token(stream), "&codec=VP8"),
+        )
+        .await;
+    let stats = browser
+        .wait_stats(
+            &["pub"],
+            "the broadcast live and sending VP8",
+            Duration::from_secs(30),
+            |s| {
+                let p = &s[0];
+                if p["state"] == "live" && num(&p["video"]["framesSent"]) > 0.0 {
+                    Ok(p.clone())
+                } else {
+                    Err(p.to_string())
+                }
+            },
+        )
+        .await;
+    assert_eq!(stats["video"]["codec"], "video/VP8", "{stats}");
+    let sent = |s: &Value| {
+        (
+            num(&s["video"]["frameWidth"]) as u64,
+            num(&s["video"]["frameHeight"]) as u64,
+        )
+    };
+    let mut sizes = vec![sent(&stats), published_size(&app, stream)];
+
+    let restreams = app.state().restreams.clone();
+    let mut events = restreams.subscribe(stream);
+    restreams.set(stream, vec![dest("yt", nginx.url("vp8-class"))]);
+    wait_status(&mut events, "yt", Status::Live, Duration::from_secs(30)).await;
+    sizes.push(published_size(&app, stream));
+    let probed = probe(nginx.url("vp8-class")).await;
+    sizes.push(sent(&browser.stats("pub").await));
+    assert_h264_aac(&probed, &sizes);
+
+    // YouTube's rule: a key frame every 2 s.
+    let keys = key_frames(nginx.url("vp8-class"), 7).await;
+    assert!(keys.len() >= 2, "key frames at {keys:?}");
+    for pair in keys.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!((1.5..=2.5).contains(&gap), "key frames at {keys:?}");
+    }
+
+    // The server's shutdown kills the child.
+    let pid = restreams.process_id(stream, "yt").expect("ffmpeg runs");
+    browser.quit().await;
+    app.shutdown().await;
+    assert!(!process_alive(pid), "ffmpeg {pid} gone with the server");
+}

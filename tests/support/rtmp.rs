@@ -1,0 +1,184 @@
+//! RTMP destinations for the restream tests: a private nginx with the RTMP
+//! module (Debian `nginx-light` + `libnginx-mod-rtmp`, as ../shared/TESTING.md
+//! shows) on a free port, whose `on_publish` asks a local HTTP server
+//! ([`PublishAuth`]) that refuses one stream key ([`REFUSED_KEY`]) with 403, the way a
+//! platform refuses a wrong key. An instance can be killed and started again on
+//! the same port.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::{Form, Router};
+use serde::Deserialize;
+
+use super::app::TempDir;
+use super::wait::eventually;
+
+/// The stream key every [`Nginx`] refuses (`on_publish` answers 403).
+pub const REFUSED_KEY: &str = "refused-key-7f3a";
+
+#[derive(Deserialize)]
+struct Publish {
+    name: String,
+}
+
+/// The `on_publish` endpoint: 403 for [`REFUSED_KEY`], 200 otherwise; it
+/// remembers the keys it was asked about.
+pub struct PublishAuth {
+    pub addr: SocketAddr,
+    pub asked: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PublishAuth {
+    pub async fn start() -> PublishAuth {
+        let asked: Arc<Mutex<Vec<String>>> = Arc::default();
+        let app = Router::new()
+            .route(
+                "/auth",
+                post(
+                    |State(asked): State<Arc<Mutex<Vec<String>>>>, Form(p): Form<Publish>| async move {
+                        asked.lock().unwrap().push(p.name.clone());
+                        if p.name == REFUSED_KEY {
+                            StatusCode::FORBIDDEN
+                        } else {
+                            StatusCode::OK
+                        }
+                    },
+                ),
+            )
+            .with_state(asked.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        PublishAuth { addr, asked, task }
+    }
+
+    /// How often `key` was asked about.
+    pub fn asked(&self, key: &str) -> usize {
+        self.asked.lock().unwrap().iter().filter(|k| *k == key).count()
+    }
+}
+
+impl Drop for PublishAuth {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A private nginx-rtmp on 127.0.0.1 (application `live`).
+pub struct Nginx {
+    pub port: u16,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl Nginx {
+    /// Starts on a free port; `on_publish` goes to `auth`.
+    pub async fn start(auth: &PublishAuth) -> Nginx {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = TempDir::new("tandem-nginx");
+        std::fs::create_dir_all(dir.path().join("logs")).unwrap();
+        let conf = format!(
+            "load_module /usr/lib/nginx/modules/ngx_rtmp_module.so;\n\
+             daemon off; master_process off; pid nginx.pid;\n\
+             error_log logs/error.log info;\n\
+             events {{ worker_connections 256; }}\n\
+             rtmp {{ server {{ listen 127.0.0.1:{port}; chunk_size 4096;\n\
+               application live {{ live on; record off;\n\
+                 on_publish http://{}/auth; }} }} }}\n",
+            auth.addr
+        );
+        std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
+        let mut nginx = Nginx {
+            port,
+            dir,
+            child: None,
+        };
+        nginx.restart().await;
+        nginx
+    }
+
+    /// (Re)starts the process on the same port; returns once it listens.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "nginx already running");
+        let dir = self.dir.path();
+        let child = Command::new(nginx_binary())
+            .arg("-p")
+            .arg(dir)
+            .arg("-c")
+            .arg("nginx.conf")
+            .arg("-e")
+            .arg(dir.join("logs/error.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx runs (apt install nginx-light libnginx-mod-rtmp)");
+        self.child = Some(child);
+        let port = self.port;
+        eventually("nginx listening", Duration::from_secs(10), || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+        .await;
+    }
+
+    /// Kills the process (SIGKILL): every publisher's connection drops.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// `rtmp://127.0.0.1:PORT/live/KEY`.
+    pub fn url(&self, key: &str) -> String {
+        format!("rtmp://127.0.0.1:{}/live/{key}", self.port)
+    }
+
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("logs/error.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn nginx_binary() -> PathBuf {
+    for p in ["/usr/sbin/nginx", "/usr/bin/nginx"] {
+        if std::path::Path::new(p).exists() {
+            return PathBuf::from(p);
+        }
+    }
+    PathBuf::from("nginx")
+}
+
+/// Whether process `pid` still exists (a zombie counts as gone).
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            // The state follows the command name in parentheses.
+            let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+            !state.starts_with('Z')
+        }
+        Err(_) => false,
+    }
+}
