@@ -109,6 +109,8 @@ struct Inner {
     events: Mutex<HashMap<String, broadcast::Sender<DestinationStatus>>>,
     processes: AtomicUsize,
     next_id: AtomicU64,
+    /// Per stream, the turn of whoever resolves its destinations ([`Restreams::lock`]).
+    turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// One moment on both clocks (`since` from supervisor instants).
     base: (Instant, i64),
 }
@@ -153,9 +155,23 @@ impl Restreams {
                 events: Mutex::new(HashMap::new()),
                 processes: AtomicUsize::new(0),
                 next_id: AtomicU64::new(1),
+                turns: Mutex::new(HashMap::new()),
                 base: (Instant::now(), crate::clock::now_ms()),
             }),
         }
+    }
+
+    /// Waits for the turn to resolve and set `stream`'s destinations: the HTTP
+    /// layer holds it from reading what runs to [`Restreams::set`], so two
+    /// quick changes never resolve one destination twice.
+    pub async fn lock(&self, stream: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let turn = {
+            let mut turns = self.inner.turns.lock().unwrap_or_else(|e| e.into_inner());
+            // Turns nobody holds or waits for go (bounded by streams changing now).
+            turns.retain(|_, t| Arc::strong_count(t) > 1);
+            turns.entry(stream.to_string()).or_default().clone()
+        };
+        turn.lock_owned().await
     }
 
     /// The destinations of live stream `stream` become exactly `destinations`
@@ -181,7 +197,9 @@ impl Restreams {
                 .iter()
                 .filter(|(id, d)| {
                     wanted.iter().any(|w| {
-                        &w.connection_id == *id && w.platform == d.platform && w.target == d.target
+                        &w.connection_id == *id
+                            && (w.target == Target::Keep
+                                || (w.platform == d.platform && w.target == d.target))
                     })
                 })
                 .map(|(id, _)| id.clone())
@@ -198,7 +216,7 @@ impl Restreams {
                 }
             }
             for spec in wanted {
-                if keep.contains(&spec.connection_id) {
+                if keep.contains(&spec.connection_id) || spec.target == Target::Keep {
                     continue;
                 }
                 let count = entry.dests.len();
@@ -266,6 +284,13 @@ impl Restreams {
             }
             Target::Unavailable(reason) => {
                 return (spec.connection_id.clone(), refuse(reason.clone()));
+            }
+            // `set` skips a Keep with nothing to keep; here only by mistake.
+            Target::Keep => {
+                return (
+                    spec.connection_id.clone(),
+                    refuse("nothing runs for this destination to keep".into()),
+                );
             }
             Target::Url(url) => url.clone(),
         };

@@ -45,6 +45,10 @@ pub enum Target {
     /// needs reconnecting): the reason is the destination's `last_error` and
     /// its status `failed`.
     Unavailable(String),
+    /// The destination already running for this connection, whatever its URL
+    /// (the HTTP layer resolves a connection once per class: resolving again
+    /// could create a second YouTube broadcast). Nothing when none runs.
+    Keep,
 }
 
 impl std::fmt::Debug for Target {
@@ -55,6 +59,7 @@ impl std::fmt::Debug for Target {
                 .field(&ffmpeg::redact_url(url))
                 .finish(),
             Target::Unavailable(reason) => f.debug_tuple("Unavailable").field(reason).finish(),
+            Target::Keep => f.write_str("Keep"),
         }
     }
 }
