@@ -214,18 +214,14 @@ async fn an_aiortc_class_goes_to_two_rtmp_servers_and_each_fails_alone() {
     assert!(!error.contains("class-a"), "no key in errors: {error}");
     assert_eq!(status_of(&app, stream, "b").status, Status::Live);
     let bytes_b = status_of(&app, stream, "b").bytes_sent;
-    eventually(
-        "b still sending",
-        Duration::from_secs(10),
-        || async {
-            let now = status_of(&app, stream, "b").bytes_sent;
-            if now > bytes_b {
-                Ok(())
-            } else {
-                Err(format!("{now} bytes"))
-            }
-        },
-    )
+    eventually("b still sending", Duration::from_secs(10), || async {
+        let now = status_of(&app, stream, "b").bytes_sent;
+        if now > bytes_b {
+            Ok(())
+        } else {
+            Err(format!("{now} bytes"))
+        }
+    })
     .await;
     assert!(!process_alive(pid_a), "a's ffmpeg ended with its server");
 
@@ -263,15 +259,27 @@ async fn an_aiortc_class_goes_to_two_rtmp_servers_and_each_fails_alone() {
     let pid_b = restreams.process_id(stream, "b").expect("b runs");
 
     // Removed: its process is gone; the others keep theirs.
-    restreams.set(stream, vec![dest("b", b.url("class-b")), dest("c", b.url("class-c"))]);
+    restreams.set(
+        stream,
+        vec![dest("b", b.url("class-b")), dest("c", b.url("class-c"))],
+    );
     wait_status(&mut events, "a", Status::Idle, Duration::from_secs(10)).await;
     assert!(!process_alive(pid_a), "a's ffmpeg {pid_a} is gone");
     assert_eq!(restreams.process_id(stream, "b"), Some(pid_b));
-    assert!(restreams.status(stream).iter().all(|s| s.connection_id != "a"));
+    assert!(
+        restreams
+            .status(stream)
+            .iter()
+            .all(|s| s.connection_id != "a")
+    );
 
     let metrics = app.registry_metrics();
     assert_eq!(
-        metric_value(&metrics, "tandem_restream_destinations", &[("status", "live")]),
+        metric_value(
+            &metrics,
+            "tandem_restream_destinations",
+            &[("status", "live")]
+        ),
         2.0,
         "{metrics}"
     );
@@ -281,12 +289,16 @@ async fn an_aiortc_class_goes_to_two_rtmp_servers_and_each_fails_alone() {
     // The stream ends: everything stops.
     restreams.stop(stream);
     wait_status(&mut events, "b", Status::Idle, Duration::from_secs(10)).await;
-    eventually("no restream process left", Duration::from_secs(10), || async {
-        match restreams.processes() {
-            0 if !process_alive(pid_b) => Ok(()),
-            n => Err(format!("{n} processes")),
-        }
-    })
+    eventually(
+        "no restream process left",
+        Duration::from_secs(10),
+        || async {
+            match restreams.processes() {
+                0 if !process_alive(pid_b) => Ok(()),
+                n => Err(format!("{n} processes")),
+            }
+        },
+    )
     .await;
     assert!(!restreams.is_restreaming(stream));
     assert!(!app.state().sfu.has_tap(stream, "restream"));
@@ -306,7 +318,13 @@ async fn a_chromium_vp8_class_is_transcoded_to_h264_with_two_second_key_frames()
     browser
         .open(
             "pub",
-            &page_url(&app, "broadcast", stream, &app.publish_token(stream), "&codec=VP8"),
+            &page_url(
+                &app,
+                "broadcast",
+                stream,
+                &app.publish_token(stream),
+                "&codec=VP8",
+            ),
         )
         .await;
     let stats = browser
