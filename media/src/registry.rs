@@ -18,7 +18,7 @@ use crate::config::MediaConfig;
 use crate::kinds::{SessionKind, Transport};
 use crate::layers::{LayerInfo, MAX_ENCODINGS, ViewerLayerShared};
 use crate::metrics::MediaMetrics;
-use crate::tap::Taps;
+use crate::tap::{StreamTap, Taps};
 use crate::track::Continuity;
 
 /// What the HTTP layer returns for a new session.
@@ -490,6 +490,44 @@ impl Registry {
     /// The taps of stream `name`, if any is set.
     pub fn taps(&self, name: &str) -> Option<Taps> {
         self.taps.get(name).map(|t| t.value().clone())
+    }
+
+    /// Sets `owner`'s tap of stream `name`, replacing that owner's previous
+    /// one: a new list is published and the generation bumped.
+    pub fn set_tap(&self, name: &str, owner: &'static str, tap: Arc<dyn StreamTap>) {
+        let mut entry = self
+            .taps
+            .entry(Arc::from(name))
+            .or_insert_with(|| Arc::from([]));
+        let list: Vec<(&'static str, Arc<dyn StreamTap>)> = entry
+            .iter()
+            .filter(|(o, _)| *o != owner)
+            .cloned()
+            .chain(std::iter::once((owner, tap)))
+            .collect();
+        *entry = list.into();
+        drop(entry);
+        self.taps_generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Removes `owner`'s tap of stream `name`; returns it if there was one.
+    pub fn remove_tap(&self, name: &str, owner: &'static str) -> Option<Arc<dyn StreamTap>> {
+        let mut removed = None;
+        if let Some(mut entry) = self.taps.get_mut(name) {
+            removed = entry
+                .iter()
+                .find(|(o, _)| *o == owner)
+                .map(|(_, t)| t.clone());
+            if removed.is_some() {
+                let list: Vec<_> = entry.iter().filter(|(o, _)| *o != owner).cloned().collect();
+                *entry = list.into();
+            }
+        }
+        self.taps.remove_if(name, |_, list| list.is_empty());
+        if removed.is_some() {
+            self.taps_generation.fetch_add(1, Ordering::AcqRel);
+        }
+        removed
     }
 
     /// The host candidates every answer carries.

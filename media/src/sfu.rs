@@ -363,35 +363,12 @@ impl Sfu {
     /// from the next packet on, across reconnects, until [`Sfu::remove_tap`].
     /// A tap set while the publisher is on is told its open tracks first.
     pub fn set_tap(&self, name: &str, owner: &'static str, tap: Arc<dyn StreamTap>) {
-        let registry = &self.shared.registry;
-        let mut entry = registry.taps.entry(Arc::from(name)).or_insert_with(|| Arc::from([]));
-        let list: Vec<(&'static str, Arc<dyn StreamTap>)> = entry
-            .iter()
-            .filter(|(o, _)| *o != owner)
-            .cloned()
-            .chain(std::iter::once((owner, tap)))
-            .collect();
-        *entry = list.into();
-        drop(entry);
-        registry.taps_generation.fetch_add(1, Ordering::AcqRel);
+        self.shared.registry.set_tap(name, owner, tap);
     }
 
     /// Removes `owner`'s tap of stream `name`; returns it if there was one.
     pub fn remove_tap(&self, name: &str, owner: &'static str) -> Option<Arc<dyn StreamTap>> {
-        let registry = &self.shared.registry;
-        let mut removed = None;
-        if let Some(mut entry) = registry.taps.get_mut(name) {
-            removed = entry.iter().find(|(o, _)| *o == owner).map(|(_, t)| t.clone());
-            if removed.is_some() {
-                let list: Vec<_> = entry.iter().filter(|(o, _)| *o != owner).cloned().collect();
-                *entry = list.into();
-            }
-        }
-        registry.taps.remove_if(name, |_, list| list.is_empty());
-        if removed.is_some() {
-            registry.taps_generation.fetch_add(1, Ordering::AcqRel);
-        }
-        removed
+        self.shared.registry.remove_tap(name, owner)
     }
 
     /// Whether stream `name` has a tap of `owner`.

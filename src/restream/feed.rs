@@ -242,7 +242,12 @@ impl FeedThread {
         let control = self.shared.control.load(Ordering::Acquire);
         if control != self.control {
             self.control = control;
-            let codecs = self.shared.codecs.lock().map(|c| c.clone()).unwrap_or_default();
+            let codecs = self
+                .shared
+                .codecs
+                .lock()
+                .map(|c| c.clone())
+                .unwrap_or_default();
             self.expected = [codecs[0].is_some(), codecs[1].is_some()];
             self.seen = [None; 2];
             self.first_packet = None;
@@ -327,7 +332,12 @@ impl FeedThread {
         if !(both || (expected_seen && waited(OTHER_TRACK_GRACE)) || waited(LONE_TRACK_AFTER)) {
             return;
         }
-        let codecs = self.shared.codecs.lock().map(|c| c.clone()).unwrap_or_default();
+        let codecs = self
+            .shared
+            .codecs
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default();
         let track = |k: usize| -> Option<TrackMedia> {
             let pt = self.seen[k]?;
             let codec = codecs[k].as_ref()?.iter().find(|c| c.payload_type == pt)?;
@@ -378,7 +388,7 @@ mod tests {
             payload_type: pt,
             sequence_number: seq,
             timestamp: 1000 + seq as u32,
-            marker: seq % 2 == 0,
+            marker: seq.is_multiple_of(2),
             payload: Bytes::from_static(b"payload"),
             arrived: Instant::now(),
         }
@@ -398,7 +408,10 @@ mod tests {
     fn rtp_header_is_written_in_place() {
         let mut buf = Vec::with_capacity(64);
         write_rtp(&mut buf, &packet(MediaKind::Video, 96, 2), 7);
-        assert_eq!(&buf[..12], &[0x80, 0x80 | 96, 0, 2, 0, 0, 0x03, 0xea, 0, 0, 0, 7]);
+        assert_eq!(
+            &buf[..12],
+            &[0x80, 0x80 | 96, 0, 2, 0, 0, 0x03, 0xea, 0, 0, 0, 7]
+        );
         assert_eq!(&buf[12..], b"payload");
         let cap = buf.capacity();
         write_rtp(&mut buf, &packet(MediaKind::Audio, 111, 3), 7);

@@ -515,7 +515,10 @@ mod tests {
         assert!(copy.ends_with("-f flv rtmp://h/live/k"));
         for vp in ["video/VP8", "video/VP9", "video/AV1"] {
             let t = args(&config, Path::new("/t/d.sdp"), &media(vp), url).join(" ");
-            assert!(t.contains("-c:v libx264 -preset veryfast -tune zerolatency"), "{t}");
+            assert!(
+                t.contains("-c:v libx264 -preset veryfast -tune zerolatency"),
+                "{t}"
+            );
             assert!(t.contains("-b:v 3000k"));
             assert!(t.contains("-force_key_frames expr:gte(t,n_forced*2)"));
         }
@@ -578,6 +581,9 @@ mod tests {
         assert_eq!(a % 2, 0);
         assert_eq!(b % 2, 0);
         assert_ne!(a, b);
-        assert!(UdpSocket::bind(("127.0.0.1", a + 1)).is_err(), "RTCP port held");
+        assert!(
+            UdpSocket::bind(("127.0.0.1", a + 1)).is_err(),
+            "RTCP port held"
+        );
     }
 }

@@ -109,7 +109,8 @@ struct Inner {
     events: Mutex<HashMap<String, broadcast::Sender<DestinationStatus>>>,
     processes: AtomicUsize,
     next_id: AtomicU64,
-    /// Per stream, the turn of whoever resolves its destinations ([`Restreams::lock`]).
+    /// Per-stream turns for callers that resolve destinations before `set`
+    /// ([`Restreams::lock`]).
     turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// One moment on both clocks (`since` from supervisor instants).
     base: (Instant, i64),
@@ -159,19 +160,6 @@ impl Restreams {
                 base: (Instant::now(), crate::clock::now_ms()),
             }),
         }
-    }
-
-    /// Waits for the turn to resolve and set `stream`'s destinations: the HTTP
-    /// layer holds it from reading what runs to [`Restreams::set`], so two
-    /// quick changes never resolve one destination twice.
-    pub async fn lock(&self, stream: &str) -> tokio::sync::OwnedMutexGuard<()> {
-        let turn = {
-            let mut turns = self.inner.turns.lock().unwrap_or_else(|e| e.into_inner());
-            // Turns nobody holds or waits for go (bounded by streams changing now).
-            turns.retain(|_, t| Arc::strong_count(t) > 1);
-            turns.entry(stream.to_string()).or_default().clone()
-        };
-        turn.lock_owned().await
     }
 
     /// The destinations of live stream `stream` become exactly `destinations`
@@ -233,6 +221,14 @@ impl Restreams {
             }
             if entry.dests.is_empty() {
                 streams.remove(stream);
+                // Nobody listens: the channel goes (a subscriber keeps it).
+                if let Ok(mut events) = inner.events.lock()
+                    && events
+                        .get(stream)
+                        .is_some_and(|tx| tx.receiver_count() == 0)
+                {
+                    events.remove(stream);
+                }
             }
         }
         for d in stopped {
@@ -256,7 +252,11 @@ impl Restreams {
                 status: Mutex::new(self.snapshot(&spec, &sup)),
                 pid: AtomicU32::new(0),
             });
-            inner.metrics.destinations.with_label_values(&["failed"]).inc();
+            inner
+                .metrics
+                .destinations
+                .with_label_values(&["failed"])
+                .inc();
             self.emit(stream, &cell);
             Dest {
                 platform: spec.platform.clone(),
@@ -296,7 +296,11 @@ impl Restreams {
         };
         let feed = match &entry.feed {
             Some(f) => f.clone(),
-            None => match Feed::start(stream, inner.config.queue_packets, inner.metrics.dropped.clone()) {
+            None => match Feed::start(
+                stream,
+                inner.config.queue_packets,
+                inner.metrics.dropped.clone(),
+            ) {
                 Ok(f) => {
                     let f = Arc::new(f);
                     inner.sfu.set_tap(stream, TAP_OWNER, f.tap());
@@ -357,7 +361,12 @@ impl Restreams {
                 let _ = stop.send(());
             }
             None => {
-                let status = d.cell.status.lock().map(|s| s.status).unwrap_or(Status::Failed);
+                let status = d
+                    .cell
+                    .status
+                    .lock()
+                    .map(|s| s.status)
+                    .unwrap_or(Status::Failed);
                 self.inner
                     .metrics
                     .destinations
@@ -370,6 +379,19 @@ impl Restreams {
                 self.emit(stream, &d.cell);
             }
         }
+    }
+
+    /// One caller at a time per stream: held while a caller resolves a
+    /// stream's destinations (which may create platform broadcasts) and calls
+    /// [`Restreams::set`], so two quick changes do not interleave.
+    pub async fn lock(&self, stream: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let turn = {
+            let mut turns = self.inner.turns.lock().expect("turns lock");
+            // Turns nobody holds or waits for are dropped as we go.
+            turns.retain(|_, t| Arc::strong_count(t) > 1);
+            turns.entry(stream.to_string()).or_default().clone()
+        };
+        turn.lock_owned().await
     }
 
     /// The stream ended: every destination stops.
@@ -523,7 +545,9 @@ impl DestTask {
         // destination gets one as often as a transcoded one would (YouTube
         // wants at most 4 s, recommends 2 s; a player joining the RTMP side
         // waits for one).
-        let every = Duration::from_secs(self.restreams.inner.config.keyframe_interval_seconds.max(1) as u64);
+        let every = Duration::from_secs(
+            self.restreams.inner.config.keyframe_interval_seconds.max(1) as u64,
+        );
         let mut keyframes = tokio::time::interval(every);
         keyframes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -534,9 +558,11 @@ impl DestTask {
                     None => std::future::pending().await,
                 }
             };
-            let copying = self.run_media.as_ref().and_then(|m| m.video.as_ref()).is_some_and(|v| {
-                ffmpeg::video_plan(&v.codec.mime_type) == ffmpeg::VideoPlan::Copy
-            });
+            let copying = self
+                .run_media
+                .as_ref()
+                .and_then(|m| m.video.as_ref())
+                .is_some_and(|v| ffmpeg::video_plan(&v.codec.mime_type) == ffmpeg::VideoPlan::Copy);
             let actions = tokio::select! {
                 _ = &mut stop => break,
                 _ = keyframes.tick(), if copying => {
@@ -588,7 +614,12 @@ impl DestTask {
 
     /// Carries out the supervisor's actions (a failed spawn is fed back).
     async fn apply(&mut self, mut actions: Vec<Action>, media: &watch::Receiver<Option<Media>>) {
-        let before = self.cell.status.lock().map(|s| s.status).unwrap_or(Status::Idle);
+        let before = self
+            .cell
+            .status
+            .lock()
+            .map(|s| s.status)
+            .unwrap_or(Status::Idle);
         while let Some(action) = actions.pop() {
             match action {
                 Action::Spawn => {
@@ -691,7 +722,10 @@ impl DestTask {
         self.run_media = None;
         self.cell.pid.store(0, Ordering::Release);
         self.feed.remove_sink(self.id);
-        self.restreams.inner.processes.fetch_sub(1, Ordering::AcqRel);
+        self.restreams
+            .inner
+            .processes
+            .fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Publishes the status if it changed (gauge moved, event sent), and the
@@ -717,7 +751,9 @@ impl DestTask {
         };
         if before != now.status {
             m.destinations.with_label_values(&[before.as_str()]).dec();
-            m.destinations.with_label_values(&[now.status.as_str()]).inc();
+            m.destinations
+                .with_label_values(&[now.status.as_str()])
+                .inc();
         }
         if changed {
             if now.status == Status::Failed || now.status == Status::Retrying {

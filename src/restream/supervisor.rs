@@ -134,13 +134,21 @@ enum Phase {
     /// No ffmpeg: waiting for the publisher's media.
     Waiting,
     /// ffmpeg runs, nothing written yet.
-    Starting { started: Instant, keyframe_at: Instant },
+    Starting {
+        started: Instant,
+        keyframe_at: Instant,
+    },
     /// ffmpeg's output grows.
-    Running { live_since: Instant, grew_at: Instant },
+    Running {
+        live_since: Instant,
+        grew_at: Instant,
+    },
     /// Kill sent; waiting for the exit.
     Killing(Reason),
     /// No ffmpeg until `until`.
-    Backoff { until: Instant },
+    Backoff {
+        until: Instant,
+    },
     Failed,
     Stopped,
 }
@@ -420,9 +428,10 @@ impl Supervisor {
                     if self.refusals >= MAX_REFUSALS {
                         self.phase = Phase::Failed;
                         self.restart_reason = Some(Reason::Auth);
-                        self.last_error = Some(error.unwrap_or_else(|| {
-                            "the server refused the stream key".to_string()
-                        }));
+                        self.last_error =
+                            Some(error.unwrap_or_else(|| {
+                                "the server refused the stream key".to_string()
+                            }));
                         self.set_status(Status::Failed, now);
                         return Vec::new();
                     }
@@ -548,7 +557,11 @@ mod tests {
         fn until_spawn(&mut self) {
             while let Some(wake) = self.s.next_wake() {
                 self.now = wake.max(self.now);
-                if self.s.handle(Event::Tick, self.now).contains(&Action::Spawn) {
+                if self
+                    .s
+                    .handle(Event::Tick, self.now)
+                    .contains(&Action::Spawn)
+                {
                     return;
                 }
             }
@@ -703,11 +716,17 @@ mod tests {
     fn refused_key_fails_after_two_quick_attempts() {
         let mut r = Run::new();
         r.ev(Event::Media(true));
-        r.exit(ExitClass::Refused, "the server refused the publish (rtmp://h)");
+        r.exit(
+            ExitClass::Refused,
+            "the server refused the publish (rtmp://h)",
+        );
         assert_eq!(r.s.status(), Status::Retrying);
         let end = r.now + Duration::from_secs(1);
         assert_eq!(r.run_until(end), vec![Action::Spawn]);
-        r.exit(ExitClass::Refused, "the server refused the publish (rtmp://h)");
+        r.exit(
+            ExitClass::Refused,
+            "the server refused the publish (rtmp://h)",
+        );
         assert_eq!(r.s.status(), Status::Failed);
         assert_eq!(r.s.attempts(), 2);
         assert_eq!(r.s.restart_reason(), Some(Reason::Auth));
@@ -726,7 +745,11 @@ mod tests {
         r.run_until(end);
         r.ev(Event::Progress { total_bytes: 5 });
         r.exit(ExitClass::Refused, "dropped");
-        assert_eq!(r.s.status(), Status::Retrying, "took bytes: not an auth failure");
+        assert_eq!(
+            r.s.status(),
+            Status::Retrying,
+            "took bytes: not an auth failure"
+        );
         assert_eq!(r.s.restart_reason(), Some(Reason::Network));
     }
 

@@ -214,18 +214,14 @@ async fn an_aiortc_class_goes_to_two_rtmp_servers_and_each_fails_alone() {
     assert!(!error.contains("class-a"), "no key in errors: {error}");
     assert_eq!(status_of(&app, stream, "b").status, Status::Live);
     let bytes_b = status_of(&app, stream, "b").bytes_sent;
-    eventually(
-        "b still sending",
-        Duration::from_secs(10),
-        || async {
-            let now = status_of(&app, stream, "b").bytes_sent;
-            if now > bytes_b {
-                Ok(())
-            } else {
-                Err(format!("{now} bytes"))
-            }
-        },
-    )
+    eventually("b still sending", Duration::from_secs(10), || async {
+        let now = status_of(&app, stream, "b").bytes_sent;
+        if now > bytes_b {
+            Ok(())
+        } else {
+            Err(format!("{now} bytes"))
+        }
+    })
     .await;
     assert!(!process_alive(pid_a), "a's ffmpeg ended with its server");
 
@@ -263,15 +259,27 @@ async fn an_aiortc_class_goes_to_two_rtmp_servers_and_each_fails_alone() {
     let pid_b = restreams.process_id(stream, "b").expect("b runs");
 
     // Removed: its process is gone; the others keep theirs.
-    restreams.set(stream, vec![dest("b", b.url("class-b")), dest("c", b.url("class-c"))]);
+    restreams.set(
+        stream,
+        vec![dest("b", b.url("class-b")), dest("c", b.url("class-c"))],
+    );
     wait_status(&mut events, "a", Status::Idle, Duration::from_secs(10)).await;
     assert!(!process_alive(pid_a), "a's ffmpeg {pid_a} is gone");
     assert_eq!(restreams.process_id(stream, "b"), Some(pid_b));
-    assert!(restreams.status(stream).iter().all(|s| s.connection_id != "a"));
+    assert!(
+        restreams
+            .status(stream)
+            .iter()
+            .all(|s| s.connection_id != "a")
+    );
 
     let metrics = app.registry_metrics();
     assert_eq!(
-        metric_value(&metrics, "tandem_restream_destinations", &[("status", "live")]),
+        metric_value(
+            &metrics,
+            "tandem_restream_destinations",
+            &[("status", "live")]
+        ),
         2.0,
         "{metrics}"
     );
@@ -281,12 +289,16 @@ async fn an_aiortc_class_goes_to_two_rtmp_servers_and_each_fails_alone() {
     // The stream ends: everything stops.
     restreams.stop(stream);
     wait_status(&mut events, "b", Status::Idle, Duration::from_secs(10)).await;
-    eventually("no restream process left", Duration::from_secs(10), || async {
-        match restreams.processes() {
-            0 if !process_alive(pid_b) => Ok(()),
-            n => Err(format!("{n} processes")),
-        }
-    })
+    eventually(
+        "no restream process left",
+        Duration::from_secs(10),
+        || async {
+            match restreams.processes() {
+                0 if !process_alive(pid_b) => Ok(()),
+                n => Err(format!("{n} processes")),
+            }
+        },
+    )
     .await;
     assert!(!restreams.is_restreaming(stream));
     assert!(!app.state().sfu.has_tap(stream, "restream"));
@@ -306,7 +318,13 @@ async fn a_chromium_vp8_class_is_transcoded_to_h264_with_two_second_key_frames()
     browser
         .open(
             "pub",
-            &page_url(&app, "broadcast", stream, &app.publish_token(stream), "&codec=VP8"),
+            &page_url(
+                &app,
+                "broadcast",
+                stream,
+                &app.publish_token(stream),
+                "&codec=VP8",
+            ),
         )
         .await;
     let stats = browser
@@ -355,4 +373,98 @@ async fn a_chromium_vp8_class_is_transcoded_to_h264_with_two_second_key_frames()
     browser.quit().await;
     app.shutdown().await;
     assert!(!process_alive(pid), "ffmpeg {pid} gone with the server");
+}
+
+/// utime + stime of `/proc/{pid}/stat` (or `self`), in seconds.
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    // After the command name: state is field 3, utime 14 and stime 15 (1-based).
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i)?.parse::<f64>().ok())
+        .sum();
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks / hz
+}
+
+/// docs/PERFORMANCE.md "Restream (issue 16)": CPU of one destination (the
+/// server's extra CPU plus its ffmpeg) for H.264 passthrough and VP8
+/// transcoding of a 720p30 Chromium broadcast, and the time from `set()` to
+/// the first bytes at the RTMP server. Not a check: run by hand with
+/// `cargo test --test media restream::measure -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore]
+async fn measure_restream_cpu_and_start_time() {
+    let _guard = media_lock().await;
+    let window = Duration::from_secs(
+        std::env::var("RESTREAM_MEASURE_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(30),
+    );
+    let app = spawn_app().await;
+    let auth = PublishAuth::start().await;
+    let nginx = Nginx::start(&auth).await;
+    let mut browser = Browser::launch().await;
+    for codec in ["H264", "VP8"] {
+        let stream = format!("measure-{}", codec.to_lowercase());
+        browser
+            .open(
+                codec,
+                &page_url(&app, "broadcast", &stream, &app.publish_token(&stream), &format!("&codec={codec}")),
+            )
+            .await;
+        // 720p as the broadcast page asks (Chromium ramps up to it).
+        let stats = browser
+            .wait_stats(&[codec], "the broadcast sending 720p", Duration::from_secs(60), |s| {
+                let p = &s[0];
+                if p["state"] == "live" && num(&p["video"]["frameHeight"]) >= 720.0 {
+                    Ok(p.clone())
+                } else {
+                    Err(p.to_string())
+                }
+            })
+            .await;
+        eprintln!("{codec}: publisher {}", stats["video"]);
+        let server0 = cpu_seconds("self");
+        let t0 = Instant::now();
+        tokio::time::sleep(window).await;
+        let base = (cpu_seconds("self") - server0) / t0.elapsed().as_secs_f64();
+
+        let restreams = app.state().restreams.clone();
+        let mut events = restreams.subscribe(&stream);
+        let set_at = Instant::now();
+        restreams.set(&stream, vec![dest("d", nginx.url(&stream))]);
+        wait_status(&mut events, "d", Status::Live, Duration::from_secs(30)).await;
+        let to_live = set_at.elapsed();
+        let pid = restreams.process_id(&stream, "d").unwrap().to_string();
+        let (server1, child1, t1) = (cpu_seconds("self"), cpu_seconds(&pid), Instant::now());
+        tokio::time::sleep(window).await;
+        let secs = t1.elapsed().as_secs_f64();
+        let server = (cpu_seconds("self") - server1) / secs;
+        let child = (cpu_seconds(&pid) - child1) / secs;
+        let status = status_of(&app, &stream, "d");
+        let probe = probe(nginx.url(&stream)).await;
+        let video = stream_of(&probe, "video");
+        eprintln!(
+            "RESULT {codec}: set→first bytes {:.2} s; server {:.1} % → {:.1} % (+{:.1} %), ffmpeg {:.1} % of a core; \
+             per destination {:.1} %; {} kbit/s out; out {}x{} {}",
+            to_live.as_secs_f64(),
+            base * 100.0,
+            server * 100.0,
+            (server - base) * 100.0,
+            child * 100.0,
+            (server - base + child) * 100.0,
+            status.bytes_sent * 8 / 1000 / (secs as u64 + to_live.as_secs()).max(1),
+            video["width"],
+            video["height"],
+            video["codec_name"],
+        );
+        restreams.stop(&stream);
+        wait_status(&mut events, "d", Status::Idle, Duration::from_secs(10)).await;
+        browser.close(codec).await;
+    }
+    browser.quit().await;
+    app.shutdown().await;
 }

@@ -64,7 +64,12 @@ impl PublishAuth {
 
     /// How often `key` was asked about.
     pub fn asked(&self, key: &str) -> usize {
-        self.asked.lock().unwrap().iter().filter(|k| *k == key).count()
+        self.asked
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|k| *k == key)
+            .count()
     }
 }
 

@@ -1574,3 +1574,136 @@ fn open_publisher_track(
     s.stream.keyframe_wanted.store(true, Ordering::Release);
     tracing::info!(session = log_id(&s.id), stream = %s.stream.name, kind = ?kind, ssrc = media_ssrc, rid = init.rid.as_deref().unwrap_or(""), "publisher track open");
 }
+
+#[cfg(test)]
+mod tap_tests {
+    //! Several taps on one stream: each gets every packet, a tap set while the
+    //! publisher is on is told the open tracks first, a removed one hears no more.
+
+    use std::sync::Mutex;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::config::MediaConfig;
+    use crate::registry::SessionObserver;
+    use crate::tap::StreamTap;
+
+    struct Quiet;
+    impl SessionObserver for Quiet {
+        fn session_started(&self, _: &SessionSummary) {}
+        fn session_ended(&self, _: &SessionSummary) {}
+    }
+
+    /// What a tap heard: "open audio", "packet 7", "left".
+    #[derive(Default)]
+    struct Heard(Mutex<Vec<String>>);
+
+    impl StreamTap for Heard {
+        fn track_opened(&self, kind: MediaKind, codecs: &[TapCodec]) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("open {kind:?} {}", codecs[0].mime_type));
+        }
+        fn packet(&self, packet: TapPacket) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("packet {}", packet.payload.len()));
+        }
+        fn publisher_left(&self) {
+            self.0.lock().unwrap().push("left".into());
+        }
+    }
+
+    impl Heard {
+        fn take(&self) -> Vec<String> {
+            std::mem::take(&mut self.0.lock().unwrap())
+        }
+    }
+
+    fn publisher(now: Instant) -> Publisher {
+        Publisher {
+            tracks: HashMap::new(),
+            encodings: Default::default(),
+            video_codecs: [None; 128],
+            continuity: [
+                Continuity::new(48_000),
+                Continuity::new(90_000),
+                Continuity::new(90_000),
+                Continuity::new(90_000),
+            ],
+            epoch: 1,
+            keyframes: Default::default(),
+            rate: RateMeter::new(now),
+            tap: None,
+            tap_generation: u64::MAX,
+            tap_codecs: Default::default(),
+            tap_encoding: 0,
+        }
+    }
+
+    fn audio(len: usize) -> rtc::rtp::Packet {
+        rtc::rtp::Packet {
+            header: rtc::rtp::header::Header {
+                version: 2,
+                payload_type: 111,
+                sequence_number: 1,
+                timestamp: 960,
+                ssrc: 5,
+                ..Default::default()
+            },
+            payload: Bytes::from(vec![0u8; len]),
+        }
+    }
+
+    #[test]
+    fn every_tap_gets_each_packet_and_a_late_tap_hears_the_open_tracks() {
+        let metrics = MediaMetrics::register(&prometheus::Registry::new()).unwrap();
+        let registry = Registry::new(MediaConfig::default(), 5000, 1, metrics, Arc::new(Quiet));
+        let stream = StreamShared::new(1, Arc::from("live"), 1);
+        let now = Instant::now();
+        let mut p = publisher(now);
+        let recorder = Arc::new(Heard::default());
+        registry.set_tap("live", "recording", recorder.clone());
+        refresh_tap(&registry, &mut p, &stream);
+        assert_eq!(recorder.take(), Vec::<String>::new(), "no track open yet");
+        // The publisher's audio opens (what open_publisher_track keeps).
+        p.tap_codecs[MediaKind::Audio.index()] = Some(vec![TapCodec {
+            payload_type: 111,
+            mime_type: "audio/opus".into(),
+            clock_rate: 48_000,
+            channels: 2,
+            fmtp: String::new(),
+        }]);
+        forward_packet(&registry, &mut p, &stream, MediaKind::Audio, audio(10), now);
+        assert_eq!(recorder.take(), vec!["packet 10"]);
+
+        // A second owner mid-stream: told the open track, then both get packets.
+        let restream = Arc::new(Heard::default());
+        registry.set_tap("live", "restream", restream.clone());
+        forward_packet(&registry, &mut p, &stream, MediaKind::Audio, audio(11), now);
+        assert_eq!(restream.take(), vec!["open Audio audio/opus", "packet 11"]);
+        assert_eq!(recorder.take(), vec!["packet 11"], "not told again");
+
+        // Replacing one owner's tap leaves the other alone.
+        let restream2 = Arc::new(Heard::default());
+        registry.set_tap("live", "restream", restream2.clone());
+        forward_packet(&registry, &mut p, &stream, MediaKind::Audio, audio(12), now);
+        assert_eq!(restream.take(), Vec::<String>::new());
+        assert_eq!(restream2.take(), vec!["open Audio audio/opus", "packet 12"]);
+        assert_eq!(recorder.take(), vec!["packet 12"]);
+
+        // Removed: no more packets; the last owner gone removes the stream's entry.
+        assert!(registry.remove_tap("live", "recording").is_some());
+        assert!(registry.remove_tap("live", "recording").is_none());
+        forward_packet(&registry, &mut p, &stream, MediaKind::Audio, audio(13), now);
+        assert_eq!(recorder.take(), Vec::<String>::new());
+        assert_eq!(restream2.take(), vec!["packet 13"]);
+        registry.remove_tap("live", "restream");
+        assert!(registry.taps("live").is_none());
+        forward_packet(&registry, &mut p, &stream, MediaKind::Audio, audio(14), now);
+        assert_eq!(restream2.take(), Vec::<String>::new());
+    }
+}
