@@ -36,9 +36,9 @@ use sqlx::AnyConnection;
 use utoipa::ToSchema;
 
 use super::common::{begin_write, parse_json, rfc3339};
+use crate::auth::{Identity, Role};
 use crate::clock::now_ms;
 use crate::error::{AppError, AppResult};
-use crate::auth::{Identity, Role};
 use crate::extract::Instructor;
 use crate::platforms::connections::{owned_connection, resolve_target};
 use crate::restream::{DestinationSpec, DestinationStatus, Status, Target};
@@ -52,10 +52,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route(
-            "/v1/streams/{id}/destinations",
-            put(replace).get(list),
-        )
+        .route("/v1/streams/{id}/destinations", put(replace).get(list))
         .route("/v1/streams/{id}/destinations/events", get(events))
 }
 
@@ -220,7 +217,13 @@ async fn current(state: &AppState, id: &str) -> AppResult<Vec<DestinationOut>> {
             continue; // deleted meanwhile (the cascade takes the row too)
         };
         let live = running.iter().find(|s| s.connection_id == connection_id);
-        out.push(merge(connection.platform, connection.name, connection_id, created_at, live));
+        out.push(merge(
+            connection.platform,
+            connection.name,
+            connection_id,
+            created_at,
+            live,
+        ));
     }
     Ok(out)
 }

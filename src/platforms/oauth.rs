@@ -32,8 +32,8 @@ use dashmap::DashMap;
 use oauth2::basic::{BasicClient, BasicErrorResponseType, BasicTokenType};
 use oauth2::{
     AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointNotSet,
-    EndpointSet, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken,
-    RequestTokenError, Scope, StandardTokenResponse, TokenResponse, TokenUrl,
+    EndpointSet, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken, RequestTokenError,
+    Scope, StandardTokenResponse, TokenResponse, TokenUrl,
 };
 use serde::{Deserialize, Serialize};
 use sqlx::pool::PoolConnection;
@@ -304,13 +304,9 @@ pub async fn callback(
         ))
         .with("field", "code"));
     }
-    let code = q
-        .code
-        .as_deref()
-        .filter(|c| !c.is_empty())
-        .ok_or_else(|| {
-            AppError::bad_request("code is missing from the callback").with("field", "code")
-        })?;
+    let code = q.code.as_deref().filter(|c| !c.is_empty()).ok_or_else(|| {
+        AppError::bad_request("code is missing from the callback").with("field", "code")
+    })?;
     let cfg = provider(&state, &platform)?;
     let client = build_client(&state, &platform, cfg)?;
     let verifier = state
@@ -329,10 +325,14 @@ pub async fn callback(
     let access = token.access_token().secret().clone();
     let account = super::providers::account_id(&state, &platform, &access).await?;
     let id = format!("pc_{}", uuid::Uuid::new_v4().simple());
-    let a = state.keyring.seal(access.as_bytes(), &aad(&id, "access_token"));
-    let r = token
-        .refresh_token()
-        .map(|t| state.keyring.seal(t.secret().as_bytes(), &aad(&id, "refresh_token")));
+    let a = state
+        .keyring
+        .seal(access.as_bytes(), &aad(&id, "access_token"));
+    let r = token.refresh_token().map(|t| {
+        state
+            .keyring
+            .seal(t.secret().as_bytes(), &aad(&id, "refresh_token"))
+    });
     let expires = token.expires_in().map(|d| now + d.as_millis() as i64);
     sqlx::query(
         "INSERT INTO platform_connections (id, owner, platform, name, kind, ingest_url, \
@@ -374,7 +374,10 @@ pub async fn callback(
     let location = format!("/restream?connected={id}");
     Ok((
         StatusCode::SEE_OTHER,
-        [(header::LOCATION, HeaderValue::from_str(&location).expect("ascii"))],
+        [(
+            header::LOCATION,
+            HeaderValue::from_str(&location).expect("ascii"),
+        )],
     )
         .into_response())
 }

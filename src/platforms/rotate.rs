@@ -69,7 +69,10 @@ pub async fn rotate(db: &Db, keyring: &Keyring) -> Result<Rotation, sqlx::Error>
             table.name,
             stale.join(" OR ")
         );
-        let rows = sqlx::query(&select).bind(active).fetch_all(&db.pool).await?;
+        let rows = sqlx::query(&select)
+            .bind(active)
+            .fetch_all(&db.pool)
+            .await?;
         for row in rows {
             let id: String = row.try_get(0)?;
             // (prefix, old key id, value to store, key id to store)
@@ -114,7 +117,10 @@ pub async fn rotate(db: &Db, keyring: &Keyring) -> Result<Rotation, sqlx::Error>
             let mut n = 2;
             for (prefix, old_id, _, _) in &updates {
                 if old_id.is_some() {
-                    sets.push(format!("{prefix}_sealed = ${n}, {prefix}_key_id = ${}", n + 1));
+                    sets.push(format!(
+                        "{prefix}_sealed = ${n}, {prefix}_key_id = ${}",
+                        n + 1
+                    ));
                     wheres.push(format!("{prefix}_key_id = ${}", n + 2));
                     n += 3;
                 } else {
@@ -130,7 +136,10 @@ pub async fn rotate(db: &Db, keyring: &Keyring) -> Result<Rotation, sqlx::Error>
             let mut q = sqlx::query(&sql).bind(&id);
             for (_, old_id, blob, key_id) in &updates {
                 if let Some(old_id) = old_id {
-                    q = q.bind(blob.clone()).bind(key_id.clone()).bind(old_id.clone());
+                    q = q
+                        .bind(blob.clone())
+                        .bind(key_id.clone())
+                        .bind(old_id.clone());
                 }
             }
             done.rows += q.execute(&db.pool).await?.rows_affected();

@@ -56,7 +56,11 @@ async fn bad_input_changes_nothing(backend: Backend) {
     assert_eq!(stored(&app, &stream).await, 1);
 
     let cases = [
-        (json!([{"connection_id": theirs}]), StatusCode::NOT_FOUND, "[0].connection_id"),
+        (
+            json!([{"connection_id": theirs}]),
+            StatusCode::NOT_FOUND,
+            "[0].connection_id",
+        ),
         (
             json!([{"connection_id": mine}, {"connection_id": "pc_nope"}]),
             StatusCode::NOT_FOUND,
@@ -68,9 +72,17 @@ async fn bad_input_changes_nothing(backend: Backend) {
             "[1].connection_id",
         ),
         (json!([{}]), StatusCode::BAD_REQUEST, "[0]"),
-        (json!({"connection_id": mine}), StatusCode::BAD_REQUEST, "body"),
         (
-            Value::Array((0..9).map(|i| json!({"connection_id": format!("c{i}")})).collect()),
+            json!({"connection_id": mine}),
+            StatusCode::BAD_REQUEST,
+            "body",
+        ),
+        (
+            Value::Array(
+                (0..9)
+                    .map(|i| json!({"connection_id": format!("c{i}")}))
+                    .collect(),
+            ),
             StatusCode::BAD_REQUEST,
             "body",
         ),
@@ -82,19 +94,39 @@ async fn bad_input_changes_nothing(backend: Backend) {
         assert!(!r.body["error"]["message"].as_str().unwrap().is_empty());
     }
     // Another instructor, a plain user, nobody: refused before anything is read.
-    let r = put(&app, &stream, &instructor("omar"), json!([{"connection_id": theirs}])).await;
-    assert_eq!((r.status, r.code()), (StatusCode::FORBIDDEN, "forbidden"), "{}", r.text);
+    let r = put(
+        &app,
+        &stream,
+        &instructor("omar"),
+        json!([{"connection_id": theirs}]),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::FORBIDDEN, "forbidden"),
+        "{}",
+        r.text
+    );
     let r = put(&app, &stream, &user("uma"), json!([])).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
     let r = app
-        .send(Method::PUT, &format!("/v1/streams/{stream}/destinations"), None, Some("[]"), &[])
+        .send(
+            Method::PUT,
+            &format!("/v1/streams/{stream}/destinations"),
+            None,
+            Some("[]"),
+            &[],
+        )
         .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text);
     let r = put(&app, "no-such-stream", &ines, json!([])).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
     for path in ["destinations", "destinations/events"] {
         let r = app
-            .get(&format!("/v1/streams/{stream}/{path}"), Some(&instructor("omar")))
+            .get(
+                &format!("/v1/streams/{stream}/{path}"),
+                Some(&instructor("omar")),
+            )
             .await;
         assert_eq!(r.status, StatusCode::FORBIDDEN, "{path}: {}", r.text);
     }
@@ -126,8 +158,18 @@ async fn replaced_in_order_and_idle_until_live(backend: Backend) {
     )
     .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    let ids: Vec<&str> = r.body.as_array().unwrap().iter().map(|d| d["connection_id"].as_str().unwrap()).collect();
-    assert_eq!(ids, [c.as_str(), a.as_str(), b.as_str()], "the owner's order");
+    let ids: Vec<&str> = r
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["connection_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [c.as_str(), a.as_str(), b.as_str()],
+        "the owner's order"
+    );
     for d in r.body.as_array().unwrap() {
         assert_eq!(d["status"], "idle", "not live: {d}");
         assert_eq!(d["platform"], "rtmp");
@@ -148,7 +190,13 @@ async fn replaced_in_order_and_idle_until_live(backend: Backend) {
 
     // A deleted connection leaves the streams it was a destination of.
     let r = app
-        .send(Method::DELETE, &format!("/v1/platform-connections/{b}"), Some(&ines), None, &[])
+        .send(
+            Method::DELETE,
+            &format!("/v1/platform-connections/{b}"),
+            Some(&ines),
+            None,
+            &[],
+        )
         .await;
     assert!(r.status.is_success(), "{}", r.text);
     let r = app
@@ -159,7 +207,12 @@ async fn replaced_in_order_and_idle_until_live(backend: Backend) {
 
     // An empty list is valid: no destinations.
     let r = put(&app, &stream, &ines, json!([])).await;
-    assert_eq!((r.status, r.body.clone()), (StatusCode::OK, json!([])), "{}", r.text);
+    assert_eq!(
+        (r.status, r.body.clone()),
+        (StatusCode::OK, json!([])),
+        "{}",
+        r.text
+    );
 }
 
 both_backends!(

@@ -22,6 +22,7 @@ mod pages;
 mod port;
 mod recording;
 mod restream;
+mod restream_api;
 mod simulcast;
 mod slow_viewer;
 mod stream_key;

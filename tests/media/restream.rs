@@ -378,7 +378,12 @@ async fn a_chromium_vp8_class_is_transcoded_to_h264_with_two_second_key_frames()
 /// utime + stime of `/proc/{pid}/stat` (or `self`), in seconds.
 fn cpu_seconds(pid: &str) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
     // After the command name: state is field 3, utime 14 and stime 15 (1-based).
     let ticks: f64 = [11, 12]
         .iter()
@@ -412,19 +417,30 @@ async fn measure_restream_cpu_and_start_time() {
         browser
             .open(
                 codec,
-                &page_url(&app, "broadcast", &stream, &app.publish_token(&stream), &format!("&codec={codec}")),
+                &page_url(
+                    &app,
+                    "broadcast",
+                    &stream,
+                    &app.publish_token(&stream),
+                    &format!("&codec={codec}"),
+                ),
             )
             .await;
         // 720p as the broadcast page asks (Chromium ramps up to it).
         let stats = browser
-            .wait_stats(&[codec], "the broadcast sending 720p", Duration::from_secs(60), |s| {
-                let p = &s[0];
-                if p["state"] == "live" && num(&p["video"]["frameHeight"]) >= 720.0 {
-                    Ok(p.clone())
-                } else {
-                    Err(p.to_string())
-                }
-            })
+            .wait_stats(
+                &[codec],
+                "the broadcast sending 720p",
+                Duration::from_secs(60),
+                |s| {
+                    let p = &s[0];
+                    if p["state"] == "live" && num(&p["video"]["frameHeight"]) >= 720.0 {
+                        Ok(p.clone())
+                    } else {
+                        Err(p.to_string())
+                    }
+                },
+            )
             .await;
         eprintln!("{codec}: publisher {}", stats["video"]);
         let server0 = cpu_seconds("self");

@@ -440,7 +440,9 @@ async fn zoom_token(
     if !basic_ok(&headers) {
         return (
             StatusCode::UNAUTHORIZED,
-            Json(json!({"reason": "Invalid client_id or client_secret", "error": "invalid_client"})),
+            Json(
+                json!({"reason": "Invalid client_id or client_secret", "error": "invalid_client"}),
+            ),
         )
             .into_response();
     }
