@@ -2,7 +2,9 @@
 //! stream-key connection to a private nginx-rtmp, the class's destinations
 //! PUT while scheduled, `POST …/start`, an aiortc publisher with the class's
 //! publish token; the destinations' event stream says `live`, `ffprobe` reads
-//! H.264 and AAC at the RTMP server, the operator view says `restreamed`; the
+//! H.264 and AAC at the RTMP server, the operator view says `restreamed`, and
+//! the instructor's `/restream` page (Chromium) shows each status as it
+//! changes and starts and ends the class with its buttons; the
 //! same set PUT again while live keeps the running process (no second
 //! resolution), an empty set stops it, `end` stops everything.
 
@@ -132,15 +134,42 @@ async fn an_instructor_restreams_a_class_through_the_api() {
         "the stream opens with every destination's state: {first}"
     );
 
-    // Live: the push waits for media, then goes live once the publisher sends.
-    let r = app
-        .post(
-            &format!("/v1/streams/{stream}/start"),
-            Some(&ines),
-            json!({}),
+    // The instructor's page: the connection, the class and its destination.
+    let mut browser = Browser::launch().await;
+    let init = format!("sessionStorage.setItem('tandem.restream.identity', {ines:?});");
+    browser
+        .open_with_init("restream", &format!("{}/restream", app.base), &init)
+        .await;
+    let page_status = |want: &'static str| {
+        let connection = connection.clone();
+        move |s: &[Value]| -> Result<(), String> {
+            let st = &s[0];
+            let listed = st["connections"].as_array().map_or(0, Vec::len);
+            if st["state"] == "ok"
+                && listed == 1
+                && st["destinations"][&connection]["status"] == want
+            {
+                Ok(())
+            } else {
+                Err(st.to_string())
+            }
+        }
+    };
+    browser
+        .wait_stats(
+            &["restream"],
+            "the page shows the destination idle",
+            Duration::from_secs(20),
+            page_status("idle"),
         )
         .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+
+    // Live from the page's button: the push waits for media, then goes live
+    // once the publisher sends.
+    browser
+        .eval("restream", "document.getElementById('go-live').click()")
+        .await
+        .unwrap();
     events
         .until(&connection, "connecting", Duration::from_secs(10))
         .await;
@@ -166,6 +195,14 @@ async fn an_instructor_restreams_a_class_through_the_api() {
         .until(&connection, "live", Duration::from_secs(30))
         .await;
     assert!(live["since"].as_str().unwrap().ends_with('Z'), "{live}");
+    browser
+        .wait_stats(
+            &["restream"],
+            "the page shows the push live",
+            Duration::from_secs(20),
+            page_status("live"),
+        )
+        .await;
 
     let probe = tokio::task::spawn_blocking({
         let url = url.clone();
@@ -255,10 +292,10 @@ async fn an_instructor_restreams_a_class_through_the_api() {
         .await;
     let sent = publisher.stop(Duration::from_secs(20)).await;
     assert_eq!(sent["ok"], true, "{sent}");
-    let r = app
-        .post(&format!("/v1/streams/{stream}/end"), Some(&ines), json!({}))
-        .await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    browser
+        .eval("restream", "document.getElementById('end').click()")
+        .await
+        .unwrap();
     events
         .until(&connection, "idle", Duration::from_secs(10))
         .await;
@@ -274,5 +311,12 @@ async fn an_instructor_restreams_a_class_through_the_api() {
     )
     .await;
     assert!(!restreams.is_restreaming(&stream));
+    let r = app.get(&format!("/v1/streams/{stream}"), None).await;
+    assert_eq!(
+        r.body["status"], "ended",
+        "the page's End button: {}",
+        r.text
+    );
+    browser.quit().await;
     app.shutdown().await;
 }
