@@ -259,9 +259,27 @@ macro_rules! redacted_debug {
         }
     };
 }
-redacted_debug!(OAuthProvider, client_secret, [client_id, auth_url, token_url, api_base_url, ingest_url]);
-redacted_debug!(ZoomConfig, client_secret, [account_id, client_id, token_url, api_base_url]);
-redacted_debug!(TeamsConfig, client_secret, [tenant_id, client_id, token_url, api_base_url, organizer_user_id]);
+redacted_debug!(
+    OAuthProvider,
+    client_secret,
+    [client_id, auth_url, token_url, api_base_url, ingest_url]
+);
+redacted_debug!(
+    ZoomConfig,
+    client_secret,
+    [account_id, client_id, token_url, api_base_url]
+);
+redacted_debug!(
+    TeamsConfig,
+    client_secret,
+    [
+        tenant_id,
+        client_id,
+        token_url,
+        api_base_url,
+        organizer_user_id
+    ]
+);
 redacted_debug!(JitsiConfig, app_secret, [base_url, app_id]);
 
 impl Config {

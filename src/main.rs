@@ -170,7 +170,9 @@ fn rotate_secrets(config: &Config) -> ExitCode {
     // The rows that do not open are named in the log (stderr).
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
         .init();
     let keyring = match tandem::secrets::Keyring::from_config(config) {
         Ok(k) => k,

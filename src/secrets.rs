@@ -113,7 +113,9 @@ impl Keyring {
                 )));
             };
             if keys.insert(id.to_string(), cipher(&bytes)).is_some() {
-                return Err(invalid(format!("secrets.keys: the id `{id}` is given twice")));
+                return Err(invalid(format!(
+                    "secrets.keys: the id `{id}` is given twice"
+                )));
             }
         }
         let generated = read_or_create(&config.data_dir, keys.is_empty())?;
@@ -322,7 +324,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.join(KEY_FILE)).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.join(KEY_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         let sealed = a.seal(b"k", "f");

@@ -223,12 +223,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             source,
         },
     )?;
-    let keyring = crate::secrets::Keyring::from_config(&config).map_err(|source| {
-        StartError::DataDir {
+    let keyring =
+        crate::secrets::Keyring::from_config(&config).map_err(|source| StartError::DataDir {
             dir: config.data_dir.display().to_string(),
             source,
-        }
-    })?;
+        })?;
     let db = Db::connect(&config.database_url(), config.database_pool_size).await?;
     // A database that opens but cannot write (read-only mount, immutable file,
     // replica) would serve reads and fail every write: refuse to start instead.

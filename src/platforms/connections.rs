@@ -169,7 +169,11 @@ pub fn sealed(blob: &Option<String>, key_id: &Option<String>) -> Option<Sealed> 
 /// never gives most of it away).
 pub fn hint_of(key: &str) -> String {
     let chars: Vec<char> = key.chars().collect();
-    let n = if chars.len() >= 12 { 4 } else { chars.len() / 4 };
+    let n = if chars.len() >= 12 {
+        4
+    } else {
+        chars.len() / 4
+    };
     let tail: String = chars[chars.len() - n..].iter().collect();
     format!("…{tail}")
 }
@@ -215,7 +219,9 @@ pub fn check_stream_key(key: Option<&str>) -> AppResult<&str> {
     let bad = |m: &str| AppError::bad_request(m.to_string()).with("field", "stream_key");
     let key = key.ok_or_else(|| bad("stream_key is required: the key the platform gives you"))?;
     if key.is_empty() {
-        return Err(bad("stream_key is required: the key the platform gives you"));
+        return Err(bad(
+            "stream_key is required: the key the platform gives you",
+        ));
     }
     if key.len() > MAX_KEY_LEN {
         return Err(bad(&format!(
@@ -235,11 +241,10 @@ pub fn check_platform(platform: &str) -> AppResult<()> {
     if PLATFORMS.contains(&platform) {
         return Ok(());
     }
-    Err(AppError::bad_request(format!(
-        "platform must be one of {}",
-        PLATFORMS.join(", ")
-    ))
-    .with("field", "platform"))
+    Err(
+        AppError::bad_request(format!("platform must be one of {}", PLATFORMS.join(", ")))
+            .with("field", "platform"),
+    )
 }
 
 /// What `POST /v1/platform-connections` takes.
@@ -461,14 +466,23 @@ mod tests {
             url: "rtmps://live.example.com:443/app/SECRETKEY".into(),
         };
         let d = format!("{t:?}");
-        assert!(!d.contains("SECRETKEY") && d.contains("live.example.com"), "{d}");
+        assert!(
+            !d.contains("SECRETKEY") && d.contains("live.example.com"),
+            "{d}"
+        );
     }
 
     #[test]
     fn rtmp_urls_only() {
         assert!(check_rtmp_url("rtmp://live.example.com/app", "ingest_url").is_ok());
         assert!(check_rtmp_url("rtmps://live.example.com:443/app", "ingest_url").is_ok());
-        for bad in ["http://x/app", "rtmp://", "rtmp:///app", "not a url", "rtmp://h/a b"] {
+        for bad in [
+            "http://x/app",
+            "rtmp://",
+            "rtmp:///app",
+            "not a url",
+            "rtmp://h/a b",
+        ] {
             assert!(check_rtmp_url(bad, "ingest_url").is_err(), "{bad}");
         }
         assert!(check_stream_key(Some("ab cd")).is_err());

@@ -115,10 +115,7 @@ pub async fn create(
     let start = parse_rfc3339(&input.start, "start")?;
     let duration = input.duration_minutes.unwrap_or(60);
     if !(1..=1440).contains(&duration) {
-        return Err(bad(
-            "duration_minutes",
-            "duration_minutes must be 1-1440",
-        ));
+        return Err(bad("duration_minutes", "duration_minutes must be 1-1440"));
     }
     if input.platforms.is_empty() {
         return Err(bad(
@@ -149,20 +146,14 @@ pub async fn create(
     let mut invitees: Vec<String> = Vec::new();
     for (i, u) in input.invitees.iter().enumerate() {
         if !crate::text::is_clean_id(u) || u.len() > 256 {
-            return Err(bad(
-                "invitees",
-                format!("invitees[{i}] must be a user id"),
-            ));
+            return Err(bad("invitees", format!("invitees[{i}] must be a user id")));
         }
         if !invitees.contains(u) && *u != me.user {
             invitees.push(u.clone());
         }
     }
     if invitees.len() > MAX_INVITEES {
-        return Err(bad(
-            "invitees",
-            format!("at most {MAX_INVITEES} invitees"),
-        ));
+        return Err(bad("invitees", format!("at most {MAX_INVITEES} invitees")));
     }
     // Primary first, then in the order given.
     let mut order: Vec<String> = vec![input.primary.clone()];
@@ -511,7 +502,10 @@ mod tests {
     fn room_names_are_url_safe_and_distinct() {
         let a = room_name("Yoga 1:1 — Ana & Bo!");
         assert!(a.starts_with("yoga-1-1-ana-bo-"), "{a}");
-        assert!(a.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'), "{a}");
+        assert!(
+            a.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'),
+            "{a}"
+        );
         assert_ne!(a, room_name("Yoga 1:1 — Ana & Bo!"));
         assert!(room_name("!!!").starts_with("meeting-"));
     }

@@ -98,7 +98,7 @@ type NewClient = oauth2::Client<
 /// A token endpoint's answer. Not the crate's `StandardTokenResponse`, which
 /// takes `scope` only as RFC 6749's space-separated string: Twitch answers a
 /// JSON array there (and Facebook may leave `token_type` out). The scope is not
-/// used, so it is taken as any JSON.
+/// used, so it is not read at all.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct TokenAnswer {
     access_token: AccessToken,
@@ -111,8 +111,6 @@ pub struct TokenAnswer {
     expires_in: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     refresh_token: Option<RefreshToken>,
-    #[serde(default, skip_serializing)]
-    scope: Option<serde_json::Value>,
 }
 
 fn bearer() -> BasicTokenType {
@@ -370,13 +368,9 @@ pub async fn callback(
         ))
         .with("field", "code"));
     }
-    let code = q
-        .code
-        .as_deref()
-        .filter(|c| !c.is_empty())
-        .ok_or_else(|| {
-            AppError::bad_request("code is missing from the callback").with("field", "code")
-        })?;
+    let code = q.code.as_deref().filter(|c| !c.is_empty()).ok_or_else(|| {
+        AppError::bad_request("code is missing from the callback").with("field", "code")
+    })?;
     let cfg = provider(&state, &platform)?;
     let client = build_client(&state, &platform, cfg)?;
     let verifier = state
@@ -395,10 +389,14 @@ pub async fn callback(
     let access = token.access_token().secret().clone();
     let account = super::providers::account_id(&state, &platform, &access).await?;
     let id = format!("pc_{}", uuid::Uuid::new_v4().simple());
-    let a = state.keyring.seal(access.as_bytes(), &aad(&id, "access_token"));
-    let r = token
-        .refresh_token()
-        .map(|t| state.keyring.seal(t.secret().as_bytes(), &aad(&id, "refresh_token")));
+    let a = state
+        .keyring
+        .seal(access.as_bytes(), &aad(&id, "access_token"));
+    let r = token.refresh_token().map(|t| {
+        state
+            .keyring
+            .seal(t.secret().as_bytes(), &aad(&id, "refresh_token"))
+    });
     let expires = token.expires_in().map(|d| now + d.as_millis() as i64);
     sqlx::query(
         "INSERT INTO platform_connections (id, owner, platform, name, kind, ingest_url, \
@@ -440,7 +438,10 @@ pub async fn callback(
     let location = format!("/restream?connected={id}");
     Ok((
         StatusCode::SEE_OTHER,
-        [(header::LOCATION, HeaderValue::from_str(&location).expect("ascii"))],
+        [(
+            header::LOCATION,
+            HeaderValue::from_str(&location).expect("ascii"),
+        )],
     )
         .into_response())
 }
@@ -500,10 +501,7 @@ pub async fn access_token(state: &AppState, row: &ConnectionRow) -> AppResult<St
     if !expiring(row, now_ms()) {
         return open_access(state, row);
     }
-    let lock = REFRESH_LOCKS
-        .entry(row.id.clone())
-        .or_insert_with(Default::default)
-        .clone();
+    let lock = REFRESH_LOCKS.entry(row.id.clone()).or_default().clone();
     let _one_at_a_time = lock.lock().await;
     refresh_row_locked(state, &row.id).await
 }

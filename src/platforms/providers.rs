@@ -42,7 +42,11 @@ pub async fn resolve(state: &AppState, row: &ConnectionRow, title: &str) -> AppR
 
 /// The platform account behind a new grant, kept with the connection (Twitch's
 /// broadcaster id; the others need none).
-pub async fn account_id(state: &AppState, platform: &str, token: &str) -> AppResult<Option<String>> {
+pub async fn account_id(
+    state: &AppState,
+    platform: &str,
+    token: &str,
+) -> AppResult<Option<String>> {
     match platform {
         "twitch" => twitch_user(state, token).await.map(Some),
         _ => Ok(None),

@@ -42,17 +42,12 @@ fn jitsi_claims(url: &str) -> (String, Value) {
     v.set_audience(&["jitsi"]);
     v.set_issuer(&["tandem"]);
     v.validate_nbf = true;
-    let claims = jsonwebtoken::decode::<Value>(
-        jwt,
-        &DecodingKey::from_secret(JITSI_SECRET.as_bytes()),
-        &v,
-    )
-    .expect("the JWT verifies with app_secret")
-    .claims;
+    let claims =
+        jsonwebtoken::decode::<Value>(jwt, &DecodingKey::from_secret(JITSI_SECRET.as_bytes()), &v)
+            .expect("the JWT verifies with app_secret")
+            .claims;
     // Another secret does not verify it.
-    assert!(
-        jsonwebtoken::decode::<Value>(jwt, &DecodingKey::from_secret(b"other"), &v).is_err()
-    );
+    assert!(jsonwebtoken::decode::<Value>(jwt, &DecodingKey::from_secret(b"other"), &v).is_err());
     (room_url.to_string(), claims)
 }
 
@@ -78,7 +73,10 @@ async fn links_on_every_platform_and_who_may_read(backend: Backend) {
     assert_eq!(r.body["duration_minutes"], 45);
     assert_eq!(r.body["start"], "2030-01-31T18:00:00Z");
     let links = r.body["links"].as_array().unwrap();
-    let names: Vec<&str> = links.iter().map(|l| l["platform"].as_str().unwrap()).collect();
+    let names: Vec<&str> = links
+        .iter()
+        .map(|l| l["platform"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["jitsi", "zoom", "teams"], "primary first");
     assert_eq!(links[0]["primary"], true);
     assert_eq!(links[1]["primary"], false);
@@ -111,17 +109,23 @@ async fn links_on_every_platform_and_who_may_read(backend: Backend) {
     assert_eq!(claims["exp"], 1_896_115_500 + 3600);
 
     // The owner and the invitee read it (each with their own Jitsi token); others may not.
-    let r = app.get(&format!("/v1/meetings/{id}"), Some(&instructor("ines"))).await;
+    let r = app
+        .get(&format!("/v1/meetings/{id}"), Some(&instructor("ines")))
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.body["links"][0]["platform"], "jitsi");
     assert_eq!(r.body["links"][1]["url"], ZOOM_JOIN);
-    let r = app.get(&format!("/v1/meetings/{id}"), Some(&user("bo"))).await;
+    let r = app
+        .get(&format!("/v1/meetings/{id}"), Some(&user("bo")))
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let (bo_room, bo) = jitsi_claims(r.body["links"][0]["url"].as_str().unwrap());
     assert_eq!(bo_room, room_url);
     assert_eq!(bo["context"]["user"]["id"], "bo");
     assert_eq!(bo["room"], room.as_str());
-    let r = app.get(&format!("/v1/meetings/{id}"), Some(&user("eve"))).await;
+    let r = app
+        .get(&format!("/v1/meetings/{id}"), Some(&user("eve")))
+        .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
     let r = app
         .get(&format!("/v1/meetings/{id}"), Some(&instructor("omar")))
@@ -158,18 +162,26 @@ async fn a_failing_platform_fails_only_its_link(backend: Backend) {
     assert_eq!(links[0]["primary"], true);
     assert!(links[0]["url"].is_null());
     let zoom_error = links[0]["error"].as_str().unwrap();
-    assert!(zoom_error.contains("zoom") && zoom_error.contains("500"), "{zoom_error}");
+    assert!(
+        zoom_error.contains("zoom") && zoom_error.contains("500"),
+        "{zoom_error}"
+    );
     assert!(!zoom_error.contains(CLIENT_SECRET) && !zoom_error.contains("zoom-token"));
     assert_eq!(links[1]["url"], TEAMS_JOIN);
     assert!(links[2]["url"].is_null());
     assert!(
-        links[2]["error"].as_str().unwrap().contains("[platforms.jitsi]"),
+        links[2]["error"]
+            .as_str()
+            .unwrap()
+            .contains("[platforms.jitsi]"),
         "{}",
         r.text
     );
     // Stored as answered.
     let id = r.body["id"].as_str().unwrap();
-    let r = app.get(&format!("/v1/meetings/{id}"), Some(&instructor("ines"))).await;
+    let r = app
+        .get(&format!("/v1/meetings/{id}"), Some(&instructor("ines")))
+        .await;
     assert!(r.body["links"][0]["url"].is_null());
     assert_eq!(r.body["links"][1]["url"], TEAMS_JOIN);
     assert_eq!(r.body["start"], "2030-02-01T08:00:00Z");
@@ -194,7 +206,10 @@ async fn bad_meeting_input_stores_nothing(backend: Backend) {
         (with("title", json!("  ")), "title"),
         (with("duration_minutes", json!(0)), "duration_minutes"),
         (with("invitees", json!([""])), "invitees"),
-        (json!({"title": "T", "start": "2030-01-31T18:00:00Z", "primary": "jitsi"}), "platforms"),
+        (
+            json!({"title": "T", "start": "2030-01-31T18:00:00Z", "primary": "jitsi"}),
+            "platforms",
+        ),
     ];
     for (body, field) in cases {
         let r = app
@@ -203,11 +218,15 @@ async fn bad_meeting_input_stores_nothing(backend: Backend) {
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.text);
         assert_eq!(r.body["error"]["field"], field, "{body}: {}", r.text);
     }
-    let r = app.post("/v1/meetings", Some(&user("bo")), ok.clone()).await;
+    let r = app
+        .post("/v1/meetings", Some(&user("bo")), ok.clone())
+        .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     assert_eq!(meetings(&app).await, 0);
     assert_eq!(Providers::count(&providers.state.zoom_meetings), 0);
-    let r = app.post("/v1/meetings", Some(&instructor("ines")), ok).await;
+    let r = app
+        .post("/v1/meetings", Some(&instructor("ines")), ok)
+        .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     assert_eq!(meetings(&app).await, 1);
     app.shutdown().await;

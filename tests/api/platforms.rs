@@ -18,7 +18,10 @@ use tandem::secrets::Keyring;
 const KEY: &str = "sk_live_TopSecretStreamKey_9f2c";
 
 async fn app_with(backend: Backend, providers: &Providers) -> TestApp {
-    api_app(backend).config(|c| providers.configure(c)).spawn().await
+    api_app(backend)
+        .config(|c| providers.configure(c))
+        .spawn()
+        .await
 }
 
 async fn count(app: &TestApp, table: &str) -> i64 {
@@ -48,7 +51,10 @@ async fn connect(app: &TestApp, who: &str, platform: &str, json: bool) -> Resp {
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let authorize = r.body["authorize_url"].as_str().unwrap().to_string();
-    assert!(authorize.contains("code_challenge_method=S256"), "{authorize}");
+    assert!(
+        authorize.contains("code_challenge_method=S256"),
+        "{authorize}"
+    );
     assert!(
         authorize.contains(&format!("state={}", r.body["state"].as_str().unwrap())),
         "{authorize}"
@@ -136,17 +142,27 @@ async fn stream_keys_are_sealed_and_only_hinted(backend: Backend) {
     assert!(!blob.contains("TopSecret"));
 
     // The push URL holds the key; its Debug does not.
-    let target = resolve_target(app.state(), "ines", &id, "Yoga").await.unwrap();
-    assert_eq!(target.url, format!("rtmps://live.example.com:443/app/{KEY}"));
+    let target = resolve_target(app.state(), "ines", &id, "Yoga")
+        .await
+        .unwrap();
+    assert_eq!(
+        target.url,
+        format!("rtmps://live.example.com:443/app/{KEY}")
+    );
     assert_eq!(target.platform, "rtmp");
     assert!(!format!("{target:?}").contains("TopSecret"));
     let out = owned_connection(app.state(), "ines", &id).await.unwrap();
-    assert_eq!((out.platform.as_str(), out.name.as_str()), ("rtmp", "My server"));
+    assert_eq!(
+        (out.platform.as_str(), out.name.as_str()),
+        ("rtmp", "My server")
+    );
     let err = resolve_target(app.state(), "omar", &id, "Yoga")
         .await
         .unwrap_err();
     assert_eq!(err.status, StatusCode::NOT_FOUND);
-    let err = owned_connection(app.state(), "omar", &id).await.unwrap_err();
+    let err = owned_connection(app.state(), "omar", &id)
+        .await
+        .unwrap_err();
     assert_eq!(err.status, StatusCode::NOT_FOUND);
 
     // The database file (WAL checkpointed into it) holds no plaintext key.
@@ -184,16 +200,46 @@ async fn bad_input_stores_nothing(backend: Backend) {
     let app = spawn_api(backend).await;
     let ines = instructor("ines");
     let cases = [
-        (json!({"platform": "myspace", "ingest_url": "rtmp://h/app", "stream_key": "k123"}), "platform"),
-        (json!({"platform": "rtmp", "ingest_url": "rtmp://h/app"}), "stream_key"),
-        (json!({"platform": "rtmp", "ingest_url": "rtmp://h/app", "stream_key": ""}), "stream_key"),
-        (json!({"platform": "rtmp", "ingest_url": "rtmp://h/app", "stream_key": "has space"}), "stream_key"),
-        (json!({"platform": "rtmp", "ingest_url": "rtmp://h/app", "stream_key": "k".repeat(513)}), "stream_key"),
-        (json!({"platform": "rtmp", "ingest_url": "https://h/app", "stream_key": "k123"}), "ingest_url"),
-        (json!({"platform": "rtmp", "ingest_url": "rtmp:///app", "stream_key": "k123"}), "ingest_url"),
-        (json!({"platform": "rtmp", "stream_key": "k123"}), "ingest_url"),
-        (json!({"platform": "instagram", "stream_key": "k123"}), "ingest_url"),
-        (json!({"ingest_url": "rtmp://h/app", "stream_key": "k123"}), "platform"),
+        (
+            json!({"platform": "myspace", "ingest_url": "rtmp://h/app", "stream_key": "k123"}),
+            "platform",
+        ),
+        (
+            json!({"platform": "rtmp", "ingest_url": "rtmp://h/app"}),
+            "stream_key",
+        ),
+        (
+            json!({"platform": "rtmp", "ingest_url": "rtmp://h/app", "stream_key": ""}),
+            "stream_key",
+        ),
+        (
+            json!({"platform": "rtmp", "ingest_url": "rtmp://h/app", "stream_key": "has space"}),
+            "stream_key",
+        ),
+        (
+            json!({"platform": "rtmp", "ingest_url": "rtmp://h/app", "stream_key": "k".repeat(513)}),
+            "stream_key",
+        ),
+        (
+            json!({"platform": "rtmp", "ingest_url": "https://h/app", "stream_key": "k123"}),
+            "ingest_url",
+        ),
+        (
+            json!({"platform": "rtmp", "ingest_url": "rtmp:///app", "stream_key": "k123"}),
+            "ingest_url",
+        ),
+        (
+            json!({"platform": "rtmp", "stream_key": "k123"}),
+            "ingest_url",
+        ),
+        (
+            json!({"platform": "instagram", "stream_key": "k123"}),
+            "ingest_url",
+        ),
+        (
+            json!({"ingest_url": "rtmp://h/app", "stream_key": "k123"}),
+            "platform",
+        ),
     ];
     for (body, field) in cases {
         let r = app
@@ -202,7 +248,11 @@ async fn bad_input_stores_nothing(backend: Backend) {
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.text);
         assert_eq!(r.code(), "bad_request", "{}", r.text);
         assert_eq!(r.body["error"]["field"], field, "{body}: {}", r.text);
-        assert!(!r.text.contains("k123"), "the key is not echoed: {}", r.text);
+        assert!(
+            !r.text.contains("k123"),
+            "the key is not echoed: {}",
+            r.text
+        );
     }
     // Not an instructor.
     let r = app
@@ -230,10 +280,14 @@ async fn bad_input_stores_nothing(backend: Backend) {
         .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
     assert_eq!(count(&app, "platform_connections").await, 1);
-    let r = app.send(Method::DELETE, &path, Some(&ines), None, &[]).await;
+    let r = app
+        .send(Method::DELETE, &path, Some(&ines), None, &[])
+        .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
     assert_eq!(count(&app, "platform_connections").await, 0);
-    let r = app.send(Method::DELETE, &path, Some(&ines), None, &[]).await;
+    let r = app
+        .send(Method::DELETE, &path, Some(&ines), None, &[])
+        .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     app.shutdown().await;
 }
@@ -252,14 +306,20 @@ async fn oauth_pkce_flow_and_youtube_broadcast(backend: Backend) {
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
     assert_eq!(r.body["error"]["field"], "platform");
     let r = app
-        .get("/v1/platform-connections/oauth/youtube/start", Some(&user("bo")))
+        .get(
+            "/v1/platform-connections/oauth/youtube/start",
+            Some(&user("bo")),
+        )
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
 
     let r = connect(&app, "ines", "youtube", false).await;
     assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.text);
     let location = r.headers["location"].to_str().unwrap().to_string();
-    assert!(location.starts_with("/restream?connected=pc_"), "{location}");
+    assert!(
+        location.starts_with("/restream?connected=pc_"),
+        "{location}"
+    );
     let id = location["/restream?connected=".len()..].to_string();
     assert_eq!(Providers::count(&providers.state.code_exchanges), 1);
     assert_eq!(Providers::count(&providers.state.pkce_failures), 0);
@@ -289,7 +349,10 @@ async fn oauth_pkce_flow_and_youtube_broadcast(backend: Backend) {
     let target = resolve_target(app.state(), "ines", &id, "Morning yoga")
         .await
         .unwrap();
-    assert_eq!(target.url, format!("{YOUTUBE_INGEST}/{YOUTUBE_STREAM_NAME}"));
+    assert_eq!(
+        target.url,
+        format!("{YOUTUBE_INGEST}/{YOUTUBE_STREAM_NAME}")
+    );
     assert_eq!(Providers::count(&providers.state.yt_broadcasts), 1);
     assert_eq!(Providers::count(&providers.state.yt_streams), 1);
     assert_eq!(Providers::count(&providers.state.yt_binds), 1);
@@ -333,7 +396,9 @@ async fn wrong_state_is_refused(backend: Backend) {
             .fetch_one(app.pool())
             .await
             .unwrap();
-    let r = app.get(&format!("{cb}?code=x&state={state_id}"), None).await;
+    let r = app
+        .get(&format!("{cb}?code=x&state={state_id}"), None)
+        .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
     assert_eq!(r.body["error"]["field"], "state");
     // An expired state.
@@ -394,7 +459,10 @@ async fn refresh_before_expiry_one_call_for_concurrent_callers(backend: Backend)
 
     // Refreshed tokens last an hour; the refresh takes a while, so both callers overlap.
     providers.state.expires_in.store(3600, Ordering::SeqCst);
-    providers.state.refresh_delay_ms.store(300, Ordering::SeqCst);
+    providers
+        .state
+        .refresh_delay_ms
+        .store(300, Ordering::SeqCst);
     let (a, b) = tokio::join!(
         resolve_target(app.state(), "ines", &id, "Class"),
         resolve_target(app.state(), "ines", &id, "Class"),
@@ -414,7 +482,10 @@ async fn refresh_before_expiry_one_call_for_concurrent_callers(backend: Backend)
             .fetch_one(app.pool())
             .await
             .unwrap();
-    assert!(expires.unwrap() > (unix_secs() + 3000) * 1000, "{expires:?}");
+    assert!(
+        expires.unwrap() > (unix_secs() + 3000) * 1000,
+        "{expires:?}"
+    );
     // Fresh now: no refresh.
     resolve_target(app.state(), "ines", &id, "Class")
         .await
@@ -468,7 +539,11 @@ async fn revoked_refresh_token_needs_reconnect(backend: Backend) {
     providers.state.expires_in.store(3600, Ordering::SeqCst);
     let r = connect(&app, "ines", "youtube", true).await;
     let fresh = r.body["id"].as_str().unwrap().to_string();
-    assert!(resolve_target(app.state(), "ines", &fresh, "Class").await.is_ok());
+    assert!(
+        resolve_target(app.state(), "ines", &fresh, "Class")
+            .await
+            .is_ok()
+    );
     app.shutdown().await;
 }
 
@@ -525,12 +600,26 @@ async fn rotation_reseals_and_everything_still_resolves(backend: Backend) {
     config.secrets.active_key = "k2".into();
     let ring = Keyring::from_config(&config).unwrap();
     assert_eq!(ring.active_id(), "k2");
-    let done = tandem::platforms::rotate::rotate(&app.state().db, &ring)
+    // `tandem secrets rotate`, as the operator runs it, against the same data
+    // directory and database.
+    let out = tokio::process::Command::new(TANDEM_BIN)
+        .args(["secrets", "rotate"])
+        .env("TANDEM_DATA_DIR", app.data_dir())
+        .env("TANDEM_DATABASE_URL", &app.state().config.database_url)
+        .env("TANDEM_SECRETS__KEYS", &config.secrets.keys[0])
+        .env("TANDEM_SECRETS__ACTIVE_KEY", "k2")
+        .output()
         .await
         .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Two connections and the used OAuth state's verifier.
-    assert_eq!(done.rows, 3, "{done:?}");
-    assert_eq!(done.failed, 0);
+    assert_eq!(stdout.trim(), "re-encrypted 3 rows under key k2");
+    assert!(!stdout.contains(KEY));
     let stale: (i64,) = sqlx::query_as(
         "SELECT COUNT(*) FROM platform_connections WHERE stream_key_key_id <> 'k2' \
          OR access_token_key_id <> 'k2' OR refresh_token_key_id <> 'k2'",
@@ -556,7 +645,11 @@ async fn rotation_reseals_and_everything_still_resolves(backend: Backend) {
     // And the old key alone no longer does.
     let mut old_only = app.state().clone();
     old_only.keyring = Keyring::from_keys(&[("k9", [9u8; 32])], "k9");
-    assert!(resolve_target(&old_only, "ines", &keyed, "c").await.is_err());
+    assert!(
+        resolve_target(&old_only, "ines", &keyed, "c")
+            .await
+            .is_err()
+    );
     app.shutdown().await;
 }
 
