@@ -774,6 +774,22 @@ mod tests {
         }
     }
 
+    /// Provider secrets and encryption keys stay out of `{config:?}`.
+    #[test]
+    fn debug_hides_platform_secrets_and_keys() {
+        let mut c = Config::load_with_env(None, env(&[])).unwrap();
+        c.platforms.youtube.client_secret = "yt-client-secret".into();
+        c.platforms.zoom.client_secret = "zoom-client-secret".into();
+        c.platforms.teams.client_secret = "teams-client-secret".into();
+        c.platforms.jitsi.app_secret = "jitsi-app-secret".into();
+        c.secrets.keys = vec!["k2:S2V5S2V5S2V5S2V5S2V5S2V5S2V5S2V5S2V5S2V5S2U=".into()];
+        let text = format!("{c:?}");
+        for secret in ["client-secret", "app-secret", "S2V5S2V5"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert!(text.contains("k2") && text.contains("<secret>"), "{text}");
+    }
+
     #[test]
     fn one_secret_for_identities_and_media_tokens_is_refused() {
         let err = Config::load_with_env(

@@ -415,7 +415,8 @@ async fn zoom(state: &AppState, title: &str, start: i64, duration: i64) -> Resul
                 ("grant_type", "account_credentials"),
                 ("account_id", cfg.account_id.as_str()),
             ])
-            .basic_auth(&cfg.client_id, Some(&cfg.client_secret)),
+            .basic_auth(&cfg.client_id, Some(&cfg.client_secret))
+            .body(""),
     )
     .await
     .map_err(|e| e.message)?;

@@ -29,11 +29,14 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use dashmap::DashMap;
-use oauth2::basic::{BasicClient, BasicErrorResponseType, BasicTokenType};
+use oauth2::basic::{
+    BasicErrorResponse, BasicErrorResponseType, BasicRevocationErrorResponse,
+    BasicTokenIntrospectionResponse, BasicTokenType,
+};
 use oauth2::{
-    AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointNotSet,
-    EndpointSet, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken, RequestTokenError,
-    Scope, StandardTokenResponse, TokenResponse, TokenUrl,
+    AccessToken, AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken,
+    EndpointNotSet, EndpointSet, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken,
+    RequestTokenError, Scope, StandardRevocableToken, TokenResponse, TokenUrl,
 };
 use serde::{Deserialize, Serialize};
 use sqlx::pool::PoolConnection;
@@ -68,9 +71,70 @@ pub const STATE_TTL_MS: i64 = 10 * 60 * 1000;
 /// A token expiring within this is refreshed before use.
 pub const REFRESH_MARGIN_MS: i64 = 5 * 60 * 1000;
 
-/// The client the `oauth2` crate builds: authorize and token endpoints set.
-type Client = BasicClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
-type TokenAnswer = StandardTokenResponse<oauth2::EmptyExtraTokenFields, BasicTokenType>;
+/// The client the `oauth2` crate builds: authorize and token endpoints set,
+/// token answers read as [`TokenAnswer`].
+type Client = oauth2::Client<
+    BasicErrorResponse,
+    TokenAnswer,
+    BasicTokenIntrospectionResponse,
+    StandardRevocableToken,
+    BasicRevocationErrorResponse,
+    EndpointSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointSet,
+>;
+
+/// [`Client`] before its endpoints are set.
+type NewClient = oauth2::Client<
+    BasicErrorResponse,
+    TokenAnswer,
+    BasicTokenIntrospectionResponse,
+    StandardRevocableToken,
+    BasicRevocationErrorResponse,
+>;
+
+/// A token endpoint's answer. Not the crate's `StandardTokenResponse`, which
+/// takes `scope` only as RFC 6749's space-separated string: Twitch answers a
+/// JSON array there (and Facebook may leave `token_type` out). The scope is not
+/// used, so it is not read at all.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct TokenAnswer {
+    access_token: AccessToken,
+    #[serde(
+        default = "bearer",
+        deserialize_with = "oauth2::helpers::deserialize_untagged_enum_case_insensitive"
+    )]
+    token_type: BasicTokenType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expires_in: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    refresh_token: Option<RefreshToken>,
+}
+
+fn bearer() -> BasicTokenType {
+    BasicTokenType::Bearer
+}
+
+impl TokenResponse for TokenAnswer {
+    type TokenType = BasicTokenType;
+    fn access_token(&self) -> &AccessToken {
+        &self.access_token
+    }
+    fn token_type(&self) -> &BasicTokenType {
+        &self.token_type
+    }
+    fn expires_in(&self) -> Option<std::time::Duration> {
+        self.expires_in.map(std::time::Duration::from_secs)
+    }
+    fn refresh_token(&self) -> Option<&RefreshToken> {
+        self.refresh_token.as_ref()
+    }
+    fn scopes(&self) -> Option<&Vec<Scope>> {
+        None
+    }
+}
 
 /// The scopes asked of each platform (docs/RESTREAM.md).
 pub fn scopes(platform: &str) -> &'static [&'static str] {
@@ -140,7 +204,7 @@ pub fn redirect_uri(state: &AppState, platform: &str) -> String {
 
 fn build_client(state: &AppState, platform: &str, cfg: &OAuthProvider) -> AppResult<Client> {
     let bad = |key: &str| not_configured(platform, &format!("{key} is not a URL"));
-    Ok(BasicClient::new(ClientId::new(cfg.client_id.clone()))
+    Ok(NewClient::new(ClientId::new(cfg.client_id.clone()))
         .set_client_secret(ClientSecret::new(cfg.client_secret.clone()))
         // Twitch and Facebook take the client credentials in the form body only;
         // Google takes either.
@@ -437,10 +501,7 @@ pub async fn access_token(state: &AppState, row: &ConnectionRow) -> AppResult<St
     if !expiring(row, now_ms()) {
         return open_access(state, row);
     }
-    let lock = REFRESH_LOCKS
-        .entry(row.id.clone())
-        .or_insert_with(Default::default)
-        .clone();
+    let lock = REFRESH_LOCKS.entry(row.id.clone()).or_default().clone();
     let _one_at_a_time = lock.lock().await;
     refresh_row_locked(state, &row.id).await
 }

@@ -121,6 +121,8 @@ async fn youtube(state: &AppState, token: &str, title: &str) -> AppResult<String
                 ("part", "id"),
                 ("streamId", stream.id.as_str()),
             ])
+            // Google answers 411 to a POST without a length.
+            .body("")
             .bearer_auth(token),
     )
     .await?;
@@ -207,6 +209,7 @@ async fn facebook(state: &AppState, token: &str, title: &str) -> AppResult<Strin
         client()
             .post(format!("{api}/me/live_videos"))
             .query(&[("status", "LIVE_NOW"), ("title", title)])
+            .body("")
             .bearer_auth(token),
     )
     .await?;

@@ -38,6 +38,15 @@ const TABLES: &[Table] = &[
     },
 ];
 
+/// One sealed field of a row as it will be written back.
+struct Field<'a> {
+    prefix: &'a str,
+    /// The key id read (None: the field is empty).
+    old_key_id: Option<String>,
+    blob: Option<String>,
+    key_id: Option<String>,
+}
+
 /// What a rotation did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Rotation {
@@ -75,19 +84,27 @@ pub async fn rotate(db: &Db, keyring: &Keyring) -> Result<Rotation, sqlx::Error>
             .await?;
         for row in rows {
             let id: String = row.try_get(0)?;
-            // (prefix, old key id, value to store, key id to store)
-            let mut updates: Vec<(&str, Option<String>, Option<String>, Option<String>)> =
-                Vec::new();
+            let mut updates: Vec<Field> = Vec::new();
             let mut ok = true;
             for (i, (prefix, field)) in table.fields.iter().enumerate() {
                 let blob: Option<String> = row.try_get(1 + 2 * i)?;
                 let key_id: Option<String> = row.try_get(2 + 2 * i)?;
                 let (Some(blob), Some(key_id)) = (blob, key_id) else {
-                    updates.push((prefix, None, None, None));
+                    updates.push(Field {
+                        prefix,
+                        old_key_id: None,
+                        blob: None,
+                        key_id: None,
+                    });
                     continue;
                 };
                 if key_id == active {
-                    updates.push((prefix, Some(key_id.clone()), Some(blob), Some(key_id)));
+                    updates.push(Field {
+                        prefix,
+                        old_key_id: Some(key_id.clone()),
+                        blob: Some(blob),
+                        key_id: Some(key_id),
+                    });
                     continue;
                 }
                 let aad = format!("{}:{id}:{field}", table.name);
@@ -98,7 +115,12 @@ pub async fn rotate(db: &Db, keyring: &Keyring) -> Result<Rotation, sqlx::Error>
                 match keyring.open(&old, &aad) {
                     Ok(plain) => {
                         let new = keyring.seal(&plain, &aad);
-                        updates.push((prefix, Some(key_id), Some(new.blob), Some(new.key_id)));
+                        updates.push(Field {
+                            prefix,
+                            old_key_id: Some(key_id),
+                            blob: Some(new.blob),
+                            key_id: Some(new.key_id),
+                        });
                     }
                     Err(err) => {
                         tracing::error!(table = table.name, %id, field, error = %err, "cannot re-seal");
@@ -115,8 +137,11 @@ pub async fn rotate(db: &Db, keyring: &Keyring) -> Result<Rotation, sqlx::Error>
             let mut sets = Vec::new();
             let mut wheres = vec![format!("{} = $1", table.id)];
             let mut n = 2;
-            for (prefix, old_id, _, _) in &updates {
-                if old_id.is_some() {
+            for Field {
+                prefix, old_key_id, ..
+            } in &updates
+            {
+                if old_key_id.is_some() {
                     sets.push(format!(
                         "{prefix}_sealed = ${n}, {prefix}_key_id = ${}",
                         n + 1
@@ -134,11 +159,11 @@ pub async fn rotate(db: &Db, keyring: &Keyring) -> Result<Rotation, sqlx::Error>
                 wheres.join(" AND ")
             );
             let mut q = sqlx::query(&sql).bind(&id);
-            for (_, old_id, blob, key_id) in &updates {
-                if let Some(old_id) = old_id {
+            for f in &updates {
+                if let Some(old_id) = &f.old_key_id {
                     q = q
-                        .bind(blob.clone())
-                        .bind(key_id.clone())
+                        .bind(f.blob.clone())
+                        .bind(f.key_id.clone())
                         .bind(old_id.clone());
                 }
             }

@@ -600,12 +600,26 @@ async fn rotation_reseals_and_everything_still_resolves(backend: Backend) {
     config.secrets.active_key = "k2".into();
     let ring = Keyring::from_config(&config).unwrap();
     assert_eq!(ring.active_id(), "k2");
-    let done = tandem::platforms::rotate::rotate(&app.state().db, &ring)
+    // `tandem secrets rotate`, as the operator runs it, against the same data
+    // directory and database.
+    let out = tokio::process::Command::new(TANDEM_BIN)
+        .args(["secrets", "rotate"])
+        .env("TANDEM_DATA_DIR", app.data_dir())
+        .env("TANDEM_DATABASE_URL", &app.state().config.database_url)
+        .env("TANDEM_SECRETS__KEYS", &config.secrets.keys[0])
+        .env("TANDEM_SECRETS__ACTIVE_KEY", "k2")
+        .output()
         .await
         .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Two connections and the used OAuth state's verifier.
-    assert_eq!(done.rows, 3, "{done:?}");
-    assert_eq!(done.failed, 0);
+    assert_eq!(stdout.trim(), "re-encrypted 3 rows under key k2");
+    assert!(!stdout.contains(KEY));
     let stale: (i64,) = sqlx::query_as(
         "SELECT COUNT(*) FROM platform_connections WHERE stream_key_key_id <> 'k2' \
          OR access_token_key_id <> 'k2' OR refresh_token_key_id <> 'k2'",

@@ -284,23 +284,24 @@ async fn token(
     }
 }
 
-/// 401 unless the bearer is the platform's current access token.
-fn check_bearer(st: &ProvidersState, platform: &str, headers: &HeaderMap) -> Result<(), Response> {
+/// Whether the bearer is the platform's current access token.
+fn bearer_ok(st: &ProvidersState, platform: &str, headers: &HeaderMap) -> bool {
     let want = st.access.lock().unwrap().get(platform).cloned();
     let got = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_string);
-    if want.is_some() && want == got {
-        Ok(())
-    } else {
-        Err((
-            StatusCode::UNAUTHORIZED,
-            Json(json!({"error": {"code": 401, "message": "Invalid Credentials"}})),
-        )
-            .into_response())
-    }
+    want.is_some() && want == got
+}
+
+/// What the APIs answer a missing or stale token.
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        Json(json!({"error": {"code": 401, "message": "Invalid Credentials"}})),
+    )
+        .into_response()
 }
 
 async fn yt_broadcast(
@@ -309,8 +310,8 @@ async fn yt_broadcast(
     Query(q): Query<HashMap<String, String>>,
     Json(body): Json<Value>,
 ) -> Response {
-    if let Err(r) = check_bearer(&st, "youtube", &headers) {
-        return r;
+    if !bearer_ok(&st, "youtube", &headers) {
+        return unauthorized();
     }
     if q.get("part").map(String::as_str) != Some("snippet,status,contentDetails")
         || body["snippet"]["title"].as_str().is_none()
@@ -328,8 +329,8 @@ async fn yt_stream(
     Query(q): Query<HashMap<String, String>>,
     Json(body): Json<Value>,
 ) -> Response {
-    if let Err(r) = check_bearer(&st, "youtube", &headers) {
-        return r;
+    if !bearer_ok(&st, "youtube", &headers) {
+        return unauthorized();
     }
     if q.get("part").map(String::as_str) != Some("snippet,cdn,contentDetails")
         || body["cdn"]["ingestionType"] != "rtmp"
@@ -361,8 +362,8 @@ async fn yt_bind(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Err(r) = check_bearer(&st, "youtube", &headers) {
-        return r;
+    if !bearer_ok(&st, "youtube", &headers) {
+        return unauthorized();
     }
     let (Some(id), Some(stream)) = (q.get("id"), q.get("streamId")) else {
         return StatusCode::BAD_REQUEST.into_response();
@@ -377,8 +378,8 @@ fn twitch_client_id(headers: &HeaderMap) -> bool {
 }
 
 async fn twitch_users(State(st): State<Arc<ProvidersState>>, headers: HeaderMap) -> Response {
-    if let Err(r) = check_bearer(&st, "twitch", &headers) {
-        return r;
+    if !bearer_ok(&st, "twitch", &headers) {
+        return unauthorized();
     }
     if !twitch_client_id(&headers) {
         return StatusCode::UNAUTHORIZED.into_response();
@@ -392,8 +393,8 @@ async fn twitch_key(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Err(r) = check_bearer(&st, "twitch", &headers) {
-        return r;
+    if !bearer_ok(&st, "twitch", &headers) {
+        return unauthorized();
     }
     if !twitch_client_id(&headers)
         || q.get("broadcaster_id").map(String::as_str) != Some(TWITCH_USER_ID)
@@ -409,8 +410,8 @@ async fn fb_live_video(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Err(r) = check_bearer(&st, "facebook", &headers) {
-        return r;
+    if !bearer_ok(&st, "facebook", &headers) {
+        return unauthorized();
     }
     if q.get("status").map(String::as_str) != Some("LIVE_NOW") {
         return StatusCode::BAD_REQUEST.into_response();
@@ -465,8 +466,8 @@ async fn zoom_meeting(
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Response {
-    if let Err(r) = check_bearer(&st, "zoom", &headers) {
-        return r;
+    if !bearer_ok(&st, "zoom", &headers) {
+        return unauthorized();
     }
     if st.zoom_fails.load(Ordering::SeqCst) {
         return (
@@ -512,8 +513,8 @@ async fn teams_meeting(
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Response {
-    if let Err(r) = check_bearer(&st, "teams", &headers) {
-        return r;
+    if !bearer_ok(&st, "teams", &headers) {
+        return unauthorized();
     }
     if user != TEAMS_ORGANIZER || body["subject"].as_str().is_none() {
         return StatusCode::BAD_REQUEST.into_response();
