@@ -7,9 +7,12 @@
 //! frame every `keyframe_interval_seconds`, `transcode_bitrate_kbps`); Opus
 //! becomes AAC 48 kHz. The output is FLV over RTMP, or RTMPS (ffmpeg's TLS).
 //!
-//! The destination URL carries the stream key: it is on ffmpeg's command line
-//! (only root and the server's user can read that) and nowhere else: every
-//! stderr line is redacted before it is logged or becomes a `last_error`.
+//! The destination URL carries the stream key. ffmpeg takes its output URL
+//! only as an argument, so the key is in the child's command line, which other
+//! local users can read in `/proc/PID/cmdline` unless `/proc` is mounted with
+//! `hidepid=2` (docs/RESTREAM.md: run tandem on a host or in a container of its
+//! own). Nowhere else: every stderr line is redacted before it is logged or
+//! becomes a `last_error`, and logs show only `scheme://host`.
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};

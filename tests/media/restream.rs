@@ -9,7 +9,8 @@
 //!   nginx killed: that destination goes `retrying`, the other stays `live` and
 //!   a WHEP viewer sees no gap; nginx back on the same port: `live` again. A
 //!   refused key: `failed` after at most two attempts. A destination added
-//!   while live goes live; one removed: its ffmpeg is gone. `stop`: all gone.
+//!   while live (over RTMPS: TLS in front of nginx) goes live; one removed:
+//!   its ffmpeg is gone. `stop`: all gone.
 //! - A Chromium broadcaster (VP8 + Opus) is transcoded: H.264 of the
 //!   published size with a key frame every 2 s, AAC; the server's shutdown
 //!   kills the ffmpeg.
@@ -251,17 +252,22 @@ async fn an_aiortc_class_goes_to_two_rtmp_servers_and_each_fails_alone() {
     assert!(!error.contains(REFUSED_KEY), "no key in errors: {error}");
     assert!(auth.asked(REFUSED_KEY) <= 2);
 
-    // Added while live: live; a and b untouched (same process).
-    with_refused.push(dest("c", b.url("class-c")));
-    restreams.set(stream, with_refused);
-    wait_status(&mut events, "c", Status::Live, Duration::from_secs(30)).await;
+    // Added while live, over RTMPS (TLS in front of b): live, and b's
+    // server has it; a and b keep their processes.
     let pid_a = restreams.process_id(stream, "a").expect("a runs");
     let pid_b = restreams.process_id(stream, "b").expect("b runs");
+    let tls = TlsFront::start(b.port).await;
+    with_refused.push(dest("c", tls.url("class-c")));
+    restreams.set(stream, with_refused);
+    wait_status(&mut events, "c", Status::Live, Duration::from_secs(30)).await;
+    assert_h264_aac(&probe(b.url("class-c")).await, &[size]);
+    assert_eq!(restreams.process_id(stream, "a"), Some(pid_a));
+    assert_eq!(restreams.process_id(stream, "b"), Some(pid_b));
 
     // Removed: its process is gone; the others keep theirs.
     restreams.set(
         stream,
-        vec![dest("b", b.url("class-b")), dest("c", b.url("class-c"))],
+        vec![dest("b", b.url("class-b")), dest("c", tls.url("class-c"))],
     );
     wait_status(&mut events, "a", Status::Idle, Duration::from_secs(10)).await;
     assert!(!process_alive(pid_a), "a's ffmpeg {pid_a} is gone");
@@ -378,7 +384,12 @@ async fn a_chromium_vp8_class_is_transcoded_to_h264_with_two_second_key_frames()
 /// utime + stime of `/proc/{pid}/stat` (or `self`), in seconds.
 fn cpu_seconds(pid: &str) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
     // After the command name: state is field 3, utime 14 and stime 15 (1-based).
     let ticks: f64 = [11, 12]
         .iter()
@@ -412,19 +423,30 @@ async fn measure_restream_cpu_and_start_time() {
         browser
             .open(
                 codec,
-                &page_url(&app, "broadcast", &stream, &app.publish_token(&stream), &format!("&codec={codec}")),
+                &page_url(
+                    &app,
+                    "broadcast",
+                    &stream,
+                    &app.publish_token(&stream),
+                    &format!("&codec={codec}"),
+                ),
             )
             .await;
         // 720p as the broadcast page asks (Chromium ramps up to it).
         let stats = browser
-            .wait_stats(&[codec], "the broadcast sending 720p", Duration::from_secs(60), |s| {
-                let p = &s[0];
-                if p["state"] == "live" && num(&p["video"]["frameHeight"]) >= 720.0 {
-                    Ok(p.clone())
-                } else {
-                    Err(p.to_string())
-                }
-            })
+            .wait_stats(
+                &[codec],
+                "the broadcast sending 720p",
+                Duration::from_secs(60),
+                |s| {
+                    let p = &s[0];
+                    if p["state"] == "live" && num(&p["video"]["frameHeight"]) >= 720.0 {
+                        Ok(p.clone())
+                    } else {
+                        Err(p.to_string())
+                    }
+                },
+            )
             .await;
         eprintln!("{codec}: publisher {}", stats["video"]);
         let server0 = cpu_seconds("self");
