@@ -111,3 +111,44 @@ impl Status {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_key() {
+        let spec = DestinationSpec {
+            connection_id: "c1".into(),
+            platform: "youtube".into(),
+            target: Target::Url("rtmps://a.rtmp.youtube.com/live2/abcd-efgh-ijkl".into()),
+        };
+        let shown = format!("{spec:?}");
+        assert!(!shown.contains("abcd-efgh-ijkl"), "{shown}");
+        assert!(shown.contains("rtmps://a.rtmp.youtube.com"), "{shown}");
+    }
+
+    #[test]
+    fn statuses_serialise_in_snake_case() {
+        let json: Vec<String> = Status::ALL
+            .iter()
+            .map(|s| serde_json::to_string(s).unwrap())
+            .collect();
+        assert_eq!(
+            json,
+            [
+                "\"idle\"",
+                "\"connecting\"",
+                "\"live\"",
+                "\"retrying\"",
+                "\"failed\""
+            ]
+        );
+        for s in Status::ALL {
+            assert_eq!(
+                serde_json::to_string(&s).unwrap(),
+                format!("\"{}\"", s.as_str())
+            );
+        }
+    }
+}
