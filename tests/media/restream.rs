@@ -12,8 +12,8 @@
 //!   while live (over RTMPS: TLS in front of nginx) goes live; one removed:
 //!   its ffmpeg is gone. `stop`: all gone.
 //! - A Chromium broadcaster (VP8 + Opus) is transcoded: H.264 of the
-//!   published size with a key frame every 2 s, AAC; the server's shutdown
-//!   kills the ffmpeg.
+//!   published size with a key frame every 2 s, AAC on the same timeline as
+//!   the video; the server's shutdown kills the ffmpeg.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -96,8 +96,11 @@ async fn probe(url: String) -> Value {
         .unwrap()
 }
 
-/// Times of the video key frames among the first `seconds` of a live URL.
-async fn key_frames(url: String, seconds: u32) -> Vec<f64> {
+/// The first `seconds` of a live URL: the video key frames' times, and the
+/// largest distance between an audio packet's time and the video packet's
+/// before it (the two timelines line up when the feed's sender reports tie
+/// them to one clock).
+async fn timeline(url: String, seconds: u32) -> (Vec<f64>, f64) {
     tokio::task::spawn_blocking(move || {
         let out = Command::new("ffprobe")
             .args([
@@ -105,12 +108,10 @@ async fn key_frames(url: String, seconds: u32) -> Vec<f64> {
                 "error",
                 "-rw_timeout",
                 "15000000",
-                "-select_streams",
-                "v:0",
                 "-read_intervals",
                 &format!("%+{seconds}"),
                 "-show_entries",
-                "packet=pts_time,flags",
+                "packet=codec_type,pts_time,flags",
                 "-of",
                 "json",
                 &url,
@@ -118,15 +119,28 @@ async fn key_frames(url: String, seconds: u32) -> Vec<f64> {
             .output()
             .expect("ffprobe runs");
         let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        v["packets"]
-            .as_array()
-            .map(|p| {
-                p.iter()
-                    .filter(|p| p["flags"].as_str().is_some_and(|f| f.starts_with('K')))
-                    .filter_map(|p| p["pts_time"].as_str()?.parse().ok())
-                    .collect()
-            })
-            .unwrap_or_default()
+        let mut keys = Vec::new();
+        let (mut video_at, mut skew) = (None::<f64>, 0.0f64);
+        for p in v["packets"].as_array().into_iter().flatten() {
+            let Some(t) = p["pts_time"].as_str().and_then(|t| t.parse::<f64>().ok()) else {
+                continue;
+            };
+            match p["codec_type"].as_str() {
+                Some("video") => {
+                    if p["flags"].as_str().is_some_and(|f| f.starts_with('K')) {
+                        keys.push(t);
+                    }
+                    video_at = Some(t);
+                }
+                Some("audio") => {
+                    if let Some(v) = video_at {
+                        skew = skew.max((t - v).abs());
+                    }
+                }
+                _ => {}
+            }
+        }
+        (keys, skew)
     })
     .await
     .unwrap()
@@ -366,13 +380,17 @@ async fn a_chromium_vp8_class_is_transcoded_to_h264_with_two_second_key_frames()
     sizes.push(sent(&browser.stats("pub").await));
     assert_h264_aac(&probed, &sizes);
 
-    // YouTube's rule: a key frame every 2 s.
-    let keys = key_frames(nginx.url("vp8-class"), 7).await;
+    // YouTube's rule: a key frame every 2 s. Audio and video on one timeline.
+    let (keys, skew) = timeline(nginx.url("vp8-class"), 7).await;
     assert!(keys.len() >= 2, "key frames at {keys:?}");
     for pair in keys.windows(2) {
         let gap = pair[1] - pair[0];
         assert!((1.5..=2.5).contains(&gap), "key frames at {keys:?}");
     }
+    assert!(
+        skew < 0.2,
+        "audio {skew:.3} s away from the video around it"
+    );
 
     // The server's shutdown kills the child.
     let pid = restreams.process_id(stream, "yt").expect("ffmpeg runs");
