@@ -164,7 +164,7 @@ impl Restreams {
 
     /// The destinations of live stream `stream` become exactly `destinations`
     /// (by connection_id): new ones start, missing ones stop (process killed),
-    /// unchanged ones keep running. Empty = stop all.
+    /// unchanged ones keep running (a `failed` one starts again). Empty = stop all.
     pub fn set(&self, stream: &str, destinations: Vec<DestinationSpec>) {
         let inner = &self.inner;
         let mut stopped = Vec::new();
@@ -179,14 +179,24 @@ impl Restreams {
                     wanted.push(d);
                 }
             }
-            // Gone or changed: stopped.
+            // Gone or changed: stopped. A `failed` one given again is tried
+            // again (setting it is the instructor's retry).
             let keep: Vec<String> = entry
                 .dests
                 .iter()
                 .filter(|(id, d)| {
-                    wanted.iter().any(|w| {
-                        &w.connection_id == *id && w.platform == d.platform && w.target == d.target
-                    })
+                    let failed = d
+                        .cell
+                        .status
+                        .lock()
+                        .map(|s| s.status == Status::Failed)
+                        .unwrap_or(true);
+                    !failed
+                        && wanted.iter().any(|w| {
+                            &w.connection_id == *id
+                                && w.platform == d.platform
+                                && w.target == d.target
+                        })
                 })
                 .map(|(id, _)| id.clone())
                 .collect();

@@ -253,12 +253,12 @@ async fn an_aiortc_class_goes_to_two_rtmp_servers_and_each_fails_alone() {
     assert!(num(&seen["video_frames"]) > 60.0, "{seen}");
 
     // A refused key: failed quickly, not retried forever.
-    let mut with_refused = vec![
+    let with_refused = vec![
         dest("a", a.url("class-a")),
         dest("b", b.url("class-b")),
         dest("r", b.url(REFUSED_KEY)),
     ];
-    restreams.set(stream, with_refused.clone());
+    restreams.set(stream, with_refused);
     let failed = wait_status(&mut events, "r", Status::Failed, Duration::from_secs(20)).await;
     assert!(failed.attempts <= 2, "{failed:?}");
     let error = failed.last_error.clone().unwrap_or_default();
@@ -271,8 +271,14 @@ async fn an_aiortc_class_goes_to_two_rtmp_servers_and_each_fails_alone() {
     let pid_a = restreams.process_id(stream, "a").expect("a runs");
     let pid_b = restreams.process_id(stream, "b").expect("b runs");
     let tls = TlsFront::start(b.port).await;
-    with_refused.push(dest("c", tls.url("class-c")));
-    restreams.set(stream, with_refused);
+    restreams.set(
+        stream,
+        vec![
+            dest("a", a.url("class-a")),
+            dest("b", b.url("class-b")),
+            dest("c", tls.url("class-c")),
+        ],
+    );
     wait_status(&mut events, "c", Status::Live, Duration::from_secs(30)).await;
     assert_h264_aac(&probe(b.url("class-c")).await, &[size]);
     assert_eq!(restreams.process_id(stream, "a"), Some(pid_a));
