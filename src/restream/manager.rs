@@ -512,7 +512,7 @@ impl Restreams {
 
 /// What a running ffmpeg said next.
 enum RunEvent {
-    Progress(u64),
+    Progress(ffmpeg::Progress),
     Exited(ExitClass, Option<String>),
 }
 
@@ -586,7 +586,11 @@ impl DestTask {
                 event = next_run_event(&mut self.run) => {
                     let now = Instant::now();
                     match event {
-                        RunEvent::Progress(bytes) => self.sup.handle(Event::Progress { total_bytes: bytes }, now),
+                        RunEvent::Progress(p) => {
+                            let has_video = self.run_media.as_ref().is_some_and(|m| m.video.is_some());
+                            let picture = p.video_frames > 0 || !has_video;
+                            self.sup.handle(Event::Progress { total_bytes: p.total_bytes, picture }, now)
+                        }
                         RunEvent::Exited(class, error) => {
                             self.ended();
                             self.sup.handle(Event::Exited { class, error }, now)

@@ -83,7 +83,8 @@ pub enum Status {
     Idle,
     /// Starting: waiting for the publisher's media, or ffmpeg connecting.
     Connecting,
-    /// ffmpeg's output is growing: the destination receives the stream.
+    /// ffmpeg's output is growing, video included: the destination receives
+    /// the stream.
     Live,
     /// The last attempt ended (a stall, an exit, the server went away); the
     /// next starts after the backoff.

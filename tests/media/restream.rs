@@ -393,9 +393,11 @@ async fn a_chromium_vp8_class_is_transcoded_to_h264_with_two_second_key_frames()
         let gap = pair[1] - pair[0];
         assert!((1.5..=2.5).contains(&gap), "key frames at {keys:?}");
     }
+    // Unsynchronised RTP clocks put the tracks seconds (or hours) apart; a
+    // slow encoder's sparse frames leave gaps of a few hundred ms.
     assert!(
-        skew < 0.2,
-        "audio {skew:.3} s away from the video around it"
+        skew < 1.0,
+        "audio {skew:.3} s away from the video before it"
     );
 
     // The server's shutdown kills the child.
@@ -512,5 +514,100 @@ async fn measure_restream_cpu_and_start_time() {
         browser.close(codec).await;
     }
     browser.quit().await;
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn destinations_wait_for_the_publisher_and_limits_fail_at_once() {
+    let app = TestApp::builder()
+        .config(|c| c.restream.max_destinations_per_stream = 3)
+        .spawn()
+        .await;
+    let restreams = app.state().restreams.clone();
+    let stream = "not-live-yet";
+    let mut events = restreams.subscribe(stream);
+    restreams.set(
+        stream,
+        vec![
+            dest("one", "rtmp://127.0.0.1:9/live/k1".into()),
+            DestinationSpec {
+                connection_id: "yt".into(),
+                platform: "youtube".into(),
+                target: Target::Unavailable("YouTube asks to reconnect the account".into()),
+            },
+            dest("two", "rtmps://127.0.0.1:9/live/k2".into()),
+            dest("three", "rtmp://127.0.0.1:9/live/k3".into()),
+        ],
+    );
+    let all = restreams.status(stream);
+    assert_eq!(all.len(), 4, "{all:?}");
+    let by = |id: &str| all.iter().find(|s| s.connection_id == id).unwrap().clone();
+    // No publisher yet: waiting, no attempt spent, no process.
+    for id in ["one", "two"] {
+        let s = by(id);
+        assert_eq!((s.status, s.attempts), (Status::Connecting, 0), "{s:?}");
+        assert_eq!(restreams.process_id(stream, id), None);
+    }
+    let yt = by("yt");
+    assert_eq!(yt.status, Status::Failed);
+    assert_eq!(
+        yt.last_error.as_deref(),
+        Some("YouTube asks to reconnect the account")
+    );
+    let three = by("three");
+    assert_eq!(three.status, Status::Failed);
+    assert!(three.last_error.unwrap().contains("at most 3"));
+    assert_eq!(restreams.processes(), 0);
+    assert!(app.state().sfu.has_tap(stream, "restream"));
+    let json = serde_json::to_value(by("one")).unwrap();
+    assert_eq!(json["status"], "connecting");
+    assert!(json["since"].as_str().unwrap().ends_with('Z'), "{json}");
+
+    // The events told the same, and `stop` ends them all.
+    let first = events.recv().await.unwrap();
+    assert_eq!(first.connection_id, "one");
+    restreams.stop(stream);
+    let mut idle = std::collections::HashSet::new();
+    while idle.len() < 4 {
+        let s = tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .expect("an event")
+            .unwrap();
+        if s.status == Status::Idle {
+            idle.insert(s.connection_id);
+        }
+    }
+    assert!(!restreams.is_restreaming(stream));
+    assert!(!app.state().sfu.has_tap(stream, "restream"));
+    let metrics = app.registry_metrics();
+    for status in ["connecting", "failed", "live", "retrying", "idle"] {
+        assert_eq!(
+            metric_value(
+                &metrics,
+                "tandem_restream_destinations",
+                &[("status", status)]
+            ),
+            0.0,
+            "{status}: {metrics}"
+        );
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn restreaming_turned_off_fails_every_destination_with_a_reason() {
+    let app = TestApp::builder()
+        .config(|c| c.restream.enabled = false)
+        .spawn()
+        .await;
+    let restreams = app.state().restreams.clone();
+    restreams.set("s", vec![dest("one", "rtmp://127.0.0.1:9/live/k".into())]);
+    let s = &restreams.status("s")[0];
+    assert_eq!(s.status, Status::Failed);
+    assert!(
+        s.last_error.as_deref().unwrap().contains("disabled"),
+        "{s:?}"
+    );
+    assert!(!app.state().sfu.has_tap("s", "restream"));
     app.shutdown().await;
 }
