@@ -705,6 +705,7 @@ mod tests {
         let c = Config::load_with_env(None, env(&[])).unwrap();
         assert_eq!(c.http, HttpSection::default(), "[http]");
         assert_eq!(c.rooms, tandem_signaling::RoomsConfig::default(), "[rooms]");
+        assert_eq!(c.restream, RestreamConfig::default(), "[restream]");
         // [media]: all of MediaConfig but where it binds and what it advertises,
         // which the library defaults to loopback and a free port for tests.
         let d = tandem_media::MediaConfig::default();

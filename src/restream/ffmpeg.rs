@@ -7,9 +7,12 @@
 //! frame every `keyframe_interval_seconds`, `transcode_bitrate_kbps`); Opus
 //! becomes AAC 48 kHz. The output is FLV over RTMP, or RTMPS (ffmpeg's TLS).
 //!
-//! The destination URL carries the stream key: it is on ffmpeg's command line
-//! (only root and the server's user can read that) and nowhere else: every
-//! stderr line is redacted before it is logged or becomes a `last_error`.
+//! The destination URL carries the stream key. ffmpeg takes its output URL
+//! only as an argument, so the key is in the child's command line, which other
+//! local users can read in `/proc/PID/cmdline` unless `/proc` is mounted with
+//! `hidepid=2` (docs/RESTREAM.md: run tandem on a host or in a container of its
+//! own). Nowhere else: every stderr line is redacted before it is logged or
+//! becomes a `last_error`, and logs show only `scheme://host`.
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -274,11 +277,34 @@ pub fn classify(line: &str) -> Option<(ExitClass, u8)> {
     }
 }
 
-/// One `-progress` line: the bytes written so far (`total_size=N`).
-pub fn progress_bytes(line: &str) -> Option<u64> {
-    line.trim()
-        .strip_prefix("total_size=")
-        .and_then(|v| v.parse().ok())
+/// What one `-progress` block says: bytes written so far (`total_size`) and
+/// video frames written (`frame`, copied or encoded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Progress {
+    pub total_bytes: u64,
+    pub video_frames: u64,
+}
+
+/// Reads `-progress` output line by line; a block ends with `progress=…`.
+#[derive(Debug, Default)]
+pub struct ProgressParser {
+    block: Progress,
+}
+
+impl ProgressParser {
+    /// The block's figures when `line` ends it.
+    pub fn line(&mut self, line: &str) -> Option<Progress> {
+        let (key, value) = line.trim().split_once('=')?;
+        match key {
+            "total_size" => {
+                self.block.total_bytes = value.parse().unwrap_or(self.block.total_bytes)
+            }
+            "frame" => self.block.video_frames = value.parse().unwrap_or(self.block.video_frames),
+            "progress" => return Some(self.block),
+            _ => {}
+        }
+        None
+    }
 }
 
 /// What stderr said by the end of a run: the class of the most telling line
@@ -366,8 +392,8 @@ pub struct Run {
     pub child: Child,
     pub pid: Option<u32>,
     pub ports: Ports,
-    /// Bytes written so far, from each `-progress` block.
-    pub progress: mpsc::Receiver<u64>,
+    /// Each `-progress` block's figures.
+    pub progress: mpsc::Receiver<Progress>,
     /// Finishes when stderr closes (the process ended).
     pub stderr: JoinHandle<StderrSummary>,
     /// The SDP's folder, removed with the run.
@@ -404,10 +430,11 @@ pub fn spawn(config: &RestreamConfig, media: &Media, url: &str) -> io::Result<Ru
     tokio::spawn(async move {
         let Some(stdout) = stdout else { return };
         let mut lines = BufReader::new(stdout).lines();
+        let mut parser = ProgressParser::default();
         while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(bytes) = progress_bytes(&line) {
+            if let Some(progress) = parser.line(&line) {
                 // A full channel: the reader is behind; the next block tells more.
-                let _ = progress_tx.try_send(bytes);
+                let _ = progress_tx.try_send(progress);
             }
         }
     });
@@ -559,10 +586,22 @@ mod tests {
     }
 
     #[test]
-    fn progress_lines_give_total_size() {
-        assert_eq!(progress_bytes("total_size=12345"), Some(12345));
-        assert_eq!(progress_bytes("total_size=N/A"), None);
-        assert_eq!(progress_bytes("progress=continue"), None);
+    fn progress_blocks_give_bytes_and_frames() {
+        let mut p = ProgressParser::default();
+        for line in ["frame=0", "fps=0.0", "total_size=N/A", "out_time_us=0"] {
+            assert_eq!(p.line(line), None);
+        }
+        assert_eq!(p.line("progress=continue"), Some(Progress::default()));
+        for line in ["frame=31", "total_size=12345", "speed=1x"] {
+            assert_eq!(p.line(line), None);
+        }
+        assert_eq!(
+            p.line("progress=continue"),
+            Some(Progress {
+                total_bytes: 12345,
+                video_frames: 31
+            })
+        );
     }
 
     #[test]

@@ -164,7 +164,7 @@ impl Restreams {
 
     /// The destinations of live stream `stream` become exactly `destinations`
     /// (by connection_id): new ones start, missing ones stop (process killed),
-    /// unchanged ones keep running. Empty = stop all.
+    /// unchanged ones keep running (a `failed` one starts again). Empty = stop all.
     pub fn set(&self, stream: &str, destinations: Vec<DestinationSpec>) {
         let inner = &self.inner;
         let mut stopped = Vec::new();
@@ -179,16 +179,24 @@ impl Restreams {
                     wanted.push(d);
                 }
             }
-            // Gone or changed: stopped.
+            // Gone or changed: stopped. A `failed` one given again is tried
+            // again (setting it is the instructor's retry).
             let keep: Vec<String> = entry
                 .dests
                 .iter()
                 .filter(|(id, d)| {
-                    wanted.iter().any(|w| {
-                        &w.connection_id == *id
-                            && (w.target == Target::Keep
-                                || (w.platform == d.platform && w.target == d.target))
-                    })
+                    let failed = d
+                        .cell
+                        .status
+                        .lock()
+                        .map(|s| s.status == Status::Failed)
+                        .unwrap_or(true);
+                    !failed
+                        && wanted.iter().any(|w| {
+                            &w.connection_id == *id
+                                && (w.target == Target::Keep
+                                    || (w.platform == d.platform && w.target == d.target))
+                        })
                 })
                 .map(|(id, _)| id.clone())
                 .collect();
@@ -511,7 +519,7 @@ impl Restreams {
 
 /// What a running ffmpeg said next.
 enum RunEvent {
-    Progress(u64),
+    Progress(ffmpeg::Progress),
     Exited(ExitClass, Option<String>),
 }
 
@@ -585,7 +593,11 @@ impl DestTask {
                 event = next_run_event(&mut self.run) => {
                     let now = Instant::now();
                     match event {
-                        RunEvent::Progress(bytes) => self.sup.handle(Event::Progress { total_bytes: bytes }, now),
+                        RunEvent::Progress(p) => {
+                            let has_video = self.run_media.as_ref().is_some_and(|m| m.video.is_some());
+                            let picture = p.video_frames > 0 || !has_video;
+                            self.sup.handle(Event::Progress { total_bytes: p.total_bytes, picture }, now)
+                        }
                         RunEvent::Exited(class, error) => {
                             self.ended();
                             self.sup.handle(Event::Exited { class, error }, now)

@@ -88,7 +88,8 @@ pub enum Status {
     Idle,
     /// Starting: waiting for the publisher's media, or ffmpeg connecting.
     Connecting,
-    /// ffmpeg's output is growing: the destination receives the stream.
+    /// ffmpeg's output is growing, video included: the destination receives
+    /// the stream.
     Live,
     /// The last attempt ended (a stall, an exit, the server went away); the
     /// next starts after the backoff.
@@ -113,6 +114,47 @@ impl Status {
             Status::Live => "live",
             Status::Retrying => "retrying",
             Status::Failed => "failed",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_key() {
+        let spec = DestinationSpec {
+            connection_id: "c1".into(),
+            platform: "youtube".into(),
+            target: Target::Url("rtmps://a.rtmp.youtube.com/live2/abcd-efgh-ijkl".into()),
+        };
+        let shown = format!("{spec:?}");
+        assert!(!shown.contains("abcd-efgh-ijkl"), "{shown}");
+        assert!(shown.contains("rtmps://a.rtmp.youtube.com"), "{shown}");
+    }
+
+    #[test]
+    fn statuses_serialise_in_snake_case() {
+        let json: Vec<String> = Status::ALL
+            .iter()
+            .map(|s| serde_json::to_string(s).unwrap())
+            .collect();
+        assert_eq!(
+            json,
+            [
+                "\"idle\"",
+                "\"connecting\"",
+                "\"live\"",
+                "\"retrying\"",
+                "\"failed\""
+            ]
+        );
+        for s in Status::ALL {
+            assert_eq!(
+                serde_json::to_string(&s).unwrap(),
+                format!("\"{}\"", s.as_str())
+            );
         }
     }
 }

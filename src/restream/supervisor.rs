@@ -9,7 +9,9 @@
 //! The rules:
 //! - `connecting` while the publisher's media is not there yet (no attempt is
 //!   spent waiting) and while ffmpeg connects; `live` once ffmpeg's output
-//!   grows (`-progress`'s `total_size`).
+//!   grows (`-progress`'s `total_size`) with the picture in it (its `frame`
+//!   count: audio alone starts first, and a VP8 decoder waits for a key frame,
+//!   which is asked for every [`KEYFRAME_EVERY`] until then).
 //! - No growth for `stall` while live (or for twice that while starting):
 //!   killed and restarted (reason `stall`).
 //! - Any other end: `retrying`, and the next start after a backoff with full
@@ -105,8 +107,10 @@ impl Reason {
 pub enum Event {
     /// The publisher's media is flowing (`true`) or gone (`false`).
     Media(bool),
-    /// ffmpeg's `-progress` reported this many bytes written so far in this run.
-    Progress { total_bytes: u64 },
+    /// ffmpeg's `-progress` reported this many bytes written so far in this
+    /// run; `picture`: the output carries video (or the stream has none). A
+    /// destination is live only with its picture: audio alone starts first.
+    Progress { total_bytes: u64, picture: bool },
     /// The running ffmpeg ended; `error` is its redacted last error line.
     Exited {
         class: ExitClass,
@@ -282,8 +286,11 @@ impl Supervisor {
         }
         match event {
             Event::Media(ready) => self.media(ready, now),
-            Event::Progress { total_bytes } => {
-                self.progress(total_bytes, now);
+            Event::Progress {
+                total_bytes,
+                picture,
+            } => {
+                self.progress(total_bytes, picture, now);
                 Vec::new()
             }
             Event::Exited { class, error } => self.exited(class, error, now),
@@ -315,13 +322,13 @@ impl Supervisor {
         }
     }
 
-    fn progress(&mut self, total: u64, now: Instant) {
+    fn progress(&mut self, total: u64, picture: bool, now: Instant) {
         if total <= self.bytes_run {
             return;
         }
         self.bytes_run = total;
         match self.phase {
-            Phase::Starting { .. } => {
+            Phase::Starting { .. } if picture => {
                 self.phase = Phase::Running {
                     live_since: now,
                     grew_at: now,
@@ -572,7 +579,10 @@ mod tests {
         fn live(&mut self) {
             assert_eq!(self.ev(Event::Media(true)), vec![Action::Spawn]);
             self.at(Duration::from_millis(500));
-            self.ev(Event::Progress { total_bytes: 4000 });
+            self.ev(Event::Progress {
+                total_bytes: 4000,
+                picture: true,
+            });
             assert_eq!(self.s.status(), Status::Live);
         }
 
@@ -600,13 +610,39 @@ mod tests {
     fn live_when_output_grows() {
         let mut r = Run::new();
         r.ev(Event::Media(true));
-        r.ev(Event::Progress { total_bytes: 0 });
+        r.ev(Event::Progress {
+            total_bytes: 0,
+            picture: true,
+        });
         assert_eq!(r.s.status(), Status::Connecting, "no bytes yet");
         r.at(Duration::from_secs(1));
-        r.ev(Event::Progress { total_bytes: 1234 });
+        r.ev(Event::Progress {
+            total_bytes: 1234,
+            picture: true,
+        });
         assert_eq!(r.s.status(), Status::Live);
         assert_eq!(r.s.since(), r.now);
         assert_eq!(r.s.bytes_sent(), 1234);
+    }
+
+    #[test]
+    fn audio_alone_is_not_live_and_key_frames_are_asked_until_the_picture() {
+        let mut r = Run::new();
+        r.ev(Event::Media(true));
+        r.at(Duration::from_millis(300));
+        r.ev(Event::Progress {
+            total_bytes: 500,
+            picture: false,
+        });
+        assert_eq!(r.s.status(), Status::Connecting);
+        assert_eq!(r.s.bytes_sent(), 500);
+        let end = r.now + Duration::from_secs(3);
+        assert_eq!(r.run_until(end), vec![Action::RequestKeyframe]);
+        r.ev(Event::Progress {
+            total_bytes: 9000,
+            picture: true,
+        });
+        assert_eq!(r.s.status(), Status::Live);
     }
 
     #[test]
@@ -635,7 +671,10 @@ mod tests {
         assert_eq!(r.run_until(end), vec![Action::Spawn]);
         assert_eq!(r.s.attempts(), 2);
         assert_eq!(r.s.status(), Status::Retrying, "retrying until live again");
-        r.ev(Event::Progress { total_bytes: 10 });
+        r.ev(Event::Progress {
+            total_bytes: 10,
+            picture: true,
+        });
         assert_eq!(r.s.status(), Status::Live);
         assert_eq!(r.s.bytes_sent(), 4010);
     }
@@ -693,12 +732,16 @@ mod tests {
             r.until_spawn();
         }
         assert_eq!(r.s.attempts(), 7);
-        r.ev(Event::Progress { total_bytes: 100 });
+        r.ev(Event::Progress {
+            total_bytes: 100,
+            picture: true,
+        });
         // Live for 70 s with progress every second.
         for i in 0..70 {
             r.at(Duration::from_secs(1));
             r.ev(Event::Progress {
                 total_bytes: 200 + i,
+                picture: true,
             });
             r.ev(Event::Tick);
         }
@@ -743,7 +786,10 @@ mod tests {
         r.exit(ExitClass::Refused, "dropped");
         let end = r.now + Duration::from_secs(1);
         r.run_until(end);
-        r.ev(Event::Progress { total_bytes: 5 });
+        r.ev(Event::Progress {
+            total_bytes: 5,
+            picture: true,
+        });
         r.exit(ExitClass::Refused, "dropped");
         assert_eq!(
             r.s.status(),

@@ -9,10 +9,11 @@
 //!   nginx killed: that destination goes `retrying`, the other stays `live` and
 //!   a WHEP viewer sees no gap; nginx back on the same port: `live` again. A
 //!   refused key: `failed` after at most two attempts. A destination added
-//!   while live goes live; one removed: its ffmpeg is gone. `stop`: all gone.
+//!   while live (over RTMPS: TLS in front of nginx) goes live; one removed:
+//!   its ffmpeg is gone. `stop`: all gone.
 //! - A Chromium broadcaster (VP8 + Opus) is transcoded: H.264 of the
-//!   published size with a key frame every 2 s, AAC; the server's shutdown
-//!   kills the ffmpeg.
+//!   published size with a key frame every 2 s, AAC on the same timeline as
+//!   the video; the server's shutdown kills the ffmpeg.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -95,8 +96,11 @@ async fn probe(url: String) -> Value {
         .unwrap()
 }
 
-/// Times of the video key frames among the first `seconds` of a live URL.
-async fn key_frames(url: String, seconds: u32) -> Vec<f64> {
+/// The first `seconds` of a live URL: the video key frames' times, and the
+/// largest distance between an audio packet's time and the video packet's
+/// before it (the two timelines line up when the feed's sender reports tie
+/// them to one clock).
+async fn timeline(url: String, seconds: u32) -> (Vec<f64>, f64) {
     tokio::task::spawn_blocking(move || {
         let out = Command::new("ffprobe")
             .args([
@@ -104,12 +108,10 @@ async fn key_frames(url: String, seconds: u32) -> Vec<f64> {
                 "error",
                 "-rw_timeout",
                 "15000000",
-                "-select_streams",
-                "v:0",
                 "-read_intervals",
                 &format!("%+{seconds}"),
                 "-show_entries",
-                "packet=pts_time,flags",
+                "packet=codec_type,pts_time,flags",
                 "-of",
                 "json",
                 &url,
@@ -117,15 +119,28 @@ async fn key_frames(url: String, seconds: u32) -> Vec<f64> {
             .output()
             .expect("ffprobe runs");
         let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        v["packets"]
-            .as_array()
-            .map(|p| {
-                p.iter()
-                    .filter(|p| p["flags"].as_str().is_some_and(|f| f.starts_with('K')))
-                    .filter_map(|p| p["pts_time"].as_str()?.parse().ok())
-                    .collect()
-            })
-            .unwrap_or_default()
+        let mut keys = Vec::new();
+        let (mut video_at, mut skew) = (None::<f64>, 0.0f64);
+        for p in v["packets"].as_array().into_iter().flatten() {
+            let Some(t) = p["pts_time"].as_str().and_then(|t| t.parse::<f64>().ok()) else {
+                continue;
+            };
+            match p["codec_type"].as_str() {
+                Some("video") => {
+                    if p["flags"].as_str().is_some_and(|f| f.starts_with('K')) {
+                        keys.push(t);
+                    }
+                    video_at = Some(t);
+                }
+                Some("audio") => {
+                    if let Some(v) = video_at {
+                        skew = skew.max((t - v).abs());
+                    }
+                }
+                _ => {}
+            }
+        }
+        (keys, skew)
     })
     .await
     .unwrap()
@@ -238,12 +253,12 @@ async fn an_aiortc_class_goes_to_two_rtmp_servers_and_each_fails_alone() {
     assert!(num(&seen["video_frames"]) > 60.0, "{seen}");
 
     // A refused key: failed quickly, not retried forever.
-    let mut with_refused = vec![
+    let with_refused = vec![
         dest("a", a.url("class-a")),
         dest("b", b.url("class-b")),
         dest("r", b.url(REFUSED_KEY)),
     ];
-    restreams.set(stream, with_refused.clone());
+    restreams.set(stream, with_refused);
     let failed = wait_status(&mut events, "r", Status::Failed, Duration::from_secs(20)).await;
     assert!(failed.attempts <= 2, "{failed:?}");
     let error = failed.last_error.clone().unwrap_or_default();
@@ -251,17 +266,28 @@ async fn an_aiortc_class_goes_to_two_rtmp_servers_and_each_fails_alone() {
     assert!(!error.contains(REFUSED_KEY), "no key in errors: {error}");
     assert!(auth.asked(REFUSED_KEY) <= 2);
 
-    // Added while live: live; a and b untouched (same process).
-    with_refused.push(dest("c", b.url("class-c")));
-    restreams.set(stream, with_refused);
-    wait_status(&mut events, "c", Status::Live, Duration::from_secs(30)).await;
+    // Added while live, over RTMPS (TLS in front of b): live, and b's
+    // server has it; a and b keep their processes.
     let pid_a = restreams.process_id(stream, "a").expect("a runs");
     let pid_b = restreams.process_id(stream, "b").expect("b runs");
+    let tls = TlsFront::start(b.port).await;
+    restreams.set(
+        stream,
+        vec![
+            dest("a", a.url("class-a")),
+            dest("b", b.url("class-b")),
+            dest("c", tls.url("class-c")),
+        ],
+    );
+    wait_status(&mut events, "c", Status::Live, Duration::from_secs(30)).await;
+    assert_h264_aac(&probe(b.url("class-c")).await, &[size]);
+    assert_eq!(restreams.process_id(stream, "a"), Some(pid_a));
+    assert_eq!(restreams.process_id(stream, "b"), Some(pid_b));
 
     // Removed: its process is gone; the others keep theirs.
     restreams.set(
         stream,
-        vec![dest("b", b.url("class-b")), dest("c", b.url("class-c"))],
+        vec![dest("b", b.url("class-b")), dest("c", tls.url("class-c"))],
     );
     wait_status(&mut events, "a", Status::Idle, Duration::from_secs(10)).await;
     assert!(!process_alive(pid_a), "a's ffmpeg {pid_a} is gone");
@@ -360,13 +386,19 @@ async fn a_chromium_vp8_class_is_transcoded_to_h264_with_two_second_key_frames()
     sizes.push(sent(&browser.stats("pub").await));
     assert_h264_aac(&probed, &sizes);
 
-    // YouTube's rule: a key frame every 2 s.
-    let keys = key_frames(nginx.url("vp8-class"), 7).await;
+    // YouTube's rule: a key frame every 2 s. Audio and video on one timeline.
+    let (keys, skew) = timeline(nginx.url("vp8-class"), 7).await;
     assert!(keys.len() >= 2, "key frames at {keys:?}");
     for pair in keys.windows(2) {
         let gap = pair[1] - pair[0];
         assert!((1.5..=2.5).contains(&gap), "key frames at {keys:?}");
     }
+    // Unsynchronised RTP clocks put the tracks seconds (or hours) apart; a
+    // slow encoder's sparse frames leave gaps of a few hundred ms.
+    assert!(
+        skew < 1.0,
+        "audio {skew:.3} s away from the video before it"
+    );
 
     // The server's shutdown kills the child.
     let pid = restreams.process_id(stream, "yt").expect("ffmpeg runs");
@@ -482,5 +514,100 @@ async fn measure_restream_cpu_and_start_time() {
         browser.close(codec).await;
     }
     browser.quit().await;
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn destinations_wait_for_the_publisher_and_limits_fail_at_once() {
+    let app = TestApp::builder()
+        .config(|c| c.restream.max_destinations_per_stream = 3)
+        .spawn()
+        .await;
+    let restreams = app.state().restreams.clone();
+    let stream = "not-live-yet";
+    let mut events = restreams.subscribe(stream);
+    restreams.set(
+        stream,
+        vec![
+            dest("one", "rtmp://127.0.0.1:9/live/k1".into()),
+            DestinationSpec {
+                connection_id: "yt".into(),
+                platform: "youtube".into(),
+                target: Target::Unavailable("YouTube asks to reconnect the account".into()),
+            },
+            dest("two", "rtmps://127.0.0.1:9/live/k2".into()),
+            dest("three", "rtmp://127.0.0.1:9/live/k3".into()),
+        ],
+    );
+    let all = restreams.status(stream);
+    assert_eq!(all.len(), 4, "{all:?}");
+    let by = |id: &str| all.iter().find(|s| s.connection_id == id).unwrap().clone();
+    // No publisher yet: waiting, no attempt spent, no process.
+    for id in ["one", "two"] {
+        let s = by(id);
+        assert_eq!((s.status, s.attempts), (Status::Connecting, 0), "{s:?}");
+        assert_eq!(restreams.process_id(stream, id), None);
+    }
+    let yt = by("yt");
+    assert_eq!(yt.status, Status::Failed);
+    assert_eq!(
+        yt.last_error.as_deref(),
+        Some("YouTube asks to reconnect the account")
+    );
+    let three = by("three");
+    assert_eq!(three.status, Status::Failed);
+    assert!(three.last_error.unwrap().contains("at most 3"));
+    assert_eq!(restreams.processes(), 0);
+    assert!(app.state().sfu.has_tap(stream, "restream"));
+    let json = serde_json::to_value(by("one")).unwrap();
+    assert_eq!(json["status"], "connecting");
+    assert!(json["since"].as_str().unwrap().ends_with('Z'), "{json}");
+
+    // The events told the same, and `stop` ends them all.
+    let first = events.recv().await.unwrap();
+    assert_eq!(first.connection_id, "one");
+    restreams.stop(stream);
+    let mut idle = std::collections::HashSet::new();
+    while idle.len() < 4 {
+        let s = tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .expect("an event")
+            .unwrap();
+        if s.status == Status::Idle {
+            idle.insert(s.connection_id);
+        }
+    }
+    assert!(!restreams.is_restreaming(stream));
+    assert!(!app.state().sfu.has_tap(stream, "restream"));
+    let metrics = app.registry_metrics();
+    for status in ["connecting", "failed", "live", "retrying", "idle"] {
+        assert_eq!(
+            metric_value(
+                &metrics,
+                "tandem_restream_destinations",
+                &[("status", status)]
+            ),
+            0.0,
+            "{status}: {metrics}"
+        );
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn restreaming_turned_off_fails_every_destination_with_a_reason() {
+    let app = TestApp::builder()
+        .config(|c| c.restream.enabled = false)
+        .spawn()
+        .await;
+    let restreams = app.state().restreams.clone();
+    restreams.set("s", vec![dest("one", "rtmp://127.0.0.1:9/live/k".into())]);
+    let s = &restreams.status("s")[0];
+    assert_eq!(s.status, Status::Failed);
+    assert!(
+        s.last_error.as_deref().unwrap().contains("disabled"),
+        "{s:?}"
+    );
+    assert!(!app.state().sfu.has_tap("s", "restream"));
     app.shutdown().await;
 }

@@ -187,3 +187,66 @@ pub fn process_alive(pid: u32) -> bool {
         Err(_) => false,
     }
 }
+
+/// A TLS front for an [`Nginx`] (rtmps:// on loopback): a self-signed
+/// certificate (rcgen), the server's own rustls acceptor, each connection
+/// spliced to nginx's plain RTMP port. ffmpeg does not verify certificates
+/// unless told to, as with a platform's ingest behind a public CA.
+pub struct TlsFront {
+    pub port: u16,
+    task: tokio::task::JoinHandle<()>,
+    _dir: TempDir,
+}
+
+impl TlsFront {
+    pub async fn start(backend_port: u16) -> TlsFront {
+        let dir = TempDir::new("tandem-rtmps");
+        let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+        let cert = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        std::fs::write(&cert, ck.cert.pem()).unwrap();
+        std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+        let http = tandem::config::HttpSection {
+            tls_cert: cert.display().to_string(),
+            tls_key: key.display().to_string(),
+            ..Default::default()
+        };
+        let acceptor = tandem::serve::load_tls(&http)
+            .unwrap()
+            .expect("TLS acceptor");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let Ok(mut plain) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", backend_port)).await
+                    else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                });
+            }
+        });
+        TlsFront {
+            port,
+            task,
+            _dir: dir,
+        }
+    }
+
+    /// `rtmps://127.0.0.1:PORT/live/KEY`.
+    pub fn url(&self, key: &str) -> String {
+        format!("rtmps://127.0.0.1:{}/live/{key}", self.port)
+    }
+}
+
+impl Drop for TlsFront {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
