@@ -427,6 +427,11 @@ impl Restreams {
     /// Every status change of `stream`'s destinations from now on.
     pub fn subscribe(&self, stream: &str) -> broadcast::Receiver<DestinationStatus> {
         let mut events = self.inner.events.lock().expect("events lock");
+        // Channels nobody listens to go: an owner who opens the event stream of
+        // many streams without destinations leaves nothing behind (a stream's
+        // changes are sent only where a receiver exists; the next subscriber
+        // makes a new channel).
+        events.retain(|_, tx| tx.receiver_count() > 0);
         events
             .entry(stream.to_string())
             .or_insert_with(|| broadcast::channel(EVENTS_CAPACITY).0)
@@ -673,6 +678,13 @@ impl DestTask {
             Ok(run) => run,
             Err(err) => {
                 inner.processes.fetch_sub(1, Ordering::AcqRel);
+                if err.kind() == std::io::ErrorKind::NotFound {
+                    return Err(format!(
+                        "ffmpeg was not found (`{}`): install ffmpeg or set [restream] ffmpeg \
+                         to its path",
+                        inner.config.ffmpeg
+                    ));
+                }
                 return Err(format!("ffmpeg could not be started: {err}"));
             }
         };
