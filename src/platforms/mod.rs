@@ -7,12 +7,15 @@
 //! Submodules, from the leaves up (each imports only those above it):
 //! - [`http`]: the one outbound HTTP client (no redirects, timeouts) and the
 //!   `platform_error` answer of a failed provider call (no secret in it).
+//! - [`store`]: the connection row, its API view, sealed fields' associated
+//!   data, the key hint and push URL, the owner's lookup.
 //! - [`rotate`]: re-sealing every sealed field under the active key
 //!   (`tandem secrets rotate`).
+//! - [`providers`]: what YouTube, Twitch and Facebook's APIs are asked, with a
+//!   fresh access token, to get a push URL for an OAuth connection (and the
+//!   account behind a new grant).
 //! - [`oauth`]: OAuth 2.0 + PKCE with the `oauth2` crate: start, callback, and
 //!   [`oauth::access_token`], which refreshes one connection's token at a time.
-//! - [`providers`]: what YouTube, Twitch and Facebook's APIs are asked to get a
-//!   push URL for an OAuth connection.
 //! - [`connections`]: the connections' routes, [`connections::resolve_target`] and
 //!   [`connections::owned_connection`] for the destinations of a stream.
 //! - [`meetings`]: `POST /v1/meetings`, `GET /v1/meetings/{id}`.
@@ -23,6 +26,7 @@ pub mod meetings;
 pub mod oauth;
 pub mod providers;
 pub mod rotate;
+pub mod store;
 
 use axum::Router;
 

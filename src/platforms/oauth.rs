@@ -44,8 +44,8 @@ use sqlx::{Any, AnyConnection, Transaction};
 use utoipa::{IntoParams, ToSchema};
 
 use super::OAUTH_PLATFORMS;
-use super::connections::{COLUMNS, ConnectionOut, ConnectionRow, aad, needs_reconnect, sealed};
 use super::http::{client as http_client, platform_error};
+use super::store::{COLUMNS, ConnectionOut, ConnectionRow, aad, needs_reconnect, sealed};
 use crate::clock::now_ms;
 use crate::config::OAuthProvider;
 use crate::error::{AppError, AppResult};

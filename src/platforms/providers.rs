@@ -14,25 +14,30 @@
 use serde::Deserialize;
 use serde_json::json;
 
-use super::connections::{ConnectionRow, push_url};
 use super::http::{client, json as call, platform_error};
+use super::store::{ConnectionRow, push_url};
 use crate::api::common::rfc3339;
 use crate::clock::now_ms;
 use crate::error::{AppError, AppResult};
 use crate::state::AppState;
 
-/// The push URL of OAuth connection `row` for a class titled `title`.
-pub async fn resolve(state: &AppState, row: &ConnectionRow, title: &str) -> AppResult<String> {
-    let token = super::oauth::access_token(state, row).await?;
+/// The push URL of OAuth connection `row` for a class titled `title`, asked
+/// with `token` (the connection's access token, fresh: `oauth::access_token`).
+pub async fn resolve(
+    state: &AppState,
+    row: &ConnectionRow,
+    token: &str,
+    title: &str,
+) -> AppResult<String> {
     let title = if title.trim().is_empty() {
         "Live class"
     } else {
         title.trim()
     };
     match row.platform.as_str() {
-        "youtube" => youtube(state, &token, title).await,
-        "twitch" => twitch(state, row, &token).await,
-        "facebook" => facebook(state, &token, title).await,
+        "youtube" => youtube(state, token, title).await,
+        "twitch" => twitch(state, row, token).await,
+        "facebook" => facebook(state, token, title).await,
         other => {
             tracing::error!(connection = %row.id, platform = other, "an OAuth connection of a platform without OAuth");
             Err(AppError::internal())
