@@ -25,12 +25,10 @@ async fn connection(app: &TestApp, owner: &str, name: &str) -> String {
 }
 
 async fn put(app: &TestApp, stream: &str, bearer: &str, body: Value) -> Resp {
-    app.send(
-        Method::PUT,
+    app.put(
         &format!("/v1/streams/{stream}/destinations"),
         Some(bearer),
-        Some(&body.to_string()),
-        &[],
+        body,
     )
     .await
 }

@@ -67,35 +67,6 @@ fn status_of(app: &TestApp, stream: &str, id: &str) -> DestinationStatus {
         .unwrap_or_else(|| panic!("no destination {id}"))
 }
 
-/// ffprobe of a live RTMP URL: its streams (reads a few seconds at most).
-fn probe_rtmp(url: &str) -> Value {
-    let out = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-rw_timeout",
-            "15000000",
-            "-show_streams",
-            "-of",
-            "json",
-            url,
-        ])
-        .output()
-        .expect("ffprobe runs");
-    assert!(
-        out.status.success(),
-        "ffprobe {url}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("ffprobe JSON")
-}
-
-async fn probe(url: String) -> Value {
-    tokio::task::spawn_blocking(move || probe_rtmp(&url))
-        .await
-        .unwrap()
-}
-
 /// The first `seconds` of a live URL: the video key frames' times, and the
 /// largest distance between an audio packet's time and the video packet's
 /// before it (the two timelines line up when the feed's sender reports tie
@@ -213,7 +184,7 @@ async fn an_aiortc_class_goes_to_two_rtmp_servers_and_each_fails_alone() {
     assert_eq!(size, (320, 240), "aiortc's MovingPattern");
 
     for url in [a.url("class-a"), b.url("class-b")] {
-        assert_h264_aac(&probe(url).await, &[size]);
+        assert_h264_aac(&probe_rtmp(url).await, &[size]);
     }
     let pid_a = restreams.process_id(stream, "a").expect("a runs ffmpeg");
     assert!(process_alive(pid_a));
@@ -245,7 +216,7 @@ async fn an_aiortc_class_goes_to_two_rtmp_servers_and_each_fails_alone() {
     let back = wait_status(&mut events, "a", Status::Live, Duration::from_secs(20)).await;
     assert!(back.attempts >= 2, "a restarted: {back:?}");
     assert_eq!(status_of(&app, stream, "b").status, Status::Live);
-    assert_h264_aac(&probe(a.url("class-a")).await, &[size]);
+    assert_h264_aac(&probe_rtmp(a.url("class-a")).await, &[size]);
     let seen = viewer.stop(Duration::from_secs(20)).await;
     assert_eq!(seen["ok"], true, "{seen}");
     let gap = seen["max_gap_s"].as_f64().unwrap_or(99.0);
@@ -280,7 +251,7 @@ async fn an_aiortc_class_goes_to_two_rtmp_servers_and_each_fails_alone() {
         ],
     );
     wait_status(&mut events, "c", Status::Live, Duration::from_secs(30)).await;
-    assert_h264_aac(&probe(b.url("class-c")).await, &[size]);
+    assert_h264_aac(&probe_rtmp(b.url("class-c")).await, &[size]);
     assert_eq!(restreams.process_id(stream, "a"), Some(pid_a));
     assert_eq!(restreams.process_id(stream, "b"), Some(pid_b));
 
@@ -382,7 +353,7 @@ async fn a_chromium_vp8_class_is_transcoded_to_h264_with_two_second_key_frames()
     restreams.set(stream, vec![dest("yt", nginx.url("vp8-class"))]);
     wait_status(&mut events, "yt", Status::Live, Duration::from_secs(30)).await;
     sizes.push(published_size(&app, stream));
-    let probed = probe(nginx.url("vp8-class")).await;
+    let probed = probe_rtmp(nginx.url("vp8-class")).await;
     sizes.push(sent(&browser.stats("pub").await));
     assert_h264_aac(&probed, &sizes);
 
@@ -493,7 +464,7 @@ async fn measure_restream_cpu_and_start_time() {
         let server = (cpu_seconds("self") - server1) / secs;
         let child = (cpu_seconds(&pid) - child1) / secs;
         let status = status_of(&app, &stream, "d");
-        let probe = probe(nginx.url(&stream)).await;
+        let probe = probe_rtmp(nginx.url(&stream)).await;
         let video = stream_of(&probe, "video");
         eprintln!(
             "RESULT {codec}: set→first bytes {:.2} s; server {:.1} % → {:.1} % (+{:.1} %), ffmpeg {:.1} % of a core; \

@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use crate::support::*;
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 /// A `text/event-stream` read event by event.
@@ -79,12 +79,10 @@ impl Events {
 }
 
 async fn put(app: &TestApp, stream: &str, bearer: &str, body: Value) -> Resp {
-    app.send(
-        Method::PUT,
+    app.put(
         &format!("/v1/streams/{stream}/destinations"),
         Some(bearer),
-        Some(&body.to_string()),
-        &[],
+        body,
     )
     .await
 }
@@ -204,27 +202,7 @@ async fn an_instructor_restreams_a_class_through_the_api() {
         )
         .await;
 
-    let probe = tokio::task::spawn_blocking({
-        let url = url.clone();
-        move || {
-            let out = std::process::Command::new("ffprobe")
-                .args([
-                    "-v",
-                    "error",
-                    "-rw_timeout",
-                    "15000000",
-                    "-show_streams",
-                    "-of",
-                    "json",
-                    &url,
-                ])
-                .output()
-                .expect("ffprobe runs");
-            serde_json::from_slice::<Value>(&out.stdout).unwrap_or_default()
-        }
-    })
-    .await
-    .unwrap();
+    let probe = probe_rtmp(url.clone()).await;
     let codecs: Vec<&str> = probe["streams"]
         .as_array()
         .map(|s| s.iter().filter_map(|s| s["codec_name"].as_str()).collect())

@@ -141,6 +141,17 @@ impl TestApp {
         .await
     }
 
+    pub async fn put(&self, path: &str, bearer: Option<&str>, body: Value) -> Resp {
+        self.send(
+            reqwest::Method::PUT,
+            path,
+            bearer,
+            Some(&body.to_string()),
+            &[],
+        )
+        .await
+    }
+
     pub async fn credit(&self, user: &str, amount: i64) -> Resp {
         let r = self
             .post(

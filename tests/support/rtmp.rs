@@ -250,3 +250,48 @@ impl Drop for TlsFront {
         self.task.abort();
     }
 }
+
+/// ffprobe of a live RTMP URL: its streams (reads a few seconds at most).
+pub fn ffprobe_streams(url: &str) -> serde_json::Value {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-rw_timeout",
+            "15000000",
+            "-show_streams",
+            "-of",
+            "json",
+            url,
+        ])
+        .output()
+        .expect("ffprobe runs");
+    assert!(
+        out.status.success(),
+        "ffprobe {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("ffprobe JSON")
+}
+
+/// [`ffprobe_streams`] off the async runtime, until the answer has a video and
+/// an audio stream (at most 3 reads): a probe that joins the live stream just
+/// as it starts can see one track's first packets before the other's.
+pub async fn probe_rtmp(url: String) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    for _ in 0..3 {
+        let url = url.clone();
+        last = tokio::task::spawn_blocking(move || ffprobe_streams(&url))
+            .await
+            .unwrap();
+        let has = |kind: &str| {
+            last["streams"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|s| s["codec_type"] == kind))
+        };
+        if has("video") && has("audio") {
+            break;
+        }
+    }
+    last
+}
