@@ -1,0 +1,232 @@
+//! Calls end to end (issue 17): an instructor and a student open `/call/{id}` in
+//! Chromium, each decodes the other's video; mute and camera toggle the local
+//! tracks; the host removes the student (its sessions close, a new token is
+//! 403); the history says who was there and for how long, from the session
+//! records. And a 4-party call of aiortc peers forwards every pair.
+
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+fn frames(stats: &Value, from: &str) -> f64 {
+    num(&stats["remotes"][from]["framesDecoded"])
+}
+
+fn ms_of(v: &Value) -> i64 {
+    let t = time::OffsetDateTime::parse(
+        v.as_str().unwrap_or_else(|| panic!("not a time: {v}")),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn instructor_and_student_see_each_other_on_the_call_page() {
+    let _guard = media_lock().await;
+    init_tracing();
+    let app = api_app(Backend::Sqlite)
+        .config(|c| c.media.ice_tcp = false)
+        .spawn()
+        .await;
+    let (ines, sam) = (instructor("ines"), user("sam"));
+    let r = app
+        .post(
+            "/v1/calls",
+            Some(&ines),
+            json!({"participants": [{"user": "ines", "role": "host"}, {"user": "sam", "role": "participant"}]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let id = r.body["id"].as_str().unwrap().to_string();
+    let page = format!("{}/call/{id}", app.base);
+
+    let mut browser = Browser::launch().await;
+    let init = |t: &str| format!("sessionStorage.setItem('tandem.call.identity', {t:?});");
+    let opened = Instant::now();
+    browser.open_with_init("ines", &page, &init(&ines)).await;
+    browser.open_with_init("sam", &page, &init(&sam)).await;
+    browser
+        .wait_stats(
+            &["ines", "sam"],
+            "each page decoding the other's video",
+            Duration::from_secs(30),
+            |s| {
+                let (a, b) = (frames(&s[0], "sam"), frames(&s[1], "ines"));
+                if s[0]["state"] == "in-call" && s[1]["state"] == "in-call" && a > 10.0 && b > 10.0
+                {
+                    Ok(())
+                } else {
+                    Err(format!("{} / {}", s[0], s[1]))
+                }
+            },
+        )
+        .await;
+    let joined_in = opened.elapsed();
+    let first = browser.stats("sam").await;
+    eprintln!(
+        "both decoding {joined_in:?} after opening; sam's first frame {} ms after its join",
+        first["remotes"]["ines"]["firstFrameMs"]
+    );
+    // Connected now, as the server sees it.
+    let r = app.get(&format!("/v1/calls/{id}"), Some(&sam)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let parts = r.body["participants"].as_array().unwrap();
+    assert!(parts.iter().all(|p| p["connected"] == true), "{}", r.text);
+    assert!(r.body["started_at"].is_string(), "{}", r.text);
+
+    // Mute and camera off act on the local tracks.
+    browser
+        .eval("sam", "document.getElementById('mute').click(); document.getElementById('camera').click(); 1")
+        .await
+        .unwrap();
+    let s = browser.stats("sam").await;
+    assert_eq!((s["muted"].as_bool(), s["cameraOff"].as_bool()), (Some(true), Some(true)), "{s}");
+
+    // The host removes the student: its sessions close within 1 s, its page says
+    // so, a new token is 403.
+    let removed_at = Instant::now();
+    let r = app
+        .post(&format!("/v1/calls/{id}/participants/sam/remove"), Some(&ines), json!({}))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert!(num(&r.body["closed_sessions"]) >= 2.0, "publisher + view: {}", r.text);
+    let sam_stream = format!("call:{id}:sam");
+    eventually("sam's sessions closed", Duration::from_secs(1), || {
+        let open = app
+            .state()
+            .sfu
+            .sessions()
+            .iter()
+            .filter(|s| &*s.user == "sam" || *s.stream == *sam_stream)
+            .count();
+        async move { (open == 0).then_some(()).ok_or(format!("{open} open")) }
+    })
+    .await;
+    eprintln!("removal closed sam's sessions in {:?}", removed_at.elapsed());
+    let r = app
+        .post(&format!("/v1/calls/{id}/token"), Some(&sam), json!({}))
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+    browser
+        .wait_stats(&["sam"], "sam's page saying removed", Duration::from_secs(10), |s| {
+            (s[0]["state"] == "removed").then_some(()).ok_or(s[0].to_string())
+        })
+        .await;
+
+    // The host leaves: the last one out ends the call.
+    let left_at = tandem::api::now_ms();
+    browser.eval("ines", "window.tandem.leave(); 1").await.unwrap();
+    let call = eventually("the call ended by the last leave", Duration::from_secs(10), || {
+        let app = &app;
+        let (id, ines) = (&id, &ines);
+        async move {
+            let r = app.get("/v1/calls?limit=5", Some(ines)).await;
+            let call = r.body["calls"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["id"] == id.as_str()).cloned())
+                .unwrap_or(Value::Null);
+            if call["end_reason"] == "last_left" {
+                Ok(call)
+            } else {
+                Err(r.text)
+            }
+        }
+    })
+    .await;
+    browser.quit().await;
+
+    // History: both with their times, from the session records.
+    let started = ms_of(&call["started_at"]);
+    let ended = ms_of(&call["ended_at"]);
+    assert!((ended - left_at).abs() < 1500, "ended {ended} vs left {left_at}");
+    let duration = call["duration_seconds"].as_f64().unwrap();
+    assert!(
+        (duration - (ended - started) as f64 / 1000.0).abs() < 0.01,
+        "{call}"
+    );
+    let truth = joined_in.as_secs_f64() + removed_at.elapsed().as_secs_f64();
+    assert!(duration > 1.0 && duration < truth + 2.0, "duration {duration}, about {truth}");
+    let by = |u: &str| {
+        call["participants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["user"] == u)
+            .cloned()
+            .unwrap()
+    };
+    let (pi, ps) = (by("ines"), by("sam"));
+    assert_eq!(ms_of(&pi["joined_at"]), started.min(ms_of(&pi["joined_at"])));
+    assert!(ms_of(&ps["left_at"]) < ms_of(&pi["left_at"]), "{call}");
+    assert!(ps["removed_at"].is_string(), "{call}");
+    assert!((ms_of(&pi["left_at"]) - ended).abs() < 1500, "{call}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_four_party_call_forwards_every_pair() {
+    let _guard = media_lock().await;
+    init_tracing();
+    let app = api_app(Backend::Sqlite)
+        .config(|c| c.media.ice_tcp = false)
+        .spawn()
+        .await;
+    let users = ["p0", "p1", "p2", "p3"];
+    let participants: Vec<Value> = users
+        .iter()
+        .enumerate()
+        .map(|(i, u)| json!({"user": u, "role": if i == 0 { "host" } else { "participant" }}))
+        .collect();
+    let r = app
+        .post("/v1/calls", Some(SERVICE_KEY), json!({"participants": participants}))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let id = r.body["id"].as_str().unwrap().to_string();
+
+    let mut publishers = Vec::new();
+    let mut viewers = Vec::new();
+    for u in users {
+        let r = app
+            .post(&format!("/v1/calls/{id}/token"), Some(&user(u)), json!({}))
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        let token = r.body["token"].as_str().unwrap().to_string();
+        let whip = r.body["whip_url"].as_str().unwrap().to_string();
+        let mut p = PyPeer::spawn(
+            &format!("publisher({u})"),
+            "publisher.py",
+            &["--url", &whip, "--token", &token],
+        );
+        p.wait_event("connected", Duration::from_secs(30)).await;
+        publishers.push(p);
+        for (other, url) in r.body["whep_urls"].as_object().unwrap() {
+            let v = PyPeer::spawn(
+                &format!("{u} views {other}"),
+                "viewer.py",
+                &["--url", url.as_str().unwrap(), "--token", &token, "--frames", "20"],
+            );
+            viewers.push(v);
+        }
+    }
+    assert_eq!(viewers.len(), 12, "every ordered pair");
+    for v in &mut viewers {
+        v.wait_event("reached", Duration::from_secs(60)).await;
+    }
+    for mut v in viewers {
+        let done = v.done(Duration::from_secs(30)).await;
+        assert_eq!(done["ok"], true, "{done}");
+    }
+    let r = app.get(&format!("/v1/calls/{id}"), Some(SERVICE_KEY)).await;
+    let connected = r.body["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["connected"] == true)
+        .count();
+    assert_eq!(connected, 4, "{}", r.text);
+    for p in publishers {
+        p.stop(Duration::from_secs(15)).await;
+    }
+}
