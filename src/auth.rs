@@ -64,9 +64,7 @@ impl MediaClaims {
             Some(s) => s
                 .strip_suffix('*')
                 .filter(|prefix| prefix.starts_with("call:") && prefix.ends_with(':'))
-                .is_some_and(|prefix| {
-                    stream.len() > prefix.len() && stream.starts_with(prefix)
-                }),
+                .is_some_and(|prefix| stream.len() > prefix.len() && stream.starts_with(prefix)),
             None => false,
         }
     }

@@ -199,7 +199,14 @@ pub struct Removed {
     pub closed_sessions: usize,
 }
 
-type CallRow = (String, String, i64, Option<i64>, Option<i64>, Option<String>);
+type CallRow = (
+    String,
+    String,
+    i64,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+);
 type MemberRow = (String, String, Option<i64>);
 
 /// The stream a participant publishes.
@@ -336,7 +343,9 @@ pub async fn create(
         .await?;
     }
     tx.commit().await?;
-    let call = load_out(&state, &id).await?.ok_or_else(AppError::internal)?;
+    let call = load_out(&state, &id)
+        .await?
+        .ok_or_else(AppError::internal)?;
     Ok((StatusCode::CREATED, axum::Json(call)).into_response())
 }
 
@@ -498,9 +507,7 @@ pub async fn token(
     let base = &state.public_url;
     let whep_urls = rows
         .iter()
-        .filter(|(u, r, removed)| {
-            *u != me.user && r.as_str() != "audience" && removed.is_none()
-        })
+        .filter(|(u, r, removed)| *u != me.user && r.as_str() != "audience" && removed.is_none())
         .map(|(u, _, _)| (u.clone(), format!("{base}/v1/whep/{}", stream_of(&id, u))))
         .collect();
     let ws_base = base
@@ -593,7 +600,9 @@ pub async fn end(
     let closed = close_sessions(&state, &id, None).await;
     tracing::info!(call = %id, closed, "call ended by its host");
     Ok(axum::Json(
-        load_out(&state, &id).await?.ok_or_else(AppError::internal)?,
+        load_out(&state, &id)
+            .await?
+            .ok_or_else(AppError::internal)?,
     ))
 }
 
@@ -770,7 +779,10 @@ pub async fn record_start(db: &Db, s: &SessionSummary) -> Result<(), sqlx::Error
     .await?;
     if let Some((id, _)) = parse_stream(&s.stream) {
         sqlx::query(
-            "UPDATE calls SET started_at = $1 WHERE id = $2 AND started_at IS NULL AND ended_at IS NULL",
+            // The earliest start: two sessions' starts may reach the recorder
+            // out of order.
+            "UPDATE calls SET started_at = $1 WHERE id = $2 AND ended_at IS NULL \
+             AND (started_at IS NULL OR started_at > $1)",
         )
         .bind(s.started_at_ms)
         .bind(id)

@@ -61,8 +61,12 @@ async fn three_party(app: &TestApp) -> String {
 }
 
 async fn call_token(app: &TestApp, id: &str, who: &str) -> Resp {
-    app.post(&format!("/v1/calls/{id}/token"), Some(&user(who)), json!({}))
-        .await
+    app.post(
+        &format!("/v1/calls/{id}/token"),
+        Some(&user(who)),
+        json!({}),
+    )
+    .await
 }
 
 async fn create_validates_and_stores_nothing_on_bad_input(backend: Backend) {
@@ -144,7 +148,12 @@ async fn tokens_follow_roles_and_the_hook_enforces_them(backend: Backend) {
     // The others who publish; never the audience, never oneself.
     let wheps = host.body["whep_urls"].as_object().unwrap();
     assert_eq!(wheps.len(), 1, "{}", host.text);
-    assert!(wheps["sam"].as_str().unwrap().ends_with(&format!("/v1/whep/call:{id}:sam")));
+    assert!(
+        wheps["sam"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("/v1/whep/call:{id}:sam"))
+    );
 
     let sam = call_token(&app, &id, "sam").await;
     assert_eq!(sam.status, StatusCode::OK, "{}", sam.text);
@@ -282,7 +291,9 @@ async fn history_and_show(backend: Backend) {
     assert!(ids.contains(&first.as_str()) && ids.contains(&second.as_str()));
     let r = app.get("/v1/calls?user=ines", Some(&user("sam"))).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
-    let r = app.get("/v1/calls?user=ines&limit=1", Some(SERVICE_KEY)).await;
+    let r = app
+        .get("/v1/calls?user=ines&limit=1", Some(SERVICE_KEY))
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.body["calls"].as_array().unwrap().len(), 1);
     let r = app.get("/v1/calls", Some(SERVICE_KEY)).await;
@@ -293,14 +304,24 @@ async fn history_and_show(backend: Backend) {
     assert_eq!(r.body["calls"].as_array().unwrap().len(), 0);
 
     // One call: participants and service key; nobody connected, never started.
-    let r = app.get(&format!("/v1/calls/{first}"), Some(&user("ada"))).await;
+    let r = app
+        .get(&format!("/v1/calls/{first}"), Some(&user("ada")))
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let parts = r.body["participants"].as_array().unwrap();
     assert_eq!(parts.len(), 3);
-    assert!(parts.iter().all(|p| p["connected"] == false && p["joined_at"].is_null()));
+    assert!(
+        parts
+            .iter()
+            .all(|p| p["connected"] == false && p["joined_at"].is_null())
+    );
     assert!(r.body["duration_seconds"].is_null());
-    let r = app.get(&format!("/v1/calls/{first}"), Some(SERVICE_KEY)).await;
+    let r = app
+        .get(&format!("/v1/calls/{first}"), Some(SERVICE_KEY))
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    let r = app.get(&format!("/v1/calls/{first}"), Some(&user("mallory"))).await;
+    let r = app
+        .get(&format!("/v1/calls/{first}"), Some(&user("mallory")))
+        .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
 }
