@@ -15,7 +15,8 @@
 //!   connected now.
 //! - `POST /v1/calls/{id}/end` (host, service key) and
 //!   `POST /v1/calls/{id}/participants/{user}/remove` (host, service key;
-//!   an extension, docs/API_NOTES.md): close the sessions and refuse new ones.
+//!   an extension, docs/API_NOTES.md): close the sessions and refuse new ones;
+//!   the user (every participant, for the end) leaves the call's sync room.
 //!
 //! When each participant was connected is not stored here: it is read from
 //! `media_sessions`, the server's own session records. The session recorder
@@ -598,6 +599,17 @@ pub async fn end(
     }
     tx.commit().await?;
     let closed = close_sessions(&state, &id, None).await;
+    for (user, _, _) in &rows {
+        state
+            .rooms
+            .evict(
+                &format!("call:{id}"),
+                user,
+                "call_ended",
+                "the host ended the call",
+            )
+            .await;
+    }
     tracing::info!(call = %id, closed, "call ended by its host");
     Ok(axum::Json(
         load_out(&state, &id)
@@ -669,6 +681,15 @@ pub async fn remove(
     .fetch_optional(&state.db.pool)
     .await?;
     let closed_sessions = close_sessions(&state, &id, Some(&user)).await;
+    state
+        .rooms
+        .evict(
+            &format!("call:{id}"),
+            &user,
+            "removed",
+            "the host removed you from this call",
+        )
+        .await;
     tracing::info!(call = %id, closed_sessions, "participant removed by the host");
     Ok(axum::Json(Removed {
         user,

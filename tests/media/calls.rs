@@ -2,7 +2,9 @@
 //! Chromium, each decodes the other's video; mute and camera toggle the local
 //! tracks; the host removes the student (its sessions close, a new token is
 //! 403); the history says who was there and for how long, from the session
-//! records. And a 4-party call of aiortc peers forwards every pair.
+//! records. A 4-party call of aiortc peers forwards every pair; a participant
+//! killed with SIGKILL is recorded as left when its session times out, and the
+//! last one's timeout ends the call.
 
 use std::time::{Duration, Instant};
 
@@ -302,4 +304,100 @@ async fn a_four_party_call_forwards_every_pair() {
     for p in publishers {
         p.stop(Duration::from_secs(15)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_participant_is_recorded_as_left_and_the_last_ends_the_call() {
+    let _guard = media_lock().await;
+    init_tracing();
+    const IDLE_MS: i64 = 2000;
+    let app = api_app(Backend::Sqlite)
+        .config(|c| {
+            c.media.ice_tcp = false;
+            c.media.idle_timeout_seconds = (IDLE_MS / 1000) as u64;
+        })
+        .spawn()
+        .await;
+    let r = app
+        .post(
+            "/v1/calls",
+            Some(SERVICE_KEY),
+            json!({"participants": [{"user": "ines", "role": "host"}, {"user": "sam", "role": "participant"}]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let id = r.body["id"].as_str().unwrap().to_string();
+    let mut peers = Vec::new();
+    for u in ["ines", "sam"] {
+        let r = app
+            .post(&format!("/v1/calls/{id}/token"), Some(&user(u)), json!({}))
+            .await;
+        let token = r.body["token"].as_str().unwrap().to_string();
+        let whip = r.body["whip_url"].as_str().unwrap().to_string();
+        let mut p = PyPeer::spawn(u, "publisher.py", &["--url", &whip, "--token", &token]);
+        p.wait_event("connected", Duration::from_secs(30)).await;
+        peers.push(p);
+    }
+    let kill = |p: &PyPeer| {
+        let status = std::process::Command::new("kill")
+            .args(["-9", &p.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        tandem::api::now_ms()
+    };
+    let participant = |call: &Value, u: &str| {
+        call["participants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["user"] == u)
+            .cloned()
+            .unwrap()
+    };
+    // sam's process dies without a word: its session times out, its leave is
+    // recorded, the call goes on.
+    let sam_killed = kill(&peers[1]);
+    let call = eventually("sam recorded as left", Duration::from_secs(15), || async {
+        let call = app
+            .get(&format!("/v1/calls/{id}"), Some(SERVICE_KEY))
+            .await
+            .body;
+        let sam = participant(&call, "sam");
+        if sam["left_at"].is_string() {
+            Ok(call)
+        } else {
+            Err(call.to_string())
+        }
+    })
+    .await;
+    let left = ms_of(&participant(&call, "sam")["left_at"]);
+    assert!(
+        left >= sam_killed && left <= sam_killed + IDLE_MS + 1500,
+        "left {left}, killed {sam_killed}"
+    );
+    assert!(call["ended_at"].is_null(), "ines is still in: {call}");
+    assert_eq!(participant(&call, "ines")["connected"], true, "{call}");
+
+    // The last one dies too: the call ends, `last_left`, at its timeout.
+    let ines_killed = kill(&peers[0]);
+    let call = eventually("the call ended", Duration::from_secs(15), || async {
+        let call = app
+            .get(&format!("/v1/calls/{id}"), Some(SERVICE_KEY))
+            .await
+            .body;
+        if call["end_reason"] == "last_left" {
+            Ok(call)
+        } else {
+            Err(call.to_string())
+        }
+    })
+    .await;
+    let ended = ms_of(&call["ended_at"]);
+    assert!(
+        ended >= ines_killed && ended <= ines_killed + IDLE_MS + 1500,
+        "ended {ended}, killed {ines_killed}"
+    );
+    assert_eq!(ms_of(&participant(&call, "ines")["left_at"]), ended);
+    assert!(call["duration_seconds"].as_f64().unwrap() > 0.0, "{call}");
 }
