@@ -80,7 +80,28 @@ async fn instructor_and_student_see_each_other_on_the_call_page() {
     assert!(parts.iter().all(|p| p["connected"] == true), "{}", r.text);
     assert!(r.body["started_at"].is_string(), "{}", r.text);
 
-    // Mute and camera off act on the local tracks.
+    // Mute and camera off act on the local tracks, and the other side sees (and
+    // hears) it: black frames, silence.
+    let mut last_energy = None;
+    browser
+        .wait_stats(
+            &["ines"],
+            "sam's picture and sound at ines",
+            Duration::from_secs(10),
+            |s| {
+                let sam = &s[0]["remotes"]["sam"];
+                let energy = num(&sam["audioEnergy"]);
+                let louder = last_energy.is_some_and(|e| energy > e);
+                last_energy = Some(energy);
+                if num(&sam["brightness"]) > 20.0 && louder {
+                    eprintln!("sam at ines before: {sam}");
+                    Ok(())
+                } else {
+                    Err(sam.to_string())
+                }
+            },
+        )
+        .await;
     browser
         .eval(
             "sam",
@@ -94,6 +115,34 @@ async fn instructor_and_student_see_each_other_on_the_call_page() {
         (Some(true), Some(true)),
         "{s}"
     );
+    let mut quiet: Option<(f64, Instant)> = None;
+    browser
+        .wait_stats(
+            &["ines"],
+            "sam black and silent at ines",
+            Duration::from_secs(10),
+            |s| {
+                let sam = &s[0]["remotes"]["sam"];
+                let energy = num(&sam["audioEnergy"]);
+                // Silent: no energy added for a whole second.
+                let silent = match quiet {
+                    Some((e, since)) if (energy - e).abs() < 1e-6 => {
+                        since.elapsed() >= Duration::from_secs(1)
+                    }
+                    _ => {
+                        quiet = Some((energy, Instant::now()));
+                        false
+                    }
+                };
+                if num(&sam["brightness"]) < 8.0 && silent {
+                    eprintln!("sam at ines muted, camera off: {sam}");
+                    Ok(())
+                } else {
+                    Err(sam.to_string())
+                }
+            },
+        )
+        .await;
 
     // The host removes the student: its sessions close within 1 s, its page says
     // so, a new token is 403.
