@@ -450,3 +450,154 @@ async fn a_killed_participant_is_recorded_as_left_and_the_last_ends_the_call() {
     assert_eq!(ms_of(&participant(&call, "ines")["left_at"]), ended);
     assert!(call["duration_seconds"].as_f64().unwrap() > 0.0, "{call}");
 }
+
+/// utime + stime of this process (the server under test), in seconds.
+fn server_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    // After the command name: utime and stime are fields 14 and 15 (1-based).
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i)?.parse::<f64>().ok())
+        .sum();
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// docs/PERFORMANCE.md "Calls (issue 17)": join → first remote frame over 20
+/// joins of a Chromium student into a call whose instructor stays, and the
+/// server's CPU during a call of 2 (Chromium) and of 4 (aiortc). Not a check:
+/// `cargo test --test media calls::measure -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore]
+async fn measure() {
+    let _guard = media_lock().await;
+    let app = api_app(Backend::Sqlite)
+        .config(|c| c.media.ice_tcp = false)
+        .spawn()
+        .await;
+    let (ines, sam) = (instructor("ines"), user("sam"));
+    let r = app
+        .post(
+            "/v1/calls",
+            Some(&ines),
+            json!({"participants": [{"user": "ines", "role": "host"}, {"user": "sam", "role": "participant"}]}),
+        )
+        .await;
+    let id = r.body["id"].as_str().unwrap().to_string();
+    let page = format!("{}/call/{id}", app.base);
+    let init = |t: &str| format!("sessionStorage.setItem('tandem.call.identity', {t:?});");
+    let mut browser = Browser::launch().await;
+    browser.open_with_init("ines", &page, &init(&ines)).await;
+    let mut joins = Vec::new();
+    for _ in 0..20 {
+        browser.open_with_init("sam", &page, &init(&sam)).await;
+        let ms = browser
+            .wait_stats(
+                &["sam"],
+                "sam's first frame",
+                Duration::from_secs(30),
+                |s| {
+                    s[0]["remotes"]["ines"]["firstFrameMs"]
+                        .as_f64()
+                        .ok_or(s[0].to_string())
+                },
+            )
+            .await;
+        joins.push(ms);
+        browser
+            .eval("sam", "(window.tandem.leave(), 1)")
+            .await
+            .unwrap();
+        browser.close("sam").await;
+    }
+    joins.sort_by(f64::total_cmp);
+    eprintln!(
+        "join → first remote frame over {} joins: p50 {:.0} ms, p95 {:.0} ms, max {:.0} ms",
+        joins.len(),
+        percentile(&joins, 0.5),
+        percentile(&joins, 0.95),
+        joins[joins.len() - 1]
+    );
+
+    // A call of 2 (Chromium, 640×360): the server's CPU over 15 s.
+    browser.open_with_init("sam", &page, &init(&sam)).await;
+    browser
+        .wait_stats(&["sam"], "sam decoding", Duration::from_secs(30), |s| {
+            (frames(&s[0], "ines") > 30.0)
+                .then_some(())
+                .ok_or(s[0].to_string())
+        })
+        .await;
+    let (cpu0, t0) = (server_cpu_seconds(), Instant::now());
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let two = (server_cpu_seconds() - cpu0) / t0.elapsed().as_secs_f64() * 100.0;
+    eprintln!("server CPU, call of 2 (Chromium): {two:.1} % of a core");
+    browser.quit().await;
+
+    // A call of N (aiortc: N publishers, N·(N−1) viewers; CALL_MEASURE_N, default
+    // 4): the server's CPU over 10 s.
+    let n: usize = std::env::var("CALL_MEASURE_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    let users: Vec<String> = (0..n).map(|i| format!("p{i}")).collect();
+    let participants: Vec<Value> = users
+        .iter()
+        .map(|u| json!({"user": u, "role": "host"}))
+        .collect();
+    let r = app
+        .post(
+            "/v1/calls",
+            Some(SERVICE_KEY),
+            json!({"participants": participants}),
+        )
+        .await;
+    let id = r.body["id"].as_str().unwrap().to_string();
+    // Every publisher first, then the views: on 2 shared cores, 56 aiortc
+    // viewers started beside the publishers starve them.
+    let mut peers = Vec::new();
+    let mut views = Vec::new();
+    for u in &users {
+        let r = app
+            .post(&format!("/v1/calls/{id}/token"), Some(&user(u)), json!({}))
+            .await;
+        let token = r.body["token"].as_str().unwrap().to_string();
+        let whip = r.body["whip_url"].as_str().unwrap().to_string();
+        let mut p = PyPeer::spawn(u, "publisher.py", &["--url", &whip, "--token", &token]);
+        p.wait_event("connected", Duration::from_secs(30)).await;
+        peers.push(p);
+        for (other, url) in r.body["whep_urls"].as_object().unwrap() {
+            views.push((
+                format!("{u}→{other}"),
+                url.as_str().unwrap().to_string(),
+                token.clone(),
+            ));
+        }
+    }
+    for (name, url, token) in &views {
+        let args = ["--url", url, "--token", token, "--frames", "1"];
+        let extra = ["--min-seconds", "60", "--duration", "120"];
+        let all: Vec<&str> = args.iter().chain(extra.iter()).copied().collect();
+        peers.push(PyPeer::spawn(name, "viewer.py", &all));
+    }
+    for p in peers.iter_mut().filter(|p| p.events.is_empty()) {
+        p.wait_event("first_frame", Duration::from_secs(110)).await;
+    }
+    let (cpu0, t0) = (server_cpu_seconds(), Instant::now());
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let cpu = (server_cpu_seconds() - cpu0) / t0.elapsed().as_secs_f64() * 100.0;
+    eprintln!(
+        "server CPU, call of {n} (aiortc, {} views): {cpu:.1} % of a core",
+        n * (n - 1)
+    );
+}
