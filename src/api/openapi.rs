@@ -378,6 +378,8 @@ mod tests {
         "/web/{file}",
         "/replay/{stream}",
         "/vendor/{file}",
+        "/restream",
+        "/call/{id}",
     ];
 
     /// Every `.route("…"` path literal in the crate's sources (the router is built
