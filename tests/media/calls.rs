@@ -2,7 +2,7 @@
 //! Chromium, each decodes the other's video; mute and camera toggle the local
 //! tracks; the host removes the student (its sessions close, a new token is
 //! 403); the history says who was there and for how long, from the session
-//! records. A 4-party call of aiortc peers forwards every pair; a participant
+//! records; the page says plainly "not invited" and "ended". A 4-party call of aiortc peers forwards every pair; a participant
 //! killed with SIGKILL is recorded as left when its session times out, and the
 //! last one's timeout ends the call.
 
@@ -221,6 +221,39 @@ async fn instructor_and_student_see_each_other_on_the_call_page() {
         },
     )
     .await;
+    // The page's plain errors: someone not invited, and the call ended.
+    let says = |state: &'static str| {
+        move |s: &[Value]| -> Result<String, String> {
+            if s[0]["state"] == state {
+                Ok(s[0]["error"].as_str().unwrap_or("").to_string())
+            } else {
+                Err(s[0].to_string())
+            }
+        }
+    };
+    browser
+        .open_with_init("mallory", &page, &init(&user("mallory")))
+        .await;
+    let message = browser
+        .wait_stats(
+            &["mallory"],
+            "not invited",
+            Duration::from_secs(10),
+            says("not-invited"),
+        )
+        .await;
+    assert!(message.contains("not invited"), "{message}");
+    browser.close("ines").await;
+    browser.open_with_init("ines", &page, &init(&ines)).await;
+    let message = browser
+        .wait_stats(
+            &["ines"],
+            "call ended",
+            Duration::from_secs(10),
+            says("ended"),
+        )
+        .await;
+    assert!(message.contains("ended"), "{message}");
     browser.quit().await;
 
     // History: both with their times, from the session records.
