@@ -1,9 +1,10 @@
 //! The business side of WHIP/WHEP session starts: a viewer token minted for an
 //! enrollment is re-checked against it, and the owner's WHIP may start the stream.
 //!
-//! Called from `whip.rs` after the media token itself was verified. Streams that
-//! are not business streams (demo, calls, rooms) pass through untouched, and so do
-//! operator tokens for any stream (`stream: "*"`).
+//! Called from `whip.rs` after the media token itself was verified. A call's
+//! streams (`call:{id}:{user}`) and room (`call:{id}`) are checked by
+//! `calls`. Streams that are not business streams (demo, rooms) pass through
+//! untouched, and so do operator tokens for any stream (`stream: "*"`).
 
 use axum::http::StatusCode;
 use tandem_media::SessionKind;
