@@ -56,7 +56,17 @@ pub struct MediaClaims {
 
 impl MediaClaims {
     pub fn allows_stream(&self, stream: &str) -> bool {
-        matches!(self.stream.as_deref(), Some(s) if s == stream || s == "*")
+        match self.stream.as_deref() {
+            Some(s) if s == stream || s == "*" => true,
+            // A call token (`api::calls`) names every stream of its call,
+            // `call:{id}:*`; which one it may publish is checked at the session
+            // start (`api::calls::check_session`).
+            Some(s) => s
+                .strip_suffix('*')
+                .filter(|prefix| prefix.starts_with("call:") && prefix.ends_with(':'))
+                .is_some_and(|prefix| stream.len() > prefix.len() && stream.starts_with(prefix)),
+            None => false,
+        }
     }
     pub fn allows_room(&self, room: &str) -> bool {
         matches!(self.room.as_deref(), Some(r) if r == room || r == "*")

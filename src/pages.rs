@@ -81,6 +81,12 @@ const ASSETS: &[(&str, &str, &str)] = &[
         "text/html; charset=utf-8",
         include_str!("../web/restream.html"),
     ),
+    // Issue 17: a call (/call/{id}).
+    (
+        "call.html",
+        "text/html; charset=utf-8",
+        include_str!("../web/call.html"),
+    ),
 ];
 
 /// Third-party files under `/vendor/` (see web/vendor/README.md for versions and licences).
@@ -111,6 +117,7 @@ pub fn routes() -> Router<AppState> {
         .route("/streams", get(|| async { asset("streams.html") }))
         .route("/replay/{stream}", get(|| async { asset("replay.html") }))
         .route("/restream", get(|| async { asset("restream.html") }))
+        .route("/call/{id}", get(|| async { asset("call.html") }))
         .route(
             "/web/{file}",
             get(|Path(file): Path<String>| async move { asset(&file) }),

@@ -519,6 +519,19 @@ impl SessionRecorder {
                         let _ = done.send(());
                         continue;
                     }
+                    // A call's sessions: the row and the call's state change
+                    // in one transaction (api::calls).
+                    SessionEvent::Started(s) if crate::api::calls::parse_stream(&s.stream).is_some() => {
+                        crate::api::calls::record_start(&db, &s).await
+                    }
+                    SessionEvent::Ended(s) if crate::api::calls::parse_stream(&s.stream).is_some() => {
+                        let at = now_ms();
+                        match crate::api::calls::record_end(&db, &s, at).await {
+                            Ok(()) => Ok(()),
+                            // Kept for the retry of plain ends: the row's end at least.
+                            Err(_) => ends.end(&db, s.id.to_string(), at).await,
+                        }
+                    }
                     SessionEvent::Started(s) => sqlx::query(
                         "INSERT INTO media_sessions (id, stream, kind, user_id, started_at) VALUES ($1, $2, $3, $4, $5)",
                     )

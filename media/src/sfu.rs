@@ -343,6 +343,17 @@ impl Sfu {
             .unwrap_or(false)
     }
 
+    /// Every live session (publishers and viewers): a call's host removing a
+    /// participant closes that user's sessions across the call's streams.
+    pub fn sessions(&self) -> Vec<SessionSummary> {
+        self.shared
+            .registry
+            .sessions
+            .iter()
+            .map(|e| e.summary.clone())
+            .collect()
+    }
+
     /// Sessions held by the media token with this `jti` (limited or not).
     pub fn sessions_of_token(&self, jti: &str) -> usize {
         self.shared.registry.admission.of_token(jti)

@@ -1,9 +1,10 @@
 //! The business side of WHIP/WHEP session starts: a viewer token minted for an
 //! enrollment is re-checked against it, and the owner's WHIP may start the stream.
 //!
-//! Called from `whip.rs` after the media token itself was verified. Streams that
-//! are not business streams (demo, calls, rooms) pass through untouched, and so do
-//! operator tokens for any stream (`stream: "*"`).
+//! Called from `whip.rs` after the media token itself was verified. A call's
+//! streams (`call:{id}:{user}`) and room (`call:{id}`) are checked by
+//! `calls`. Streams that are not business streams (demo, rooms) pass through
+//! untouched, and so do operator tokens for any stream (`stream: "*"`).
 
 use axum::http::StatusCode;
 use tandem_media::SessionKind;
@@ -25,6 +26,10 @@ pub async fn check_session(
     stream: &str,
     kind: SessionKind,
 ) -> AppResult<()> {
+    // A call's streams (`call:{id}:{user}`) have their own rules (api::calls).
+    if super::calls::parse_stream(stream).is_some() {
+        return super::calls::check_session(state, claims, stream, kind).await;
+    }
     let mut conn = state.db.pool.acquire().await?;
     let row: Option<StreamRow> = sqlx::query_as(&format!(
         "SELECT {} FROM streams WHERE id = $1",
@@ -85,6 +90,9 @@ pub async fn check_session(
 /// session, `POST …/end` may have run and closed the sessions it found). The
 /// caller then closes the new session and answers 409 `stream_closed`.
 pub async fn closed_meanwhile(state: &AppState, stream: &str) -> AppResult<Option<AppError>> {
+    if super::calls::parse_stream(stream).is_some() {
+        return super::calls::closed_meanwhile(state, stream).await;
+    }
     let mut conn = state.db.pool.acquire().await?;
     let status: Option<(streams::StreamStatus,)> =
         sqlx::query_as("SELECT status FROM streams WHERE id = $1")
@@ -173,6 +181,13 @@ pub async fn room_access(
     user: &str,
     role: Option<&str>,
 ) -> AppResult<RoomAccess> {
+    // A call's room admits its participants (not removed) while it runs.
+    if let Some(call) = room.strip_prefix("call:") {
+        return Ok(match super::calls::room_staff(state, call, user).await? {
+            true => RoomAccess::Staff,
+            false => RoomAccess::Enrolled,
+        });
+    }
     let mut conn = state.db.pool.acquire().await?;
     let owner: Option<(String,)> =
         sqlx::query_as("SELECT instructor_id FROM streams WHERE id = $1")

@@ -17,6 +17,8 @@
 //! - [`replay`]: the signed replay URL, the recording's files, the thumbnail.
 //! - [`destinations`]: a stream's restream destinations, their live status and
 //!   when the pushes run (go-live, end, server start).
+//! - [`calls`]: calls (issue 17): participants and roles, call tokens, history
+//!   from the session records, end and removal.
 //! - [`access`]: the WHIP/WHEP hook (enrollment re-check, WHIP starts a stream)
 //!   and the room gate.
 //! - [`jobs`]: replay expiry, recording cleanup, catalog migration, key pruning.
@@ -28,6 +30,7 @@
 //! `jobs` and `openapi` the top); this file only gathers the routes.
 
 pub mod access;
+pub mod calls;
 pub mod common;
 pub mod destinations;
 pub mod enrollment;
@@ -59,6 +62,7 @@ pub fn routes() -> Router<AppState> {
         .merge(enrollment::routes())
         .merge(replay::routes())
         .merge(destinations::routes())
+        .merge(calls::routes())
         .merge(openapi::routes())
         .route_layer(axum::middleware::from_fn(crate::text::refuse_control_chars))
 }

@@ -25,12 +25,6 @@ pub const NOT_BUILT: &[(&str, &str)] = &[
     ("PUT", "/v1/streams/{id}/discord"),
     ("GET", "/v1/streams/{id}/discord"),
     ("GET", "/v1/streams/{id}/discord/members"),
-    // Calls.
-    ("POST", "/v1/calls"),
-    ("GET", "/v1/calls"),
-    ("POST", "/v1/calls/{id}/token"),
-    ("POST", "/v1/calls/{id}/end"),
-    ("GET", "/v1/calls/{id}"),
     // Platform fan-out and meetings.
     // Operations: clustering.
     ("GET", "/v1/cluster/nodes"),

@@ -12,7 +12,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{self, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use super::{destinations, enrollment, ledger, media_streams, replay, stream_keys, streams};
+use super::{calls, destinations, enrollment, ledger, media_streams, replay, stream_keys, streams};
 use crate::platforms::{connections, meetings, oauth};
 use crate::state::AppState;
 
@@ -66,6 +66,12 @@ pub fn routes() -> axum::Router<AppState> {
         oauth::callback,
         meetings::create,
         meetings::show,
+        calls::create,
+        calls::history,
+        calls::show,
+        calls::token,
+        calls::end,
+        calls::remove,
     ),
     modifiers(&Extras),
     tags(
@@ -76,6 +82,7 @@ pub fn routes() -> axum::Router<AppState> {
         (name = "replay", description = "recordings: the signed HLS replay, its files, thumbnails"),
         (name = "restream", description = "a stream's restream destinations and their live status"),
         (name = "platforms", description = "platform connections (stream keys, OAuth) and meetings"),
+        (name = "calls", description = "calls: participants, call tokens, history, end, removal"),
         (name = "rooms", description = "Watch Together rooms: tokens, WebSocket, videos"),
         (name = "operations", description = "health and metrics"),
     )
@@ -371,6 +378,8 @@ mod tests {
         "/web/{file}",
         "/replay/{stream}",
         "/vendor/{file}",
+        "/restream",
+        "/call/{id}",
     ];
 
     /// Every `.route("…"` path literal in the crate's sources (the router is built

@@ -116,7 +116,7 @@ fn concrete(path: &str) -> String {
 #[tokio::test]
 async fn contract_routes_not_built_yet_answer_501_with_their_methods() {
     let app = bare_app().await;
-    assert!(tandem::api::not_built::NOT_BUILT.len() >= 10);
+    assert!(!tandem::api::not_built::NOT_BUILT.is_empty());
     for &(method, path) in tandem::api::not_built::NOT_BUILT {
         for prefix in ["", "/.proxy"] {
             let url = format!("{prefix}{}", concrete(path));

@@ -9,6 +9,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod calls;
 mod destinations;
 mod enrollment;
 mod first_hour;

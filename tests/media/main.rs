@@ -11,6 +11,7 @@ mod support;
 
 mod aiortc;
 mod browser;
+mod calls;
 mod codecs;
 mod config;
 mod continuity;
