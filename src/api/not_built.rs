@@ -25,7 +25,6 @@ pub const NOT_BUILT: &[(&str, &str)] = &[
     ("PUT", "/v1/streams/{id}/discord"),
     ("GET", "/v1/streams/{id}/discord"),
     ("GET", "/v1/streams/{id}/discord/members"),
-    // Platform fan-out and meetings.
     // Operations: clustering.
     ("GET", "/v1/cluster/nodes"),
 ];
