@@ -89,10 +89,10 @@ pub async fn token(
     let body: TokenBody = crate::api::common::parse_json(&headers, &body)?;
     let code = body.code.trim();
     if code.is_empty() || code.len() > 512 || !crate::text::is_clean_line(code) {
-        return Err(
-            AppError::bad_request("code: the authorization code from the SDK's authorize()")
-                .with("field", "code"),
-        );
+        return Err(AppError::bad_request(
+            "code: the authorization code from the SDK's authorize()",
+        )
+        .with("field", "code"));
     }
     let instance = body.instance_id.unwrap_or_default();
     let room = format!("{PREFIX}{instance}");
@@ -120,11 +120,7 @@ pub async fn token(
         .clone()
         .filter(|n| !n.trim().is_empty())
         .unwrap_or_else(|| user.username.clone());
-    let name: String = name
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(64)
-        .collect();
+    let name: String = name.chars().filter(|c| !c.is_control()).take(64).collect();
     let (session_token, claims) = state.tokens.mint(&TokenRequest {
         user: format!("{PREFIX}{}", user.id),
         stream: None,
@@ -277,7 +273,11 @@ fn discord_error(message: impl Into<String>) -> AppError {
 /// Discord could not be reached (or timed out). reqwest's error names the URL,
 /// never a form field or header, but the message is ours anyway.
 fn unreachable(err: reqwest::Error) -> AppError {
-    tracing::warn!(timeout = err.is_timeout(), connect = err.is_connect(), "discord: request failed");
+    tracing::warn!(
+        timeout = err.is_timeout(),
+        connect = err.is_connect(),
+        "discord: request failed"
+    );
     discord_error(if err.is_timeout() {
         "Discord did not answer in time"
     } else {

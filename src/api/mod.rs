@@ -34,8 +34,8 @@
 pub mod access;
 pub mod calls;
 pub mod common;
-pub mod discord;
 pub mod destinations;
+pub mod discord;
 pub mod enrollment;
 pub mod enrollment_records;
 pub mod idempotency;

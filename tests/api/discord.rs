@@ -43,13 +43,14 @@ async fn good_code_answers_a_session_token_that_opens_the_room() {
     assert_eq!(r.body["user"]["id"], discord::USER_ID);
     assert_eq!(r.body["user"]["username"], "nelly");
     assert_eq!(r.body["user"]["global_name"], "Nelly");
-    assert_eq!(
-        r.body["user"]["avatar"],
-        "8342729096ea3675442027381ff50dfe"
-    );
+    assert_eq!(r.body["user"]["avatar"], "8342729096ea3675442027381ff50dfe");
     let room = format!("discord:{}", discord::INSTANCE);
     assert_eq!(r.body["room"], room.as_str());
-    assert!(r.body["expires_at"].as_str().unwrap().ends_with('Z'), "{}", r.text);
+    assert!(
+        r.body["expires_at"].as_str().unwrap().ends_with('Z'),
+        "{}",
+        r.text
+    );
     // No bot token: the instance is not asked about.
     assert_eq!(d.state.instance_calls.load(Ordering::SeqCst), 0);
 
@@ -137,7 +138,10 @@ async fn bad_bodies_name_the_field_before_calling_discord() {
     let app = spawn_with(&d, false).await;
     for (body, field) in [
         (json!({"instance_id": discord::INSTANCE}), "code"),
-        (json!({"code": "", "instance_id": discord::INSTANCE}), "code"),
+        (
+            json!({"code": "", "instance_id": discord::INSTANCE}),
+            "code",
+        ),
         (json!({"code": discord::GOOD_CODE}), "instance_id"),
         (
             json!({"code": discord::GOOD_CODE, "instance_id": "bad/id"}),
