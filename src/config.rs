@@ -48,6 +48,9 @@ pub struct Config {
     /// Restreaming live streams to RTMP(S) destinations (src/restream, docs/RESTREAM.md).
     #[serde(default)]
     pub restream: RestreamConfig,
+    /// Discord Activity sign-in (src/api/discord.rs, docs/DISCORD.md).
+    #[serde(default)]
+    pub discord: DiscordConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -284,6 +287,46 @@ redacted_debug!(
     ]
 );
 redacted_debug!(JitsiConfig, app_secret, [base_url, app_id]);
+
+/// `[discord]`: the Discord application behind the Activity (src/api/discord.rs).
+#[derive(Clone, Deserialize)]
+#[serde(default)]
+pub struct DiscordConfig {
+    /// Discord's API (a stand-in in tests).
+    pub api_base_url: String,
+    pub client_id: String,
+    pub client_secret: String,
+    /// With a bot token, `POST /v1/discord/token` checks instance membership.
+    pub bot_token: String,
+    /// Sent with the code exchange when set (Activities need none).
+    pub redirect_uri: String,
+}
+
+impl Default for DiscordConfig {
+    fn default() -> Self {
+        DiscordConfig {
+            api_base_url: "https://discord.com/api".into(),
+            client_id: String::new(),
+            client_secret: String::new(),
+            bot_token: String::new(),
+            redirect_uri: String::new(),
+        }
+    }
+}
+
+/// Two secrets, so not [`redacted_debug!`]: neither is ever printed.
+impl std::fmt::Debug for DiscordConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hide = |s: &str| if s.is_empty() { "" } else { "<secret>" };
+        f.debug_struct("DiscordConfig")
+            .field("api_base_url", &self.api_base_url)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &hide(&self.client_secret))
+            .field("bot_token", &hide(&self.bot_token))
+            .field("redirect_uri", &self.redirect_uri)
+            .finish()
+    }
+}
 
 /// The `[restream]` section of the configuration (see config/default.toml).
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -783,9 +826,11 @@ mod tests {
         c.platforms.zoom.client_secret = "zoom-client-secret".into();
         c.platforms.teams.client_secret = "teams-client-secret".into();
         c.platforms.jitsi.app_secret = "jitsi-app-secret".into();
+        c.discord.client_secret = "discord-client-secret".into();
+        c.discord.bot_token = "discord-bot-token".into();
         c.secrets.keys = vec!["k2:S2V5S2V5S2V5S2V5S2V5S2V5S2V5S2V5S2V5S2V5S2U=".into()];
         let text = format!("{c:?}");
-        for secret in ["client-secret", "app-secret", "S2V5S2V5"] {
+        for secret in ["client-secret", "app-secret", "bot-token", "S2V5S2V5"] {
             assert!(!text.contains(secret), "{secret} in {text}");
         }
         assert!(text.contains("k2") && text.contains("<secret>"), "{text}");

@@ -19,6 +19,8 @@
 //!   when the pushes run (go-live, end, server start).
 //! - [`calls`]: calls (issue 17): participants and roles, call tokens, history
 //!   from the session records, end and removal.
+//! - [`discord`]: Discord Activity sign-in: code exchange at Discord, a room
+//!   token for the Activity instance's room.
 //! - [`access`]: the WHIP/WHEP hook (enrollment re-check, WHIP starts a stream)
 //!   and the room gate.
 //! - [`jobs`]: replay expiry, recording cleanup, catalog migration, key pruning.
@@ -33,6 +35,7 @@ pub mod access;
 pub mod calls;
 pub mod common;
 pub mod destinations;
+pub mod discord;
 pub mod enrollment;
 pub mod enrollment_records;
 pub mod idempotency;
@@ -63,6 +66,7 @@ pub fn routes() -> Router<AppState> {
         .merge(replay::routes())
         .merge(destinations::routes())
         .merge(calls::routes())
+        .merge(discord::routes())
         .merge(openapi::routes())
         .route_layer(axum::middleware::from_fn(crate::text::refuse_control_chars))
 }

@@ -12,7 +12,9 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{self, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use super::{calls, destinations, enrollment, ledger, media_streams, replay, stream_keys, streams};
+use super::{
+    calls, destinations, discord, enrollment, ledger, media_streams, replay, stream_keys, streams,
+};
 use crate::platforms::{connections, meetings, oauth};
 use crate::state::AppState;
 
@@ -72,6 +74,7 @@ pub fn routes() -> axum::Router<AppState> {
         calls::token,
         calls::end,
         calls::remove,
+        discord::token,
     ),
     modifiers(&Extras),
     tags(

@@ -2,7 +2,8 @@
 //! the hardening of issue 11, and issue 13's first hour: auth messages, 501 routes,
 //! OpenAPI and request metrics in `first_hour`; issue 15's WHEP extensions over HTTP in
 //! `whep_ext`; issue 16's platform connections and meetings in `platforms` and
-//! `meetings`, against stand-in providers), each on a fresh SQLite file and a fresh
+//! `meetings`, against stand-in providers; issue 17's Discord Activity sign-in in
+//! `discord`, against a stand-in Discord), each on a fresh SQLite file and a fresh
 //! PostgreSQL database: every `both_backends!` test runs as `<name>::sqlite` and
 //! `<name>::postgres`. `cargo test --test api -- ::sqlite` needs nothing installed.
 
@@ -11,6 +12,7 @@ mod support;
 
 mod calls;
 mod destinations;
+mod discord;
 mod enrollment;
 mod first_hour;
 mod hardening;

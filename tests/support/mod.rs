@@ -13,6 +13,8 @@
 //! - [`peers`]: the real WebRTC peers — headless Chromium ([`Browser`]) and aiortc
 //!   ([`PyPeer`]) — installed by `scripts/test.sh`.
 //! - [`providers`]: stand-in OAuth/YouTube/Twitch/Facebook/Zoom/Graph servers ([`Providers`]).
+//! - [`discord`]: a stand-in Discord API (OAuth2 code exchange, `/users/@me`,
+//!   activity instances) for `POST /v1/discord/token` ([`discord::Discord`]).
 //! - [`probe`]: ffprobe of a recording ([`ffprobe`], [`stream_of`], [`duration_of`]).
 //! - [`rtmp`]: private nginx-rtmp destinations and their `on_publish` endpoint
 //!   refusing one key ([`Nginx`], [`PublishAuth`]) for the restream tests.
@@ -28,6 +30,7 @@ pub mod api;
 pub mod app;
 pub mod bin;
 pub mod db;
+pub mod discord;
 pub mod peers;
 pub mod probe;
 pub mod providers;
