@@ -25,6 +25,13 @@ fn ms_of(v: &Value) -> i64 {
     (t.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
+/// A call created by `creator` (an instructor's token or the service key) with `body` (`{"participants": [...]}`); its id.
+async fn new_call(app: &TestApp, creator: &str, body: Value) -> String {
+    let r = app.post("/v1/calls", Some(creator), body).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    r.body["id"].as_str().unwrap().to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn instructor_and_student_see_each_other_on_the_call_page() {
     let _guard = media_lock().await;
@@ -34,15 +41,7 @@ async fn instructor_and_student_see_each_other_on_the_call_page() {
         .spawn()
         .await;
     let (ines, sam) = (instructor("ines"), user("sam"));
-    let r = app
-        .post(
-            "/v1/calls",
-            Some(&ines),
-            json!({"participants": [{"user": "ines", "role": "host"}, {"user": "sam", "role": "participant"}]}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-    let id = r.body["id"].as_str().unwrap().to_string();
+    let id = new_call(&app, &ines, json!({"participants": [{"user": "ines", "role": "host"}, {"user": "sam", "role": "participant"}]})).await;
     let page = format!("{}/call/{id}", app.base);
 
     let mut browser = Browser::launch().await;
@@ -325,15 +324,7 @@ async fn a_four_party_call_forwards_every_pair() {
         .enumerate()
         .map(|(i, u)| json!({"user": u, "role": if i == 0 { "host" } else { "participant" }}))
         .collect();
-    let r = app
-        .post(
-            "/v1/calls",
-            Some(SERVICE_KEY),
-            json!({"participants": participants}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-    let id = r.body["id"].as_str().unwrap().to_string();
+    let id = new_call(&app, SERVICE_KEY, json!({"participants": participants})).await;
 
     let mut publishers = Vec::new();
     let mut viewers = Vec::new();
@@ -400,15 +391,7 @@ async fn a_killed_participant_is_recorded_as_left_and_the_last_ends_the_call() {
         })
         .spawn()
         .await;
-    let r = app
-        .post(
-            "/v1/calls",
-            Some(SERVICE_KEY),
-            json!({"participants": [{"user": "ines", "role": "host"}, {"user": "sam", "role": "participant"}]}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-    let id = r.body["id"].as_str().unwrap().to_string();
+    let id = new_call(&app, SERVICE_KEY, json!({"participants": [{"user": "ines", "role": "host"}, {"user": "sam", "role": "participant"}]})).await;
     let mut peers = Vec::new();
     for u in ["ines", "sam"] {
         let r = app
@@ -519,14 +502,7 @@ async fn measure() {
         .spawn()
         .await;
     let (ines, sam) = (instructor("ines"), user("sam"));
-    let r = app
-        .post(
-            "/v1/calls",
-            Some(&ines),
-            json!({"participants": [{"user": "ines", "role": "host"}, {"user": "sam", "role": "participant"}]}),
-        )
-        .await;
-    let id = r.body["id"].as_str().unwrap().to_string();
+    let id = new_call(&app, &ines, json!({"participants": [{"user": "ines", "role": "host"}, {"user": "sam", "role": "participant"}]})).await;
     let page = format!("{}/call/{id}", app.base);
     let init = |t: &str| format!("sessionStorage.setItem('tandem.call.identity', {t:?});");
     let mut browser = Browser::launch().await;
@@ -588,14 +564,7 @@ async fn measure() {
         .iter()
         .map(|u| json!({"user": u, "role": "host"}))
         .collect();
-    let r = app
-        .post(
-            "/v1/calls",
-            Some(SERVICE_KEY),
-            json!({"participants": participants}),
-        )
-        .await;
-    let id = r.body["id"].as_str().unwrap().to_string();
+    let id = new_call(&app, SERVICE_KEY, json!({"participants": participants})).await;
     // Every publisher first, then the views: on 2 shared cores, 56 aiortc
     // viewers started beside the publishers starve them.
     let mut peers = Vec::new();
