@@ -15,9 +15,6 @@
 //! this module except in the requests to Discord; Discord's refusals are
 //! relayed in plain words.
 
-use std::sync::LazyLock;
-use std::time::Duration;
-
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -38,17 +35,6 @@ const PREFIX: &str = "discord:";
 
 /// Longest Discord message relayed to the caller.
 const RELAY_CHARS: usize = 200;
-
-/// One client for every call to Discord: short timeout, no redirects (a
-/// redirect would resend the form with the client secret elsewhere).
-static HTTP: LazyLock<reqwest::Client> = LazyLock::new(|| {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(10))
-        .connect_timeout(Duration::from_secs(5))
-        .build()
-        .expect("the HTTP client builds (rustls, no system configuration)")
-});
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/v1/discord/token", post(token))
@@ -159,7 +145,7 @@ async fn exchange(cfg: &DiscordConfig, code: &str) -> AppResult<String> {
     if !cfg.redirect_uri.is_empty() {
         form.push(("redirect_uri", cfg.redirect_uri.as_str()));
     }
-    let res = HTTP
+    let res = crate::platforms::http::client()
         .post(url(cfg, "/oauth2/token"))
         .form(&form)
         .send()
@@ -199,7 +185,7 @@ async fn exchange(cfg: &DiscordConfig, code: &str) -> AppResult<String> {
 
 /// `{api_base_url}/users/@me` with the user's access token.
 async fn me(cfg: &DiscordConfig, access_token: &str) -> AppResult<DiscordUser> {
-    let res = HTTP
+    let res = crate::platforms::http::client()
         .get(url(cfg, "/users/@me"))
         .bearer_auth(access_token)
         .send()
@@ -223,7 +209,7 @@ async fn check_instance(cfg: &DiscordConfig, instance: &str, user: &str) -> AppR
         "/applications/{}/activity-instances/{instance}",
         cfg.client_id
     );
-    let res = HTTP
+    let res = crate::platforms::http::client()
         .get(url(cfg, &path))
         .header(
             axum::http::header::AUTHORIZATION,

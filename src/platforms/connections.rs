@@ -22,7 +22,7 @@ use utoipa::ToSchema;
 use super::PLATFORMS;
 use super::store::{
     COLUMNS, ConnectionOut, ConnectionRow, aad, hint_of, load, needs_reconnect, no_connection,
-    push_url, redact_url, sealed,
+    push_url, sealed,
 };
 use crate::api::common::{parse_json, rfc3339};
 use crate::clock::now_ms;
@@ -56,7 +56,7 @@ impl std::fmt::Debug for ResolvedTarget {
         f.debug_struct("ResolvedTarget")
             .field("connection_id", &self.connection_id)
             .field("platform", &self.platform)
-            .field("url", &redact_url(&self.url))
+            .field("url", &crate::restream::ffmpeg::redact_url(&self.url))
             .finish()
     }
 }

@@ -1,4 +1,4 @@
-//! The outbound HTTP client of the platform calls (OAuth token endpoints, the
+//! The outbound HTTP client of the platform calls (OAuth token endpoints, Discord, the
 //! YouTube/Twitch/Facebook/Zoom/Graph APIs) and the error a failed call becomes.
 //!
 //! One client for the process (connection reuse); it follows no redirects (OAuth

@@ -12,24 +12,6 @@ use crate::error::{AppError, AppResult};
 use crate::secrets::Sealed;
 use crate::state::AppState;
 
-/// `rtmp://host/app/<redacted>`: the scheme, host and first path segment only.
-pub fn redact_url(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(u) => {
-            let app = u
-                .path_segments()
-                .and_then(|mut s| s.next())
-                .unwrap_or_default();
-            format!(
-                "{}://{}/{app}/<redacted>",
-                u.scheme(),
-                u.host_str().unwrap_or("")
-            )
-        }
-        Err(_) => "<redacted>".into(),
-    }
-}
-
 /// A connection as the API shows it: never a key or a token.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ConnectionOut {
