@@ -25,6 +25,8 @@
 //! - [`platforms`]: restream destinations (stream keys, OAuth 2.0 + PKCE, the push
 //!   URL of a connection) and meetings (Jitsi, Zoom, Teams links); uses
 //!   `api::common`, and `api::openapi` documents its routes.
+//! - [`discord`]: linked Discord accounts (OAuth 2.0 + PKCE, sealed tokens) and
+//!   course servers (guild membership by the bot, Discord's rate limits).
 //! - [`whip`]: WHIP ingest and WHEP egress routes over [`tandem_media::Sfu`].
 //! - [`whep_ext`]: the WHEP `layer` and server-sent-events extensions' routes.
 //! - [`rooms`]: Watch Together WebSocket and room-token routes, the sqlx chat store.
@@ -34,6 +36,7 @@ pub mod api;
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod discord;
 pub mod error;
 pub mod extract;
 pub mod metrics;
