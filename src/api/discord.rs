@@ -211,7 +211,10 @@ async fn exchange(cfg: &DiscordConfig, code: &str) -> AppResult<String> {
     let body = token_request(cfg, &form)
         .await?
         .map_err(|r| code_refused(&r))?;
-    Ok(body["access_token"].as_str().unwrap_or_default().to_string())
+    Ok(body["access_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string())
 }
 
 /// `{api_base_url}/users/@me` with the user's access token.

@@ -152,14 +152,12 @@ fn aad(user_id: &str, field: &str) -> String {
 }
 
 async fn row(state: &AppState, user_id: &str) -> AppResult<Option<LinkRow>> {
-    Ok(
-        sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM discord_links WHERE user_id = $1"
-        ))
-        .bind(user_id)
-        .fetch_optional(&state.db.pool)
-        .await?,
-    )
+    Ok(sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM discord_links WHERE user_id = $1"
+    ))
+    .bind(user_id)
+    .fetch_optional(&state.db.pool)
+    .await?)
 }
 
 /// The link of a tandem user, if any (no Discord call).
@@ -290,7 +288,10 @@ struct Tokens {
 impl Tokens {
     fn read(body: &Value) -> Tokens {
         Tokens {
-            access: body["access_token"].as_str().unwrap_or_default().to_string(),
+            access: body["access_token"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
             refresh: body["refresh_token"]
                 .as_str()
                 .filter(|t| !t.is_empty())
@@ -348,7 +349,9 @@ pub struct LinkOut {
 pub async fn link(State(state): State<AppState>, me: Identity) -> AppResult<Response> {
     let cfg = configured(&state)?;
     let mut authorize = reqwest::Url::parse(&cfg.authorize_url).map_err(|_| {
-        AppError::unavailable("[discord] authorize_url is not a URL (TANDEM_DISCORD__AUTHORIZE_URL)")
+        AppError::unavailable(
+            "[discord] authorize_url is not a URL (TANDEM_DISCORD__AUTHORIZE_URL)",
+        )
     })?;
     let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
     let state_id = CsrfToken::new_random().secret().clone();
@@ -568,9 +571,8 @@ async fn link_from_callback(
         ));
     }
     let (a, r) = tokens.seal(state, &owner);
-    let clean = |s: &str, n: usize| -> String {
-        s.chars().filter(|c| !c.is_control()).take(n).collect()
-    };
+    let clean =
+        |s: &str, n: usize| -> String { s.chars().filter(|c| !c.is_control()).take(n).collect() };
     let scopes = clean(tokens.scope.as_deref().unwrap_or(SCOPES), 200);
     sqlx::query(
         "INSERT INTO discord_links (user_id, discord_user_id, username, global_name, avatar, \
@@ -610,7 +612,9 @@ async fn link_from_callback(
     security(("identity" = [])),
     responses((status = 200, body = LinkView), (status = 401)))]
 pub async fn show(State(state): State<AppState>, me: Identity) -> AppResult<axum::Json<LinkView>> {
-    Ok(axum::Json(LinkView::of(row(&state, &me.user).await?.as_ref())))
+    Ok(axum::Json(LinkView::of(
+        row(&state, &me.user).await?.as_ref(),
+    )))
 }
 
 /// Unlinks the caller's Discord account: Discord is asked to revoke the grant

@@ -240,7 +240,10 @@ async fn not_configured_says_which_keys_to_set() {
 // ---- Account linking ----
 
 async fn linking_app(backend: Backend, d: &Discord) -> TestApp {
-    api_app(backend).config(|c| d.configure(c, false)).spawn().await
+    api_app(backend)
+        .config(|c| d.configure(c, false))
+        .spawn()
+        .await
 }
 
 async fn links_count(app: &TestApp) -> i64 {
@@ -256,7 +259,8 @@ async fn links_count(app: &TestApp) -> i64 {
 async fn start(app: &TestApp, d: &Discord, bearer: &str, discord_user: &str) -> String {
     let r = app.get("/v1/discord/link", Some(bearer)).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    d.authorize(r.body["url"].as_str().unwrap(), discord_user).await
+    d.authorize(r.body["url"].as_str().unwrap(), discord_user)
+        .await
 }
 
 fn state_of(query: &str) -> String {
@@ -286,14 +290,22 @@ async fn link_flow_end_to_end(backend: Backend) {
     assert_eq!(q["scope"], "identify guilds.join");
     assert_eq!(q["code_challenge_method"], "S256");
     assert_eq!(q["client_id"], discord::CLIENT_ID);
-    assert_eq!(q["redirect_uri"], format!("{}/v1/discord/callback", app.base));
-    let (expires_at,): (i64,) = sqlx::query_as("SELECT expires_at FROM oauth_states WHERE state = $1")
-        .bind(&q["state"])
-        .fetch_one(app.pool())
-        .await
-        .unwrap();
+    assert_eq!(
+        q["redirect_uri"],
+        format!("{}/v1/discord/callback", app.base)
+    );
+    let (expires_at,): (i64,) =
+        sqlx::query_as("SELECT expires_at FROM oauth_states WHERE state = $1")
+            .bind(&q["state"])
+            .fetch_one(app.pool())
+            .await
+            .unwrap();
     assert!((expires_at / 1000 - unix_secs() - 600).abs() <= 5);
-    assert!(r.body["expires_at"].as_str().unwrap().ends_with('Z'), "{}", r.text);
+    assert!(
+        r.body["expires_at"].as_str().unwrap().ends_with('Z'),
+        "{}",
+        r.text
+    );
 
     // The browser: Discord's redirect lands on the callback, which sends it on.
     let query = d.authorize(url.as_str(), "111222333444555666").await;
@@ -317,18 +329,30 @@ async fn link_flow_end_to_end(backend: Backend) {
     assert_eq!(me.body["global_name"], "User 111222333444555666");
     assert_eq!(me.body["scopes"], json!(["identify", "guilds.join"]));
     assert_eq!(me.body["status"], "ok");
-    assert!(!me.text.contains("dc-at-") && !me.text.contains("dc-rt-"), "{}", me.text);
+    assert!(
+        !me.text.contains("dc-at-") && !me.text.contains("dc-rt-"),
+        "{}",
+        me.text
+    );
 
     // The library view dguild builds on.
     let acc = links::linked(app.state(), "alice").await.unwrap().unwrap();
     assert_eq!(acc.discord_user_id, "111222333444555666");
     assert_eq!(acc.username, "user111222333444555666");
-    let (acc2, token) = links::access_token(app.state(), "alice").await.unwrap().unwrap();
+    let (acc2, token) = links::access_token(app.state(), "alice")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(acc2, acc);
     assert!(d.is_live(&token), "the stored token is Discord's live one");
     assert_eq!(d.state.refresh_calls.load(Ordering::SeqCst), 0);
     assert!(links::linked(app.state(), "bob").await.unwrap().is_none());
-    assert!(links::access_token(app.state(), "bob").await.unwrap().is_none());
+    assert!(
+        links::access_token(app.state(), "bob")
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     // The helper other tests use; one Discord account belongs to one tandem user.
     link_account(&app, &d, &user("bob"), "999888777666555444").await;
@@ -354,7 +378,12 @@ async fn state_is_single_use_bound_and_expiring(backend: Backend) {
     let r = callback(&app, &query, Some(&alice)).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     assert!(links::linked(app.state(), "alice").await.unwrap().is_some());
-    assert!(links::linked(app.state(), "mallory").await.unwrap().is_none());
+    assert!(
+        links::linked(app.state(), "mallory")
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     // Used once: again (even by its owner) is 400 naming the state.
     let r = callback(&app, &query, Some(&alice)).await;
@@ -433,7 +462,10 @@ async fn refused_code_relays_discords_words_and_stores_nothing(backend: Backend)
         .unwrap();
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
     let location = res.headers()["location"].to_str().unwrap().to_string();
-    assert!(location.starts_with("/streams?discord=error&message="), "{location}");
+    assert!(
+        location.starts_with("/streams?discord=error&message="),
+        "{location}"
+    );
     assert!(url_param(location.split_once('?').unwrap().1, "message").contains("Invalid \"code\""));
 
     // The user said no at Discord.
@@ -450,7 +482,10 @@ async fn tokens_are_sealed_at_rest(backend: Backend) {
     let d = Discord::spawn().await;
     let app = linking_app(backend, &d).await;
     link_account(&app, &d, &user("alice"), "111").await;
-    let (_, token) = links::access_token(app.state(), "alice").await.unwrap().unwrap();
+    let (_, token) = links::access_token(app.state(), "alice")
+        .await
+        .unwrap()
+        .unwrap();
     assert!(token.starts_with("dc-at-"));
     let refresh = token.replace("dc-at-", "dc-rt-");
     assert!(d.is_live(&refresh));
@@ -462,7 +497,10 @@ async fn tokens_are_sealed_at_rest(backend: Backend) {
     .await
     .unwrap();
     let dump = format!("{row:?}");
-    assert!(!dump.contains(&token) && !dump.contains(&refresh) && !dump.contains("dc-"), "{dump}");
+    assert!(
+        !dump.contains(&token) && !dump.contains(&refresh) && !dump.contains("dc-"),
+        "{dump}"
+    );
     assert!(row.2.is_some() && !row.1.is_empty() && row.3.is_some());
     // Every column of the row, as text: no token anywhere.
     let all: Vec<(String,)> = sqlx::query_as(
@@ -504,7 +542,10 @@ async fn access_token_refreshes_once_for_concurrent_callers(backend: Backend) {
     );
     assert!(d.is_live(&a));
     // Fresh now: no refresh.
-    let (_, c) = links::access_token(app.state(), "alice").await.unwrap().unwrap();
+    let (_, c) = links::access_token(app.state(), "alice")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(c, a);
     assert_eq!(d.state.refresh_calls.load(Ordering::SeqCst), 1);
     let me = app.get("/v1/me/discord", Some(&user("alice"))).await;
@@ -520,13 +561,23 @@ async fn refused_refresh_needs_relink(backend: Backend) {
     link_account(&app, &d, &alice, "111").await;
     // The user deauthorized the app at Discord.
     d.revoke_refresh_tokens();
-    assert!(links::access_token(app.state(), "alice").await.unwrap().is_none());
+    assert!(
+        links::access_token(app.state(), "alice")
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert_eq!(d.state.refresh_calls.load(Ordering::SeqCst), 1);
     let me = app.get("/v1/me/discord", Some(&alice)).await;
     assert_eq!(me.body["linked"], true);
     assert_eq!(me.body["status"], "needs_relink");
     // No second try at Discord; the link stays visible until relinked.
-    assert!(links::access_token(app.state(), "alice").await.unwrap().is_none());
+    assert!(
+        links::access_token(app.state(), "alice")
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert_eq!(d.state.refresh_calls.load(Ordering::SeqCst), 1);
     assert!(links::linked(app.state(), "alice").await.unwrap().is_some());
     // Linking again repairs it.
@@ -534,7 +585,12 @@ async fn refused_refresh_needs_relink(backend: Backend) {
     link_account(&app, &d, &alice, "111").await;
     let me = app.get("/v1/me/discord", Some(&alice)).await;
     assert_eq!(me.body["status"], "ok");
-    assert!(links::access_token(app.state(), "alice").await.unwrap().is_some());
+    assert!(
+        links::access_token(app.state(), "alice")
+            .await
+            .unwrap()
+            .is_some()
+    );
     app.shutdown().await;
 }
 
@@ -546,11 +602,20 @@ async fn me_discord_shows_and_unlinks(backend: Backend) {
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body, json!({"linked": false}));
     link_account(&app, &d, &alice, "111").await;
-    let (_, token) = links::access_token(app.state(), "alice").await.unwrap().unwrap();
+    let (_, token) = links::access_token(app.state(), "alice")
+        .await
+        .unwrap()
+        .unwrap();
     assert!(d.is_live(&token));
 
     let r = app
-        .send(reqwest::Method::DELETE, "/v1/me/discord", Some(&alice), None, &[])
+        .send(
+            reqwest::Method::DELETE,
+            "/v1/me/discord",
+            Some(&alice),
+            None,
+            &[],
+        )
         .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
     assert_eq!(d.state.revoke_calls.load(Ordering::SeqCst), 1);
@@ -560,7 +625,13 @@ async fn me_discord_shows_and_unlinks(backend: Backend) {
     assert_eq!(r.body, json!({"linked": false}));
     // Nothing to unlink: still 204, nothing asked of Discord.
     let r = app
-        .send(reqwest::Method::DELETE, "/v1/me/discord", Some(&alice), None, &[])
+        .send(
+            reqwest::Method::DELETE,
+            "/v1/me/discord",
+            Some(&alice),
+            None,
+            &[],
+        )
         .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     assert_eq!(d.state.revoke_calls.load(Ordering::SeqCst), 1);

@@ -194,7 +194,12 @@ impl Discord {
             .send()
             .await
             .expect("authorize page");
-        assert_eq!(res.status(), StatusCode::FOUND, "authorize: {:?}", res.text().await);
+        assert_eq!(
+            res.status(),
+            StatusCode::FOUND,
+            "authorize: {:?}",
+            res.text().await
+        );
         let location = res.headers()["location"].to_str().unwrap().to_string();
         let to = reqwest::Url::parse(&location).unwrap();
         assert_eq!(to.path(), "/v1/discord/callback", "{location}");
@@ -206,7 +211,12 @@ impl Discord {
 /// `discord_user_id` through the real flow: `GET /v1/discord/link` → the
 /// stand-in's authorize page → `GET /v1/discord/callback?code&state` (with the
 /// bearer and `Accept: application/json`); panics unless it answers 201.
-pub async fn link_account(app: &TestApp, discord: &Discord, user_bearer: &str, discord_user_id: &str) {
+pub async fn link_account(
+    app: &TestApp,
+    discord: &Discord,
+    user_bearer: &str,
+    discord_user_id: &str,
+) {
     let r = app.get("/v1/discord/link", Some(user_bearer)).await;
     assert_eq!(r.status, StatusCode::OK, "link: {}", r.text);
     let query = discord
@@ -342,7 +352,8 @@ async fn token(
                 return invalid_grant("Invalid \"redirect_uri\" in request.");
             }
             let verifier = oauth2::PkceCodeVerifier::new(field("code_verifier").to_string());
-            if oauth2::PkceCodeChallenge::from_code_verifier_sha256(&verifier).as_str() != challenge {
+            if oauth2::PkceCodeChallenge::from_code_verifier_sha256(&verifier).as_str() != challenge
+            {
                 return invalid_grant("Invalid \"code_verifier\" in request.");
             }
             Json(g.issue(&user, &scope, expires_in)).into_response()
