@@ -15,6 +15,7 @@ use utoipa::{Modify, OpenApi};
 use super::{
     calls, destinations, discord, enrollment, ledger, media_streams, replay, stream_keys, streams,
 };
+use crate::discord::links;
 use crate::platforms::{connections, meetings, oauth};
 use crate::state::AppState;
 
@@ -75,6 +76,10 @@ pub fn routes() -> axum::Router<AppState> {
         calls::end,
         calls::remove,
         discord::token,
+        links::link,
+        links::callback,
+        links::show,
+        links::unlink,
     ),
     modifiers(&Extras),
     tags(
@@ -87,6 +92,7 @@ pub fn routes() -> axum::Router<AppState> {
         (name = "platforms", description = "platform connections (stream keys, OAuth) and meetings"),
         (name = "calls", description = "calls: participants, call tokens, history, end, removal"),
         (name = "rooms", description = "Watch Together rooms: tokens, WebSocket, videos"),
+        (name = "discord", description = "linked Discord accounts"),
         (name = "operations", description = "health and metrics"),
     )
 )]
