@@ -7,6 +7,9 @@
 //!   `{access_token, token_type: "Bearer", expires_in, refresh_token, scope}`;
 //!   any other code 400 `invalid_grant`; wrong credentials 401 `invalid_client`.
 //! - `GET /users/@me` with `Bearer {ACCESS_TOKEN}`: [`USER_ID`]'s user.
+//! - A second user for two-person flows (the Activity test): [`GOOD_CODE_2`] →
+//!   [`ACCESS_TOKEN_2`] → [`USER_ID_2`], who has no `global_name` (Discord then
+//!   shows the `username`) and is in [`INSTANCE`] too.
 //! - `GET /applications/{app}/activity-instances/{id}` with `Bot {BOT_TOKEN}`:
 //!   [`INSTANCE`] with [`USER_ID`] in its `users`, [`OTHER_INSTANCE`] without,
 //!   anything else 404 `Unknown Activity Instance`.
@@ -30,6 +33,9 @@ pub const BOT_TOKEN: &str = "discord-bot-token-do-not-log";
 pub const GOOD_CODE: &str = "good-code-1";
 pub const ACCESS_TOKEN: &str = "discord-access-token-1";
 pub const USER_ID: &str = "80351110224678912";
+pub const GOOD_CODE_2: &str = "good-code-2";
+pub const ACCESS_TOKEN_2: &str = "discord-access-token-2";
+pub const USER_ID_2: &str = "41771983423143937";
 pub const INSTANCE: &str = "i-1234567890-gc-9876543210";
 pub const OTHER_INSTANCE: &str = "i-5555555555-gc-9876543210";
 
@@ -102,7 +108,12 @@ async fn token(
         )
             .into_response();
     }
-    if field("code") != GOOD_CODE {
+    let access_token = match field("code") {
+        GOOD_CODE => ACCESS_TOKEN,
+        GOOD_CODE_2 => ACCESS_TOKEN_2,
+        _ => "",
+    };
+    if access_token.is_empty() {
         return (
             StatusCode::BAD_REQUEST,
             Json(json!({
@@ -113,7 +124,7 @@ async fn token(
             .into_response();
     }
     Json(json!({
-        "access_token": ACCESS_TOKEN,
+        "access_token": access_token,
         "token_type": "Bearer",
         "expires_in": 604800,
         "refresh_token": "discord-refresh-token-1",
@@ -132,6 +143,20 @@ fn unauthorized() -> Response {
 
 async fn me(State(state): State<Arc<DiscordState>>, headers: HeaderMap) -> Response {
     state.me_calls.fetch_add(1, Ordering::SeqCst);
+    if auth(&headers) == format!("Bearer {ACCESS_TOKEN_2}") {
+        return Json(json!({
+            "id": USER_ID_2,
+            "username": "kit_watches",
+            "global_name": null,
+            "avatar": "a_1f0e2d3c4b5a69788796a5b4c3d2e1f0",
+            "discriminator": "0",
+            "public_flags": 0,
+            "flags": 0,
+            "locale": "en-GB",
+            "mfa_enabled": false
+        }))
+        .into_response();
+    }
     if auth(&headers) != format!("Bearer {ACCESS_TOKEN}") {
         return unauthorized();
     }
@@ -159,7 +184,7 @@ async fn instance(
         return unauthorized();
     }
     let users = match id.as_str() {
-        INSTANCE if app == CLIENT_ID => vec![USER_ID, "41771983423143937"],
+        INSTANCE if app == CLIENT_ID => vec![USER_ID, USER_ID_2],
         OTHER_INSTANCE if app == CLIENT_ID => vec!["41771983423143937"],
         _ => {
             return (
