@@ -152,7 +152,10 @@ pub fn routes() -> Router<AppState> {
 
 /// `/`: the index, or the Activity when Discord opens the root URL mapping (its
 /// iframe's address carries `instance_id` and `frame_id`).
-async fn index(State(state): State<AppState>, Query(q): Query<HashMap<String, String>>) -> Response {
+async fn index(
+    State(state): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
     if q.contains_key("instance_id") && q.contains_key("frame_id") {
         return activity(State(state)).await;
     }
@@ -167,7 +170,11 @@ async fn activity(State(state): State<AppState>) -> Response {
     let html = include_str!("../web/together.html");
     // A client id is a snowflake (digits); anything else is left out, never pasted into HTML.
     let id = &state.config.discord.client_id;
-    let id = if id.bytes().all(|b| b.is_ascii_digit()) { id.as_str() } else { "" };
+    let id = if id.bytes().all(|b| b.is_ascii_digit()) {
+        id.as_str()
+    } else {
+        ""
+    };
     let body = html.replacen(
         PLACEHOLDER,
         &format!(r#"<meta name="tandem-discord-client-id" content="{id}">"#),

@@ -340,8 +340,10 @@ async function startActivity() {
     signed = await discordSignIn({ base: prefix, ...(await discordOption()) });
   } catch (err) {
     $('signin').hidden = true;
-    const title = err.status === 403 ? 'You are not in this Activity' : 'Discord sign-in failed';
-    return showFatal(title, `${err.message}.`, ACTIVITY_HELP);
+    const text = /[.!?]$/.test(err.message) ? err.message : `${err.message}.`;
+    if (err.status === 403) return showFatal('You are not in this Activity', text, 'Start or join the Activity from the voice channel in Discord.');
+    if (err.status === 400) return showFatal('Discord sign-in failed', text, 'Close the Activity and start it again from Discord.');
+    return showFatal('Discord sign-in failed', text, ACTIVITY_HELP);
   }
   $('signin').textContent = `signed in as ${signed.presence.name}`;
   room = signed.room;
