@@ -8,7 +8,9 @@
 // tandem at the stand-in Discord, and the page joins `discord:{instance}`.
 // Checks: both land in that room over /.proxy, see each other with their Discord
 // names and CDN avatars, the host's pause, seek and play reach the other page's
-// video; a refused code and an instance the user is not in show error panels.
+// video; a refused code and an instance the user is not in show error panels; a
+// page without the hook constructs the vendored DiscordSDK with the client id the
+// server wrote into it.
 // Prints one JSON line; exit 0 = pass.
 //
 // usage: node activity.js BASE_URL INSTANCE CODE_HOST CODE_GUEST OTHER_INSTANCE
@@ -118,6 +120,22 @@ async function main() {
     const outsider = await openActivity(ctx, 'outsider', codeHost, otherInstance);
     result.not_in_instance = await fatalText(outsider.page, 'another instance shows an error', 'not in this Activity');
     result.steps.push('errors');
+
+    // Without the hook the page uses Discord's Embedded App SDK (the vendored
+    // bundle) with the client id the server wrote into it; outside Discord its
+    // ready() never comes, so the page waits, signing in.
+    const plain = await ctx.newPage();
+    plain.on('pageerror', (e) => log('plain error:', e.message));
+    await plain.goto(`${base}/.proxy/together?instance_id=${encodeURIComponent(instance)}&frame_id=frame-plain&platform=desktop`);
+    result.embedded_sdk = await plain.evaluate(async () => {
+      const { DiscordSDK } = await import('/.proxy/vendor/discord-embedded-app-sdk.js');
+      const clientId = document.querySelector('meta[name="tandem-discord-client-id"]').content;
+      const sdk = new DiscordSDK(clientId);
+      return { clientId: sdk.clientId, instanceId: sdk.instanceId, signin: document.getElementById('signin').textContent };
+    });
+    if (result.embedded_sdk.instanceId !== instance) throw new Error(`DiscordSDK.instanceId: ${JSON.stringify(result.embedded_sdk)}`);
+    if (!/signing in/.test(result.embedded_sdk.signin)) throw new Error(`the page without the hook: ${JSON.stringify(result.embedded_sdk)}`);
+    result.steps.push('embedded sdk');
 
     result.ok = true;
   } catch (err) {

@@ -7,6 +7,8 @@
 //!   Discord users at the stand-in Discord: one room `discord:{instance}`, each
 //!   sees the other by Discord name and avatar, the host's pause, seek and play
 //!   reach the other; a refused code and a foreign instance show error panels;
+//!   without the test's authorize hook the page runs the vendored Embedded App
+//!   SDK with the configured client id;
 //! - what the server serves for it: the SDK module from its one source, the
 //!   Activity page with the application's client id, `/` as the Activity when
 //!   Discord's launch parameters are in the query.
@@ -129,6 +131,8 @@ async fn two_activity_pages_share_the_instance_room() {
     let after_seek = result["guest_after_seek"].as_f64().unwrap();
     assert!((after_seek - 12.0).abs() < 0.05, "{after_seek}");
     assert!(result["bad_code"].as_str().unwrap().contains("Invalid"));
+    // The vendored Embedded App SDK runs in the page, with the configured client id.
+    assert_eq!(result["embedded_sdk"]["clientId"], discord::CLIENT_ID);
     // Four codes exchanged (two members, the refused one, the outsider); three
     // users read and checked against the instance.
     assert_eq!(d.state.token_calls.load(Ordering::SeqCst), 4);
