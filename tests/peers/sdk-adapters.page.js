@@ -148,7 +148,8 @@ async function scenarios(kit) {
   const w0 = now(); const m0 = adapter.getTime();
   await until('rate 1.5 (±5 % nudge), in step', () => adapter.getTime() - m0 > 1.5 && Math.abs(adapter.getRate() / 1.5 - 1) <= 0.051 && Math.abs(drift()) < 0.1, st);
   const speed = (adapter.getTime() - m0) / ((now() - w0) / 1000);
-  if (Math.abs(speed - 1.5) > 0.15) throw new Error(`ran at ${speed.toFixed(3)}×, not 1.5×`);
+  // Loose enough for a loaded machine's stalls, tight enough to tell 1.5× from 1×.
+  if (Math.abs(speed - 1.5) > 0.25) throw new Error(`ran at ${speed.toFixed(3)}×, not 1.5×`);
   out.speed = speed;
   step('rate');
 
