@@ -1,9 +1,18 @@
 //! The demo pages and browser assets under `web/`, embedded in the binary so the
 //! server needs no files beside it. Third-party browser code (`web/vendor/`, copied
-//! from npm by `scripts/update-hls.sh`) is served under `/vendor/`.
+//! from npm by `scripts/update-hls.sh` and `scripts/update-discord-sdk.sh`) is
+//! served under `/vendor/`. The sync SDK's module has one source,
+//! `sdk/tandem-sync/tandem-sync.js` (the npm package an Activity installs), served
+//! to the pages as `/web/tandem-sync.js`.
+//!
+//! `/together` without a room is the Discord Activity (docs/DISCORD.md, "The
+//! Activity"), and so is `/` when Discord's launch parameters (`instance_id` and
+//! `frame_id`) are in the query: a root URL mapping to the tandem host opens it.
 
 use axum::Router;
-use axum::extract::Path;
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -51,7 +60,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
     (
         "tandem-sync.js",
         "text/javascript; charset=utf-8",
-        include_str!("../web/tandem-sync.js"),
+        include_str!("../sdk/tandem-sync/tandem-sync.js"),
     ),
     (
         "together.js",
@@ -97,6 +106,18 @@ const VENDOR: &[(&str, &str, &str)] = &[
         "text/javascript; charset=utf-8",
         include_str!("../web/vendor/hls.min.js"),
     ),
+    // @discord/embedded-app-sdk 2.5.0 (MIT) bundled with its dependencies: the
+    // together page as a Discord Activity.
+    (
+        "discord-embedded-app-sdk.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../web/vendor/discord-embedded-app-sdk.js"),
+    ),
+    (
+        "discord-embedded-app-sdk.LICENSE",
+        "text/plain; charset=utf-8",
+        include_str!("../web/vendor/discord-embedded-app-sdk.LICENSE"),
+    ),
     (
         "hls.js.LICENSE",
         "text/plain; charset=utf-8",
@@ -106,7 +127,7 @@ const VENDOR: &[(&str, &str, &str)] = &[
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/", get(|| async { asset("index.html") }))
+        .route("/", get(index))
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route(
             "/broadcast/{stream}",
@@ -114,6 +135,7 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/watch/{stream}", get(|| async { asset("watch.html") }))
         .route("/together/{room}", get(|| async { asset("together.html") }))
+        .route("/together", get(activity))
         .route("/streams", get(|| async { asset("streams.html") }))
         .route("/replay/{stream}", get(|| async { asset("replay.html") }))
         .route("/restream", get(|| async { asset("restream.html") }))
@@ -126,6 +148,46 @@ pub fn routes() -> Router<AppState> {
             "/vendor/{file}",
             get(|Path(file): Path<String>| async move { serve(VENDOR, &file) }),
         )
+}
+
+/// `/`: the index, or the Activity when Discord opens the root URL mapping (its
+/// iframe's address carries `instance_id` and `frame_id`).
+async fn index(
+    State(state): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    if q.contains_key("instance_id") && q.contains_key("frame_id") {
+        return activity(State(state)).await;
+    }
+    asset("index.html")
+}
+
+/// The together page as the Discord Activity, with the application's public
+/// client id (`[discord] client_id`, not a secret: Discord puts it in the
+/// Activity's own host name) for the Embedded App SDK's `new DiscordSDK(id)`.
+async fn activity(State(state): State<AppState>) -> Response {
+    const PLACEHOLDER: &str = r#"<meta name="tandem-discord-client-id" content="">"#;
+    let html = include_str!("../web/together.html");
+    // A client id is a snowflake (digits); anything else is left out, never pasted into HTML.
+    let id = &state.config.discord.client_id;
+    let id = if id.bytes().all(|b| b.is_ascii_digit()) {
+        id.as_str()
+    } else {
+        ""
+    };
+    let body = html.replacen(
+        PLACEHOLDER,
+        &format!(r#"<meta name="tandem-discord-client-id" content="{id}">"#),
+        1,
+    );
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 fn asset(name: &str) -> Response {

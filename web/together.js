@@ -3,18 +3,30 @@
 // press (local only), host controls for the host (or everyone when allowed), a
 // room header with an invite link, members, chat with reactions and moderation,
 // and errors that say what is wrong instead of "reconnecting…" forever.
-import { TandemSync } from '/web/tandem-sync.js';
+//
+// Opened as a Discord Activity (`/together` or `/` with Discord's `instance_id` in
+// the query, usually under `/.proxy`): signs in with Discord (the Embedded App
+// SDK's authorize, exchanged at tandem's /v1/discord/token), joins the instance's
+// room `discord:{instance_id}` and shows Discord names and avatars. The authorize
+// step can be supplied by whoever embeds the page, as `window.tandemActivity =
+// {authorize, authenticate?, instanceId?}` set before this module runs (the tests
+// do; so may an Activity bundle that already holds a DiscordSDK): the code still
+// goes through tandem and Discord. docs/DISCORD.md, "The Activity".
+import { TandemSync, discordSignIn, fromDiscordSdk } from './tandem-sync.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const parts = location.pathname.split('/').filter(Boolean);
-const room = decodeURIComponent(parts[parts.length - 1]);
 const prefix = location.pathname.startsWith('/.proxy/') ? '/.proxy' : '';
+// /together/{room}: that room; /together or / (the Activity): the instance's room, once signed in.
+const roomInPath = parts.length >= 2 && parts[parts.length - 2] === 'together';
+const activity = !roomInPath && (params.has('instance_id') || !!window.tandemActivity);
+let room = roomInPath ? decodeURIComponent(parts[parts.length - 1]) : '';
 const inviteToken = params.get('invite') || '';
 // Browsers start media without a click only when muted: the first member loads it
 // muted and everyone has an Unmute button.
-const defaultMedia = params.get('video') || '/media/demo.mp4';
-const wsUrl = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}${prefix}/v1/rooms/${encodeURIComponent(room)}/ws`;
+const defaultMedia = params.get('video') || `${prefix}/media/demo.mp4`;
+const wsUrl = () => `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}${prefix}/v1/rooms/${encodeURIComponent(room)}/ws`;
 const video = $('video');
 let sync = null;
 let adapter = null;
@@ -28,8 +40,11 @@ function claimsOf(token) {
   try { return JSON.parse(atob(token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/'))); } catch { return {}; }
 }
 
-$('roomName').textContent = room;
-document.querySelectorAll('span.room').forEach((e) => { e.textContent = room; });
+function showRoom() {
+  $('roomName').textContent = room;
+  document.querySelectorAll('span.room').forEach((e) => { e.textContent = room; });
+}
+showRoom();
 
 const HELP = `Open this page as <code>/together/${esc(room)}?token=…</code> with a room token of your own: ` +
   `on the server run <code>tandem token --room ${esc(room)} --user YOU --name "Your name"</code>, ` +
@@ -107,10 +122,10 @@ function showJoin() {
 }
 
 // ---- the room -----------------------------------------------------------------
-function start(token) {
+function start(token, user = { name: params.get('name') || undefined }) {
   $('room').hidden = false;
   const claims = claimsOf(token);
-  sync = new TandemSync({ url: wsUrl, token, user: { name: params.get('name') || undefined } });
+  sync = new TandemSync({ url: wsUrl(), token, user });
   adapter = sync.attach(video);
   sync.debug = !!sessionStorage.getItem('tandem-debug');
   $('invite').hidden = !(claims.grants && claims.grants.moderate);
@@ -299,8 +314,48 @@ $('copyInvite').onclick = async () => {
   catch { $('inviteUrl').select(); document.execCommand('copy'); }
 };
 
+// ---- the Discord Activity ---------------------------------------------------------
+const ACTIVITY_HELP = 'This page runs as a Discord Activity: open it from a voice channel in Discord. ' +
+  'The server needs <code>[discord] client_id</code> and <code>client_secret</code> (docs/DISCORD.md).';
+
+/** The authorize step: the embedder's (window.tandemActivity), else Discord's Embedded App SDK. */
+async function discordOption() {
+  const hook = window.tandemActivity;
+  if (hook && typeof hook.authorize === 'function') {
+    return { instanceId: hook.instanceId || params.get('instance_id'), authorize: hook.authorize, authenticate: hook.authenticate };
+  }
+  const meta = document.querySelector('meta[name="tandem-discord-client-id"]');
+  const clientId = (meta && meta.content) || params.get('client_id') || '';
+  if (!clientId) throw Object.assign(new Error('the server has no Discord application configured ([discord] client_id)'), { code: 'not_configured' });
+  const { DiscordSDK } = await import(`${prefix}/vendor/discord-embedded-app-sdk.js`);
+  return fromDiscordSdk(new DiscordSDK(clientId), { clientId });
+}
+
+async function startActivity() {
+  $('tokenHelp').hidden = true;
+  $('signin').hidden = false;
+  $('signin').textContent = 'signing in with Discord…';
+  let signed;
+  try {
+    signed = await discordSignIn({ base: prefix, ...(await discordOption()) });
+  } catch (err) {
+    $('signin').hidden = true;
+    const text = /[.!?]$/.test(err.message) ? err.message : `${err.message}.`;
+    if (err.status === 403) return showFatal('You are not in this Activity', text, 'Start or join the Activity from the voice channel in Discord.');
+    if (err.status === 400) return showFatal('Discord sign-in failed', text, 'Close the Activity and start it again from Discord.');
+    return showFatal('Discord sign-in failed', text, ACTIVITY_HELP);
+  }
+  $('signin').textContent = `signed in as ${signed.presence.name}`;
+  room = signed.room;
+  showRoom();
+  window.tandemDiscord = { user: signed.user, room: signed.room, presence: signed.presence };
+  start(signed.sessionToken, signed.presence);
+}
+
 // ---- start ----------------------------------------------------------------------
 const token = params.get('token') || '';
-if (token) start(token);
+if (activity) startActivity();
+else if (!room) showFatal('This page needs a room', 'Open /together/{room}, or start it as a Discord Activity.', ACTIVITY_HELP);
+else if (token) start(token);
 else if (inviteToken) showJoin();
 else showFatal('This page needs a room token', `No token in the address of room "${room}".`);

@@ -255,7 +255,7 @@ impl State {
     }
 }
 
-/// The SDK's `VideoAdapter` policy (web/tandem-sync.js), mirrored: under 30 ms do
+/// The SDK's `VideoAdapter` policy (sdk/tandem-sync/tandem-sync.js), mirrored: under 30 ms do
 /// nothing; 30 ms–1.5 s nudge the rate within ±5 % until under 15 ms; past 1.5 s seek.
 #[derive(Debug, Clone)]
 pub struct Adapter {

@@ -383,6 +383,7 @@ mod tests {
         "/broadcast/{stream}",
         "/watch/{stream}",
         "/together/{room}",
+        "/together",
         "/streams",
         "/web/{file}",
         "/replay/{stream}",

@@ -20,6 +20,9 @@
 //!   the token (and its grant's other tokens) dies; 200 `{}`.
 //! - `GET /users/@me` with `Bearer {ACCESS_TOKEN}`: [`USER_ID`]'s user; with a
 //!   live issued token, that token's user.
+//! - A second user for two-person flows (the Activity test): [`GOOD_CODE_2`] →
+//!   [`ACCESS_TOKEN_2`] → [`USER_ID_2`], who has no `global_name` (Discord then
+//!   shows the `username`) and is in [`INSTANCE`] too.
 //! - `GET /applications/{app}/activity-instances/{id}` with `Bot {BOT_TOKEN}`:
 //!   [`INSTANCE`] with [`USER_ID`] in its `users`, [`OTHER_INSTANCE`] without,
 //!   anything else 404 `Unknown Activity Instance`.
@@ -48,6 +51,9 @@ pub const BOT_TOKEN: &str = "discord-bot-token-do-not-log";
 pub const GOOD_CODE: &str = "good-code-1";
 pub const ACCESS_TOKEN: &str = "discord-access-token-1";
 pub const USER_ID: &str = "80351110224678912";
+pub const GOOD_CODE_2: &str = "good-code-2";
+pub const ACCESS_TOKEN_2: &str = "discord-access-token-2";
+pub const USER_ID_2: &str = "41771983423143937";
 pub const INSTANCE: &str = "i-1234567890-gc-9876543210";
 pub const OTHER_INSTANCE: &str = "i-5555555555-gc-9876543210";
 /// The header naming the Discord user signed in at the authorize page.
@@ -334,6 +340,14 @@ async fn token(
     }
     let expires_in = state.expires_in.load(Ordering::SeqCst);
     match field("grant_type") {
+        "authorization_code" if field("code") == GOOD_CODE_2 => Json(json!({
+            "access_token": ACCESS_TOKEN_2,
+            "token_type": "Bearer",
+            "expires_in": 604800,
+            "refresh_token": "discord-refresh-token-2",
+            "scope": "identify"
+        }))
+        .into_response(),
         "authorization_code" if field("code") == GOOD_CODE => Json(json!({
             "access_token": ACCESS_TOKEN,
             "token_type": "Bearer",
@@ -404,6 +418,20 @@ async fn me(State(state): State<Arc<DiscordState>>, headers: HeaderMap) -> Respo
         }))
         .into_response();
     }
+    if bearer == ACCESS_TOKEN_2 {
+        return Json(json!({
+            "id": USER_ID_2,
+            "username": "kit_watches",
+            "global_name": null,
+            "avatar": "a_1f0e2d3c4b5a69788796a5b4c3d2e1f0",
+            "discriminator": "0",
+            "public_flags": 0,
+            "flags": 0,
+            "locale": "en-GB",
+            "mfa_enabled": false
+        }))
+        .into_response();
+    }
     let user = state.grants.lock().unwrap().access.get(bearer).cloned();
     let Some(user) = user else {
         return unauthorized();
@@ -430,7 +458,7 @@ async fn instance(
         return unauthorized();
     }
     let users = match id.as_str() {
-        INSTANCE if app == CLIENT_ID => vec![USER_ID, "41771983423143937"],
+        INSTANCE if app == CLIENT_ID => vec![USER_ID, USER_ID_2],
         OTHER_INSTANCE if app == CLIENT_ID => vec!["41771983423143937"],
         _ => {
             return (

@@ -1,11 +1,13 @@
 //! Watch Together rooms over real WebSockets: the clock, drift correction, rooms and
 //! moderation, chat persistence (SQLite, and PostgreSQL when one answers), bursts,
 //! large rooms, room tokens, a headless-Chromium page, the hardening of issue 11, and
-//! the together page out of the box and room invites (issue 13).
+//! the together page out of the box and room invites (issue 13), and the sync SDK's
+//! player adapters and the together page as a Discord Activity (issue 17).
 
 #[path = "../support/mod.rs"]
 mod support;
 
+mod activity;
 mod browser;
 mod burst;
 mod chat;

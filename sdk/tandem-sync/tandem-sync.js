@@ -1,7 +1,14 @@
 // tandem-sync.js: the Watch Together client SDK (SYNC_PROTOCOL.md v1), an ES module
-// with no dependencies. Connects, keeps a clock offset to the server, follows the
-// room's playback state, resumes after a drop, and drives a <video> (attach) or any
-// seek-only player (attachSeekOnly).
+// with no dependencies, and the one source of it: the npm package `tandem-sync`
+// (sdk/tandem-sync/, what a Discord Activity built with Vite installs) and the
+// server's pages (served as /web/tandem-sync.js, embedded by src/pages.rs) are this
+// file. Connects, keeps a clock offset to the server, follows the room's playback
+// state, resumes after a drop, and drives a player through a small adapter: an
+// HTMLMediaElement (attach), the Kaltura Player v7 (attachKaltura), or any object
+// with the PlayerAdapter methods (attachPlayer). Discord Activity sign-in
+// (discordSignIn, TandemSync.join with `discord`) is an option, not a dependency:
+// the Activity passes its Embedded App SDK's authorize/authenticate in.
+// Types: tandem-sync.d.ts beside this file; usage: README.md.
 
 const localNow = () => performance.timeOrigin + performance.now();
 
@@ -26,13 +33,18 @@ class ClockFilter {
 export class TandemSync extends EventTarget {
   /**
    * @param {object} o
-   * @param {string} o.url  ws(s)://host/v1/rooms/{room}/ws (token added as ?token=)
+   * @param {string} [o.url]  ws(s)://host/v1/rooms/{room}/ws (token added as ?token=)
+   * @param {string} [o.base] instead of url: where tandem answers ('' this origin,
+   *   '/.proxy' in a Discord Activity, or 'https://tandem.example.com'), with o.room
+   * @param {string} [o.room] the room id, with o.base
    * @param {string} o.token room token
    * @param {{name?:string, avatar?:string}} [o.user]
    * @param {Storage} [o.storage] where the resume data survives a reload (sessionStorage)
    */
-  constructor({ url, token, user, storage } = {}) {
+  constructor({ url, base, room, token, user, storage } = {}) {
     super();
+    if (!url && room !== undefined) url = roomSocketUrl(base || '', room);
+    if (!url) throw new TypeError('TandemSync: url, or base and room, is required');
     this.url = url;
     this.token = token;
     this.user = user || {};
@@ -309,8 +321,44 @@ export class TandemSync extends EventTarget {
     this._emit('connection', { connected: true });
   }
 
-  /** Drives an HTMLVideoElement; see VideoAdapter. */
-  attach(video, opts) { return new VideoAdapter(this, new MediaElementPlayer(video), opts); }
+  /**
+   * Drives a player; see VideoAdapter. `player`: an HTMLMediaElement (<video>,
+   * <audio>), or an object with the PlayerAdapter methods (MediaElementPlayer,
+   * KalturaPlayerAdapter or your own).
+   */
+  attach(player, opts) {
+    return this.attachPlayer(typeof player.getTime === 'function' ? player : new MediaElementPlayer(player), opts);
+  }
+
+  /** Drives any PlayerAdapter (getTime, seek, play, pause, isPaused, setRate?, isReady?, on?). */
+  attachPlayer(adapter, opts) { return new VideoAdapter(this, adapter, opts); }
+
+  /**
+   * Drives a Kaltura Player v7 (the object `KalturaPlayer.setup(config)` returns).
+   * `opts.EventType` names its events (default `KalturaPlayer.core.EventType`).
+   */
+  attachKaltura(player, opts = {}) { return this.attachPlayer(new KalturaPlayerAdapter(player, opts), opts); }
+
+  /**
+   * Signs in (with `discord`: the Discord Activity flow, see discordSignIn) and
+   * connects. Resolves once the sign-in is done (the connection goes on: listen
+   * for `welcome`/`fatal`); `sync.discord` holds the sign-in's answer.
+   * @param {object} o
+   * @param {string} [o.base] where tandem answers; default '/.proxy' with `discord`, else ''
+   * @param {string} [o.room] the room (not with `discord`: the instance's room)
+   * @param {string} [o.token] room token (not with `discord`)
+   * @param {object} [o.discord] `{instanceId, authorize, authenticate?}` (discordSignIn)
+   */
+  static async join({ base, room, token, user, storage, discord, fetch: doFetch } = {}) {
+    if (discord) {
+      const b = base === undefined ? DISCORD_PROXY : base;
+      const signed = await discordSignIn({ base: b, fetch: doFetch, ...discord });
+      const sync = new TandemSync({ base: b, room: signed.room, token: signed.sessionToken, user: { ...signed.presence, ...user }, storage });
+      sync.discord = signed;
+      return sync.connect();
+    }
+    return new TandemSync({ base: base || '', room, token, user, storage }).connect();
+  }
 
   /**
    * Drives a player that can only seek/play/pause (e.g. an embedded iframe player):
@@ -343,7 +391,18 @@ export function fatalClose(closeCode, lastError) {
   return null;
 }
 
-/** Seek-only player interface over a <video>/<audio> element. */
+/** `ws(s)://…/v1/rooms/{room}/ws` for a base ('' or '/.proxy': this page's host; or an http(s) URL). */
+export function roomSocketUrl(base, room, loc = globalThis.location) {
+  const path = `/v1/rooms/${encodeURIComponent(room)}/ws`;
+  if (/^https?:\/\//.test(base)) return base.replace(/^http/, 'ws').replace(/\/$/, '') + path;
+  return `${loc.protocol === 'https:' ? 'wss' : 'ws'}://${loc.host}${base}${path}`;
+}
+
+/**
+ * The player adapter over a <video>/<audio> element. Every adapter has these
+ * methods (PlayerAdapter in tandem-sync.d.ts); `on(event, f)` takes the SDK's
+ * event names (ADAPTER_EVENTS) and returns a function that removes the listener.
+ */
 export class MediaElementPlayer {
   constructor(el) { this.el = el; }
   getTime() { return this.el.currentTime; }
@@ -352,8 +411,133 @@ export class MediaElementPlayer {
   pause() { this.el.pause(); }
   isPaused() { return this.el.paused; }
   setRate(r) { this.el.playbackRate = r; }
+  getRate() { return this.el.playbackRate; }
+  getDuration() { return this.el.duration; }
   isReady() { return this.el.readyState >= 3 && !this.el.seeking; }
-  on(ev, f) { this.el.addEventListener(ev, f); }
+  on(ev, f) { this.el.addEventListener(ev, f); return () => this.el.removeEventListener(ev, f); }
+}
+
+/** The events an adapter's `on` knows: HTMLMediaElement's names. */
+export const ADAPTER_EVENTS = ['play', 'pause', 'seeking', 'seeked', 'ratechange', 'timeupdate', 'canplay', 'waiting'];
+
+/** The same events' keys in Kaltura's `KalturaPlayer.core.EventType` (playkit-js). */
+const KALTURA_EVENT_KEYS = {
+  play: 'PLAY', pause: 'PAUSE', seeking: 'SEEKING', seeked: 'SEEKED', ratechange: 'RATE_CHANGE',
+  timeupdate: 'TIME_UPDATE', canplay: 'CAN_PLAY', waiting: 'WAITING',
+};
+
+/**
+ * The player adapter over a Kaltura Player v7 (kaltura-player-js): the object
+ * `KalturaPlayer.setup({targetId, provider: {partnerId}})` returns, whose
+ * `play()`, `pause()`, `currentTime` (get/set), `playbackRate` (get/set),
+ * `paused`, `seeking`, `duration` and `addEventListener(type, listener)` /
+ * `removeEventListener` follow the HTMLMediaElement's. Event types come from
+ * `opts.EventType`, default `KalturaPlayer.core.EventType` (or the player's
+ * `Event.Core`), falling back to the HTML5 names the player re-dispatches.
+ */
+export class KalturaPlayerAdapter {
+  constructor(player, opts = {}) {
+    this.player = player;
+    const g = globalThis.KalturaPlayer;
+    this.EventType = opts.EventType || (g && g.core && g.core.EventType) || (player.Event && player.Event.Core) || {};
+  }
+  getTime() { return this.player.currentTime; }
+  seek(t) { this.player.currentTime = t; }
+  play() {
+    // v7's play() returns nothing; a Promise (some versions) may reject on autoplay rules.
+    try { const r = this.player.play(); if (r && r.catch) r.catch(() => {}); return r; } catch { return undefined; }
+  }
+  pause() { this.player.pause(); }
+  isPaused() { return !!this.player.paused; }
+  setRate(r) { this.player.playbackRate = r; }
+  getRate() { return this.player.playbackRate; }
+  getDuration() { return this.player.duration; }
+  isReady() { return !this.player.seeking; }
+  on(ev, f) {
+    const type = this.EventType[KALTURA_EVENT_KEYS[ev]] || ev;
+    this.player.addEventListener(type, f);
+    return () => this.player.removeEventListener(type, f);
+  }
+  /** Loads a Kaltura entry (`player.loadMedia({entryId})`). */
+  loadMedia(entryId) { return this.player.loadMedia({ entryId }); }
+}
+
+// ---- Discord Activity -----------------------------------------------------------
+/** Where an Activity reaches its URL mappings: Discord's proxy prefix. */
+export const DISCORD_PROXY = '/.proxy';
+
+/** The display name Discord shows: `global_name`, else `username`. */
+export function discordName(user) { return (user && (user.global_name || user.username)) || ''; }
+
+/** A Discord user's avatar on Discord's CDN (undefined without one). */
+export function discordAvatarUrl(user) {
+  return user && user.avatar ? `https://cdn.discordapp.com/avatars/${user.id}/${user.avatar}.png` : undefined;
+}
+
+/** Sign-in refused (by tandem or Discord): `status` 0 when tandem was unreachable. */
+export class TandemError extends Error {
+  constructor(message, { status = 0, code = 'unreachable', field } = {}) {
+    super(message);
+    this.name = 'TandemError'; this.status = status; this.code = code; this.field = field;
+  }
+}
+
+/**
+ * The Activity's sign-in: `authorize()` gives an OAuth2 code (the Embedded App
+ * SDK's `commands.authorize`), tandem exchanges it at Discord
+ * (`POST {base}/v1/discord/token` with the instance id) and answers a room token
+ * for the instance's room `discord:{instanceId}`; then `authenticate(access_token)`
+ * (the SDK's `commands.authenticate`) when given. Resolves
+ * `{accessToken, user, sessionToken, room, expiresAt, presence: {name, avatar}}`.
+ */
+export async function discordSignIn({ base = DISCORD_PROXY, instanceId, authorize, authenticate, fetch: doFetch } = {}) {
+  if (typeof authorize !== 'function') throw new TypeError('discord.authorize: a function resolving to an authorization code');
+  if (!instanceId) throw new TypeError('discord.instanceId: the Activity instance id (DiscordSDK.instanceId)');
+  const code = await authorize();
+  const f = doFetch || globalThis.fetch.bind(globalThis);
+  let r;
+  try {
+    r = await f(`${base}/v1/discord/token`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ code, instance_id: instanceId }),
+    });
+  } catch (err) {
+    throw new TandemError(`cannot reach tandem: ${err.message}`);
+  }
+  const body = await r.json().catch(() => ({}));
+  if (!r.ok) {
+    const e = body.error || {};
+    throw new TandemError(e.message || `HTTP ${r.status}`, { status: r.status, code: e.code || 'error', field: e.field });
+  }
+  if (authenticate) await authenticate(body.access_token);
+  return {
+    accessToken: body.access_token,
+    user: body.user,
+    sessionToken: body.session_token,
+    room: body.room,
+    expiresAt: body.expires_at,
+    presence: { name: discordName(body.user), avatar: discordAvatarUrl(body.user) },
+  };
+}
+
+/**
+ * The `discord` option from an Embedded App SDK instance (`new DiscordSDK(clientId)`
+ * from @discord/embedded-app-sdk): waits for `ready()`, authorizes with
+ * `scope` (default identify), authenticates with the access token tandem returns.
+ */
+export function fromDiscordSdk(discordSdk, { clientId, scope = ['identify'], prompt = 'none' } = {}) {
+  return {
+    instanceId: discordSdk.instanceId,
+    async authorize() {
+      await discordSdk.ready();
+      const { code } = await discordSdk.commands.authorize({
+        client_id: clientId || discordSdk.clientId, response_type: 'code', state: '', prompt, scope,
+      });
+      return code;
+    },
+    authenticate: (access_token) => discordSdk.commands.authenticate({ access_token }),
+  };
 }
 
 /**
@@ -362,31 +546,73 @@ export class MediaElementPlayer {
  * player cannot change rate) seek to target + measured seek latency, at most every 3 s.
  */
 export class VideoAdapter {
+  /**
+   * @param {TandemSync} sync
+   * @param {object} player a PlayerAdapter
+   * @param {object} [opts]
+   * @param {boolean} [opts.canRate] false: correct by seeking only
+   * @param {boolean} [opts.forward] the player's own controls (a play, pause or seek
+   *   the person makes in the player's UI) become room commands; the server refuses
+   *   them from members who may not control (docs/SYNC.md)
+   */
   constructor(sync, player, opts = {}) {
     this.sync = sync;
     this.player = player;
     this.canRate = opts.canRate !== false && !!player.setRate;
+    this.forward = !!opts.forward;
     this.seekLatency = 0.05; // s, measured
     this.lastSeek = 0;
     this.nudging = false;
     this.readySent = -1;
     this.drift = 0;
+    // When this adapter last moved the player itself: the events that follow are its own.
+    this._own = { play: 0, pause: 0, seek: 0 };
+    this._off = [];
     this._onState = () => this.apply(true);
+    this._onHint = (e) => { if (e.detail.action === 'seek') this.lastSeek = 0; this.apply(false); };
     sync.addEventListener('state', this._onState);
-    sync.addEventListener('hint', (e) => { if (e.detail.action === 'seek') this.lastSeek = 0; this.apply(false); });
+    sync.addEventListener('hint', this._onHint);
     if (player.on) {
-      player.on('seeked', () => {
+      const on = (ev, f) => { const off = player.on(ev, f); if (typeof off === 'function') this._off.push(off); };
+      on('seeked', () => {
         if (this._seekStarted) { const lat = (localNow() - this._seekStarted) / 1000; this.seekLatency = 0.7 * this.seekLatency + 0.3 * Math.min(lat, 1); this._seekStarted = 0; }
         this.apply(false);
       });
-      player.on('canplay', () => this.apply(false));
-      player.on('waiting', () => this.sync.report('buffering', this.player.getTime()));
+      // `seeking`, not `seeked`: it comes before the next correction could undo the person's seek.
+      on('seeking', () => this._local('seek'));
+      on('canplay', () => this.apply(false));
+      on('waiting', () => this.sync.report('buffering', this.player.getTime()));
+      on('play', () => this._local('play'));
+      on('pause', () => this._local('pause'));
     }
     this.timer = setInterval(() => this.apply(false), 100);
     this.reportTimer = setInterval(() => this.report(), 1500);
   }
 
-  detach() { clearInterval(this.timer); clearInterval(this.reportTimer); this.sync.removeEventListener('state', this._onState); }
+  detach() {
+    clearInterval(this.timer); clearInterval(this.reportTimer); clearTimeout(this._startTimer);
+    this.sync.removeEventListener('state', this._onState);
+    this.sync.removeEventListener('hint', this._onHint);
+    this._off.forEach((off) => off());
+    this._off = [];
+  }
+
+  /** A play/pause/seek this adapter did not cause: the person used the player's controls. */
+  _local(kind) {
+    if (!this.forward) return;
+    const p = this.sync.playback;
+    if (!p || !this.sync.connected || localNow() - this._own[kind] < 1000) return;
+    const t = this.player.getTime();
+    let sent = false;
+    if (kind === 'play' && p.paused) sent = this.sync.play(t);
+    else if (kind === 'pause' && !p.paused) sent = this.sync.pause(t);
+    else if (kind === 'seek' && Math.abs(t - this.sync.position()) > 1) sent = this.sync.seek(t);
+    // Leave the player as the person set it until the room's answer (a `state`) comes.
+    if (sent) this._hold = localNow() + 1000;
+  }
+
+  _play() { this._own.play = localNow(); return this.player.play(); }
+  _pause() { this._own.pause = localNow(); this.player.pause(); }
 
   report() {
     const p = this.sync.playback;
@@ -395,16 +621,17 @@ export class VideoAdapter {
     this.sync.report(st, this.player.getTime());
   }
 
-  _seek(t) { this._seekStarted = localNow(); this.lastSeek = localNow(); this.player.seek(t); }
+  _seek(t) { this._seekStarted = localNow(); this.lastSeek = localNow(); this._own.seek = localNow(); this.player.seek(t); }
 
   apply(fresh) {
     const p = this.sync.playback;
     if (!p || !this.sync.connected) return;
+    if (!fresh && this._hold && localNow() < this._hold) return;
     const now = this.sync.serverNow();
     const cur = this.player.getTime();
     if (p.paused || now < p.at) {
       // Paused, or a scheduled start in the near future: hold at the position.
-      if (!this.player.isPaused()) this.player.pause();
+      if (!this.player.isPaused()) this._pause();
       if (this.canRate) this.player.setRate(p.rate);
       if (Math.abs(cur - p.position) > 0.01 && (fresh || localNow() - this.lastSeek > 500)) this._seek(p.position);
       if (p.waiting && this.readySent !== p.seq && Math.abs(this.player.getTime() - p.position) <= 0.01 && (!this.player.isReady || this.player.isReady())) {
@@ -423,7 +650,7 @@ export class VideoAdapter {
     const abs = Math.abs(drift);
     if (this.player.isPaused()) {
       if (abs > 0.1) this._seek(target + this.seekLatency * p.rate);
-      this.player.play();
+      this._play();
       return;
     }
     if (abs > 1.5 || (!this.canRate && abs > 0.03)) {
