@@ -300,6 +300,9 @@ pub struct DiscordConfig {
     pub bot_token: String,
     /// Sent with the code exchange when set (Activities need none).
     pub redirect_uri: String,
+    /// Course servers (src/discord/guild.rs): how often the reconcile job repairs
+    /// drift between enrollments and guild roles. 0: never.
+    pub reconcile_interval_seconds: u64,
 }
 
 impl Default for DiscordConfig {
@@ -310,6 +313,7 @@ impl Default for DiscordConfig {
             client_secret: String::new(),
             bot_token: String::new(),
             redirect_uri: String::new(),
+            reconcile_interval_seconds: 86_400,
         }
     }
 }
@@ -324,6 +328,10 @@ impl std::fmt::Debug for DiscordConfig {
             .field("client_secret", &hide(&self.client_secret))
             .field("bot_token", &hide(&self.bot_token))
             .field("redirect_uri", &self.redirect_uri)
+            .field(
+                "reconcile_interval_seconds",
+                &self.reconcile_interval_seconds,
+            )
             .finish()
     }
 }

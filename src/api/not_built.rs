@@ -21,9 +21,6 @@ pub const NOT_BUILT: &[(&str, &str)] = &[
     ("GET", "/v1/discord/callback"),
     ("GET", "/v1/me/discord"),
     ("DELETE", "/v1/me/discord"),
-    ("PUT", "/v1/streams/{id}/discord"),
-    ("GET", "/v1/streams/{id}/discord"),
-    ("GET", "/v1/streams/{id}/discord/members"),
     // Operations: clustering.
     ("GET", "/v1/cluster/nodes"),
 ];

@@ -15,6 +15,7 @@ use utoipa::{Modify, OpenApi};
 use super::{
     calls, destinations, discord, enrollment, ledger, media_streams, replay, stream_keys, streams,
 };
+use crate::discord::guild;
 use crate::platforms::{connections, meetings, oauth};
 use crate::state::AppState;
 
@@ -75,6 +76,9 @@ pub fn routes() -> axum::Router<AppState> {
         calls::end,
         calls::remove,
         discord::token,
+        guild::replace,
+        guild::show,
+        guild::members,
     ),
     modifiers(&Extras),
     tags(
@@ -86,6 +90,7 @@ pub fn routes() -> axum::Router<AppState> {
         (name = "restream", description = "a stream's restream destinations and their live status"),
         (name = "platforms", description = "platform connections (stream keys, OAuth) and meetings"),
         (name = "calls", description = "calls: participants, call tokens, history, end, removal"),
+        (name = "discord", description = "course servers: a stream's Discord invite, guild membership and roles"),
         (name = "rooms", description = "Watch Together rooms: tokens, WebSocket, videos"),
         (name = "operations", description = "health and metrics"),
     )

@@ -2,3 +2,13 @@
 //! course servers (issue 17, API.md "### Discord", docs/DISCORD.md).
 //!
 //! Module map, from the leaves up:
+//! - [`ratelimit`]: Discord's rate limits, sans-IO (per-route buckets, 429s, the
+//!   global limit), driven by the caller's clock.
+//! - [`bot`]: the bot's HTTP shell (`Authorization: Bot`, guild members and
+//!   roles), waiting as `ratelimit` says; stops itself after repeated 401/403.
+//! - [`guild`]: course servers: `PUT/GET /v1/streams/{id}/discord`, `…/members`,
+//!   and the worker that adds enrolled users to the guild and removes the role.
+
+pub mod bot;
+pub mod guild;
+pub mod ratelimit;
