@@ -44,7 +44,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use utoipa::ToSchema;
 
-use super::bot::{Bot, BotError, Joined};
+use super::bot::{Bot, BotError};
 use crate::api::common::{parse_json, rfc3339};
 use crate::auth::Role;
 use crate::clock::now_ms;
@@ -225,8 +225,8 @@ async fn config_of(state: &AppState, stream: &str) -> AppResult<Option<ConfigRow
 /// (scheduled, live, or ended within its open replay window): the same rule as
 /// the viewer token's (`api::enrollment::watch_refusal`).
 async fn has_access(state: &AppState, stream: &str, user: &str) -> AppResult<bool> {
-    let row: Option<(i64,)> = sqlx::query_as(
-        "SELECT 1 FROM enrollments e JOIN streams s ON s.id = e.stream_id \
+    let row: Option<(String,)> = sqlx::query_as(
+        "SELECT e.id FROM enrollments e JOIN streams s ON s.id = e.stream_id \
          WHERE e.stream_id = $1 AND e.user_id = $2 AND e.status = 'active' \
          AND (s.status IN ('scheduled', 'live') OR (s.status = 'ended' \
               AND s.replay_closed_at IS NULL AND s.replay_expires_at IS NOT NULL \

@@ -33,7 +33,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::put;
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
@@ -194,12 +194,9 @@ fn gate(state: &GuildState, route: &str, guild: &str) -> Result<HeaderMap, Respo
         inner.global_until = None;
     }
     let window = Duration::from_millis(state.global_window_ms);
-    match inner.global_start {
-        Some(start) if now < start + window => {}
-        _ => {
-            inner.global_start = Some(now);
-            inner.global_sent = 0;
-        }
+    if inner.global_start.is_none_or(|start| now >= start + window) {
+        inner.global_start = Some(now);
+        inner.global_sent = 0;
     }
     if inner.global_sent >= state.global_limit {
         let until = inner.global_start.unwrap() + window;
