@@ -189,7 +189,11 @@ impl Bot {
     /// `GET /guilds/{g}/members/{u}`: the member, or `None` when not in the guild.
     pub async fn get_member(&self, guild: &str, user: &str) -> Result<Option<Member>, BotError> {
         let a = self
-            .call(Method::GET, &format!("/guilds/{guild}/members/{user}"), None)
+            .call(
+                Method::GET,
+                &format!("/guilds/{guild}/members/{user}"),
+                None,
+            )
             .await?;
         match a.status {
             200 => Ok(Some(Member {
@@ -208,7 +212,12 @@ impl Bot {
     }
 
     /// One request through the limiter, 429s retried; 401/403 counted toward the stop.
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Result<Answer, BotError> {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Answer, BotError> {
         let route = Route::new(method.as_str(), path);
         let mut limited = 0;
         loop {
@@ -250,12 +259,12 @@ impl Bot {
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_string)
             };
-            let outcome = self
-                .inner
-                .limiter
-                .lock()
-                .await
-                .after(&route, status, header, &bytes, now_ms());
+            let outcome =
+                self.inner
+                    .limiter
+                    .lock()
+                    .await
+                    .after(&route, status, header, &bytes, now_ms());
             if let Outcome::RateLimited {
                 retry_after_ms,
                 global,
@@ -284,7 +293,11 @@ impl Bot {
         let n = self.inner.refusals.fetch_add(1, Ordering::SeqCst) + 1;
         let message = discord_message(body);
         if n < MAX_REFUSALS {
-            tracing::warn!(status, refusals = n, "discord bot: request refused{message}");
+            tracing::warn!(
+                status,
+                refusals = n,
+                "discord bot: request refused{message}"
+            );
             return BotError::Refused { status, message };
         }
         let err = BotError::Stopped {
@@ -337,7 +350,10 @@ mod tests {
         assert!(!format!("{bot:?}").contains("tok-secret-123"));
         let e = bot.refused(401, &json!({"message": "401: Unauthorized", "code": 0}));
         assert!(matches!(e, BotError::Refused { status: 401, .. }), "{e}");
-        bot.refused(403, &json!({"message": "Missing Permissions", "code": 50013}));
+        bot.refused(
+            403,
+            &json!({"message": "Missing Permissions", "code": 50013}),
+        );
         let e = bot.refused(401, &json!({}));
         assert!(matches!(e, BotError::Stopped { refusals: 3, .. }), "{e}");
         assert_eq!(bot.stopped(), Some(e.clone()));

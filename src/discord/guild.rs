@@ -308,10 +308,7 @@ mod links {
         Ok(None)
     }
 
-    pub async fn access_token(
-        _: &AppState,
-        _: &str,
-    ) -> AppResult<Option<(LinkedAccount, String)>> {
+    pub async fn access_token(_: &AppState, _: &str) -> AppResult<Option<(LinkedAccount, String)>> {
         Ok(None)
     }
 }
@@ -370,20 +367,40 @@ async fn sync_member(state: &AppState, stream: &str, user: &str, verify: bool) -
                 }
                 // Left the guild: added again below.
                 Ok(None) => {}
-                Err(e) => return outcome(state, stream, user, &duid, "check", called(), Err(e)).await,
+                Err(e) => {
+                    return outcome(state, stream, user, &duid, "check", called(), Err(e)).await;
+                }
             }
         }
         let Some((duid, token)) = user_token(state, user).await? else {
             if status != Some("pending") {
                 tracing::info!(stream, user, "discord: no linked account; pending");
             }
-            return record(state, stream, user, None, "pending", Some(NOT_LINKED), false).await;
+            return record(
+                state,
+                stream,
+                user,
+                None,
+                "pending",
+                Some(NOT_LINKED),
+                false,
+            )
+            .await;
         };
         let result = bot.add_member(guild, &duid, &token, role).await;
         if let Ok(j) = &result {
             tracing::debug!(stream, user, joined = ?j, "discord: member added");
         }
-        outcome(state, stream, user, &duid, "join", called(), result.map(|_| ())).await
+        outcome(
+            state,
+            stream,
+            user,
+            &duid,
+            "join",
+            called(),
+            result.map(|_| ()),
+        )
+        .await
     } else {
         let Some(row) = row else {
             return Ok(());
@@ -409,7 +426,9 @@ async fn sync_member(state: &AppState, stream: &str, user: &str, verify: bool) -
             match bot.get_member(guild, &duid).await {
                 Ok(Some(m)) if m.roles.iter().any(|x| x == role) => {}
                 Ok(_) => return Ok(()),
-                Err(e) => return outcome(state, stream, user, &duid, "check", called(), Err(e)).await,
+                Err(e) => {
+                    return outcome(state, stream, user, &duid, "check", called(), Err(e)).await;
+                }
             }
         }
         let result = bot.remove_role(guild, &duid, role).await;
@@ -436,7 +455,16 @@ async fn outcome(
                 "joined"
             };
             tracing::info!(stream, user, discord_user, action, "discord: done");
-            record(state, stream, user, Some(discord_user), status, None, called).await
+            record(
+                state,
+                stream,
+                user,
+                Some(discord_user),
+                status,
+                None,
+                called,
+            )
+            .await
         }
         Err(err) => {
             let message = err.to_string();
@@ -540,8 +568,8 @@ async fn owned(state: &AppState, id: &str, who: &Identity) -> AppResult<()> {
 }
 
 fn out(state: &AppState, id: &str, cfg: Option<ConfigRow>) -> DiscordOut {
-    let automatic = state.discord.bot().is_some()
-        && cfg.as_ref().is_some_and(|c| c.guild_id.is_some());
+    let automatic =
+        state.discord.bot().is_some() && cfg.as_ref().is_some_and(|c| c.guild_id.is_some());
     match cfg {
         Some(c) => DiscordOut {
             stream_id: id.to_string(),

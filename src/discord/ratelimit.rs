@@ -331,8 +331,16 @@ mod tests {
         let a2 = Route::new("PUT", "/guilds/1/members/11");
         let b = Route::new("PUT", "/guilds/2/members/10");
         after_ok(&mut l, &a, &bucket("0", "5"), 0);
-        assert_eq!(l.before(&a2, 0), Decision::Wait(5001), "same guild, same bucket");
-        assert_eq!(l.before(&b, 0), Decision::Go, "another guild is counted apart");
+        assert_eq!(
+            l.before(&a2, 0),
+            Decision::Wait(5001),
+            "same guild, same bucket"
+        );
+        assert_eq!(
+            l.before(&b, 0),
+            Decision::Go,
+            "another guild is counted apart"
+        );
         // The hash learned on guild 1 names guild 2's bucket too, counted apart.
         after_ok(&mut l, &b, &bucket("0", "1"), 0);
         assert_eq!(l.before(&b, 0), Decision::Wait(1001));
@@ -373,7 +381,10 @@ mod tests {
         assert_eq!(l.before(&r, 1000), Decision::Wait(335));
         assert_eq!(l.before(&r, 1335), Decision::Go);
         // Only that route waits.
-        assert_eq!(l.before(&Route::new("GET", "/users/@me"), 1001), Decision::Go);
+        assert_eq!(
+            l.before(&Route::new("GET", "/users/@me"), 1001),
+            Decision::Go
+        );
     }
 
     #[test]
@@ -400,7 +411,10 @@ mod tests {
         let out = l.after(
             &r,
             429,
-            headers(&[("X-RateLimit-Global", "true"), ("X-RateLimit-Scope", "global")]),
+            headers(&[
+                ("X-RateLimit-Global", "true"),
+                ("X-RateLimit-Scope", "global"),
+            ]),
             br#"{"message":"You are being rate limited.","retry_after":1.5,"global":true}"#,
             0,
         );
@@ -446,7 +460,10 @@ mod tests {
             }
         );
         assert_eq!(l.before(&r, 100), Decision::Wait(401));
-        assert_eq!(l.before(&Route::new("PUT", "/guilds/2/members/3"), 100), Decision::Go);
+        assert_eq!(
+            l.before(&Route::new("PUT", "/guilds/2/members/3"), 100),
+            Decision::Go
+        );
     }
 
     #[test]

@@ -39,8 +39,14 @@ async fn put_refuses_bad_bodies_and_stores_nothing(backend: Backend) {
     let ines = instructor("ines");
     let bad: &[(Value, &str)] = &[
         (json!({"invite_url": "http://discord.gg/abc"}), "invite_url"),
-        (json!({"invite_url": "https://discord.gg.evil.example/abc"}), "invite_url"),
-        (json!({"invite_url": "https://evil.example/invite/abc"}), "invite_url"),
+        (
+            json!({"invite_url": "https://discord.gg.evil.example/abc"}),
+            "invite_url",
+        ),
+        (
+            json!({"invite_url": "https://evil.example/invite/abc"}),
+            "invite_url",
+        ),
         (json!({"invite_url": 5}), "invite_url"),
         (json!({"guild_id": "123"}), "guild_id"),
         (json!({"guild_id": "1100000000000000001x"}), "guild_id"),
@@ -63,7 +69,13 @@ async fn put_refuses_bad_bodies_and_stores_nothing(backend: Backend) {
         );
     }
     let r = app
-        .send(reqwest::Method::PUT, &path(&s), Some(&ines), Some("{not json"), &[])
+        .send(
+            reqwest::Method::PUT,
+            &path(&s),
+            Some(&ines),
+            Some("{not json"),
+            &[],
+        )
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(r.body["error"]["field"], "body");
@@ -71,7 +83,9 @@ async fn put_refuses_bad_bodies_and_stores_nothing(backend: Backend) {
 
     // Not the owner: 403; no stream: 404; no token: 401. Nothing stored either.
     let good = json!({"invite_url": INVITE, "guild_id": GUILD, "role_id": ROLE});
-    let r = app.put(&path(&s), Some(&instructor("other")), good.clone()).await;
+    let r = app
+        .put(&path(&s), Some(&instructor("other")), good.clone())
+        .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
     let r = app.put(&path(&s), Some(&user("ulla")), good.clone()).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
@@ -97,7 +111,9 @@ async fn put_refuses_bad_bodies_and_stores_nothing(backend: Backend) {
     assert_eq!(r.body["guild_id"], GUILD);
     assert_eq!(r.body["role_id"], ROLE);
     // The other routes of the path: members is the owner's.
-    let r = app.get(&format!("{}/members", path(&s)), Some(&user("ulla"))).await;
+    let r = app
+        .get(&format!("{}/members", path(&s)), Some(&user("ulla")))
+        .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
     app.shutdown().await;
 }
@@ -106,11 +122,17 @@ async fn invite_is_shown_to_the_enrolled_and_the_owner_only(backend: Backend) {
     let app = spawn_api(backend).await;
     let s = app.create_stream("ines", 5).await;
     let ines = instructor("ines");
-    let r = app.put(&path(&s), Some(&ines), json!({"invite_url": INVITE})).await;
+    let r = app
+        .put(&path(&s), Some(&ines), json!({"invite_url": INVITE}))
+        .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     app.credit("ulla", 5).await;
     let r = app
-        .post(&format!("/v1/streams/{s}/enrollments"), Some(&user("ulla")), json!({}))
+        .post(
+            &format!("/v1/streams/{s}/enrollments"),
+            Some(&user("ulla")),
+            json!({}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     let enrollment = r.body["enrollment"]["id"].as_str().unwrap().to_string();
@@ -132,13 +154,17 @@ async fn invite_is_shown_to_the_enrolled_and_the_owner_only(backend: Backend) {
 
     // Without a bot the invite link is the way in: the worker records that.
     let members = format!("{}/members", path(&s));
-    eventually("ulla invited", std::time::Duration::from_secs(10), || async {
-        let r = app.get(&members, Some(&ines)).await;
-        match r.body["members"][0]["status"].as_str() {
-            Some("invited") => Ok(()),
-            _ => Err(r.text),
-        }
-    })
+    eventually(
+        "ulla invited",
+        std::time::Duration::from_secs(10),
+        || async {
+            let r = app.get(&members, Some(&ines)).await;
+            match r.body["members"][0]["status"].as_str() {
+                Some("invited") => Ok(()),
+                _ => Err(r.text),
+            }
+        },
+    )
     .await;
 
     // Refunded: no invite any more, and the member is recorded as removed.
@@ -152,13 +178,17 @@ async fn invite_is_shown_to_the_enrolled_and_the_owner_only(backend: Backend) {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let r = app.get(&path(&s), Some(&user("ulla"))).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
-    eventually("ulla removed", std::time::Duration::from_secs(10), || async {
-        let r = app.get(&members, Some(&ines)).await;
-        match r.body["members"][0]["status"].as_str() {
-            Some("removed") => Ok(()),
-            _ => Err(r.text),
-        }
-    })
+    eventually(
+        "ulla removed",
+        std::time::Duration::from_secs(10),
+        || async {
+            let r = app.get(&members, Some(&ines)).await;
+            match r.body["members"][0]["status"].as_str() {
+                Some("removed") => Ok(()),
+                _ => Err(r.text),
+            }
+        },
+    )
     .await;
     app.shutdown().await;
 }
@@ -167,26 +197,41 @@ async fn invite_is_shown_to_the_enrolled_and_the_owner_only(backend: Backend) {
 /// `pending` with the reason, and no Discord call is made for them.
 async fn unlinked_users_are_pending(backend: Backend) {
     let d = Discord::spawn().await;
-    let app = api_app(backend).config(|c| d.configure(c, true)).spawn().await;
+    let app = api_app(backend)
+        .config(|c| d.configure(c, true))
+        .spawn()
+        .await;
     let s = app.create_stream("ines", 0).await;
     let ines = instructor("ines");
     let r = app
-        .put(&path(&s), Some(&ines), json!({"invite_url": INVITE, "guild_id": GUILD, "role_id": ROLE}))
+        .put(
+            &path(&s),
+            Some(&ines),
+            json!({"invite_url": INVITE, "guild_id": GUILD, "role_id": ROLE}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.body["automatic"], true);
     let r = app
-        .post(&format!("/v1/streams/{s}/enrollments"), Some(&user("ulla")), json!({}))
+        .post(
+            &format!("/v1/streams/{s}/enrollments"),
+            Some(&user("ulla")),
+            json!({}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     let members = format!("{}/members", path(&s));
-    let m: Value = eventually("ulla pending", std::time::Duration::from_secs(10), || async {
-        let r = app.get(&members, Some(&ines)).await;
-        match r.body["members"][0]["status"].as_str() {
-            Some("pending") => Ok(r.body["members"][0].clone()),
-            _ => Err(r.text),
-        }
-    })
+    let m: Value = eventually(
+        "ulla pending",
+        std::time::Duration::from_secs(10),
+        || async {
+            let r = app.get(&members, Some(&ines)).await;
+            match r.body["members"][0]["status"].as_str() {
+                Some("pending") => Ok(r.body["members"][0].clone()),
+                _ => Err(r.text),
+            }
+        },
+    )
     .await;
     assert!(m["last_error"].as_str().unwrap().contains("linked"), "{m}");
     assert_eq!(m["attempts"], 0);
@@ -236,7 +281,11 @@ async fn bot_burst_meets_429s_and_never_sends_while_told_to_wait() {
         .unwrap();
     assert_eq!(joined, Joined::AlreadyMember);
     for i in 0..50 {
-        assert_eq!(d.guild.roles(GUILD, &discord_user(i)), Some(vec![ROLE.to_string()]), "user {i}");
+        assert_eq!(
+            d.guild.roles(GUILD, &discord_user(i)),
+            Some(vec![ROLE.to_string()]),
+            "user {i}"
+        );
     }
     let limited = d.guild.rate_limited.load(Ordering::SeqCst);
     let global = d.guild.global_rate_limited.load(Ordering::SeqCst);
@@ -249,13 +298,24 @@ async fn bot_burst_meets_429s_and_never_sends_while_told_to_wait() {
     assert!(global > 0, "the global limit was never met");
     assert_eq!(violations, 0, "requests sent while told to wait");
     // Remove and check: the role goes, the member stays.
-    bot.remove_role(GUILD, &discord_user(1), ROLE).await.unwrap();
+    bot.remove_role(GUILD, &discord_user(1), ROLE)
+        .await
+        .unwrap();
     assert_eq!(d.guild.roles(GUILD, &discord_user(1)), Some(vec![]));
-    let m = bot.get_member(GUILD, &discord_user(1)).await.unwrap().unwrap();
+    let m = bot
+        .get_member(GUILD, &discord_user(1))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(m.roles.is_empty());
-    assert_eq!(bot.get_member(GUILD, &discord_user(999)).await.unwrap(), None);
+    assert_eq!(
+        bot.get_member(GUILD, &discord_user(999)).await.unwrap(),
+        None
+    );
     // Removing the role of someone not in the guild is done, not an error.
-    bot.remove_role(GUILD, &discord_user(999), ROLE).await.unwrap();
+    bot.remove_role(GUILD, &discord_user(999), ROLE)
+        .await
+        .unwrap();
     assert_eq!(d.guild.violations.load(Ordering::SeqCst), 0);
 }
 
@@ -266,7 +326,9 @@ async fn bot_follows_the_advertised_bucket() {
     let d = Discord::spawn_with(GuildState::with_limits(3, 300, 1000, 1000)).await;
     let bot = Bot::new(&d.base, discord::BOT_TOKEN);
     for i in 0..12 {
-        bot.add_member(GUILD, &discord_user(i), "tok", None).await.unwrap();
+        bot.add_member(GUILD, &discord_user(i), "tok", None)
+            .await
+            .unwrap();
     }
     assert_eq!(d.guild.member_count(GUILD), 12);
     assert_eq!(d.guild.rate_limited.load(Ordering::SeqCst), 0);
@@ -289,11 +351,18 @@ async fn repeated_401s_stop_the_bot() {
         );
     }
     assert_eq!(d.guild.calls.load(Ordering::SeqCst), MAX_REFUSALS as usize);
-    assert!(matches!(errors[0], BotError::Refused { status: 401, .. }), "{}", errors[0]);
+    assert!(
+        matches!(errors[0], BotError::Refused { status: 401, .. }),
+        "{}",
+        errors[0]
+    );
     for e in &errors[MAX_REFUSALS as usize - 1..] {
         assert!(matches!(e, BotError::Stopped { .. }), "{e}");
         let text = e.to_string();
-        assert!(text.contains("stopped") && text.contains("bot_token"), "{text}");
+        assert!(
+            text.contains("stopped") && text.contains("bot_token"),
+            "{text}"
+        );
         assert!(!text.contains(discord::BOT_TOKEN), "{text}");
     }
     // Discord answering again does not restart it: a reset token needs a restart.

@@ -235,7 +235,10 @@ fn gate(state: &GuildState, route: &str, guild: &str) -> Result<HeaderMap, Respo
             .into_response();
         let h = resp.headers_mut();
         bucket_headers(h, limit, 0, wait, &hash);
-        h.insert("retry-after", HeaderValue::from(wait.as_secs_f64().ceil() as u64));
+        h.insert(
+            "retry-after",
+            HeaderValue::from(wait.as_secs_f64().ceil() as u64),
+        );
         h.insert("x-ratelimit-scope", HeaderValue::from_static("user"));
         return Err(resp);
     }
@@ -256,7 +259,10 @@ fn bucket_headers(h: &mut HeaderMap, limit: u32, remaining: u32, wait: Duration,
     let reset = format!("{:.3}", unix_secs_f64() + secs(wait));
     h.insert("x-ratelimit-reset", HeaderValue::from_str(&reset).unwrap());
     let after = format!("{:.3}", secs(wait));
-    h.insert("x-ratelimit-reset-after", HeaderValue::from_str(&after).unwrap());
+    h.insert(
+        "x-ratelimit-reset-after",
+        HeaderValue::from_str(&after).unwrap(),
+    );
     h.insert("x-ratelimit-bucket", HeaderValue::from_str(hash).unwrap());
 }
 
@@ -273,7 +279,10 @@ fn global_429(state: &GuildState, wait: Duration) -> Response {
     )
         .into_response();
     let h = resp.headers_mut();
-    h.insert("retry-after", HeaderValue::from(wait.as_secs_f64().ceil() as u64));
+    h.insert(
+        "retry-after",
+        HeaderValue::from(wait.as_secs_f64().ceil() as u64),
+    );
     h.insert("x-ratelimit-global", HeaderValue::from_static("true"));
     h.insert("x-ratelimit-scope", HeaderValue::from_static("global"));
     resp
@@ -281,8 +290,9 @@ fn global_429(state: &GuildState, wait: Duration) -> Response {
 
 /// A stable small hash (the bucket id Discord sends is opaque).
 fn fxhash(s: &str) -> u64 {
-    s.bytes()
-        .fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
+    s.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
 }
 
 /// Auth, counting and the rate-limit gate shared by every guild route.
@@ -370,7 +380,10 @@ async fn get_member(
     let inner = state.inner.lock().unwrap();
     match inner.members.get(&(g.clone(), u.clone())) {
         Some(roles) => with(h, Json(member_json(&g, &u, roles))),
-        None => with(h, json_error(StatusCode::NOT_FOUND, "Unknown Member", 10007)),
+        None => with(
+            h,
+            json_error(StatusCode::NOT_FOUND, "Unknown Member", 10007),
+        ),
     }
 }
 
@@ -390,7 +403,14 @@ async fn remove_role(
     role(&state, &headers, g, u, r, false)
 }
 
-fn role(state: &GuildState, headers: &HeaderMap, g: String, u: String, r: String, add: bool) -> Response {
+fn role(
+    state: &GuildState,
+    headers: &HeaderMap,
+    g: String,
+    u: String,
+    r: String,
+    add: bool,
+) -> Response {
     let route = if add {
         "PUT /guilds/{g}/members/{u}/roles/{r}"
     } else {
@@ -410,6 +430,9 @@ fn role(state: &GuildState, headers: &HeaderMap, g: String, u: String, r: String
             }
             with(h, StatusCode::NO_CONTENT)
         }
-        None => with(h, json_error(StatusCode::NOT_FOUND, "Unknown Member", 10007)),
+        None => with(
+            h,
+            json_error(StatusCode::NOT_FOUND, "Unknown Member", 10007),
+        ),
     }
 }
