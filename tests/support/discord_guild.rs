@@ -182,14 +182,15 @@ fn json_error(status: StatusCode, message: &str, code: i64) -> Response {
 
 /// The rate-limit gate of one request on `route` in `guild`: `Err` is the 429,
 /// `Ok` the headers to send with the answer.
-fn gate(state: &GuildState, route: &str, guild: &str) -> Result<HeaderMap, Response> {
+/// (The 429 is boxed: a `Response` is large.)
+fn gate(state: &GuildState, route: &str, guild: &str) -> Result<HeaderMap, Box<Response>> {
     let now = Instant::now();
     let mut inner = state.inner.lock().unwrap();
     // Told to wait globally and did not.
     if let Some(until) = inner.global_until {
         if now < until {
             state.violations.fetch_add(1, Ordering::SeqCst);
-            return Err(global_429(state, until - now));
+            return Err(Box::new(global_429(state, until - now)));
         }
         inner.global_until = None;
     }
@@ -201,7 +202,7 @@ fn gate(state: &GuildState, route: &str, guild: &str) -> Result<HeaderMap, Respo
     if inner.global_sent >= state.global_limit {
         let until = inner.global_start.unwrap() + window;
         inner.global_until = Some(until);
-        return Err(global_429(state, until - now));
+        return Err(Box::new(global_429(state, until - now)));
     }
     let key = (route.to_string(), guild.to_string());
     let route_window = Duration::from_millis(state.route_window_ms);
@@ -240,7 +241,7 @@ fn gate(state: &GuildState, route: &str, guild: &str) -> Result<HeaderMap, Respo
             HeaderValue::from(wait.as_secs_f64().ceil() as u64),
         );
         h.insert("x-ratelimit-scope", HeaderValue::from_static("user"));
-        return Err(resp);
+        return Err(Box::new(resp));
     }
     b.remaining -= 1;
     let (remaining, wait) = (b.remaining, b.reset_at - now);
@@ -301,14 +302,18 @@ fn enter(
     headers: &HeaderMap,
     route: &str,
     guild: &str,
-) -> Result<HeaderMap, Response> {
+) -> Result<HeaderMap, Box<Response>> {
     state.calls.fetch_add(1, Ordering::SeqCst);
     let auth = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     if state.refuse.load(Ordering::SeqCst) || auth != format!("Bot {BOT_TOKEN}") {
-        return Err(json_error(StatusCode::UNAUTHORIZED, "401: Unauthorized", 0));
+        return Err(Box::new(json_error(
+            StatusCode::UNAUTHORIZED,
+            "401: Unauthorized",
+            0,
+        )));
     }
     gate(state, route, guild)
 }
@@ -340,7 +345,7 @@ async fn add_member(
 ) -> Response {
     let h = match enter(&state, &headers, "PUT /guilds/{g}/members/{u}", &g) {
         Ok(h) => h,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let body: Value = serde_json::from_slice(&body).unwrap_or_default();
     let Some(token) = body["access_token"].as_str().filter(|t| !t.is_empty()) else {
@@ -375,7 +380,7 @@ async fn get_member(
 ) -> Response {
     let h = match enter(&state, &headers, "GET /guilds/{g}/members/{u}", &g) {
         Ok(h) => h,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let inner = state.inner.lock().unwrap();
     match inner.members.get(&(g.clone(), u.clone())) {
@@ -418,7 +423,7 @@ fn role(
     };
     let h = match enter(state, headers, route, &g) {
         Ok(h) => h,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     let mut inner = state.inner.lock().unwrap();
     match inner.members.get_mut(&(g, u)) {
