@@ -300,6 +300,9 @@ pub struct DiscordConfig {
     pub bot_token: String,
     /// Sent with the code exchange when set (Activities need none).
     pub redirect_uri: String,
+    /// Discord's OAuth2 authorize page for account linking (`GET
+    /// /v1/discord/link`): on discord.com, not under the API's base.
+    pub authorize_url: String,
     /// Course servers (src/discord/guild.rs): how often the reconcile job repairs
     /// drift between enrollments and guild roles. 0: never.
     pub reconcile_interval_seconds: u64,
@@ -313,6 +316,7 @@ impl Default for DiscordConfig {
             client_secret: String::new(),
             bot_token: String::new(),
             redirect_uri: String::new(),
+            authorize_url: "https://discord.com/oauth2/authorize".into(),
             reconcile_interval_seconds: 86_400,
         }
     }
@@ -328,6 +332,7 @@ impl std::fmt::Debug for DiscordConfig {
             .field("client_secret", &hide(&self.client_secret))
             .field("bot_token", &hide(&self.bot_token))
             .field("redirect_uri", &self.redirect_uri)
+            .field("authorize_url", &self.authorize_url)
             .field(
                 "reconcile_interval_seconds",
                 &self.reconcile_interval_seconds,

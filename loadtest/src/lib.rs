@@ -2,6 +2,7 @@
 //! so integration tests can drive the same code the binary runs.
 
 pub mod bare;
+pub mod call;
 pub mod client;
 pub mod delay;
 pub mod enroll;

@@ -29,6 +29,9 @@ enum Mode {
     Sync(SyncArgs),
     /// A storm of paid enrollments and balance reads, then an overspend audit.
     Enroll(EnrollArgs),
+    /// One call of N participants (N publishers, N·(N−1) views) through the call API:
+    /// the server's CPU per call.
+    Call(CallArgs),
     /// Internal: the far ends of the bare TCP loop when they do not fit in the
     /// generator's open-file limit (connects, drains until stdin closes).
     #[command(hide = true)]
@@ -120,6 +123,27 @@ struct EnrollArgs {
     /// Database URL for --spawn (postgres://… on 127.0.0.1); SQLite when absent.
     #[arg(long)]
     database_url: Option<String>,
+    #[arg(long, env = "TANDEM_JWT_SECRET")]
+    jwt_secret: Option<String>,
+    #[arg(long, env = "TANDEM_SERVICE_KEY")]
+    service_key: Option<String>,
+}
+
+#[derive(Args)]
+struct CallArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Participants, 2 to 8 (each publishes and views every other).
+    #[arg(long, default_value_t = 8)]
+    participants: usize,
+    /// Measurement window in seconds (after every view connected).
+    #[arg(long, default_value_t = 15)]
+    duration: u64,
+    /// Video bitrate per publisher in kbit/s (a 640×360 camera in a call: ~800).
+    #[arg(long, default_value_t = 800)]
+    bitrate: u64,
+    #[arg(long, default_value_t = 30)]
+    fps: u32,
     #[arg(long, env = "TANDEM_JWT_SECRET")]
     jwt_secret: Option<String>,
     #[arg(long, env = "TANDEM_SERVICE_KEY")]
@@ -357,6 +381,44 @@ async fn run_whep(a: WhepArgs) -> Result<(), String> {
     Ok(())
 }
 
+async fn run_call(a: CallArgs) -> Result<(), String> {
+    let mut t = target(&a.server, &[]).await?;
+    let cfg = tandem_loadtest::call::CallConfig {
+        base: t.base.clone(),
+        service_key: t
+            .service_key
+            .clone()
+            .or(a.service_key.clone())
+            .ok_or("give --service-key (the server's service_key) or use --spawn")?,
+        jwt_secret: t
+            .jwt_secret
+            .clone()
+            .or(a.jwt_secret.clone())
+            .ok_or("give --jwt-secret (the server's jwt_secret) or use --spawn")?,
+        server_pid: t.pid,
+        participants: a.participants,
+        duration: Duration::from_secs(a.duration),
+        publish: PublishOptions {
+            video_bitrate_bps: a.bitrate * 1000,
+            fps: a.fps,
+            ..PublishOptions::default()
+        },
+    };
+    let r = tandem_loadtest::call::run(&cfg).await;
+    t.stop();
+    let r = r?;
+    finish(
+        &format!(
+            "tandem-loadtest call: {} participants, {} s window",
+            a.participants, a.duration
+        ),
+        &tandem_loadtest::call::rows(&r),
+        &a.server.json,
+        &r,
+    );
+    Ok(())
+}
+
 async fn run_sync(a: SyncArgs) -> Result<(), String> {
     let extra = vec![(
         "TANDEM_ROOMS__MAX_MEMBERS_PER_ROOM".to_string(),
@@ -537,6 +599,7 @@ fn main() -> std::process::ExitCode {
         Mode::Whep(a) => &a.server,
         Mode::Sync(a) => &a.server,
         Mode::Enroll(a) => &a.server,
+        Mode::Call(a) => &a.server,
         Mode::BareDrain { addr, conns } => {
             return match tandem_loadtest::bare::drain_child(*addr, *conns) {
                 Ok(()) => std::process::ExitCode::SUCCESS,
@@ -592,6 +655,7 @@ fn main() -> std::process::ExitCode {
             Mode::Whep(a) => run_whep(a).await,
             Mode::Sync(a) => run_sync(a).await,
             Mode::Enroll(a) => run_enroll(a).await,
+            Mode::Call(a) => run_call(a).await,
             Mode::BareDrain { .. } => unreachable!("answered before the runtime starts"),
         }
     });

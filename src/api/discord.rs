@@ -13,7 +13,8 @@
 //!
 //! Secrets (client secret, bot token, the access token in logs) never leave
 //! this module except in the requests to Discord; Discord's refusals are
-//! relayed in plain words.
+//! relayed in plain words. The token endpoint call, `/users/@me` and the
+//! relaying are shared with account linking (`discord::links`).
 
 use axum::Router;
 use axum::body::Bytes;
@@ -50,13 +51,13 @@ struct TokenBody {
 
 /// Discord's `/users/@me` (the fields tandem uses).
 #[derive(Debug, Deserialize)]
-struct DiscordUser {
-    id: String,
-    username: String,
+pub(crate) struct DiscordUser {
+    pub id: String,
+    pub username: String,
     #[serde(default)]
-    global_name: Option<String>,
+    pub global_name: Option<String>,
     #[serde(default)]
-    avatar: Option<String>,
+    pub avatar: Option<String>,
 }
 
 /// `POST /v1/discord/token`, anyone: `{code, instance_id}` →
@@ -134,17 +135,28 @@ pub async fn token(
     .into_response())
 }
 
-/// The code exchange at `{api_base_url}/oauth2/token`: Discord's access token.
-async fn exchange(cfg: &DiscordConfig, code: &str) -> AppResult<String> {
-    let mut form = vec![
-        ("grant_type", "authorization_code"),
-        ("code", code),
-        ("client_id", cfg.client_id.as_str()),
-        ("client_secret", cfg.client_secret.as_str()),
-    ];
-    if !cfg.redirect_uri.is_empty() {
-        form.push(("redirect_uri", cfg.redirect_uri.as_str()));
-    }
+/// Discord's token endpoint refused the grant (400): OAuth's error code and
+/// Discord's own words, already cleaned by [`relay`].
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    /// `invalid_grant`, `invalid_request`, …
+    pub error: String,
+    /// What to tell the caller (Discord's `error_description`, else `error`).
+    pub words: String,
+}
+
+/// A form posted to `{api_base_url}/oauth2/token` with the application's
+/// credentials added: the JSON answer, or Discord's refusal of the grant (400).
+/// Discord unreachable, this server's credentials refused (401) or another
+/// status are `discord_error` (502). Shared by the Activity's exchange and
+/// `discord::links` (code with PKCE, refresh).
+pub(crate) async fn token_request(
+    cfg: &DiscordConfig,
+    fields: &[(&str, &str)],
+) -> AppResult<Result<Value, Refusal>> {
+    let mut form: Vec<(&str, &str)> = fields.to_vec();
+    form.push(("client_id", cfg.client_id.as_str()));
+    form.push(("client_secret", cfg.client_secret.as_str()));
     let res = crate::platforms::http::client()
         .post(url(cfg, "/oauth2/token"))
         .form(&form)
@@ -154,15 +166,15 @@ async fn exchange(cfg: &DiscordConfig, code: &str) -> AppResult<String> {
     let status = res.status();
     let body: Value = res.json().await.unwrap_or(Value::Null);
     if status == StatusCode::BAD_REQUEST {
+        let error = relay(cfg, body["error"].as_str().unwrap_or("invalid_request"));
         let what = body["error_description"]
             .as_str()
             .or(body["error"].as_str())
             .unwrap_or("no reason given");
-        return Err(AppError::bad_request(format!(
-            "Discord refused the code: {}",
-            relay(cfg, what)
-        ))
-        .with("field", "code"));
+        return Ok(Err(Refusal {
+            error,
+            words: relay(cfg, what),
+        }));
     }
     if status == StatusCode::UNAUTHORIZED {
         // `invalid_client`: the server's own credentials are wrong, not the caller's code.
@@ -176,15 +188,37 @@ async fn exchange(cfg: &DiscordConfig, code: &str) -> AppResult<String> {
             "Discord's token endpoint answered {status}"
         )));
     }
-    body["access_token"]
+    if body["access_token"].as_str().is_none_or(str::is_empty) {
+        return Err(discord_error(
+            "Discord's token answer carried no access_token",
+        ));
+    }
+    Ok(Ok(body))
+}
+
+/// A refused code as the caller's 400, in Discord's words.
+pub(crate) fn code_refused(refusal: &Refusal) -> AppError {
+    AppError::bad_request(format!("Discord refused the code: {}", refusal.words))
+        .with("field", "code")
+}
+
+/// The code exchange at `{api_base_url}/oauth2/token`: Discord's access token.
+async fn exchange(cfg: &DiscordConfig, code: &str) -> AppResult<String> {
+    let mut form = vec![("grant_type", "authorization_code"), ("code", code)];
+    if !cfg.redirect_uri.is_empty() {
+        form.push(("redirect_uri", cfg.redirect_uri.as_str()));
+    }
+    let body = token_request(cfg, &form)
+        .await?
+        .map_err(|r| code_refused(&r))?;
+    Ok(body["access_token"]
         .as_str()
-        .filter(|t| !t.is_empty())
-        .map(str::to_string)
-        .ok_or_else(|| discord_error("Discord's token answer carried no access_token"))
+        .unwrap_or_default()
+        .to_string())
 }
 
 /// `{api_base_url}/users/@me` with the user's access token.
-async fn me(cfg: &DiscordConfig, access_token: &str) -> AppResult<DiscordUser> {
+pub(crate) async fn me(cfg: &DiscordConfig, access_token: &str) -> AppResult<DiscordUser> {
     let res = crate::platforms::http::client()
         .get(url(cfg, "/users/@me"))
         .bearer_auth(access_token)
@@ -248,17 +282,17 @@ async fn check_instance(cfg: &DiscordConfig, instance: &str, user: &str) -> AppR
     }
 }
 
-fn url(cfg: &DiscordConfig, path: &str) -> String {
+pub(crate) fn url(cfg: &DiscordConfig, path: &str) -> String {
     format!("{}{path}", cfg.api_base_url.trim_end_matches('/'))
 }
 
-fn discord_error(message: impl Into<String>) -> AppError {
+pub(crate) fn discord_error(message: impl Into<String>) -> AppError {
     AppError::new(StatusCode::BAD_GATEWAY, "discord_error", message)
 }
 
 /// Discord could not be reached (or timed out). reqwest's error names the URL,
 /// never a form field or header, but the message is ours anyway.
-fn unreachable(err: reqwest::Error) -> AppError {
+pub(crate) fn unreachable(err: reqwest::Error) -> AppError {
     tracing::warn!(
         timeout = err.is_timeout(),
         connect = err.is_connect(),
@@ -272,7 +306,7 @@ fn unreachable(err: reqwest::Error) -> AppError {
 }
 
 /// Discord's own words, one short clean line, with no secret of ours in it.
-fn relay(cfg: &DiscordConfig, text: &str) -> String {
+pub(crate) fn relay(cfg: &DiscordConfig, text: &str) -> String {
     let mut out: String = text
         .chars()
         .filter(|c| !c.is_control())

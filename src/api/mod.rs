@@ -67,6 +67,7 @@ pub fn routes() -> Router<AppState> {
         .merge(destinations::routes())
         .merge(calls::routes())
         .merge(discord::routes())
+        .merge(crate::discord::links::routes())
         .merge(openapi::routes())
         .route_layer(axum::middleware::from_fn(crate::text::refuse_control_chars))
 }

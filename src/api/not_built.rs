@@ -16,11 +16,6 @@ use crate::state::AppState;
 
 /// `(method, path)` of every contract route not built yet, in API.md's order.
 pub const NOT_BUILT: &[(&str, &str)] = &[
-    // Discord.
-    ("GET", "/v1/discord/link"),
-    ("GET", "/v1/discord/callback"),
-    ("GET", "/v1/me/discord"),
-    ("DELETE", "/v1/me/discord"),
     // Operations: clustering.
     ("GET", "/v1/cluster/nodes"),
 ];

@@ -16,6 +16,7 @@ use super::{
     calls, destinations, discord, enrollment, ledger, media_streams, replay, stream_keys, streams,
 };
 use crate::discord::guild;
+use crate::discord::links;
 use crate::platforms::{connections, meetings, oauth};
 use crate::state::AppState;
 
@@ -79,6 +80,10 @@ pub fn routes() -> axum::Router<AppState> {
         guild::replace,
         guild::show,
         guild::members,
+        links::link,
+        links::callback,
+        links::show,
+        links::unlink,
     ),
     modifiers(&Extras),
     tags(
@@ -90,8 +95,8 @@ pub fn routes() -> axum::Router<AppState> {
         (name = "restream", description = "a stream's restream destinations and their live status"),
         (name = "platforms", description = "platform connections (stream keys, OAuth) and meetings"),
         (name = "calls", description = "calls: participants, call tokens, history, end, removal"),
-        (name = "discord", description = "course servers: a stream's Discord invite, guild membership and roles"),
         (name = "rooms", description = "Watch Together rooms: tokens, WebSocket, videos"),
+        (name = "discord", description = "linked Discord accounts; course servers: a stream's invite, guild membership and roles"),
         (name = "operations", description = "health and metrics"),
     )
 )]

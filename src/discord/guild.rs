@@ -293,36 +293,16 @@ async fn record(
     Ok(())
 }
 
-/// Until `discord::links` (account linking, another branch) is merged: nobody
-/// is linked, so every enrolled user stays `pending`. Same signatures as
-/// links.rs (notes/iface17.md); removed by the merge.
-mod links {
-    use crate::error::AppResult;
-    use crate::state::AppState;
-
-    pub struct LinkedAccount {
-        pub discord_user_id: String,
-    }
-
-    pub async fn linked(_: &AppState, _: &str) -> AppResult<Option<LinkedAccount>> {
-        Ok(None)
-    }
-
-    pub async fn access_token(_: &AppState, _: &str) -> AppResult<Option<(LinkedAccount, String)>> {
-        Ok(None)
-    }
-}
-
 /// The linked Discord account's id and a valid access token (`guilds.join`).
 async fn user_token(state: &AppState, user: &str) -> AppResult<Option<(String, String)>> {
-    Ok(links::access_token(state, user)
+    Ok(super::links::access_token(state, user)
         .await?
         .map(|(account, token)| (account.discord_user_id, token)))
 }
 
 /// The linked Discord account's id, without a Discord call.
 async fn linked_id(state: &AppState, user: &str) -> AppResult<Option<String>> {
-    Ok(links::linked(state, user)
+    Ok(super::links::linked(state, user)
         .await?
         .map(|account| account.discord_user_id))
 }

@@ -2,6 +2,9 @@
 //! course servers (issue 17, API.md "### Discord", docs/DISCORD.md).
 //!
 //! Module map, from the leaves up:
+//! - [`links`]: linked accounts — OAuth 2.0 with PKCE (`GET /v1/discord/link`,
+//!   the callback, `GET`/`DELETE /v1/me/discord`), tokens sealed at rest,
+//!   [`links::access_token`] refreshed one at a time per user.
 //! - [`ratelimit`]: Discord's rate limits, sans-IO (per-route buckets, 429s, the
 //!   global limit), driven by the caller's clock.
 //! - [`bot`]: the bot's HTTP shell (`Authorization: Bot`, guild members and
@@ -11,4 +14,5 @@
 
 pub mod bot;
 pub mod guild;
+pub mod links;
 pub mod ratelimit;

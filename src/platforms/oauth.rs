@@ -255,28 +255,7 @@ pub async fn start(
     }
     let (url, csrf) = req.url();
     let state_id = csrf.secret().clone();
-    let sealed = state
-        .keyring
-        .seal(verifier.secret().as_bytes(), &state_aad(&state_id));
-    let now = now_ms();
-    // States nobody came back for are dropped here (an hour past their expiry).
-    sqlx::query("DELETE FROM oauth_states WHERE expires_at < $1")
-        .bind(now - 3_600_000)
-        .execute(&state.db.pool)
-        .await?;
-    sqlx::query(
-        "INSERT INTO oauth_states (state, owner, platform, verifier_sealed, verifier_key_id, \
-         created_at, expires_at, used_at) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL)",
-    )
-    .bind(&state_id)
-    .bind(&me.user)
-    .bind(&platform)
-    .bind(&sealed.blob)
-    .bind(&sealed.key_id)
-    .bind(now)
-    .bind(now + STATE_TTL_MS)
-    .execute(&state.db.pool)
-    .await?;
+    save_state(&state, &state_id, &me.user, &platform, verifier.secret()).await?;
     tracing::info!(owner = %me.user, %platform, "OAuth connection started");
     let mut resp = axum::Json(StartOut {
         authorize_url: url.to_string(),
@@ -291,6 +270,80 @@ pub async fn start(
 /// The associated data of a state's sealed PKCE verifier.
 pub fn state_aad(state_id: &str) -> String {
     format!("oauth_states:{state_id}:pkce_verifier")
+}
+
+/// Stores a started authorization in `oauth_states`: bound to `owner` and
+/// `platform`, its PKCE verifier sealed, good for [`STATE_TTL_MS`]; drops the
+/// states nobody came back for. Shared with `discord::links` (platform
+/// `discord`). Answers the expiry (unix ms).
+pub(crate) async fn save_state(
+    state: &AppState,
+    state_id: &str,
+    owner: &str,
+    platform: &str,
+    verifier: &str,
+) -> AppResult<i64> {
+    let sealed = state
+        .keyring
+        .seal(verifier.as_bytes(), &state_aad(state_id));
+    let now = now_ms();
+    // States nobody came back for are dropped here (an hour past their expiry).
+    sqlx::query("DELETE FROM oauth_states WHERE expires_at < $1")
+        .bind(now - 3_600_000)
+        .execute(&state.db.pool)
+        .await?;
+    sqlx::query(
+        "INSERT INTO oauth_states (state, owner, platform, verifier_sealed, verifier_key_id, \
+         created_at, expires_at, used_at) VALUES ($1, $2, $3, $4, $5, $6, $7, NULL)",
+    )
+    .bind(state_id)
+    .bind(owner)
+    .bind(platform)
+    .bind(&sealed.blob)
+    .bind(&sealed.key_id)
+    .bind(now)
+    .bind(now + STATE_TTL_MS)
+    .execute(&state.db.pool)
+    .await?;
+    Ok(now + STATE_TTL_MS)
+}
+
+/// Claims a state of `platform` (once: of two callbacks with one state, one
+/// wins; unknown, used or expired → `Ok(None)`) and answers its owner and the
+/// opened PKCE verifier. Shared with `discord::links`.
+pub(crate) async fn claim_state(
+    state: &AppState,
+    state_id: &str,
+    platform: &str,
+) -> AppResult<Option<(String, String)>> {
+    let now = now_ms();
+    // Claimed by one conditional update: of two callbacks with one state, one wins.
+    let claimed = sqlx::query(
+        "UPDATE oauth_states SET used_at = $1 WHERE state = $2 AND platform = $3 \
+         AND used_at IS NULL AND expires_at > $1",
+    )
+    .bind(now)
+    .bind(state_id)
+    .bind(platform)
+    .execute(&state.db.pool)
+    .await?;
+    if claimed.rows_affected() != 1 {
+        return Ok(None);
+    }
+    let (owner, blob, key_id): (String, String, String) = sqlx::query_as(
+        "SELECT owner, verifier_sealed, verifier_key_id FROM oauth_states WHERE state = $1",
+    )
+    .bind(state_id)
+    .fetch_one(&state.db.pool)
+    .await?;
+    let verifier = state
+        .keyring
+        .open_string(&Sealed { key_id, blob }, &state_aad(state_id))
+        .map_err(|err| {
+            tracing::error!(error = %err, "PKCE verifier does not open");
+            AppError::internal()
+        })?;
+    Ok(Some((owner, verifier)))
 }
 
 /// What the provider appends to the redirect URI.
@@ -336,26 +389,10 @@ pub async fn callback(
         .as_deref()
         .filter(|s| !s.is_empty() && s.len() <= 256)
         .ok_or_else(bad_state)?;
+    let (owner, verifier) = claim_state(&state, state_id, &platform)
+        .await?
+        .ok_or_else(bad_state)?;
     let now = now_ms();
-    // Claimed by one conditional update: of two callbacks with one state, one wins.
-    let claimed = sqlx::query(
-        "UPDATE oauth_states SET used_at = $1 WHERE state = $2 AND platform = $3 \
-         AND used_at IS NULL AND expires_at > $1",
-    )
-    .bind(now)
-    .bind(state_id)
-    .bind(&platform)
-    .execute(&state.db.pool)
-    .await?;
-    if claimed.rows_affected() != 1 {
-        return Err(bad_state());
-    }
-    let (owner, blob, key_id): (String, String, String) = sqlx::query_as(
-        "SELECT owner, verifier_sealed, verifier_key_id FROM oauth_states WHERE state = $1",
-    )
-    .bind(state_id)
-    .fetch_one(&state.db.pool)
-    .await?;
     if let Some(error) = &q.error {
         // The provider's error code is one of OAuth's short names; anything else is not echoed.
         let code: String = error
@@ -373,13 +410,6 @@ pub async fn callback(
     })?;
     let cfg = provider(&state, &platform)?;
     let client = build_client(&state, &platform, cfg)?;
-    let verifier = state
-        .keyring
-        .open_string(&Sealed { key_id, blob }, &state_aad(state_id))
-        .map_err(|err| {
-            tracing::error!(error = %err, "PKCE verifier does not open");
-            AppError::internal()
-        })?;
     let token = client
         .exchange_code(AuthorizationCode::new(code.to_string()))
         .set_pkce_verifier(PkceCodeVerifier::new(verifier))
@@ -475,6 +505,12 @@ pub fn forget(connection_id: &str) {
     REFRESH_LOCKS.remove(connection_id);
 }
 
+/// The in-process refresh lock of `key` (a connection id, or `discord:{user}`
+/// for `discord::links`).
+pub(crate) fn refresh_lock(key: &str) -> Arc<tokio::sync::Mutex<()>> {
+    REFRESH_LOCKS.entry(key.to_string()).or_default().clone()
+}
+
 fn expiring(row: &ConnectionRow, now: i64) -> bool {
     row.token_expires_at
         .is_some_and(|at| at - now < REFRESH_MARGIN_MS)
@@ -501,7 +537,7 @@ pub async fn access_token(state: &AppState, row: &ConnectionRow) -> AppResult<St
     if !expiring(row, now_ms()) {
         return open_access(state, row);
     }
-    let lock = REFRESH_LOCKS.entry(row.id.clone()).or_default().clone();
+    let lock = refresh_lock(&row.id);
     let _one_at_a_time = lock.lock().await;
     refresh_row_locked(state, &row.id).await
 }
@@ -510,15 +546,11 @@ pub async fn access_token(state: &AppState, row: &ConnectionRow) -> AppResult<St
 /// node does): under the row lock (PostgreSQL), re-reads the row and refreshes
 /// only when the token still expires soon. Public for the multi-node test.
 pub async fn refresh_row_locked(state: &AppState, id: &str) -> AppResult<String> {
-    let mut locked = match state.db.backend {
-        Backend::Postgres => Locked::Tx(state.db.pool.begin().await?),
-        Backend::Sqlite => Locked::Conn(state.db.pool.acquire().await?),
-    };
-    let for_update = match state.db.backend {
-        Backend::Postgres => " FOR UPDATE",
-        Backend::Sqlite => "",
-    };
-    let select = format!("SELECT {COLUMNS} FROM platform_connections WHERE id = $1{for_update}");
+    let mut locked = Locked::begin(state).await?;
+    let select = format!(
+        "SELECT {COLUMNS} FROM platform_connections WHERE id = $1{}",
+        Locked::for_update(state)
+    );
     let row: Option<ConnectionRow> = sqlx::query_as(&select)
         .bind(id)
         .fetch_optional(locked.conn())
@@ -631,13 +663,29 @@ async fn mark_needs_reconnect(
 /// The connection a refresh runs on: PostgreSQL's transaction holding the row
 /// lock, or SQLite's plain connection (one node; a transaction held over an HTTP
 /// call would stall every other writer of the file).
-enum Locked {
+/// Shared with `discord::links`.
+pub(crate) enum Locked {
     Tx(Transaction<'static, Any>),
     Conn(PoolConnection<Any>),
 }
 
 impl Locked {
-    fn conn(&mut self) -> &mut AnyConnection {
+    pub(crate) async fn begin(state: &AppState) -> Result<Locked, sqlx::Error> {
+        Ok(match state.db.backend {
+            Backend::Postgres => Locked::Tx(state.db.pool.begin().await?),
+            Backend::Sqlite => Locked::Conn(state.db.pool.acquire().await?),
+        })
+    }
+
+    /// What ends a `SELECT` of the row to refresh: the row lock on PostgreSQL.
+    pub(crate) fn for_update(state: &AppState) -> &'static str {
+        match state.db.backend {
+            Backend::Postgres => " FOR UPDATE",
+            Backend::Sqlite => "",
+        }
+    }
+
+    pub(crate) fn conn(&mut self) -> &mut AnyConnection {
         match self {
             Locked::Tx(tx) => tx,
             Locked::Conn(c) => c,
@@ -645,7 +693,7 @@ impl Locked {
     }
 
     /// Commits (PostgreSQL), releasing the row lock; dropping instead rolls back.
-    async fn finish(self) -> Result<(), sqlx::Error> {
+    pub(crate) async fn finish(self) -> Result<(), sqlx::Error> {
         match self {
             Locked::Tx(tx) => tx.commit().await,
             Locked::Conn(_) => Ok(()),

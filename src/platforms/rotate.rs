@@ -36,6 +36,14 @@ const TABLES: &[Table] = &[
         id: "state",
         fields: &[("verifier", "pkce_verifier")],
     },
+    Table {
+        name: "discord_links",
+        id: "user_id",
+        fields: &[
+            ("access_token", "access_token"),
+            ("refresh_token", "refresh_token"),
+        ],
+    },
 ];
 
 /// One sealed field of a row as it will be written back.

@@ -264,6 +264,7 @@ pub fn discord_user(i: usize) -> String {
 #[tokio::test]
 async fn bot_burst_meets_429s_and_never_sends_while_told_to_wait() {
     let d = Discord::spawn_with(GuildState::with_limits(5, 500, 8, 1000)).await;
+    d.guild.any_token.store(true, Ordering::SeqCst);
     let bot = Bot::new(&d.base, discord::BOT_TOKEN);
     let started = std::time::Instant::now();
     for i in 0..50 {
@@ -324,6 +325,7 @@ async fn bot_burst_meets_429s_and_never_sends_while_told_to_wait() {
 #[tokio::test]
 async fn bot_follows_the_advertised_bucket() {
     let d = Discord::spawn_with(GuildState::with_limits(3, 300, 1000, 1000)).await;
+    d.guild.any_token.store(true, Ordering::SeqCst);
     let bot = Bot::new(&d.base, discord::BOT_TOKEN);
     for i in 0..12 {
         bot.add_member(GUILD, &discord_user(i), "tok", None)
@@ -341,6 +343,7 @@ async fn bot_follows_the_advertised_bucket() {
 async fn repeated_401s_stop_the_bot() {
     let d = Discord::spawn().await;
     d.guild.refuse.store(true, Ordering::SeqCst);
+    d.guild.any_token.store(true, Ordering::SeqCst);
     let bot = Bot::new(&d.base, discord::BOT_TOKEN);
     let mut errors = Vec::new();
     for i in 0..6 {

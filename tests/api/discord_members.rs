@@ -38,7 +38,11 @@ async fn course(app: &TestApp, price: i64) -> String {
 
 async fn enroll(app: &TestApp, s: &str, who: &str) -> String {
     let r = app
-        .post(&format!("/v1/streams/{s}/enrollments"), Some(&user(who)), json!({}))
+        .post(
+            &format!("/v1/streams/{s}/enrollments"),
+            Some(&user(who)),
+            json!({}),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
     r.body["enrollment"]["id"].as_str().unwrap().to_string()
@@ -67,14 +71,20 @@ fn all(list: &[Value], n: usize, status: &str) -> bool {
 
 async fn enrollment_adds_the_member_and_refund_takes_the_role(backend: Backend) {
     let d = Discord::spawn().await;
-    let app = api_app(backend).config(|c| d.configure(c, true)).spawn().await;
+    let app = api_app(backend)
+        .config(|c| d.configure(c, true))
+        .spawn()
+        .await;
     let s = course(&app, 5).await;
     let duid = discord_user(1);
     link_account(&app, &d, &user("ulla"), &duid).await;
     app.credit("ulla", 5).await;
     let enrollment = enroll(&app, &s, "ulla").await;
 
-    let list = members_when(&app, &s, "ulla joined", Duration::from_secs(15), |l| all(l, 1, "joined")).await;
+    let list = members_when(&app, &s, "ulla joined", Duration::from_secs(15), |l| {
+        all(l, 1, "joined")
+    })
+    .await;
     assert_eq!(list[0]["discord_user_id"], duid.as_str());
     assert_eq!(list[0]["attempts"], 1);
     assert!(list[0]["last_error"].is_null());
@@ -94,7 +104,11 @@ async fn enrollment_adds_the_member_and_refund_takes_the_role(backend: Backend) 
         }
     })
     .await;
-    assert_eq!(d.guild.calls.load(Ordering::SeqCst), calls + 2, "GET member, PUT role");
+    assert_eq!(
+        d.guild.calls.load(Ordering::SeqCst),
+        calls + 2,
+        "GET member, PUT role"
+    );
 
     // Refund: the role goes, the member stays in the server.
     let r = app
@@ -105,18 +119,31 @@ async fn enrollment_adds_the_member_and_refund_takes_the_role(backend: Backend) 
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    let list = members_when(&app, &s, "ulla removed", Duration::from_secs(15), |l| all(l, 1, "removed")).await;
+    let list = members_when(&app, &s, "ulla removed", Duration::from_secs(15), |l| {
+        all(l, 1, "removed")
+    })
+    .await;
     assert!(list[0]["last_error"].is_null(), "{:?}", list[0]);
     assert_eq!(d.guild.roles(GUILD, &duid), Some(vec![]));
-    let r = app.get(&format!("/v1/streams/{s}/discord"), Some(&user("ulla"))).await;
+    let r = app
+        .get(&format!("/v1/streams/{s}/discord"), Some(&user("ulla")))
+        .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     // A reconcile pass leaves it so (and makes no call but the check).
     let before = d.guild.calls.load(Ordering::SeqCst);
     app.state().discord.reconcile_now();
-    eventually("reconcile checked ulla", Duration::from_secs(15), || async {
-        let n = d.guild.calls.load(Ordering::SeqCst);
-        if n > before { Ok(()) } else { Err(format!("{n}")) }
-    })
+    eventually(
+        "reconcile checked ulla",
+        Duration::from_secs(15),
+        || async {
+            let n = d.guild.calls.load(Ordering::SeqCst);
+            if n > before {
+                Ok(())
+            } else {
+                Err(format!("{n}"))
+            }
+        },
+    )
     .await;
     assert_eq!(d.guild.roles(GUILD, &duid), Some(vec![]));
     assert_eq!(d.guild.violations.load(Ordering::SeqCst), 0);
@@ -125,15 +152,23 @@ async fn enrollment_adds_the_member_and_refund_takes_the_role(backend: Backend) 
 
 async fn end_of_replay_access_takes_the_role(backend: Backend) {
     let d = Discord::spawn().await;
-    let app = api_app(backend).config(|c| d.configure(c, true)).spawn().await;
+    let app = api_app(backend)
+        .config(|c| d.configure(c, true))
+        .spawn()
+        .await;
     let s = course(&app, 0).await;
     let duid = discord_user(2);
     link_account(&app, &d, &user("ulla"), &duid).await;
     enroll(&app, &s, "ulla").await;
-    members_when(&app, &s, "ulla joined", Duration::from_secs(15), |l| all(l, 1, "joined")).await;
+    members_when(&app, &s, "ulla joined", Duration::from_secs(15), |l| {
+        all(l, 1, "joined")
+    })
+    .await;
     let ines = instructor("ines");
     for step in ["start", "end"] {
-        let r = app.post(&format!("/v1/streams/{s}/{step}"), Some(&ines), json!({})).await;
+        let r = app
+            .post(&format!("/v1/streams/{s}/{step}"), Some(&ines), json!({}))
+            .await;
         assert_eq!(r.status, StatusCode::OK, "{step}: {}", r.text);
     }
     // Still within the replay window: still a member with the role.
@@ -142,7 +177,10 @@ async fn end_of_replay_access_takes_the_role(backend: Backend) {
     let jobs = Jobs::new(app.state().clone(), clock as Arc<dyn Clock>);
     let report = jobs.expire_replays().await.unwrap();
     assert_eq!(report.closed, vec![s.clone()]);
-    members_when(&app, &s, "ulla removed", Duration::from_secs(15), |l| all(l, 1, "removed")).await;
+    members_when(&app, &s, "ulla removed", Duration::from_secs(15), |l| {
+        all(l, 1, "removed")
+    })
+    .await;
     assert_eq!(d.guild.roles(GUILD, &duid), Some(vec![]));
     app.shutdown().await;
 }
@@ -150,7 +188,10 @@ async fn end_of_replay_access_takes_the_role(backend: Backend) {
 async fn a_burst_of_50_enrollments_meets_429s_and_all_complete(backend: Backend) {
     // 5 per 500 ms per route and guild, 8 per second overall (unannounced).
     let d = Discord::spawn_with(GuildState::with_limits(5, 500, 8, 1000)).await;
-    let app = api_app(backend).config(|c| d.configure(c, true)).spawn().await;
+    let app = api_app(backend)
+        .config(|c| d.configure(c, true))
+        .spawn()
+        .await;
     let s = course(&app, 0).await;
     let n = 50;
     for i in 0..n {
@@ -161,10 +202,17 @@ async fn a_burst_of_50_enrollments_meets_429s_and_all_complete(backend: Backend)
     for i in 0..n {
         enroll(&app, &s, &format!("u{i:02}")).await;
     }
-    let list = members_when(&app, &s, "all 50 joined", Duration::from_secs(90), |l| all(l, n, "joined")).await;
+    let list = members_when(&app, &s, "all 50 joined", Duration::from_secs(90), |l| {
+        all(l, n, "joined")
+    })
+    .await;
     let elapsed = started.elapsed();
     for i in 0..n {
-        assert_eq!(d.guild.roles(GUILD, &discord_user(i)), Some(vec![ROLE.to_string()]), "u{i:02}");
+        assert_eq!(
+            d.guild.roles(GUILD, &discord_user(i)),
+            Some(vec![ROLE.to_string()]),
+            "u{i:02}"
+        );
     }
     assert!(list.iter().all(|m| m["last_error"].is_null()));
     let limited = d.guild.rate_limited.load(Ordering::SeqCst);
@@ -180,7 +228,10 @@ async fn a_burst_of_50_enrollments_meets_429s_and_all_complete(backend: Backend)
 
 async fn repeated_401s_stop_the_job_and_members_say_why(backend: Backend) {
     let d = Discord::spawn().await;
-    let app = api_app(backend).config(|c| d.configure(c, true)).spawn().await;
+    let app = api_app(backend)
+        .config(|c| d.configure(c, true))
+        .spawn()
+        .await;
     let s = course(&app, 0).await;
     let n = 6;
     for i in 0..n {
@@ -191,7 +242,10 @@ async fn repeated_401s_stop_the_job_and_members_say_why(backend: Backend) {
     for i in 0..n {
         enroll(&app, &s, &format!("u{i}")).await;
     }
-    let list = members_when(&app, &s, "all failed", Duration::from_secs(20), |l| all(l, n, "failed")).await;
+    let list = members_when(&app, &s, "all failed", Duration::from_secs(20), |l| {
+        all(l, n, "failed")
+    })
+    .await;
     assert!(
         d.guild.calls.load(Ordering::SeqCst) <= MAX_REFUSALS as usize,
         "the bot kept calling: {}",
@@ -207,7 +261,10 @@ async fn repeated_401s_stop_the_job_and_members_say_why(backend: Backend) {
         .count();
     assert!(stopped >= n - MAX_REFUSALS as usize + 1, "{list:?}");
     let attempts: i64 = list.iter().map(|m| m["attempts"].as_i64().unwrap()).sum();
-    assert_eq!(attempts, MAX_REFUSALS as i64, "attempts count calls made: {list:?}");
+    assert_eq!(
+        attempts, MAX_REFUSALS as i64,
+        "attempts count calls made: {list:?}"
+    );
     for m in &list {
         let e = m["last_error"].as_str().unwrap();
         assert!(e.contains("401"), "{e}");

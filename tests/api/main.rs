@@ -4,7 +4,7 @@
 //! `whep_ext`; issue 16's platform connections and meetings in `platforms` and
 //! `meetings`, against stand-in providers; issue 17's Discord Activity sign-in in
 //! `discord`, against a stand-in Discord; course servers and the bot's rate limits in
-//! `discord_guild`), each on a fresh SQLite file and a fresh
+//! `discord_guild`, membership end to end with linked accounts in `discord_members`), each on a fresh SQLite file and a fresh
 //! PostgreSQL database: every `both_backends!` test runs as `<name>::sqlite` and
 //! `<name>::postgres`. `cargo test --test api -- ::sqlite` needs nothing installed.
 
@@ -15,6 +15,7 @@ mod calls;
 mod destinations;
 mod discord;
 mod discord_guild;
+mod discord_members;
 mod enrollment;
 mod first_hour;
 mod hardening;

@@ -4,7 +4,8 @@
 //!
 //! - `PUT /guilds/{g}/members/{u}` `{access_token, roles}`: 201 with the member
 //!   (joined with `roles`), 204 when already a member (roles untouched, as
-//!   Discord does); 403 `Invalid OAuth2 access token` (50025) without a token.
+//!   Discord does); 403 `Invalid OAuth2 access token` (50025) without a live
+//!   access token the stand-in issued to that user.
 //! - `PUT|DELETE /guilds/{g}/members/{u}/roles/{r}`: 204; 404 `Unknown Member`
 //!   (10007) when not in the guild.
 //! - `GET /guilds/{g}/members/{u}`: `{user: {id}, roles, joined_at}` or 404.
@@ -26,7 +27,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
@@ -64,8 +65,16 @@ pub struct GuildState {
     pub global_rate_limited: AtomicUsize,
     /// Requests that arrived while told to wait (see the module header).
     pub violations: AtomicUsize,
+    /// The user an access token was issued to (set by `Discord::spawn_with`):
+    /// adding a member needs that member's own live token.
+    pub(super) token_user: OnceLock<TokenUser>,
+    /// Accept any non-empty access token (tests of the bot alone, with no
+    /// linked users).
+    pub any_token: AtomicBool,
     inner: Mutex<Inner>,
 }
+
+pub(super) type TokenUser = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
 #[derive(Default)]
 struct Inner {
@@ -104,6 +113,8 @@ impl GuildState {
             rate_limited: AtomicUsize::new(0),
             global_rate_limited: AtomicUsize::new(0),
             violations: AtomicUsize::new(0),
+            token_user: OnceLock::new(),
+            any_token: AtomicBool::new(false),
             inner: Mutex::new(Inner::default()),
         }
     }
@@ -348,7 +359,17 @@ async fn add_member(
         Err(r) => return *r,
     };
     let body: Value = serde_json::from_slice(&body).unwrap_or_default();
-    let Some(token) = body["access_token"].as_str().filter(|t| !t.is_empty()) else {
+    let owned = |t: &str| {
+        state.any_token.load(Ordering::SeqCst)
+            || state
+                .token_user
+                .get()
+                .is_none_or(|user_of| user_of(t).as_deref() == Some(u.as_str()))
+    };
+    let Some(token) = body["access_token"]
+        .as_str()
+        .filter(|t| !t.is_empty() && owned(t))
+    else {
         return with(
             h,
             json_error(StatusCode::FORBIDDEN, "Invalid OAuth2 access token", 50025),
