@@ -348,7 +348,7 @@ async fn sync_member(state: &AppState, stream: &str, user: &str, verify: bool) -
                 // Left the guild: added again below.
                 Ok(None) => {}
                 Err(e) => {
-                    return outcome(state, stream, user, &duid, "check", called(), Err(e)).await;
+                    return check_failed(state, stream, user, &duid, called(), e).await;
                 }
             }
         }
@@ -407,13 +407,41 @@ async fn sync_member(state: &AppState, stream: &str, user: &str, verify: bool) -
                 Ok(Some(m)) if m.roles.iter().any(|x| x == role) => {}
                 Ok(_) => return Ok(()),
                 Err(e) => {
-                    return outcome(state, stream, user, &duid, "check", called(), Err(e)).await;
+                    return check_failed(state, stream, user, &duid, called(), e).await;
                 }
             }
         }
         let result = bot.remove_role(guild, &duid, role).await;
         outcome(state, stream, user, &duid, "remove", called(), result).await
     }
+}
+
+/// The reconcile pass could not check a member (Discord failing, the bot
+/// stopped): its status stays what it was, the reason is recorded.
+async fn check_failed(
+    state: &AppState,
+    stream: &str,
+    user: &str,
+    discord_user: &str,
+    called: bool,
+    err: BotError,
+) -> AppResult<()> {
+    let message = format!("reconcile could not check the member: {err}");
+    tracing::warn!(stream, user, discord_user, error = %message, "discord: check failed");
+    let status = member_of(state, stream, user)
+        .await?
+        .map(|r| r.status)
+        .unwrap_or_else(|| "failed".into());
+    record(
+        state,
+        stream,
+        user,
+        Some(discord_user),
+        &status,
+        Some(&message),
+        called,
+    )
+    .await
 }
 
 /// Logs and records one attempt.

@@ -259,7 +259,8 @@ async fn repeated_401s_stop_the_job_and_members_say_why(backend: Backend) {
                 .is_some_and(|e| e.contains("bot is stopped") && e.contains("bot_token"))
         })
         .count();
-    assert!(stopped >= n - MAX_REFUSALS as usize + 1, "{list:?}");
+    // The refusal that stopped it, and every member after it.
+    assert_eq!(stopped, n - MAX_REFUSALS as usize + 1, "{list:?}");
     let attempts: i64 = list.iter().map(|m| m["attempts"].as_i64().unwrap()).sum();
     assert_eq!(
         attempts, MAX_REFUSALS as i64,
@@ -273,7 +274,39 @@ async fn repeated_401s_stop_the_job_and_members_say_why(backend: Backend) {
     app.shutdown().await;
 }
 
+/// The reconcile pass with Discord refusing the bot: members it cannot check
+/// keep their status (they are still in the server) and say why.
+async fn a_failed_check_keeps_the_status(backend: Backend) {
+    let d = Discord::spawn().await;
+    let app = api_app(backend)
+        .config(|c| d.configure(c, true))
+        .spawn()
+        .await;
+    let s = course(&app, 0).await;
+    link_account(&app, &d, &user("ulla"), &discord_user(3)).await;
+    enroll(&app, &s, "ulla").await;
+    members_when(&app, &s, "ulla joined", Duration::from_secs(15), |l| {
+        all(l, 1, "joined")
+    })
+    .await;
+    d.guild.refuse.store(true, Ordering::SeqCst);
+    app.state().discord.reconcile_now();
+    let list = members_when(&app, &s, "the check failed", Duration::from_secs(15), |l| {
+        l.len() == 1 && !l[0]["last_error"].is_null()
+    })
+    .await;
+    assert_eq!(list[0]["status"], "joined", "{:?}", list[0]);
+    let e = list[0]["last_error"].as_str().unwrap();
+    assert!(
+        e.contains("reconcile could not check") && e.contains("401"),
+        "{e}"
+    );
+    assert_eq!(list[0]["attempts"], 2, "the add and the check");
+    app.shutdown().await;
+}
+
 both_backends!(
+    a_failed_check_keeps_the_status,
     enrollment_adds_the_member_and_refund_takes_the_role,
     end_of_replay_access_takes_the_role,
     a_burst_of_50_enrollments_meets_429s_and_all_complete,
