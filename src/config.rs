@@ -303,6 +303,9 @@ pub struct DiscordConfig {
     /// Discord's OAuth2 authorize page for account linking (`GET
     /// /v1/discord/link`): on discord.com, not under the API's base.
     pub authorize_url: String,
+    /// Course servers (src/discord/guild.rs): how often the reconcile job repairs
+    /// drift between enrollments and guild roles. 0: never.
+    pub reconcile_interval_seconds: u64,
 }
 
 impl Default for DiscordConfig {
@@ -314,6 +317,7 @@ impl Default for DiscordConfig {
             bot_token: String::new(),
             redirect_uri: String::new(),
             authorize_url: "https://discord.com/oauth2/authorize".into(),
+            reconcile_interval_seconds: 86_400,
         }
     }
 }
@@ -329,6 +333,10 @@ impl std::fmt::Debug for DiscordConfig {
             .field("bot_token", &hide(&self.bot_token))
             .field("redirect_uri", &self.redirect_uri)
             .field("authorize_url", &self.authorize_url)
+            .field(
+                "reconcile_interval_seconds",
+                &self.reconcile_interval_seconds,
+            )
             .finish()
     }
 }

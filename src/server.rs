@@ -30,6 +30,7 @@ pub fn app(state: AppState) -> Router {
         .merge(crate::rooms::routes())
         .merge(crate::api::routes())
         .merge(crate::platforms::routes())
+        .merge(crate::discord::guild::routes())
         .merge(crate::api::not_built::routes())
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -143,6 +144,7 @@ pub struct Running {
     stop: watch::Sender<bool>,
     served: tokio::task::JoinHandle<()>,
     jobs: crate::api::jobs::JobsHandle,
+    discord: crate::discord::guild::GuildWorker,
     recorder: crate::whip::SessionRecorder,
 }
 
@@ -151,6 +153,7 @@ impl Running {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         self.jobs.stop().await;
+        self.discord.stop().await;
         let grace = Duration::from_secs(self.state.config.shutdown_grace_seconds.max(1));
         self.state.rooms.shutdown(grace).await;
         // Restream children are killed (and waited for) before the media stops.
@@ -286,6 +289,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             source,
         })?;
     let public_url: Arc<str> = config.public_url(http_addr).into();
+    let (discord, discord_jobs) = crate::discord::guild::Guilds::new(&config);
     let state = AppState {
         identity: IdentityVerifier::new(&config.jwt_secret),
         config: config.clone(),
@@ -300,10 +304,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         ready: Arc::default(),
         whep_events: crate::whep_events::SseHub::default(),
         keyring,
+        discord,
     };
     let (stop, stopped) = watch::channel(false);
     let router = app(state.clone());
     let jobs = crate::api::jobs::spawn(&state);
+    let discord = crate::discord::guild::spawn(&state, discord_jobs);
     // Classes still live when the process stopped push to their destinations
     // again (beside serving: resolving a destination may call its platform).
     let resumed = state.clone();
@@ -324,6 +330,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         stop,
         served,
         jobs,
+        discord,
         recorder,
     })
 }

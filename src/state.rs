@@ -35,6 +35,8 @@ pub struct AppState {
     pub whep_events: crate::whep_events::SseHub,
     /// The keys of secrets at rest: stream keys, OAuth tokens (src/secrets.rs).
     pub keyring: crate::secrets::Keyring,
+    /// Course servers: the queue to the Discord worker and the bot (src/discord/guild.rs).
+    pub discord: crate::discord::guild::Guilds,
 }
 
 /// How long one `/readyz` verdict is reused: the write probe is one committed

@@ -132,7 +132,8 @@ pub async fn run(cfg: &CallConfig) -> Result<CallReport, String> {
     };
     crate::media::base();
     let counters = Arc::new(Counters::default());
-    let publishers = Driver::spawn("lt-call-publishers", counters.clone()).map_err(err("thread"))?;
+    let publishers =
+        Driver::spawn("lt-call-publishers", counters.clone()).map_err(err("thread"))?;
     let viewers = Driver::spawn("lt-call-viewers", counters.clone()).map_err(err("thread"))?;
     let stop = |report: CallReport| {
         counters.stop.store(true, Ordering::Release);
@@ -239,7 +240,10 @@ pub fn rows(r: &CallReport) -> Vec<Row> {
     let mut rows = vec![
         Row::new(
             "participants (publishers, views)",
-            format!("{} ({}, {})", r.participants, r.participants, r.views_requested),
+            format!(
+                "{} ({}, {})",
+                r.participants, r.participants, r.views_requested
+            ),
         ),
         Row::new(
             "views connected / failed",

@@ -117,14 +117,20 @@ pub async fn enroll(
         &format!("enroll:{id}"),
         &body,
     )?;
-    match state.db.backend {
-        Backend::Postgres => enroll_pg(&state.db, key.as_ref(), &me.user, &id).await,
+    let resp = match state.db.backend {
+        Backend::Postgres => enroll_pg(&state.db, key.as_ref(), &me.user, &id).await?,
         Backend::Sqlite => {
             let mut tx = begin_write(&state.db).await?;
             let outcome = enroll_in(&mut tx, &me.user, &id, now_ms()).await;
-            idempotency::finish(&state.db, tx, key.as_ref(), outcome).await
+            idempotency::finish(&state.db, tx, key.as_ref(), outcome).await?
         }
+    };
+    // Committed: the course server's bot adds the user (a replayed answer is
+    // looked at again, which changes nothing).
+    if resp.status() == StatusCode::CREATED {
+        state.discord.member_changed(&id, &me.user);
     }
+    Ok(resp)
 }
 
 /// The enrollment on SQLite, step by step: `BEGIN IMMEDIATE` serialises writers, so
@@ -620,6 +626,7 @@ pub async fn admin_refund(
         && let Some((stream, user)) = refunded
     {
         evict_from_room(&state, &stream, &user).await;
+        state.discord.member_changed(&stream, &user);
     }
     Ok(resp)
 }

@@ -94,6 +94,8 @@ impl Jobs {
                 .execute(&db.pool)
                 .await?;
                 tracing::info!(stream = %id, "replay access ended");
+                // The course server's role goes with the access.
+                self.state.discord.stream_changed(&id);
                 report.closed.push(id);
             }
         }

@@ -16,10 +16,6 @@ use crate::state::AppState;
 
 /// `(method, path)` of every contract route not built yet, in API.md's order.
 pub const NOT_BUILT: &[(&str, &str)] = &[
-    // Discord.
-    ("PUT", "/v1/streams/{id}/discord"),
-    ("GET", "/v1/streams/{id}/discord"),
-    ("GET", "/v1/streams/{id}/discord/members"),
     // Operations: clustering.
     ("GET", "/v1/cluster/nodes"),
 ];

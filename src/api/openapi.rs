@@ -15,6 +15,7 @@ use utoipa::{Modify, OpenApi};
 use super::{
     calls, destinations, discord, enrollment, ledger, media_streams, replay, stream_keys, streams,
 };
+use crate::discord::guild;
 use crate::discord::links;
 use crate::platforms::{connections, meetings, oauth};
 use crate::state::AppState;
@@ -76,6 +77,9 @@ pub fn routes() -> axum::Router<AppState> {
         calls::end,
         calls::remove,
         discord::token,
+        guild::replace,
+        guild::show,
+        guild::members,
         links::link,
         links::callback,
         links::show,
@@ -92,7 +96,7 @@ pub fn routes() -> axum::Router<AppState> {
         (name = "platforms", description = "platform connections (stream keys, OAuth) and meetings"),
         (name = "calls", description = "calls: participants, call tokens, history, end, removal"),
         (name = "rooms", description = "Watch Together rooms: tokens, WebSocket, videos"),
-        (name = "discord", description = "linked Discord accounts"),
+        (name = "discord", description = "linked Discord accounts; course servers: a stream's invite, guild membership and roles"),
         (name = "operations", description = "health and metrics"),
     )
 )]

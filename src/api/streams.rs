@@ -707,6 +707,8 @@ pub async fn cancel(
             evict_from_room(&state, &id, user).await;
         }
         state.sfu.close_stream(&id).await;
+        // Free enrollments lose their access too: every member is looked at.
+        state.discord.stream_changed(&id);
     }
     Ok(resp)
 }

@@ -3,7 +3,8 @@
 //! OpenAPI and request metrics in `first_hour`; issue 15's WHEP extensions over HTTP in
 //! `whep_ext`; issue 16's platform connections and meetings in `platforms` and
 //! `meetings`, against stand-in providers; issue 17's Discord Activity sign-in in
-//! `discord`, against a stand-in Discord), each on a fresh SQLite file and a fresh
+//! `discord`, against a stand-in Discord; course servers and the bot's rate limits in
+//! `discord_guild`, membership end to end with linked accounts in `discord_members`), each on a fresh SQLite file and a fresh
 //! PostgreSQL database: every `both_backends!` test runs as `<name>::sqlite` and
 //! `<name>::postgres`. `cargo test --test api -- ::sqlite` needs nothing installed.
 
@@ -13,6 +14,8 @@ mod support;
 mod calls;
 mod destinations;
 mod discord;
+mod discord_guild;
+mod discord_members;
 mod enrollment;
 mod first_hour;
 mod hardening;

@@ -27,6 +27,9 @@
 //!   [`INSTANCE`] with [`USER_ID`] in its `users`, [`OTHER_INSTANCE`] without,
 //!   anything else 404 `Unknown Activity Instance`.
 //!
+//! - Guild members and roles with Discord's rate limits (course servers):
+//!   [`super::discord_guild`], state in [`Discord::guild`].
+//!
 //! [`Discord::configure`] points a tandem configuration at it; [`link_account`]
 //! links a tandem user through the real flow.
 
@@ -123,6 +126,8 @@ impl Grants {
 pub struct Discord {
     pub base: String,
     pub state: Arc<DiscordState>,
+    /// Guild members, roles, rate limits and violations (`discord_guild.rs`).
+    pub guild: Arc<super::discord_guild::GuildState>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -134,7 +139,18 @@ impl Drop for Discord {
 
 impl Discord {
     pub async fn spawn() -> Discord {
+        Self::spawn_with(super::discord_guild::GuildState::new()).await
+    }
+
+    /// With the guild routes' limits and state given.
+    pub async fn spawn_with(guild: super::discord_guild::GuildState) -> Discord {
         let state = Arc::new(DiscordState::default());
+        // Adding a member takes that user's own live access token, as at Discord.
+        let grants = state.clone();
+        let _ = guild.token_user.set(Box::new(move |token: &str| {
+            grants.grants.lock().unwrap().access.get(token).cloned()
+        }));
+        let guild = Arc::new(guild);
         let app = Router::new()
             .route("/oauth2/authorize", get(authorize))
             .route("/api/oauth2/token", post(token))
@@ -144,13 +160,19 @@ impl Discord {
                 "/api/applications/{app}/activity-instances/{id}",
                 get(instance),
             )
-            .with_state(state.clone());
+            .with_state(state.clone())
+            .merge(super::discord_guild::routes(guild.clone()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}/api", listener.local_addr().unwrap());
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
-        Discord { base, state, task }
+        Discord {
+            base,
+            state,
+            guild,
+            task,
+        }
     }
 
     /// Points `[discord]` of `c` at this server, with the test credentials;

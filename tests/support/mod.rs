@@ -14,7 +14,8 @@
 //!   ([`PyPeer`]) — installed by `scripts/test.sh`.
 //! - [`providers`]: stand-in OAuth/YouTube/Twitch/Facebook/Zoom/Graph servers ([`Providers`]).
 //! - [`discord`]: a stand-in Discord API (OAuth2 code exchange, `/users/@me`,
-//!   activity instances) for `POST /v1/discord/token` ([`discord::Discord`]).
+//!   activity instances) for `POST /v1/discord/token` ([`discord::Discord`]), and
+//!   guild members with Discord's rate limits for course servers ([`discord_guild`]).
 //! - [`probe`]: ffprobe of a recording ([`ffprobe`], [`stream_of`], [`duration_of`]).
 //! - [`rtmp`]: private nginx-rtmp destinations and their `on_publish` endpoint
 //!   refusing one key ([`Nginx`], [`PublishAuth`]) for the restream tests.
@@ -31,6 +32,7 @@ pub mod app;
 pub mod bin;
 pub mod db;
 pub mod discord;
+pub mod discord_guild;
 pub mod peers;
 pub mod probe;
 pub mod providers;
