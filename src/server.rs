@@ -289,7 +289,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             source,
         })?;
     let public_url: Arc<str> = config.public_url(http_addr).into();
-    let (discord, discord_jobs) = crate::discord::guild::Guilds::new(&config);
+    let (discord, discord_jobs) = crate::discord::queue::Guilds::new(&config);
     let state = AppState {
         identity: IdentityVerifier::new(&config.jwt_secret),
         config: config.clone(),

@@ -36,7 +36,7 @@ pub struct AppState {
     /// The keys of secrets at rest: stream keys, OAuth tokens (src/secrets.rs).
     pub keyring: crate::secrets::Keyring,
     /// Course servers: the queue to the Discord worker and the bot (src/discord/guild.rs).
-    pub discord: crate::discord::guild::Guilds,
+    pub discord: crate::discord::queue::Guilds,
 }
 
 /// How long one `/readyz` verdict is reused: the write probe is one committed

@@ -44,17 +44,15 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use utoipa::ToSchema;
 
-use super::bot::{Bot, BotError};
+use super::bot::BotError;
+pub use super::queue::{Guilds, Job};
 use crate::api::common::{parse_json, rfc3339};
 use crate::auth::Role;
 use crate::clock::now_ms;
-use crate::config::Config;
 use crate::error::{AppError, AppResult};
 use crate::extract::Identity;
 use crate::state::AppState;
 
-/// Jobs the queue holds; beyond, a job is dropped (logged) and reconcile repairs.
-pub const QUEUE: usize = 4096;
 
 /// Longest invite URL accepted.
 const MAX_URL: usize = 200;
@@ -66,63 +64,6 @@ pub fn routes() -> Router<AppState> {
         .route_layer(axum::middleware::from_fn(crate::text::refuse_control_chars))
 }
 
-/// What the worker is asked to look at.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Job {
-    /// One user of one stream.
-    Member { stream: String, user: String },
-    /// Every enrolled user and recorded member of a stream.
-    Stream(String),
-    /// Every configured stream, each member checked at Discord.
-    Reconcile,
-}
-
-/// The queue to the worker and the bot (none without a bot token). Cheap to clone.
-#[derive(Clone)]
-pub struct Guilds {
-    tx: mpsc::Sender<Job>,
-    bot: Option<Bot>,
-}
-
-impl Guilds {
-    /// The queue and its receiving end (handed to [`spawn`]).
-    pub fn new(config: &Config) -> (Guilds, mpsc::Receiver<Job>) {
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let d = &config.discord;
-        let bot = (!d.bot_token.is_empty()).then(|| Bot::new(&d.api_base_url, &d.bot_token));
-        (Guilds { tx, bot }, rx)
-    }
-
-    /// The bot, when a bot token is configured.
-    pub fn bot(&self) -> Option<&Bot> {
-        self.bot.as_ref()
-    }
-
-    fn send(&self, job: Job) {
-        if let Err(err) = self.tx.try_send(job) {
-            tracing::warn!(error = %err, "discord: worker queue full or stopped; the reconcile pass repairs");
-        }
-    }
-
-    /// A user's enrollment in a stream changed (enrolled, refunded).
-    pub fn member_changed(&self, stream: &str, user: &str) {
-        self.send(Job::Member {
-            stream: stream.to_string(),
-            user: user.to_string(),
-        });
-    }
-
-    /// Everyone's access to a stream may have changed (cancelled, replay closed,
-    /// course server configured).
-    pub fn stream_changed(&self, stream: &str) {
-        self.send(Job::Stream(stream.to_string()));
-    }
-
-    /// Runs the reconcile pass now (it also runs every `reconcile_interval_seconds`).
-    pub fn reconcile_now(&self) {
-        self.send(Job::Reconcile);
-    }
-}
 
 /// The running worker; [`GuildWorker::stop`] ends it (a call in flight is dropped:
 /// its member keeps its last status and the next look repeats it).
@@ -170,6 +111,21 @@ async fn run(state: &AppState, job: &Job) -> AppResult<()> {
         Job::Stream(stream) => {
             for user in users_of(state, stream).await? {
                 sync_member(state, stream, &user, false).await?;
+            }
+            Ok(())
+        }
+        Job::User(user) => {
+            let streams: Vec<(String,)> = sqlx::query_as(
+                "SELECT d.stream_id FROM stream_discord d JOIN enrollments e \
+                 ON e.stream_id = d.stream_id \
+                 WHERE e.user_id = $1 AND e.status = 'active' AND d.guild_id IS NOT NULL \
+                 ORDER BY 1",
+            )
+            .bind(user)
+            .fetch_all(&state.db.pool)
+            .await?;
+            for (stream,) in streams {
+                sync_member(state, &stream, user, false).await?;
             }
             Ok(())
         }

@@ -604,6 +604,8 @@ async fn link_from_callback(
     .execute(&state.db.pool)
     .await?;
     tracing::info!(user = %owner, discord_user = %user.id, "discord account linked");
+    // Enrolled before linking: the course servers add them now.
+    state.discord.user_linked(&owner);
     Ok(LinkView::of(row(state, &owner).await?.as_ref()))
 }
 

@@ -9,10 +9,13 @@
 //!   global limit), driven by the caller's clock.
 //! - [`bot`]: the bot's HTTP shell (`Authorization: Bot`, guild members and
 //!   roles), waiting as `ratelimit` says; stops itself after repeated 401/403.
+//! - [`queue`]: the worker's queue and the bot handle the `AppState` holds
+//!   ([`queue::Guilds`]): what links, enrollments and jobs tell the worker.
 //! - [`guild`]: course servers: `PUT/GET /v1/streams/{id}/discord`, `…/members`,
 //!   and the worker that adds enrolled users to the guild and removes the role.
 
 pub mod bot;
 pub mod guild;
 pub mod links;
+pub mod queue;
 pub mod ratelimit;
