@@ -100,7 +100,10 @@ async fn instructor_and_student_see_each_other_on_the_call_page() {
                 if at_ines["in"] == true && at_sam["in"] == true && spoke {
                     Ok(())
                 } else {
-                    Err(format!("at ines {at_ines}, at sam {at_sam}, sam mic {} dB", s[1]["micDb"]))
+                    Err(format!(
+                        "at ines {at_ines}, at sam {at_sam}, sam mic {} dB",
+                        s[1]["micDb"]
+                    ))
                 }
             },
         )
@@ -188,18 +191,29 @@ async fn instructor_and_student_see_each_other_on_the_call_page() {
 
     // Sam unmutes; the host mutes sam remotely with its tile's "Mute": sam's page
     // disables its microphone track and says why, and ines's presence follows.
+    let unmuted = Instant::now();
     browser
         .eval("sam", "(document.getElementById('mute').click(), 1)")
         .await
         .unwrap();
     browser
-        .wait_stats(&["ines"], "sam unmuted at ines", Duration::from_secs(5), |s| {
-            let p = presence(&s[0], "sam");
-            (p["muted"] == false).then_some(()).ok_or(p.to_string())
-        })
+        .wait_stats(
+            &["ines"],
+            "sam unmuted at ines",
+            Duration::from_secs(5),
+            |s| {
+                let p = presence(&s[0], "sam");
+                (p["muted"] == false).then_some(()).ok_or(p.to_string())
+            },
+        )
         .await;
+    eprintln!(
+        "sam's Unmute click → ines's presence unmuted: within {:?}",
+        unmuted.elapsed()
+    );
     let s = browser.stats("sam").await;
     assert_eq!(s["local"]["audioEnabled"], true, "{s}");
+    let clicked = Instant::now();
     browser
         .eval(
             "ines",
@@ -230,6 +244,10 @@ async fn instructor_and_student_see_each_other_on_the_call_page() {
             },
         )
         .await;
+    eprintln!(
+        "host's Mute click → sam's track off and ines's presence muted: within {:?}",
+        clicked.elapsed()
+    );
 
     // The host removes the student: its sessions close within 1 s, its page says
     // so, a new token is 403.

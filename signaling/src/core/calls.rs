@@ -10,7 +10,7 @@
 //! and leaves with the latest state (a flip and back in between sends nothing).
 
 use super::{Member, Presence, Room};
-use crate::server_msg::{MediaState, ServerMsg};
+use crate::server_msg::ServerMsg;
 
 impl Room {
     pub(super) fn on_call_state(

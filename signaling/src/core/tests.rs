@@ -501,7 +501,10 @@ fn members_that_never_sent_call_state_have_no_media_field() {
 #[test]
 fn a_late_joiner_sees_who_is_muted_in_its_welcome() {
     let mut h = call();
-    h.msg(2, json!({"type": "call.state", "muted": true, "camera_off": true}));
+    h.msg(
+        2,
+        json!({"type": "call.state", "muted": true, "camera_off": true}),
+    );
     let welcome = h.join(3, "late");
     let members = welcome["room"]["members"].as_array().unwrap();
     let s = members.iter().find(|m| m["id"] == "s").unwrap();
@@ -549,7 +552,10 @@ fn speaking_flips_within_the_interval_leave_once_with_the_latest_state() {
     h.advance(interval / 5.0);
     h.msg(2, json!({"type": "call.state", "speaking": true}));
     h.advance(interval / 5.0);
-    h.msg(2, json!({"type": "call.state", "muted": true, "speaking": false}));
+    h.msg(
+        2,
+        json!({"type": "call.state", "muted": true, "speaking": false}),
+    );
     assert!(updates(&h.tick()).is_empty(), "before the interval");
     h.advance(interval);
     let up = updates(&h.tick());
@@ -570,7 +576,13 @@ fn call_state_passes_the_per_connection_rate_bucket() {
     });
     h.join(1, "a");
     for _ in 0..3 {
-        assert!(sent(&h.msg(1, json!({"type": "call.state", "speaking": true})), 1).is_empty());
+        assert!(
+            sent(
+                &h.msg(1, json!({"type": "call.state", "speaking": true})),
+                1
+            )
+            .is_empty()
+        );
     }
     let fx = h.msg(1, json!({"type": "call.state", "muted": true}));
     assert_eq!(sent(&fx, 1)[0]["code"], "rate_limited");
@@ -582,7 +594,10 @@ fn a_host_mutes_a_member_who_is_told_and_the_room_sees_it_at_once() {
     let mut h = call();
     // s just told the room something: the host's mute does not wait for the interval.
     h.msg(2, json!({"type": "call.state", "speaking": true}));
-    let fx = h.msg(1, json!({"type": "call.mute", "user": "s", "kind": "audio"}));
+    let fx = h.msg(
+        1,
+        json!({"type": "call.mute", "user": "s", "kind": "audio"}),
+    );
     assert_eq!(
         sent(&fx, 2),
         [json!({"type": "call.muted", "by": "h", "kind": "audio"})]
@@ -594,7 +609,10 @@ fn a_host_mutes_a_member_who_is_told_and_the_room_sees_it_at_once() {
         up[0]["member"]["media"],
         json!({"muted": true, "camera_off": false, "speaking": false})
     );
-    let fx = h.msg(1, json!({"type": "call.mute", "user": "s", "kind": "video"}));
+    let fx = h.msg(
+        1,
+        json!({"type": "call.mute", "user": "s", "kind": "video"}),
+    );
     assert_eq!(sent(&fx, 2)[0]["kind"], "video");
     assert_eq!(updates(&fx)[0]["member"]["media"]["camera_off"], true);
 }
@@ -604,22 +622,33 @@ fn call_mute_by_a_non_host_is_forbidden_even_for_the_rooms_host() {
     let mut h = call();
     let welcome = h.join(3, "t");
     assert_eq!(welcome["room"]["host"], "s", "s joined first");
-    let fx = h.msg(2, json!({"type": "call.mute", "user": "t", "kind": "audio"}));
+    let fx = h.msg(
+        2,
+        json!({"type": "call.mute", "user": "t", "kind": "audio"}),
+    );
     let err = &sent(&fx, 2)[0];
-    assert_eq!((err["code"].as_str(), err["ref"].as_str()), (Some("forbidden"), Some("call.mute")));
+    assert_eq!(
+        (err["code"].as_str(), err["ref"].as_str()),
+        (Some("forbidden"), Some("call.mute"))
+    );
     assert!(sent(&fx, 3).is_empty());
     assert!(broadcasts(&fx).is_empty());
-    assert!(h.join(4, "u")["room"]["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|m| m.get("media").is_none()));
+    assert!(
+        h.join(4, "u")["room"]["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m.get("media").is_none())
+    );
 }
 
 #[test]
 fn call_mute_of_someone_not_connected_is_not_found() {
     let mut h = call();
-    let fx = h.msg(1, json!({"type": "call.mute", "user": "nobody", "kind": "audio"}));
+    let fx = h.msg(
+        1,
+        json!({"type": "call.mute", "user": "nobody", "kind": "audio"}),
+    );
     assert_eq!(sent(&fx, 1)[0]["code"], "not_found");
     assert!(broadcasts(&fx).is_empty());
 }
@@ -627,7 +656,10 @@ fn call_mute_of_someone_not_connected_is_not_found() {
 #[test]
 fn call_mute_of_an_unknown_kind_is_a_bad_request_and_changes_nothing() {
     let mut h = call();
-    let fx = h.msg(1, json!({"type": "call.mute", "user": "s", "kind": "screen"}));
+    let fx = h.msg(
+        1,
+        json!({"type": "call.mute", "user": "s", "kind": "screen"}),
+    );
     assert_eq!(sent(&fx, 1)[0]["code"], "bad_request");
     assert!(sent(&fx, 2).is_empty());
     assert!(broadcasts(&fx).is_empty());
