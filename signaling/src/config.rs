@@ -70,6 +70,10 @@ pub struct RoomsConfig {
     pub presence_batch_ms: u64,
     /// Large rooms: members listed in `welcome`, and member entries per `presence.batch`.
     pub welcome_members: usize,
+    /// Calls: at most one `presence.update` per member per this interval comes
+    /// from its `call.state`s (speaking flips often); changes in between are
+    /// coalesced and leave with the room timer, carrying the latest state.
+    pub call_state_interval_ms: u64,
 }
 
 impl Default for RoomsConfig {
@@ -103,6 +107,7 @@ impl Default for RoomsConfig {
             large_room_above: 200,
             presence_batch_ms: 1_000,
             welcome_members: 20,
+            call_state_interval_ms: 250,
         }
     }
 }

@@ -133,6 +133,10 @@ pub(crate) enum ServerMsg {
     },
     #[serde(rename = "member.unbanned")]
     MemberUnbanned { user: String, by: String, seq: u64 },
+    /// Extension (calls): to the connections of a member the call's host muted
+    /// (`kind`: `audio` or `video`); not broadcast, so it has no `seq`.
+    #[serde(rename = "call.muted")]
+    CallMuted { by: String, kind: &'static str },
     /// `chat.message`, tagged by [`ChatMessage`] itself (it is listed in `welcome`
     /// and `chat.page` with its `type` too).
     #[serde(untagged)]
@@ -206,6 +210,19 @@ pub(crate) struct MemberInfo {
     pub status: &'static str,
     pub connected: bool,
     pub session: String,
+    /// Extension (calls): the member's microphone, camera and voice, as its last
+    /// `call.state` said; absent for members that never sent one, so rooms
+    /// without calls look exactly as before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub media: Option<MediaState>,
+}
+
+/// A call member's media as the others see it (`member.media`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub(crate) struct MediaState {
+    pub muted: bool,
+    pub camera_off: bool,
+    pub speaking: bool,
 }
 
 /// The author of a chat message or a reaction.

@@ -26,6 +26,8 @@ pub const CLIENT_TYPES: &[&str] = &[
     "client.visibility",
     "room.snapshot",
     "members.list",
+    "call.state",
+    "call.mute",
 ];
 
 #[derive(Debug, Clone, Deserialize)]
@@ -189,6 +191,22 @@ pub enum ClientMsg {
         #[serde(default)]
         limit: Option<u64>,
     },
+    /// Extension (calls): the sender's microphone, camera and voice; fields left
+    /// out keep their value.
+    #[serde(rename = "call.state")]
+    CallState {
+        #[serde(default)]
+        muted: Option<bool>,
+        #[serde(default)]
+        camera_off: Option<bool>,
+        #[serde(default)]
+        speaking: Option<bool>,
+    },
+    /// Extension (calls): a host mutes a member's microphone (`kind: audio`) or
+    /// turns off its camera (`video`). `kind` is checked by the room, which
+    /// answers `bad_request` like every other refusal of the message.
+    #[serde(rename = "call.mute")]
+    CallMute { user: String, kind: String },
 }
 
 /// Why a frame could not be turned into a [`ClientMsg`].

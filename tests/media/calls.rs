@@ -2,7 +2,10 @@
 //! Chromium, each decodes the other's video; mute and camera toggle the local
 //! tracks; the host removes the student (its sessions close, a new token is
 //! 403); the history says who was there and for how long, from the session
-//! records; the page says plainly "not invited" and "ended". A 4-party call of aiortc peers forwards every pair; a participant
+//! records; the page says plainly "not invited" and "ended". Presence and
+//! controls go over the call's sync room: each page sees the other in the room,
+//! speaking (Chromium's fake microphone beeps), muted and camera off; the host's
+//! "Mute" reaches the student, whose page disables its track. A 4-party call of aiortc peers forwards every pair; a participant
 //! killed with SIGKILL is recorded as left when its session times out, and the
 //! last one's timeout ends the call.
 
@@ -14,6 +17,11 @@ use serde_json::{Value, json};
 
 fn frames(stats: &Value, from: &str) -> f64 {
     num(&stats["remotes"][from]["framesDecoded"])
+}
+
+/// What `page` knows from the room of the remote `from`: `{in, muted, camera_off, speaking}`.
+fn presence<'a>(stats: &'a Value, from: &str) -> &'a Value {
+    &stats["remotes"][from]["presence"]
 }
 
 fn ms_of(v: &Value) -> i64 {
@@ -79,6 +87,28 @@ async fn instructor_and_student_see_each_other_on_the_call_page() {
     assert!(parts.iter().all(|p| p["connected"] == true), "{}", r.text);
     assert!(r.body["started_at"].is_string(), "{}", r.text);
 
+    // Presence over the call's room: each page sees the other in, and ines hears
+    // sam speak (the fake microphone's beeps pass the page's voice detector).
+    browser
+        .wait_stats(
+            &["ines", "sam"],
+            "each in the other's room presence, sam speaking at ines",
+            Duration::from_secs(10),
+            |s| {
+                let (at_ines, at_sam) = (presence(&s[0], "sam"), presence(&s[1], "ines"));
+                let spoke = num(&s[0]["remotes"]["sam"]["speakingTimes"]) >= 1.0;
+                if at_ines["in"] == true && at_sam["in"] == true && spoke {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "at ines {at_ines}, at sam {at_sam}, sam mic {} dB",
+                        s[1]["micDb"]
+                    ))
+                }
+            },
+        )
+        .await;
+
     // Mute and camera off act on the local tracks, and the other side sees (and
     // hears) it: black frames, silence.
     let mut last_energy = None;
@@ -142,6 +172,82 @@ async fn instructor_and_student_see_each_other_on_the_call_page() {
             },
         )
         .await;
+    // …and the room says so: muted, camera off, not speaking.
+    browser
+        .wait_stats(
+            &["ines"],
+            "sam muted and camera off in ines's presence",
+            Duration::from_secs(5),
+            |s| {
+                let p = presence(&s[0], "sam");
+                if p["muted"] == true && p["camera_off"] == true && p["speaking"] == false {
+                    Ok(())
+                } else {
+                    Err(p.to_string())
+                }
+            },
+        )
+        .await;
+
+    // Sam unmutes; the host mutes sam remotely with its tile's "Mute": sam's page
+    // disables its microphone track and says why, and ines's presence follows.
+    let unmuted = Instant::now();
+    browser
+        .eval("sam", "(document.getElementById('mute').click(), 1)")
+        .await
+        .unwrap();
+    browser
+        .wait_stats(
+            &["ines"],
+            "sam unmuted at ines",
+            Duration::from_secs(5),
+            |s| {
+                let p = presence(&s[0], "sam");
+                (p["muted"] == false).then_some(()).ok_or(p.to_string())
+            },
+        )
+        .await;
+    eprintln!(
+        "sam's Unmute click → ines's presence unmuted: within {:?}",
+        unmuted.elapsed()
+    );
+    let s = browser.stats("sam").await;
+    assert_eq!(s["local"]["audioEnabled"], true, "{s}");
+    let clicked = Instant::now();
+    browser
+        .eval(
+            "ines",
+            "(document.querySelector('button[data-action=mute][data-user=sam]').click(), 1)",
+        )
+        .await
+        .unwrap();
+    browser
+        .wait_stats(
+            &["sam", "ines"],
+            "sam muted by the host",
+            Duration::from_secs(5),
+            |s| {
+                let (me, at_ines) = (&s[0], presence(&s[1], "sam"));
+                let told = me["notice"]
+                    .as_str()
+                    .is_some_and(|n| n.contains("host muted you"));
+                if me["muted"] == true
+                    && me["local"]["audioEnabled"] == false
+                    && me["hostMuted"]["by"] == "ines"
+                    && told
+                    && at_ines["muted"] == true
+                {
+                    Ok(())
+                } else {
+                    Err(format!("sam {me}, at ines {at_ines}"))
+                }
+            },
+        )
+        .await;
+    eprintln!(
+        "host's Mute click → sam's track off and ines's presence muted: within {:?}",
+        clicked.elapsed()
+    );
 
     // The host removes the student: its sessions close within 1 s, its page says
     // so, a new token is 403.

@@ -98,6 +98,9 @@ impl Room {
             next_ping: now,
             bucket: TokenBucket::new(self.cfg.messages_burst, now),
             last_hint: None,
+            media: None,
+            media_sent: None,
+            media_sent_at: f64::NEG_INFINITY,
         };
         if self.host.is_none() {
             self.host = Some(member.session.clone());
@@ -352,7 +355,7 @@ impl Room {
     }
 
     /// The room timer: grace periods, the barrier's timeout, idleness, clock pings,
-    /// presence batches, expired mutes.
+    /// coalesced `call.state` changes, presence batches, expired mutes.
     pub(super) fn on_tick(&mut self, now: f64) {
         let grace = self.cfg.grace_period_ms as f64;
         while let Some(i) = self
@@ -388,6 +391,7 @@ impl Room {
                 }
             }
         }
+        self.flush_call_states(now);
         self.flush_presence(now);
         let now_whole = now as i64;
         self.mutes.retain(|_, until| *until > now_whole);

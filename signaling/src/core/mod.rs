@@ -13,7 +13,10 @@
 //! - `playback`: commands, reports and drift, the ready barrier, clock measurement.
 //! - `chat`: messages, history, deletes, reactions, and their stored results.
 //! - `moderation`: settings, mutes, kicks, bans, evictions.
+//! - `calls`: a call member's microphone, camera and voice (`call.state`), the
+//!   host muting someone (`call.mute`).
 
+mod calls;
 mod chat;
 mod members;
 mod moderation;
@@ -35,7 +38,7 @@ use crate::config::RoomsConfig;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::playback::{Barrier, Playback};
-use crate::server_msg::{MemberInfo, PlaybackState, ServerMsg, You};
+use crate::server_msg::{MediaState, MemberInfo, PlaybackState, ServerMsg, You};
 use crate::wire::{ClientMsg, Control, Resume, UserInfo};
 
 pub use members::Refused;
@@ -76,7 +79,7 @@ pub(crate) enum Input {
     /// A connection's outbound queue was full: it is closed with 1013.
     Slow { conn: u64 },
     /// The room timer (`tick_ms`): grace periods, the barrier's timeout, idleness,
-    /// clock pings, presence batches.
+    /// clock pings, presence batches, coalesced `call.state` changes.
     Tick,
     /// The result of a [`StoreOp`] that answers.
     Stored(Stored),
@@ -235,6 +238,13 @@ struct Member {
     next_ping: f64,
     bucket: TokenBucket,
     last_hint: Option<f64>,
+    /// Calls: the member's media as its `call.state`s (and the host's
+    /// `call.mute`s) left it; `None` until it sends one.
+    media: Option<MediaState>,
+    /// Calls: what the room last told the others of `media`, and when (server
+    /// ms): a change within `call_state_interval_ms` of that waits for the timer.
+    media_sent: Option<MediaState>,
+    media_sent_at: f64,
 }
 
 /// Presence changes of a large room gathered between two `presence.batch`es.
@@ -476,6 +486,12 @@ impl Room {
                 let v = self.members_page(after.as_deref(), limit);
                 self.send_to(idx, &v);
             }
+            ClientMsg::CallState {
+                muted,
+                camera_off,
+                speaking,
+            } => self.on_call_state(now, idx, muted, camera_off, speaking),
+            ClientMsg::CallMute { user, kind } => self.on_call_mute(now, idx, &user, &kind),
             ClientMsg::Visibility { hidden } => {
                 self.members[idx].hidden = hidden;
                 if !hidden {
@@ -549,6 +565,7 @@ impl Room {
             status: m.status.as_str(),
             connected: m.conn.is_some(),
             session: m.session.clone(),
+            media: m.media,
         }
     }
 

@@ -440,3 +440,233 @@ fn slow_mode_spaces_a_viewers_messages_but_not_the_hosts() {
     assert_eq!(err["retry_after_ms"], 9000);
     assert_eq!(store_ops(h.msg(1, chat("a2"))).len(), 1);
 }
+
+// ---- calls: call.state and call.mute ---------------------------------------------
+
+/// A call of the host `h` (moderator, 1) and the participant `s` (2); the
+/// participant joined first, so it holds the room's host role.
+fn call() -> Harness {
+    let mut h = harness(RoomsConfig::default());
+    h.join(2, "s");
+    h.input(Input::Join {
+        conn: 1,
+        ident: Identity {
+            moderator: true,
+            ..ident("h")
+        },
+        resume: None,
+        user: UserInfo::default(),
+    });
+    h
+}
+
+fn updates(fx: &[Effect]) -> Vec<Value> {
+    of_type(&broadcasts(fx), "presence.update")
+        .into_iter()
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn call_state_is_fanned_out_as_the_members_media() {
+    let mut h = call();
+    let fx = h.msg(2, json!({"type": "call.state", "muted": true}));
+    let up = updates(&fx);
+    assert_eq!(up.len(), 1, "{up:?}");
+    assert_eq!(up[0]["member"]["id"], "s");
+    assert_eq!(
+        up[0]["member"]["media"],
+        json!({"muted": true, "camera_off": false, "speaking": false})
+    );
+}
+
+#[test]
+fn members_that_never_sent_call_state_have_no_media_field() {
+    let mut h = harness(RoomsConfig::default());
+    h.join(1, "a");
+    let fx = h.input(Input::Join {
+        conn: 2,
+        ident: ident("b"),
+        resume: None,
+        user: UserInfo::default(),
+    });
+    let join = &broadcasts(&fx)[0];
+    assert!(join["member"].get("media").is_none(), "{join}");
+    let welcome = &sent(&fx, 2)[0];
+    for m in welcome["room"]["members"].as_array().unwrap() {
+        assert!(m.get("media").is_none(), "{m}");
+    }
+}
+
+#[test]
+fn a_late_joiner_sees_who_is_muted_in_its_welcome() {
+    let mut h = call();
+    h.msg(
+        2,
+        json!({"type": "call.state", "muted": true, "camera_off": true}),
+    );
+    let welcome = h.join(3, "late");
+    let members = welcome["room"]["members"].as_array().unwrap();
+    let s = members.iter().find(|m| m["id"] == "s").unwrap();
+    assert_eq!(
+        s["media"],
+        json!({"muted": true, "camera_off": true, "speaking": false})
+    );
+    let host = members.iter().find(|m| m["id"] == "h").unwrap();
+    assert!(host.get("media").is_none(), "{host}");
+}
+
+#[test]
+fn call_state_fields_left_out_keep_their_value() {
+    let mut h = call();
+    h.msg(2, json!({"type": "call.state", "muted": true}));
+    h.advance(h.cfg.call_state_interval_ms as f64);
+    let fx = h.msg(2, json!({"type": "call.state", "speaking": true}));
+    assert_eq!(
+        updates(&fx)[0]["member"]["media"],
+        json!({"muted": true, "camera_off": false, "speaking": true})
+    );
+}
+
+#[test]
+fn speaking_flips_within_the_interval_leave_once_with_the_latest_state() {
+    let mut h = call();
+    let interval = h.cfg.call_state_interval_ms as f64;
+    assert_eq!(
+        updates(&h.msg(2, json!({"type": "call.state", "speaking": true}))).len(),
+        1
+    );
+    // Eight flips in the next interval: none goes out by itself.
+    for i in 0..8 {
+        h.advance(interval / 10.0);
+        let speaking = i % 2 == 0; // sends false, true, …, true
+        let fx = h.msg(2, json!({"type": "call.state", "speaking": !speaking}));
+        assert!(updates(&fx).is_empty(), "flip {i}");
+    }
+    // Ended on speaking=true, what the others know: nothing to tell.
+    h.advance(interval);
+    assert!(updates(&h.tick()).is_empty());
+    // One more change within the interval waits for the timer, then leaves once.
+    let fx = h.msg(2, json!({"type": "call.state", "speaking": false}));
+    assert_eq!(updates(&fx).len(), 1);
+    h.advance(interval / 5.0);
+    h.msg(2, json!({"type": "call.state", "speaking": true}));
+    h.advance(interval / 5.0);
+    h.msg(
+        2,
+        json!({"type": "call.state", "muted": true, "speaking": false}),
+    );
+    assert!(updates(&h.tick()).is_empty(), "before the interval");
+    h.advance(interval);
+    let up = updates(&h.tick());
+    assert_eq!(up.len(), 1, "{up:?}");
+    assert_eq!(
+        up[0]["member"]["media"],
+        json!({"muted": true, "camera_off": false, "speaking": false})
+    );
+    assert!(updates(&h.tick()).is_empty(), "told once");
+}
+
+#[test]
+fn call_state_passes_the_per_connection_rate_bucket() {
+    let mut h = harness(RoomsConfig {
+        messages_burst: 3.0,
+        messages_per_second: 1.0,
+        ..RoomsConfig::default()
+    });
+    h.join(1, "a");
+    for _ in 0..3 {
+        assert!(
+            sent(
+                &h.msg(1, json!({"type": "call.state", "speaking": true})),
+                1
+            )
+            .is_empty()
+        );
+    }
+    let fx = h.msg(1, json!({"type": "call.state", "muted": true}));
+    assert_eq!(sent(&fx, 1)[0]["code"], "rate_limited");
+    assert!(broadcasts(&fx).is_empty());
+}
+
+#[test]
+fn a_host_mutes_a_member_who_is_told_and_the_room_sees_it_at_once() {
+    let mut h = call();
+    // s just told the room something: the host's mute does not wait for the interval.
+    h.msg(2, json!({"type": "call.state", "speaking": true}));
+    let fx = h.msg(
+        1,
+        json!({"type": "call.mute", "user": "s", "kind": "audio"}),
+    );
+    assert_eq!(
+        sent(&fx, 2),
+        [json!({"type": "call.muted", "by": "h", "kind": "audio"})]
+    );
+    assert!(sent(&fx, 1).is_empty());
+    let up = updates(&fx);
+    assert_eq!(up.len(), 1, "{up:?}");
+    assert_eq!(
+        up[0]["member"]["media"],
+        json!({"muted": true, "camera_off": false, "speaking": false})
+    );
+    let fx = h.msg(
+        1,
+        json!({"type": "call.mute", "user": "s", "kind": "video"}),
+    );
+    assert_eq!(sent(&fx, 2)[0]["kind"], "video");
+    assert_eq!(updates(&fx)[0]["member"]["media"]["camera_off"], true);
+}
+
+#[test]
+fn call_mute_by_a_non_host_is_forbidden_even_for_the_rooms_host() {
+    let mut h = call();
+    let welcome = h.join(3, "t");
+    assert_eq!(welcome["room"]["host"], "s", "s joined first");
+    let fx = h.msg(
+        2,
+        json!({"type": "call.mute", "user": "t", "kind": "audio"}),
+    );
+    let err = &sent(&fx, 2)[0];
+    assert_eq!(
+        (err["code"].as_str(), err["ref"].as_str()),
+        (Some("forbidden"), Some("call.mute"))
+    );
+    assert!(sent(&fx, 3).is_empty());
+    assert!(broadcasts(&fx).is_empty());
+    assert!(
+        h.join(4, "u")["room"]["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m.get("media").is_none())
+    );
+}
+
+#[test]
+fn call_mute_of_someone_not_connected_is_not_found() {
+    let mut h = call();
+    let fx = h.msg(
+        1,
+        json!({"type": "call.mute", "user": "nobody", "kind": "audio"}),
+    );
+    assert_eq!(sent(&fx, 1)[0]["code"], "not_found");
+    assert!(broadcasts(&fx).is_empty());
+}
+
+#[test]
+fn call_mute_of_an_unknown_kind_is_a_bad_request_and_changes_nothing() {
+    let mut h = call();
+    let fx = h.msg(
+        1,
+        json!({"type": "call.mute", "user": "s", "kind": "screen"}),
+    );
+    assert_eq!(sent(&fx, 1)[0]["code"], "bad_request");
+    assert!(sent(&fx, 2).is_empty());
+    assert!(broadcasts(&fx).is_empty());
+    let fx = h.msg(2, json!({"type": "call.state", "speaking": true}));
+    assert_eq!(
+        updates(&fx)[0]["member"]["media"]["muted"],
+        false,
+        "s was not muted"
+    );
+}
