@@ -53,7 +53,6 @@ use crate::error::{AppError, AppResult};
 use crate::extract::Identity;
 use crate::state::AppState;
 
-
 /// Longest invite URL accepted.
 const MAX_URL: usize = 200;
 
@@ -63,7 +62,6 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/streams/{id}/discord/members", get(members))
         .route_layer(axum::middleware::from_fn(crate::text::refuse_control_chars))
 }
-
 
 /// The running worker; [`GuildWorker::stop`] ends it (a call in flight is dropped:
 /// its member keeps its last status and the next look repeats it).

@@ -305,7 +305,35 @@ async fn a_failed_check_keeps_the_status(backend: Backend) {
     app.shutdown().await;
 }
 
+/// Enrolled first, linked later: the link itself makes the worker look at the
+/// user's courses (no wait for the daily reconcile pass).
+async fn linking_after_enrolling_adds_the_member_at_once(backend: Backend) {
+    let d = Discord::spawn().await;
+    let app = api_app(backend)
+        .config(|c| d.configure(c, true))
+        .spawn()
+        .await;
+    let s = course(&app, 0).await;
+    enroll(&app, &s, "vera").await;
+    let list = members_when(&app, &s, "vera pending", Duration::from_secs(15), |l| {
+        all(l, 1, "pending")
+    })
+    .await;
+    assert!(list[0]["discord_user_id"].is_null(), "{:?}", list[0]);
+    let duid = discord_user(7);
+    assert_eq!(d.guild.roles(GUILD, &duid), None, "not in the guild yet");
+
+    link_account(&app, &d, &user("vera"), &duid).await;
+    let list = members_when(&app, &s, "vera joined", Duration::from_secs(15), |l| {
+        all(l, 1, "joined")
+    })
+    .await;
+    assert_eq!(list[0]["discord_user_id"], duid.as_str());
+    assert_eq!(d.guild.roles(GUILD, &duid), Some(vec![ROLE.to_string()]));
+}
+
 both_backends!(
+    linking_after_enrolling_adds_the_member_at_once,
     a_failed_check_keeps_the_status,
     enrollment_adds_the_member_and_refund_takes_the_role,
     end_of_replay_access_takes_the_role,
