@@ -243,7 +243,7 @@ fn print_token(config: &Config, args: TokenArgs) -> ExitCode {
     }
     if let Some(stream) = &args.stream
         && stream != "*"
-        && !tandem::whip::valid_stream_name(stream)
+        && !tandem::text::valid_stream_name(stream)
     {
         eprintln!(
             "tandem token: invalid stream name {stream:?}: 1-128 characters of A-Z a-z 0-9 _ . : - (or * for any)"

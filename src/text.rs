@@ -8,6 +8,8 @@
 //!   checks every path parameter and every query parameter (names and values).
 //! - [`check_json`]: every string of a JSON body (`api::parse_json`).
 //! - [`is_clean_id`] / [`is_clean_line`]: for token claims (`auth`) and single fields.
+//! - [`valid_stream_name`]: what a stream name (a URL path segment) may hold;
+//!   `whip`, the call and media-stream routes and the CLI share it.
 
 use axum::extract::{RawPathParams, Request};
 use axum::middleware::Next;
@@ -115,6 +117,15 @@ pub fn check_json(value: &Value) -> Result<(), AppError> {
         }
     }
     walk(value, &mut String::new())
+}
+
+/// Stream names: what a URL path segment and a Discord instance id can hold.
+pub fn valid_stream_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
 }
 
 #[cfg(test)]

@@ -36,15 +36,6 @@ pub fn routes() -> Router<AppState> {
         )
 }
 
-/// Stream names: what a URL path segment and a Discord instance id can hold.
-pub fn valid_stream_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
-}
-
 pub(crate) fn media_error(err: MediaError) -> AppError {
     match err {
         MediaError::BadSdp(m) => AppError::new(
@@ -207,7 +198,7 @@ async fn create_session(
     body: Body,
     kind: SessionKind,
 ) -> AppResult<Response> {
-    if !valid_stream_name(&stream) {
+    if !crate::text::valid_stream_name(&stream) {
         return Err(AppError::not_found(
             "unknown stream: names are 1-128 characters of A-Z a-z 0-9 _ . : -",
         ));

@@ -267,7 +267,7 @@ fn validate(input: &CreateCall) -> AppResult<Vec<(String, CallRole)>> {
         let user = p.user.as_str();
         let valid = crate::text::is_clean_id(user)
             && user.len() <= MAX_USER_LEN
-            && crate::whip::valid_stream_name(user);
+            && crate::text::valid_stream_name(user);
         if !valid {
             return Err(field_error(
                 &format!("participants[{i}].user"),

@@ -245,7 +245,7 @@ pub async fn status(
     headers: HeaderMap,
 ) -> AppResult<axum::Json<StreamStatusOut>> {
     let caller = status_caller(&state, &headers, &stream)?;
-    let valid = crate::whip::valid_stream_name(&stream);
+    let valid = crate::text::valid_stream_name(&stream);
     let summary = valid.then(|| state.sfu.stream(&stream)).flatten();
     let row = if valid {
         business_row(&state, &stream).await?
@@ -325,7 +325,7 @@ pub async fn viewer_link(
             "a viewer link needs the stream's publish token",
         ));
     }
-    if !crate::whip::valid_stream_name(&stream) {
+    if !crate::text::valid_stream_name(&stream) {
         return Err(AppError::not_found(
             "unknown stream: names are 1-128 characters of A-Z a-z 0-9 _ . : -",
         ));
