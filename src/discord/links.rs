@@ -522,16 +522,11 @@ async fn link_from_callback(
         .await?
         .ok_or_else(bad_state)?;
     if let Some(error) = &q.error {
-        // OAuth's short error names only; anything else is not echoed.
-        let code: String = error
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .take(64)
-            .collect();
-        return Err(AppError::bad_request(format!(
-            "Discord did not grant access ({code}): start linking again"
-        ))
-        .with("field", "code"));
+        return Err(crate::platforms::oauth::denied(
+            "Discord",
+            error,
+            "start linking again",
+        ));
     }
     let code = q
         .code

@@ -268,6 +268,18 @@ pub async fn start(
 }
 
 /// The associated data of a state's sealed PKCE verifier.
+/// The callback of an authorization the user (or the provider) refused:
+/// 400 naming OAuth's short error code (anything else in it is not echoed).
+pub(crate) fn denied(provider: &str, error: &str, again: &str) -> AppError {
+    let code: String = error
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .take(64)
+        .collect();
+    AppError::bad_request(format!("{provider} did not grant access ({code}): {again}"))
+        .with("field", "code")
+}
+
 pub fn state_aad(state_id: &str) -> String {
     format!("oauth_states:{state_id}:pkce_verifier")
 }
@@ -394,16 +406,7 @@ pub async fn callback(
         .ok_or_else(bad_state)?;
     let now = now_ms();
     if let Some(error) = &q.error {
-        // The provider's error code is one of OAuth's short names; anything else is not echoed.
-        let code: String = error
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .take(64)
-            .collect();
-        return Err(AppError::bad_request(format!(
-            "{platform} did not grant access ({code}): start connecting again"
-        ))
-        .with("field", "code"));
+        return Err(denied(&platform, error, "start connecting again"));
     }
     let code = q.code.as_deref().filter(|c| !c.is_empty()).ok_or_else(|| {
         AppError::bad_request("code is missing from the callback").with("field", "code")
