@@ -51,6 +51,9 @@ pub struct Config {
     /// Discord Activity sign-in (src/api/discord.rs, docs/DISCORD.md).
     #[serde(default)]
     pub discord: DiscordConfig,
+    /// Several nodes (src/cluster, docs/CLUSTER.md); unset: one node, no Redis.
+    #[serde(default)]
+    pub cluster: ClusterConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -287,6 +290,63 @@ redacted_debug!(
     ]
 );
 redacted_debug!(JitsiConfig, app_secret, [base_url, app_id]);
+
+/// `[cluster]`: several nodes over Redis (src/cluster). An empty `redis_url`
+/// is one node exactly as without it.
+#[derive(Clone, Deserialize)]
+#[serde(default)]
+pub struct ClusterConfig {
+    /// `redis://host:port/db` (or `rediss://`); may hold a password, never printed.
+    pub redis_url: String,
+    /// This node's id; empty: the host name and the HTTP port.
+    pub node_id: String,
+    /// How the other nodes reach this node's HTTP; empty: `public_url`.
+    pub advertise_url: String,
+    /// Prefix of every Redis key (one per cluster sharing a Redis; tests use a fresh one).
+    pub key_prefix: String,
+    /// How often this node writes its record.
+    pub heartbeat_ms: u64,
+    /// A node whose record is this old without a heartbeat is gone.
+    pub node_ttl_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            redis_url: String::new(),
+            node_id: String::new(),
+            advertise_url: String::new(),
+            key_prefix: "tandem:".into(),
+            heartbeat_ms: 1000,
+            node_ttl_ms: 5000,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// `redis_url` with its user and password hidden, for logs and errors.
+    pub fn redis_url_redacted(&self) -> String {
+        let url = &self.redis_url;
+        match (url.find("://"), url.rfind('@')) {
+            (Some(s), Some(at)) if at > s => format!("{}://…@{}", &url[..s], &url[at + 1..]),
+            _ => url.clone(),
+        }
+    }
+}
+
+/// The Redis URL may carry a password: shown redacted.
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("redis_url", &self.redis_url_redacted())
+            .field("node_id", &self.node_id)
+            .field("advertise_url", &self.advertise_url)
+            .field("key_prefix", &self.key_prefix)
+            .field("heartbeat_ms", &self.heartbeat_ms)
+            .field("node_ttl_ms", &self.node_ttl_ms)
+            .finish()
+    }
+}
 
 /// `[discord]`: the Discord application behind the Activity (src/api/discord.rs).
 #[derive(Clone, Deserialize)]

@@ -27,6 +27,7 @@
 //!   `api::common`, and `api::openapi` documents its routes.
 //! - [`discord`]: linked Discord accounts (OAuth 2.0 + PKCE, sealed tokens) and
 //!   course servers (guild membership by the bot, Discord's rate limits).
+//! - [`cluster`]: several nodes: the node registry in Redis, `GET /v1/cluster/nodes`.
 //! - [`whip`]: WHIP ingest and WHEP egress routes over [`tandem_media::Sfu`].
 //! - [`whep_ext`]: the WHEP `layer` and server-sent-events extensions' routes.
 //! - [`rooms`]: Watch Together WebSocket and room-token routes, the sqlx chat store.
@@ -35,6 +36,7 @@
 pub mod api;
 pub mod auth;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod discord;
 pub mod error;

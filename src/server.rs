@@ -31,6 +31,7 @@ pub fn app(state: AppState) -> Router {
         .merge(crate::api::routes())
         .merge(crate::platforms::routes())
         .merge(crate::discord::guild::routes())
+        .merge(crate::cluster::nodes::routes())
         .merge(crate::api::not_built::routes())
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -107,6 +108,7 @@ async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> 
                 let r = Readiness {
                     database: state.db.health().await,
                     media: state.sfu.is_running(),
+                    redis: state.cluster.redis_ok(),
                 };
                 *cached = Some((std::time::Instant::now(), r));
                 r
@@ -114,11 +116,15 @@ async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> 
         }
     };
     use crate::storage::Health;
-    if verdict.database == Health::Ok && verdict.media {
+    let redis_ok = verdict.redis != Some(false);
+    if verdict.database == Health::Ok && verdict.media && redis_ok {
         return "ready".into_response();
     }
     let message = match verdict.database {
-        Health::Ok => "the media engine is not running".to_string(),
+        Health::Ok if !verdict.media => "the media engine is not running".to_string(),
+        Health::Ok => "Redis (cluster.redis_url) does not answer: this node cannot reach the \
+                       cluster; it retries every heartbeat"
+            .into(),
         Health::Unreachable => "the database does not answer; the server log has details".into(),
         Health::ReadOnly => "the database answers but does not accept writes (read-only \
                              mount or permissions, full disk, or a read-only replica); \
@@ -130,6 +136,11 @@ async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> 
         serde_json::json!({
             "database": verdict.database.as_str(),
             "media": if verdict.media { "ok" } else { "stopped" },
+            "redis": match verdict.redis {
+                None => "not_configured",
+                Some(true) => "ok",
+                Some(false) => "unreachable",
+            },
         }),
     );
     err.code = "not_ready";
@@ -145,6 +156,7 @@ pub struct Running {
     served: tokio::task::JoinHandle<()>,
     jobs: crate::api::jobs::JobsHandle,
     discord: crate::discord::guild::GuildWorker,
+    heartbeat: crate::cluster::nodes::Heartbeat,
     recorder: crate::whip::SessionRecorder,
 }
 
@@ -154,6 +166,8 @@ impl Running {
         let _ = self.stop.send(true);
         self.jobs.stop().await;
         self.discord.stop().await;
+        // Out of the registry first: the other nodes stop sending here.
+        self.heartbeat.stop(&self.state).await;
         let grace = Duration::from_secs(self.state.config.shutdown_grace_seconds.max(1));
         self.state.rooms.shutdown(grace).await;
         // Restream children are killed (and waited for) before the media stops.
@@ -215,6 +229,19 @@ pub enum StartError {
     Metrics(#[from] prometheus::Error),
     #[error("HTTPS: {0}")]
     Tls(String),
+    #[error("cluster: {0}")]
+    Cluster(String),
+}
+
+/// A node id when `cluster.node_id` is empty: the host name and the HTTP port
+/// (unique on one machine, readable in `GET /v1/cluster/nodes`).
+fn default_node_id(http_addr: SocketAddr) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".into());
+    format!("{host}-{}", http_addr.port())
 }
 
 /// Opens the database, binds HTTP and media, and serves until [`Running::shutdown`].
@@ -290,6 +317,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         })?;
     let public_url: Arc<str> = config.public_url(http_addr).into();
     let (discord, discord_jobs) = crate::discord::queue::Guilds::new(&config);
+    let cluster = crate::cluster::registry::Cluster::from_config(
+        &config.cluster,
+        &default_node_id(http_addr),
+        &public_url,
+    )
+    .map_err(StartError::Cluster)?;
     let state = AppState {
         identity: IdentityVerifier::new(&config.jwt_secret),
         config: config.clone(),
@@ -305,11 +338,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         whep_events: crate::whep_events::SseHub::default(),
         keyring,
         discord,
+        cluster,
     };
     let (stop, stopped) = watch::channel(false);
     let router = app(state.clone());
     let jobs = crate::api::jobs::spawn(&state);
     let discord = crate::discord::guild::spawn(&state, discord_jobs);
+    let heartbeat = crate::cluster::nodes::spawn(&state);
     // Classes still live when the process stopped push to their destinations
     // again (beside serving: resolving a destination may call its platform).
     let resumed = state.clone();
@@ -331,6 +366,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         served,
         jobs,
         discord,
+        heartbeat,
         recorder,
     })
 }

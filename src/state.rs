@@ -37,6 +37,8 @@ pub struct AppState {
     pub keyring: crate::secrets::Keyring,
     /// Course servers: the queue to the Discord worker and the bot (src/discord/guild.rs).
     pub discord: crate::discord::queue::Guilds,
+    /// The node registry of a cluster (src/cluster; empty on a single node).
+    pub cluster: crate::cluster::registry::Cluster,
 }
 
 /// How long one `/readyz` verdict is reused: the write probe is one committed
@@ -48,4 +50,6 @@ pub const READY_CACHE: Duration = Duration::from_secs(1);
 pub struct Readiness {
     pub database: Health,
     pub media: bool,
+    /// `None` on a single node; else whether Redis answered last.
+    pub redis: Option<bool>,
 }

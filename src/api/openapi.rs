@@ -15,6 +15,7 @@ use utoipa::{Modify, OpenApi};
 use super::{
     calls, destinations, discord, enrollment, ledger, media_streams, replay, stream_keys, streams,
 };
+use crate::cluster::nodes;
 use crate::discord::guild;
 use crate::discord::links;
 use crate::platforms::{connections, meetings, oauth};
@@ -84,6 +85,7 @@ pub fn routes() -> axum::Router<AppState> {
         links::callback,
         links::show,
         links::unlink,
+        nodes::list,
     ),
     modifiers(&Extras),
     tags(

@@ -116,7 +116,8 @@ fn concrete(path: &str) -> String {
 #[tokio::test]
 async fn contract_routes_not_built_yet_answer_501_with_their_methods() {
     let app = bare_app().await;
-    assert!(!tandem::api::not_built::NOT_BUILT.is_empty());
+    // Empty once every contract route is built; the loop then checks nothing and
+    // the 405 / 404 checks below still hold.
     for &(method, path) in tandem::api::not_built::NOT_BUILT {
         for prefix in ["", "/.proxy"] {
             let url = format!("{prefix}{}", concrete(path));
@@ -137,7 +138,7 @@ async fn contract_routes_not_built_yet_answer_501_with_their_methods() {
             );
         }
     }
-    // Another method on a not-built path is 405, not 501 (the contract names the methods).
+    // Another method on a contract path is 405, not 501 (the contract names the methods).
     let r = app
         .send(Method::PATCH, "/v1/cluster/nodes", None, None, &[])
         .await;
