@@ -89,6 +89,14 @@ const MAX_PART_SAMPLES: usize = 1000;
 /// A reorder hole older than this is given up on `tick`.
 const REORDER_WAIT: Duration = Duration::from_millis(300);
 
+/// How long audio that came first waits for the video's first key frame before
+/// the recording is made audio-only. Chromium's microphone starts before its
+/// camera and encoder; on a loaded 2-core machine the first video packet came
+/// more than a part (1 s) after the first audio, and an audio-only init segment
+/// then kept the video out of the whole class (seen in CI). 3 s of Opus is
+/// ~150 samples, well under [`MAX_PART_SAMPLES`].
+const VIDEO_GRACE: Duration = Duration::from_secs(3);
+
 struct Held {
     sample: Sample,
     dts: u64,
@@ -187,6 +195,8 @@ pub struct Recorder {
     first_video: Option<VideoInfo>,
     /// This epoch's anchor: an arrival time and the recording time (seconds) it maps to.
     anchor: Option<(Instant, f64)>,
+    /// Set while the publisher leaves: the init is written with what there is.
+    leaving: bool,
     /// Seconds: the end of the media written so far (of whichever track reaches further).
     written_end: f64,
     state: Option<RecordingState>,
@@ -208,6 +218,7 @@ impl Recorder {
             init: None,
             first_video: None,
             anchor: None,
+            leaving: false,
             written_end: 0.0,
             state: None,
             segment_number: 1,
@@ -444,6 +455,16 @@ impl Recorder {
         if video.is_none() && audio.is_none() {
             return Ok(false);
         }
+        if video.is_none() && !self.leaving {
+            // Audio only so far: give the video its grace (see VIDEO_GRACE).
+            let waited = match (self.anchor, self.audio.last_arrival) {
+                (Some((at, _)), Some(last)) => last.saturating_duration_since(at),
+                _ => Duration::ZERO,
+            };
+            if waited < VIDEO_GRACE {
+                return Ok(false);
+            }
+        }
         let bytes = init_segment(video.as_ref(), audio)?;
         self.store.put(INIT, &bytes)?;
         self.stats.bytes_written += bytes.len() as u64;
@@ -603,7 +624,10 @@ impl Recorder {
             t.opened = false;
         }
         self.anchor = None;
-        self.flush_fragment()
+        self.leaving = true;
+        let written = self.flush_fragment();
+        self.leaving = false;
+        written
     }
 
     /// Time-based work, ~every 250 ms: gives up reorder holes, and writes a

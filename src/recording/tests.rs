@@ -569,6 +569,57 @@ fn packet_times(path: &Path, stream: &str) -> Vec<f64> {
         .collect()
 }
 
+/// Chromium's microphone starts before its camera: the video track opens (at
+/// its first packet) 1.5 s after the first audio, beyond a part. The recording
+/// still holds the video (the init waits VIDEO_GRACE for it), not audio alone.
+#[test]
+fn video_that_opens_after_the_audio_is_still_recorded() {
+    if !have_ffmpeg() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let media = encode(tmp.path(), Some(V::Vp8), true, 4, (320, 240));
+    let out = tmp.path().join("rec");
+    let (mut rec, _store) = recorder(&out);
+    let start = Instant::now();
+    let p = publisher(5);
+    // 1.5 s of audio alone (75 packets of 20 ms).
+    open_tracks(&mut rec, None, true, &p);
+    let head = Media {
+        video: Vec::new(),
+        audio: media.audio[..75].to_vec(),
+    };
+    feed(&mut rec, None, &head, &p, start);
+    // Then the camera, and the rest of the audio where it left off.
+    open_tracks(&mut rec, Some(V::Vp8), false, &p);
+    let rest = Media {
+        video: media.video.clone(),
+        audio: media.audio[75..].to_vec(),
+    };
+    let later = Publisher {
+        aseq: p.aseq.wrapping_add(75),
+        ats: p.ats.wrapping_add(75 * 960),
+        ..publisher(5)
+    };
+    feed(
+        &mut rec,
+        Some(V::Vp8),
+        &rest,
+        &later,
+        start + Duration::from_millis(1500),
+    );
+    let finished = rec.finish().unwrap().expect("recorded");
+    assert!(
+        finished.codecs.starts_with("vp08"),
+        "codecs {}",
+        finished.codecs
+    );
+    let probe = ffprobe(&out.join("index.m3u8"));
+    let v = stream(&probe, "video").expect("a video stream");
+    assert_eq!(v["codec_name"], "vp8");
+    assert!(stream(&probe, "audio").is_some(), "and the audio");
+}
+
 #[test]
 fn publisher_reconnect_continues_one_recording() {
     if !have_ffmpeg() {
