@@ -326,11 +326,7 @@ impl Default for ClusterConfig {
 impl ClusterConfig {
     /// `redis_url` with its user and password hidden, for logs and errors.
     pub fn redis_url_redacted(&self) -> String {
-        let url = &self.redis_url;
-        match (url.find("://"), url.rfind('@')) {
-            (Some(s), Some(at)) if at > s => format!("{}://…@{}", &url[..s], &url[at + 1..]),
-            _ => url.clone(),
-        }
+        crate::text::redact_url(&self.redis_url)
     }
 }
 

@@ -269,17 +269,7 @@ async fn write_end(db: &Db, id: &str, at: i64) -> Result<(), sqlx::Error> {
         .map(|_| ())
 }
 
-/// A database URL with any password removed, for logs and errors.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let creds = &url[scheme_end + 3..at];
-            let user = creds.split(':').next().unwrap_or("");
-            format!("{}://{}:***@{}", &url[..scheme_end], user, &url[at + 1..])
-        }
-        _ => url.to_string(),
-    }
-}
+pub use crate::text::redact_url;
 
 #[cfg(test)]
 mod tests {

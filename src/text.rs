@@ -10,6 +10,7 @@
 //! - [`is_clean_id`] / [`is_clean_line`]: for token claims (`auth`) and single fields.
 //! - [`valid_stream_name`]: what a stream name (a URL path segment) may hold;
 //!   `whip`, the call and media-stream routes and the CLI share it.
+//! - [`redact_url`]: a database or Redis URL without its password, for logs.
 
 use axum::extract::{RawPathParams, Request};
 use axum::middleware::Next;
@@ -126,6 +127,19 @@ pub fn valid_stream_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+}
+
+/// A database or Redis URL with any password removed, for logs and errors
+/// (`storage`, `config::ClusterConfig`).
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let creds = &url[scheme_end + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{}://{}:***@{}", &url[..scheme_end], user, &url[at + 1..])
+        }
+        _ => url.to_string(),
+    }
 }
 
 #[cfg(test)]

@@ -269,7 +269,7 @@ mod tests {
             redis_url: "redis://:hunter2@10.0.0.5:6379/0".into(),
             ..ClusterConfig::default()
         };
-        assert_eq!(cfg.redis_url_redacted(), "redis://…@10.0.0.5:6379/0");
+        assert_eq!(cfg.redis_url_redacted(), "redis://:***@10.0.0.5:6379/0");
         assert!(!format!("{cfg:?}").contains("hunter2"));
         let plain = ClusterConfig {
             redis_url: "redis://127.0.0.1:6379".into(),
