@@ -29,7 +29,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// This node's record now.
-pub fn record(state: &AppState, started_at: i64) -> NodeRecord {
+pub fn record(state: &AppState) -> NodeRecord {
     let streams = state.sfu.streams();
     let origin_of: Vec<String> = streams
         .iter()
@@ -44,7 +44,7 @@ pub fn record(state: &AppState, started_at: i64) -> NodeRecord {
             state.public_url.to_string()
         },
         version: env!("CARGO_PKG_VERSION").to_string(),
-        started_at,
+        started_at: state.cluster.started_at(),
         heartbeat_at: now_ms(),
         load: Load {
             media_sessions: state.sfu.session_count(),
@@ -114,11 +114,10 @@ pub async fn list(State(state): State<AppState>, _: ServiceCaller) -> AppResult<
     let now = now_ms();
     let me = state.cluster.node_id().to_string();
     if !state.cluster.enabled() {
-        let started = *STARTED.get().unwrap_or(&now);
         return Ok(Json(NodesOut {
             cluster: false,
             node_id: me.clone(),
-            nodes: vec![out(record(&state, started), &me, now)],
+            nodes: vec![out(record(&state), &me, now)],
         }));
     }
     let nodes = state.cluster.nodes().await.map_err(|_| {
@@ -135,9 +134,6 @@ pub async fn list(State(state): State<AppState>, _: ServiceCaller) -> AppResult<
         nodes: nodes.into_iter().map(|r| out(r, &me, now)).collect(),
     }))
 }
-
-/// When this process started serving (unix ms), for the single node's record.
-static STARTED: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
 
 /// The running heartbeat; [`Heartbeat::stop`] ends it and leaves the registry.
 pub struct Heartbeat {
@@ -157,8 +153,6 @@ impl Heartbeat {
 
 /// Starts the heartbeat (nothing to run on a single node).
 pub fn spawn(state: &AppState) -> Heartbeat {
-    let started = now_ms();
-    let _ = STARTED.set(started);
     let (stop, mut stopped) = watch::channel(false);
     if !state.cluster.enabled() {
         return Heartbeat { stop, task: None };
@@ -180,7 +174,7 @@ pub fn spawn(state: &AppState) -> Heartbeat {
             }
             // Failures are logged by the registry on each change and shown by
             // /readyz; the next tick retries.
-            let _ = state.cluster.heartbeat(&record(&state, started)).await;
+            let _ = state.cluster.heartbeat(&record(&state)).await;
         }
     });
     Heartbeat {

@@ -49,9 +49,11 @@ pub struct Load {
 }
 
 /// The registry handle the `AppState` holds: empty on a single node.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Cluster {
     inner: Option<Arc<Inner>>,
+    /// When this node was built (unix ms): its record's `started_at`.
+    started_at: i64,
 }
 
 struct Inner {
@@ -65,10 +67,19 @@ struct Inner {
     redis_ok: AtomicBool,
 }
 
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster::single()
+    }
+}
+
 impl Cluster {
     /// One node, no Redis.
     pub fn single() -> Cluster {
-        Cluster { inner: None }
+        Cluster {
+            inner: None,
+            started_at: crate::clock::now_ms(),
+        }
     }
 
     /// The registry of `cfg` (single node when `redis_url` is empty). Connects
@@ -104,6 +115,7 @@ impl Cluster {
             }
         };
         Ok(Cluster {
+            started_at: crate::clock::now_ms(),
             inner: Some(Arc::new(Inner {
                 conn,
                 prefix: cfg.key_prefix.clone(),
@@ -116,6 +128,11 @@ impl Cluster {
                 redis_ok: AtomicBool::new(true),
             })),
         })
+    }
+
+    /// When this node started (unix ms).
+    pub fn started_at(&self) -> i64 {
+        self.started_at
     }
 
     /// True with a Redis URL configured.
