@@ -308,6 +308,9 @@ pub struct ClusterConfig {
     pub heartbeat_ms: u64,
     /// A node whose record is this old without a heartbeat is gone.
     pub node_ttl_ms: u64,
+    /// A room's lease (its owner renews it every third of this): how long a room
+    /// whose node died waits before another node takes it over.
+    pub room_lease_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -319,6 +322,7 @@ impl Default for ClusterConfig {
             key_prefix: "tandem:".into(),
             heartbeat_ms: 1000,
             node_ttl_ms: 5000,
+            room_lease_ms: 3000,
         }
     }
 }

@@ -19,7 +19,7 @@ use sqlx::Row;
 use tandem_signaling::chat::{
     BoxFut, ChatRecord, ChatStore, Inserted, Moderation, NewChat, StoreError,
 };
-use tandem_signaling::{Identity, InProcessBroker, Rooms, WsUpgrade, valid_room_id};
+use tandem_signaling::{Broker, Identity, Rooms, WsUpgrade, valid_room_id};
 
 use crate::api::access::{self, RoomAccess};
 use crate::auth::{
@@ -31,12 +31,18 @@ use crate::error::{AppError, AppResult};
 use crate::state::AppState;
 use crate::storage::Db;
 
-/// The rooms of this server, with chat kept in its database.
-pub fn build(config: &Config, db: &Db, registry: &Registry) -> prometheus::Result<Rooms> {
+/// The rooms of this server, with chat kept in its database; `broker` says where
+/// each room lives (`InProcessBroker` on one node, `cluster::broker` on several).
+pub fn build(
+    config: &Config,
+    db: &Db,
+    registry: &Registry,
+    broker: Arc<dyn Broker>,
+) -> prometheus::Result<Rooms> {
     Rooms::new(
         config.rooms.clone(),
         Arc::new(SqlChatStore { db: db.clone() }),
-        Arc::new(InProcessBroker),
+        broker,
         registry,
     )
 }

@@ -157,6 +157,8 @@ pub struct Running {
     jobs: crate::api::jobs::JobsHandle,
     discord: crate::discord::guild::GuildWorker,
     heartbeat: crate::cluster::nodes::Heartbeat,
+    /// Several nodes: what other nodes send this node's rooms.
+    subscriber: Option<tokio::task::JoinHandle<()>>,
     recorder: crate::whip::SessionRecorder,
 }
 
@@ -170,6 +172,9 @@ impl Running {
         self.heartbeat.stop(&self.state).await;
         let grace = Duration::from_secs(self.state.config.shutdown_grace_seconds.max(1));
         self.state.rooms.shutdown(grace).await;
+        if let Some(s) = self.subscriber {
+            s.abort();
+        }
         // Restream children are killed (and waited for) before the media stops.
         if tokio::time::timeout(grace, self.state.restreams.shutdown())
             .await
@@ -292,7 +297,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let limits = crate::serve::Limits::resolve(&config.http);
     let recorder = crate::whip::SessionRecorder::spawn(db.clone());
     let sfu = Sfu::start(config.media_config(), &registry, Arc::new(recorder.clone())).await?;
-    let rooms = crate::rooms::build(&config, &db, &registry)?;
     let recordings = crate::recording::live::Recordings::new(
         config.clone(),
         sfu.clone(),
@@ -323,6 +327,31 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         &public_url,
     )
     .map_err(StartError::Cluster)?;
+    // Several nodes: rooms spread over the nodes through the broker on the
+    // cluster's Redis; one node: every room is local.
+    let broker: Option<Arc<crate::cluster::broker::RedisBroker>> = match cluster.redis() {
+        Some((conn, _, prefix)) => Some(crate::cluster::broker::RedisBroker::start(
+            conn,
+            prefix,
+            cluster.node_id().to_string(),
+            config.cluster.room_lease_ms,
+            &registry,
+        )?),
+        None => None,
+    };
+    let rooms = crate::rooms::build(
+        &config,
+        &db,
+        &registry,
+        match &broker {
+            Some(b) => b.clone(),
+            None => Arc::new(tandem_signaling::InProcessBroker),
+        },
+    )?;
+    let subscriber = match (&broker, cluster.redis()) {
+        (Some(b), Some((_, client, _))) => Some(b.subscribe(client, rooms.clone())),
+        _ => None,
+    };
     let state = AppState {
         identity: IdentityVerifier::new(&config.jwt_secret),
         config: config.clone(),
@@ -367,6 +396,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         jobs,
         discord,
         heartbeat,
+        subscriber,
         recorder,
     })
 }

@@ -7,6 +7,7 @@ use tokio::sync::oneshot;
 use crate::core::{Refused, Stored};
 use crate::identity::Identity;
 use crate::link::ConnHandle;
+use crate::peer::PeerMsg;
 use crate::wire::{ClientMsg, Resume, UserInfo};
 
 pub(crate) struct JoinRequest {
@@ -42,5 +43,13 @@ pub(crate) enum RoomEvent {
     },
     /// The result of database work done off the room task, applied in order.
     Stored(Stored),
+    /// Several nodes: what another node said about this room (peer.rs).
+    Peer(PeerMsg),
+    /// Several nodes: how a lease renewal (owner) or an owner check (relay) came
+    /// out: `Some(true)` still as it was, `Some(false)` moved or lost, `None` the
+    /// broker did not answer.
+    Lease(Option<bool>),
+    /// Several nodes: `node` stopped heartbeating; its members are disconnected.
+    NodeGone(String),
     Shutdown(oneshot::Sender<()>),
 }

@@ -2,7 +2,7 @@
 //! room ids are well formed. Imports none of its siblings.
 
 /// Who is connecting, as the server established it from a room token.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Identity {
     pub user_id: String,
     /// Display name from the token; `hello.user.name` is used when absent.

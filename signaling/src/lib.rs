@@ -15,6 +15,7 @@
 //!   - `frame`: what a connection's writer is handed, framing once per broadcast.
 //!   - `trim`: gives freed heap back to the OS after a burst of joins or leaves.
 //! - `server_msg`: every message the server sends, typed, serialised once.
+//! - `peer`: what one node tells another about a room (several nodes), its encoding.
 //! - `core`: the room's sans-IO core: `Room::handle(now, input)` leaves effects in
 //!   an outbox; one file per message family (members, resume, playback, chat,
 //!   moderation). No clock, no tokio, no sockets.
@@ -22,8 +23,12 @@
 //! - `event`: what reaches a room's task (joins, messages, typed database results).
 //! - `state`: what all rooms share (limits, store, broker, metrics, the registry).
 //! - `room`: the room task, the shell around the core: channel, timers, clock,
-//!   database calls, socket writes.
-//! - `rooms`: [`Rooms`], the registry: creates room tasks, hands them joins.
+//!   database calls, socket writes; owning a room of several nodes, its lease, its
+//!   log in the broker and its members on other nodes.
+//! - `relay`: several nodes: the task that stands for a room owned by another node
+//!   and serves this node's members of it.
+//! - `rooms`: [`Rooms`], the registry: creates room tasks (or relays), hands them
+//!   joins, takes what other nodes send ([`Rooms::deliver`]).
 //! - `conn`: one WebSocket connection (reader, drains what would have blocked).
 //! - `fuzzing` (feature `fuzzing` only, hidden): drives the core for the `fuzz/`
 //!   crate's `room_core` target; nothing else imports it.
@@ -45,6 +50,8 @@ mod frame;
 pub mod fuzzing;
 mod identity;
 mod link;
+mod peer;
+mod relay;
 mod room;
 mod rooms;
 mod server_msg;
@@ -52,7 +59,7 @@ mod state;
 mod trim;
 
 pub use crate::core::Refused;
-pub use broker::{Broker, InProcessBroker};
+pub use broker::{Broker, BrokerError, BrokerFut, InProcessBroker, Lease, Owner, Restored};
 pub use chat::{ChatStore, MemoryStore};
 pub use config::RoomsConfig;
 pub use identity::{Identity, valid_room_id};

@@ -23,6 +23,10 @@ pub struct Metrics {
     pub ws_queued_bytes: IntGauge,
     /// Connections closed by a limit, by which one.
     pub ws_limit_closes: IntCounterVec,
+    /// Several nodes: rooms owned by another node with members on this one.
+    pub relays: IntGauge,
+    /// Several nodes: rooms this node took over from the broker's log.
+    pub takeovers: IntCounter,
 }
 
 impl Metrics {
@@ -115,6 +119,14 @@ impl Metrics {
                 ),
                 &["reason"],
             )?,
+            relays: IntGauge::new(
+                "tandem_room_relays",
+                "Rooms owned by another node of the cluster that have members on this node",
+            )?,
+            takeovers: IntCounter::new(
+                "tandem_room_takeovers_total",
+                "Rooms this node took over from the broker's log (their owner stopped)",
+            )?,
         };
         registry.register(Box::new(m.rooms.clone()))?;
         registry.register(Box::new(m.connections.clone()))?;
@@ -132,6 +144,8 @@ impl Metrics {
         registry.register(Box::new(m.errors.clone()))?;
         registry.register(Box::new(m.ws_queued_bytes.clone()))?;
         registry.register(Box::new(m.ws_limit_closes.clone()))?;
+        registry.register(Box::new(m.relays.clone()))?;
+        registry.register(Box::new(m.takeovers.clone()))?;
         Ok(m)
     }
 }

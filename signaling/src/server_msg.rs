@@ -218,7 +218,7 @@ pub(crate) struct MemberInfo {
 }
 
 /// A call member's media as the others see it (`member.media`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub(crate) struct MediaState {
     pub muted: bool,
     pub camera_off: bool,

@@ -30,7 +30,7 @@ pub const CLIENT_TYPES: &[&str] = &[
     "call.mute",
 ];
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Resume {
     pub session: String,
     pub last_seq: u64,
@@ -38,7 +38,7 @@ pub struct Resume {
     pub resume_token: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct UserInfo {
     #[serde(default)]
     pub name: Option<String>,
@@ -63,7 +63,7 @@ pub enum Control {
     Everyone,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ReportState {
     Playing,
@@ -74,7 +74,7 @@ pub enum ReportState {
 }
 
 /// A chat message id: the protocol sends it as a string, numbers are accepted too.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum IdRef {
     Num(i64),
@@ -90,7 +90,9 @@ impl IdRef {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+// Serialize: a member on another node reaches the room's owner with its message
+// re-encoded (peer.rs); parsed and checked once, on the node it is connected to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type")]
 pub enum ClientMsg {
     #[serde(rename = "hello")]

@@ -1,11 +1,16 @@
-//! Several nodes (issue 18, DESIGN.md "Several nodes", docs/CLUSTER.md): what
-//! is built so far is the node registry in Redis and `GET /v1/cluster/nodes`.
-//! Unset `cluster.redis_url`: one node exactly as before, no Redis needed.
+//! Several nodes (issue 18, DESIGN.md "Several nodes", docs/CLUSTER.md): the node
+//! registry in Redis and `GET /v1/cluster/nodes`, and the rooms' broker that
+//! spreads a room's members over the nodes. Unset `cluster.redis_url`: one node
+//! exactly as before, no Redis needed.
 //!
 //! Module map, from the leaves up:
 //! - [`registry`]: the registry handle the `AppState` holds ([`registry::Cluster`]):
 //!   records with a TTL, heartbeats, a clean leave, Redis health for `/readyz`.
-//! - [`nodes`]: the heartbeat task (this node's load and origin streams) and the route.
+//! - [`broker`]: `tandem_signaling::Broker` on Redis: room leases with fencing
+//!   tokens, the rooms' logs and snapshots, node-to-node messages.
+//! - [`nodes`]: the heartbeat task (this node's load and origin streams, nodes
+//!   that went away) and the route.
 
+pub mod broker;
 pub mod nodes;
 pub mod registry;

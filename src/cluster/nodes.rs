@@ -7,6 +7,7 @@
 //! `cluster_unavailable` (and `/readyz` says the same), never a stale list
 //! passed off as current.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use axum::Json;
@@ -167,6 +168,7 @@ pub fn spawn(state: &AppState) -> Heartbeat {
     let task = tokio::spawn(async move {
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut seen: HashSet<String> = HashSet::new();
         loop {
             tokio::select! {
                 _ = stopped.changed() => break,
@@ -175,6 +177,16 @@ pub fn spawn(state: &AppState) -> Heartbeat {
             // Failures are logged by the registry on each change and shown by
             // /readyz; the next tick retries.
             let _ = state.cluster.heartbeat(&record(&state)).await;
+            // A node whose record expired (killed, cut off): the rooms here drop
+            // its members, the relays to rooms it owned send theirs to resume.
+            if let Ok(nodes) = state.cluster.nodes().await {
+                let now: HashSet<String> = nodes.into_iter().map(|n| n.id).collect();
+                for gone in seen.difference(&now) {
+                    tracing::warn!(node = %gone, "cluster: a node stopped heartbeating");
+                    state.rooms.node_gone(gone).await;
+                }
+                seen = now;
+            }
         }
     });
     Heartbeat {

@@ -57,6 +57,7 @@ pub struct Cluster {
 }
 
 struct Inner {
+    client: redis::Client,
     conn: ConnectionManager,
     prefix: String,
     node_id: String,
@@ -105,7 +106,7 @@ impl Cluster {
             .set_response_timeout(Some(REQUEST_TIMEOUT))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(2));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
             .map_err(|e| format!("cluster.redis_url {}: {e}", cfg.redis_url_redacted()))?;
         let pick = |v: &str, d: &str| {
             if v.is_empty() {
@@ -117,6 +118,7 @@ impl Cluster {
         Ok(Cluster {
             started_at: crate::clock::now_ms(),
             inner: Some(Arc::new(Inner {
+                client,
                 conn,
                 prefix: cfg.key_prefix.clone(),
                 node_id: pick(&cfg.node_id, default_id),
@@ -128,6 +130,14 @@ impl Cluster {
                 redis_ok: AtomicBool::new(true),
             })),
         })
+    }
+
+    /// The Redis connection (shared, reconnecting), a client for subscriptions
+    /// and the key prefix: for the rooms' broker (`cluster::broker`).
+    pub fn redis(&self) -> Option<(ConnectionManager, redis::Client, String)> {
+        self.inner
+            .as_ref()
+            .map(|i| (i.conn.clone(), i.client.clone(), i.prefix.clone()))
     }
 
     /// When this node started (unix ms).

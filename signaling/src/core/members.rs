@@ -104,8 +104,10 @@ impl Room {
         };
         if self.host.is_none() {
             self.host = Some(member.session.clone());
+            self.state_gen += 1;
         }
         self.members.push(member);
+        self.members_gen += 1;
         let idx = self.members.len() - 1;
         let mut j = self.member_info(&self.members[idx]);
         j.connected = true;
@@ -251,6 +253,7 @@ impl Room {
         close: Close,
     ) {
         let m = self.members.remove(idx);
+        self.members_gen += 1;
         self.reindex();
         let was_host = self.host.as_deref() == Some(m.session.as_str());
         let mut j = self.member_info(&m);
@@ -263,6 +266,7 @@ impl Room {
         }
         self.presence(Presence::Leave, j);
         if was_host {
+            self.state_gen += 1;
             self.host = self
                 .members
                 .iter()
@@ -345,6 +349,7 @@ impl Room {
             );
         };
         self.host = Some(self.members[t].session.clone());
+        self.state_gen += 1;
         let host = Some(self.members[t].user_id.clone());
         self.broadcast(|seq| ServerMsg::HostChanged {
             host,

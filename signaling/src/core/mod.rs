@@ -22,6 +22,7 @@ mod members;
 mod moderation;
 mod playback;
 mod resume;
+mod snapshot;
 #[cfg(test)]
 mod tests;
 
@@ -42,9 +43,16 @@ use crate::server_msg::{MediaState, MemberInfo, PlaybackState, ServerMsg, You};
 use crate::wire::{ClientMsg, Control, Resume, UserInfo};
 
 pub use members::Refused;
+pub(crate) use snapshot::Snapshot;
 
 /// What happens to a room.
 pub(crate) enum Input {
+    /// Several nodes: this node takes over a room another node owned (its last
+    /// snapshot and the log of its broadcasts, oldest first). Before `Loaded`.
+    Restore {
+        snapshot: Option<Snapshot>,
+        log: Vec<(u64, Utf8Bytes)>,
+    },
     /// The room's bans, mutes and recent chat, read from the store as it starts.
     Loaded {
         bans: Vec<String>,
@@ -305,6 +313,10 @@ pub(crate) struct Room {
     pending_presence: PresenceBatch,
     next_presence_flush: f64,
     outbox: VecDeque<Effect>,
+    /// Bumped when the host, the settings or the playback change (a snapshot for
+    /// another node is due at once) and when a member comes or goes (snapshot.rs).
+    state_gen: u64,
+    members_gen: u64,
 }
 
 impl Room {
@@ -332,12 +344,15 @@ impl Room {
             pending_presence: PresenceBatch::default(),
             next_presence_flush: now,
             outbox: VecDeque::new(),
+            state_gen: 0,
+            members_gen: 0,
         }
     }
 
     /// Applies one input at server time `now`; what must happen is left in the outbox.
     pub fn handle(&mut self, now: f64, input: Input) {
         match input {
+            Input::Restore { snapshot, log } => self.restore(now, snapshot, log),
             Input::Loaded { bans, mutes, chat } => {
                 self.bans = bans.into_iter().collect();
                 let now = now as i64;
@@ -619,6 +634,7 @@ impl Room {
 
     /// `playback.state`: its `seq` is the broadcast's, which the state keeps.
     fn broadcast_state(&mut self, by: Option<&str>, reason: &'static str) {
+        self.state_gen += 1;
         self.playback.seq = self.seq + 1;
         let v = self.playback_state(by.map(str::to_string), reason);
         self.broadcast(|_| ServerMsg::PlaybackState(v));

@@ -27,9 +27,11 @@ impl Room {
         }
         if let Some(c) = control {
             self.control = c;
+            self.state_gen += 1;
         }
         if let Some(ms) = slow_mode_ms {
             self.slow_mode_ms = ms.min(MAX_SLOW_MODE_MS);
+            self.state_gen += 1;
         }
         let by = self.members[idx].user_id.clone();
         let (control, slow_mode_ms) = (self.control, self.slow_mode_ms);
