@@ -143,9 +143,19 @@ pub struct Publisher {
     /// The codecs of the tapped tracks (audio, video), as opened: told to a tap
     /// that is added while the publisher is on.
     pub tap_codecs: [Option<Vec<TapCodec>>; 2],
-    /// The video encoding the tap records (with simulcast: `f` if offered,
+    /// The video encoding the tap prefers (with simulcast: `f` if offered,
     /// else the last rid; browsers list them low to high).
     pub tap_encoding: u8,
+    /// The video encoding the tap gets now (`None` before the first video
+    /// packet). With simulcast a browser opens its top layer only once its
+    /// bandwidth estimate allows (Chromium: `f` seconds after `q` and `h`, or
+    /// never on a narrow link), so the tap starts on whichever layer comes
+    /// first and moves up, at a key frame, to the best layer up to
+    /// `tap_encoding` (down when its layer stops).
+    pub tap_layer: Option<u8>,
+    /// The tapped video in one numbering across those layer changes (each
+    /// encoding has its own): a tap sees one continuous track.
+    pub tap_video: Continuity,
 }
 
 /// A publisher's received bytes and the window they are measured over: plain

@@ -30,6 +30,17 @@ impl Continuity {
         self.offsets = None;
     }
 
+    /// Another source takes over mid-stream (a tap moving to another simulcast
+    /// layer): its first packet continues the numbering `skipped` sequence
+    /// numbers on, so a depacketizer sees the hole and drops the frame the
+    /// old source left unfinished instead of joining it to the new one.
+    pub fn switch_source(&mut self, skipped: u16) {
+        self.offsets = None;
+        if let Some((seq, ts, at)) = self.last_out {
+            self.last_out = Some((seq.wrapping_add(skipped), ts, at));
+        }
+    }
+
     /// Maps a publisher's (sequence, timestamp) to the stream's.
     pub fn map(&mut self, seq: u16, ts: u32, now: Instant) -> (u16, u32) {
         let (seq_off, ts_off) = *self.offsets.get_or_insert_with(|| match self.last_out {
@@ -100,6 +111,19 @@ mod tests {
             c.map(18, 999_999 + 3000, t0 + Duration::from_secs(1)),
             (1, 97_000)
         );
+    }
+
+    #[test]
+    fn a_switched_source_continues_after_a_hole() {
+        let mut c = Continuity::new(90_000);
+        let t0 = Instant::now();
+        c.map(100, 5000, t0);
+        c.switch_source(1);
+        // The other source's numbering is unrelated; 10 ms later.
+        let (seq, ts) = c.map(7, 123, t0 + Duration::from_millis(10));
+        assert_eq!(seq, 102, "one number skipped");
+        assert_eq!(ts, 5000 + 900);
+        assert_eq!(c.map(8, 3123, t0), (103, 8900));
     }
 
     #[test]

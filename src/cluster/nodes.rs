@@ -14,6 +14,7 @@ use axum::Json;
 use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
+use prometheus::{IntGauge, Opts};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -152,10 +153,48 @@ impl Heartbeat {
     }
 }
 
+/// Registers `tandem_node_info{node_id,version}` (always 1: which node a
+/// scrape came from, beside Prometheus' own `instance` label) and
+/// `tandem_cluster_nodes` (the nodes alive in the registry as this node's
+/// heartbeat last saw them; 1 on a single node). Returns the latter. A
+/// registration that fails (a second server on one registry) is logged and
+/// the gauge works unregistered: metrics never stop a start.
+pub fn register_metrics(state: &AppState) -> IntGauge {
+    let info = IntGauge::with_opts(
+        Opts::new(
+            "tandem_node_info",
+            "Always 1; labels say which node this is (node_id empty on a single node)",
+        )
+        .const_label("node_id", state.cluster.node_id())
+        .const_label("version", env!("CARGO_PKG_VERSION")),
+    );
+    let nodes = IntGauge::new(
+        "tandem_cluster_nodes",
+        "Nodes alive in the cluster's registry, as this node's last heartbeat saw them",
+    )
+    .expect("a valid metric name");
+    match info {
+        Ok(info) => {
+            info.set(1);
+            let r = state
+                .registry
+                .register(Box::new(info))
+                .and_then(|_| state.registry.register(Box::new(nodes.clone())));
+            if let Err(err) = r {
+                tracing::warn!(error = %err, "cluster metrics not registered");
+            }
+        }
+        Err(err) => tracing::warn!(error = %err, "tandem_node_info not built"),
+    }
+    nodes
+}
+
 /// Starts the heartbeat (nothing to run on a single node).
 pub fn spawn(state: &AppState) -> Heartbeat {
     let (stop, mut stopped) = watch::channel(false);
+    let alive = register_metrics(state);
     if !state.cluster.enabled() {
+        alive.set(1);
         return Heartbeat { stop, task: None };
     }
     let state = state.clone();
@@ -176,10 +215,14 @@ pub fn spawn(state: &AppState) -> Heartbeat {
             }
             // Failures are logged by the registry on each change and shown by
             // /readyz; the next tick retries.
-            let _ = state.cluster.heartbeat(&record(&state)).await;
-            // A node whose record expired (killed, cut off): the rooms here drop
-            // its members, the relays to rooms it owned send theirs to resume.
-            if let Ok(nodes) = state.cluster.nodes().await {
+            if state.cluster.heartbeat(&record(&state)).await.is_ok()
+                && let Ok(nodes) = state.cluster.nodes().await
+            {
+                // Two short reads per heartbeat (ZRANGE, MGET): what the route
+                // reads, so the gauge and `GET /v1/cluster/nodes` agree.
+                alive.set(nodes.len() as i64);
+                // A node whose record expired (killed, cut off): the rooms here drop
+                // its members, the relays to rooms it owned send theirs to resume.
                 let now: HashSet<String> = nodes.into_iter().map(|n| n.id).collect();
                 for gone in seen.difference(&now) {
                     tracing::warn!(node = %gone, "cluster: a node stopped heartbeating");

@@ -263,6 +263,31 @@ impl Cluster {
         Ok(nodes)
     }
 
+    /// Claims periodic job `job` for `ttl` across the cluster (`SET
+    /// {prefix}job:{job} <node> NX PX ttl`): true when this node is to run it
+    /// now. Always true on a single node. For passes that every node would
+    /// otherwise repeat (the Discord reconcile walks every member at Discord);
+    /// work items are claimed in the database instead (`api::jobs`). A Redis
+    /// that does not answer also says true: those passes are idempotent, so
+    /// one run twice beats none (and `/readyz` already says Redis is out).
+    pub async fn claim(&self, job: &str, ttl: Duration) -> bool {
+        let Some(i) = &self.inner else { return true };
+        let mut conn = i.conn.clone();
+        let r: redis::RedisResult<Option<String>> = redis::cmd("SET")
+            .arg(format!("{}job:{job}", i.prefix))
+            .arg(&i.node_id)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64)
+            .query_async(&mut conn)
+            .await;
+        // `OK` when set, nil when another node holds the claim.
+        match Self::outcome(i, r) {
+            Ok(set) => set.is_some(),
+            Err(_) => true,
+        }
+    }
+
     /// Removes this node from the registry (a clean stop): the others see it
     /// gone at once instead of after the TTL.
     pub async fn leave(&self) {

@@ -90,7 +90,12 @@ pub fn spawn(state: &AppState, mut rx: mpsc::Receiver<Job>) -> GuildWorker {
             let job = tokio::select! {
                 _ = stopped.changed() => break,
                 job = rx.recv() => match job { Some(j) => j, None => break },
-                _ = tick.tick(), if every > 0 => Job::Reconcile,
+                _ = tick.tick(), if every > 0 => {
+                    if !claim_reconcile(&state, period).await {
+                        continue; // another node runs this period's pass
+                    }
+                    Job::Reconcile
+                }
             };
             tokio::select! {
                 _ = stopped.changed() => break,
@@ -101,6 +106,17 @@ pub fn spawn(state: &AppState, mut rx: mpsc::Receiver<Job>) -> GuildWorker {
         }
     });
     GuildWorker { stop, task }
+}
+
+/// Whether this node runs the timed reconcile pass of the period starting
+/// now: one node per period across a cluster (a claim in Redis a little
+/// shorter than the period, so the next period's first tick wins it again);
+/// always on a single node. `reconcile_now` is not gated.
+pub async fn claim_reconcile(state: &AppState, period: Duration) -> bool {
+    state
+        .cluster
+        .claim("discord_reconcile", period.mul_f64(0.9))
+        .await
 }
 
 async fn run(state: &AppState, job: &Job) -> AppResult<()> {

@@ -23,7 +23,7 @@ use tokio::task::JoinHandle;
 
 use super::feed::{Feed, Sink, TAP_OWNER};
 use super::ffmpeg::{self, Media, Run};
-use super::supervisor::{Action, Event, ExitClass, Supervisor, SupervisorConfig};
+use super::supervisor::{Action, Event, ExitClass, Reason, Supervisor, SupervisorConfig};
 use super::{DestinationSpec, DestinationStatus, Status, Target};
 use crate::config::{Config, RestreamConfig};
 
@@ -77,6 +77,11 @@ impl RestreamMetrics {
         registry.register(Box::new(dropped.clone()))?;
         for s in Status::ALL {
             destinations.with_label_values(&[s.as_str()]).set(0);
+        }
+        // The restart reasons at 0 from the start: a node that never restarted
+        // exports them too (dashboards' `increase` has a series to read).
+        for reason in [Reason::Stall, Reason::Auth, Reason::Network, Reason::Exit] {
+            restarts.with_label_values(&[reason.as_str()]);
         }
         Ok(Self {
             destinations,

@@ -12,6 +12,7 @@
 mod support;
 
 mod calls;
+mod cluster_ops;
 mod destinations;
 mod discord;
 mod discord_guild;

@@ -98,12 +98,27 @@ fn count_media(playlist: &str) -> usize {
         .count()
 }
 
-/// The size of the video the broadcast page sends now.
+/// The size of the video the broadcast page sends now (its largest layer).
 fn sent_size(stats: &Value) -> (f64, f64) {
     (
         num(&stats["video"]["frameWidth"]),
         num(&stats["video"]["frameHeight"]),
     )
+}
+
+/// The sizes of every layer the broadcast page sends now: with simulcast the
+/// recording starts on whichever layer sends first (Chromium sends `f` only
+/// once its bandwidth estimate allows, seconds later) and moves up.
+fn layer_sizes(stats: &Value) -> Vec<(f64, f64)> {
+    let mut sizes: Vec<(f64, f64)> = stats["layers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|l| (num(&l["frameWidth"]), num(&l["frameHeight"])))
+        .filter(|(w, h)| *w > 0.0 && *h > 0.0)
+        .collect();
+    sizes.push(sent_size(stats));
+    sizes
 }
 
 async fn replay_of(app: &TestApp, stream: &str) -> Value {
@@ -157,8 +172,11 @@ async fn a_chromium_class_is_recorded_live_and_replayed_after_the_end() {
         .await;
     let live_at = Instant::now();
     // Chromium starts low and raises the camera's resolution as its estimate
-    // grows: the recording's sample entry has the size of its first key frame.
-    let mut sizes = vec![sent_size(&browser.stats("pub").await)];
+    // grows: the recording's sample entry has the size of its first key frame,
+    // of the first simulcast layer that sent.
+    let stats = browser.stats("pub").await;
+    let mut sizes = vec![sent_size(&stats)];
+    let mut layers = layer_sizes(&stats);
     let folder = app
         .state()
         .recordings
@@ -176,7 +194,10 @@ async fn a_chromium_class_is_recorded_live_and_replayed_after_the_end() {
     let later = wait_playlist(&folder, count_media(&first) + 2, Duration::from_secs(20)).await;
     assert!(count_media(&later) > count_media(&first));
 
-    sizes.push(sent_size(&browser.stats("pub").await));
+    let stats = browser.stats("pub").await;
+    eprintln!("layers sent: {}", stats["layers"]);
+    sizes.push(sent_size(&stats));
+    layers.extend(layer_sizes(&stats));
     for (width, height) in &sizes {
         assert!(
             *width >= 160.0 && *height >= 120.0,
@@ -222,8 +243,8 @@ async fn a_chromium_class_is_recorded_live_and_replayed_after_the_end() {
     assert_eq!(video["codec_name"], "vp8", "{probe}");
     let recorded = (num(&video["width"]), num(&video["height"]));
     assert!(
-        sizes.contains(&recorded),
-        "recorded {recorded:?}, sent {sizes:?}: {probe}"
+        layers.contains(&recorded),
+        "recorded {recorded:?}, sent {layers:?}: {probe}"
     );
     assert_eq!(stream_of(&probe, "audio")["codec_name"], "opus", "{probe}");
     let duration = duration_of(&probe);

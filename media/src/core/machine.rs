@@ -836,6 +836,8 @@ impl Core {
                     encodings: Default::default(),
                     video_codecs: [None; 128],
                     tap_encoding,
+                    tap_layer: None,
+                    tap_video: Continuity::new(90_000),
                     continuity: saved.unwrap_or_else(|| {
                         [
                             Continuity::new(48_000),
@@ -1415,16 +1417,24 @@ fn forward_packet(
     let slot = forward::cache_slot(kind, encoding);
     publisher.continuity[slot].rewrite(&mut packet.header, arrived);
     refresh_tap(registry, publisher, stream);
-    if let Some(taps) = &publisher.tap
-        && (kind == MediaKind::Audio || encoding == publisher.tap_encoding)
-    {
+    let tapped =
+        kind == MediaKind::Audio || tap_takes_video(publisher, stream, encoding, keyframe, arrived);
+    if tapped && let Some(taps) = &publisher.tap {
+        let (sequence_number, timestamp) = match kind {
+            MediaKind::Audio => (packet.header.sequence_number, packet.header.timestamp),
+            MediaKind::Video => publisher.tap_video.map(
+                packet.header.sequence_number,
+                packet.header.timestamp,
+                arrived,
+            ),
+        };
         // A refcount on the payload, a few header fields; each tap queues or drops.
         for (_, tap) in taps.iter() {
             tap.packet(TapPacket {
                 kind,
                 payload_type: packet.header.payload_type,
-                sequence_number: packet.header.sequence_number,
-                timestamp: packet.header.timestamp,
+                sequence_number,
+                timestamp,
                 marker: packet.header.marker,
                 payload: packet.payload.clone(),
                 arrived,
@@ -1440,6 +1450,50 @@ fn forward_packet(
         packet,
         arrived,
     })
+}
+
+/// A tapped layer with no packet for this long has stopped (the browser
+/// paused it): the tap moves down to a layer that still sends.
+const TAP_LAYER_STOPPED: Duration = Duration::from_millis(1000);
+
+/// Whether this video packet (of `encoding`) goes to the taps, moving the
+/// tap to another simulcast layer when that is better (see
+/// [`Publisher::tap_layer`]). A move happens at the other layer's key frame
+/// (one is asked for when it does not come), so the tap's video decodes
+/// across it; the tap's numbering runs on through it (`tap_video`).
+fn tap_takes_video(
+    publisher: &mut Publisher,
+    stream: &StreamShared,
+    encoding: u8,
+    keyframe: bool,
+    arrived: Instant,
+) -> bool {
+    if encoding > publisher.tap_encoding {
+        return false;
+    }
+    let current = match publisher.tap_layer {
+        None => {
+            // The first layer to send: a recorder waits for its key frame.
+            publisher.tap_layer = Some(encoding);
+            return true;
+        }
+        Some(current) if current == encoding => return true,
+        Some(current) => current,
+    };
+    let stopped = publisher.encodings[current as usize]
+        .as_ref()
+        .is_none_or(|e| arrived.saturating_duration_since(e.last_packet) > TAP_LAYER_STOPPED);
+    if encoding < current && !stopped {
+        return false;
+    }
+    if !keyframe {
+        stream.want_keyframe(encoding as usize);
+        return false;
+    }
+    tracing::debug!(stream = %stream.name, from = current, to = encoding, "the tap moves to another simulcast layer");
+    publisher.tap_layer = Some(encoding);
+    publisher.tap_video.switch_source(1);
+    true
 }
 
 /// Re-reads the stream's taps when the registry's taps changed (one relaxed load
@@ -1520,7 +1574,10 @@ fn open_publisher_track(
         }
         _ => 0,
     };
-    if kind == MediaKind::Audio || encoding == publisher.tap_encoding as usize {
+    // Video: the first encoding to open tells the taps (every encoding of the
+    // track has the same codecs; the tap starts on whichever layer sends first).
+    let video_told = kind == MediaKind::Video && publisher.tap_codecs[kind.index()].is_some();
+    if !video_told && encoding <= publisher.tap_encoding as usize {
         let tapped: Vec<TapCodec> = codecs
             .iter()
             .map(|c| TapCodec {
@@ -1641,6 +1698,8 @@ mod tap_tests {
             tap_generation: u64::MAX,
             tap_codecs: Default::default(),
             tap_encoding: 0,
+            tap_layer: None,
+            tap_video: Continuity::new(90_000),
         }
     }
 
@@ -1656,6 +1715,119 @@ mod tap_tests {
             },
             payload: Bytes::from(vec![0u8; len]),
         }
+    }
+
+    /// A VP8 packet of simulcast encoding `ssrc` (1 = q, 2 = h, 3 = f): a key
+    /// frame's start (with its size) or a delta frame's.
+    fn vp8(ssrc: u32, seq: u16, ts: u32, key: bool) -> rtc::rtp::Packet {
+        let mut payload = vec![0x10]; // S=1, PID 0
+        if key {
+            let (w, h) = (160u16 * ssrc as u16, 90u16 * ssrc as u16);
+            payload.extend([0x00, 0x00, 0x00, 0x9d, 0x01, 0x2a]);
+            payload.extend(w.to_le_bytes());
+            payload.extend(h.to_le_bytes());
+        } else {
+            payload.extend([0x01, 0x00, 0x00]);
+        }
+        rtc::rtp::Packet {
+            header: rtc::rtp::header::Header {
+                version: 2,
+                payload_type: 96,
+                sequence_number: seq,
+                timestamp: ts,
+                ssrc,
+                marker: true,
+                ..Default::default()
+            },
+            payload: Bytes::from(payload),
+        }
+    }
+
+    /// Seen by a tap: (sequence, timestamp, payload's first frame byte).
+    #[derive(Default)]
+    struct Numbers(Mutex<Vec<(u16, u32, u8)>>);
+
+    impl StreamTap for Numbers {
+        fn track_opened(&self, _: MediaKind, _: &[TapCodec]) {}
+        fn packet(&self, p: TapPacket) {
+            self.0
+                .lock()
+                .unwrap()
+                .push((p.sequence_number, p.timestamp, p.payload[1]));
+        }
+        fn publisher_left(&self) {}
+    }
+
+    /// The CI failure of issue 14's Chromium class: `q` and `h` sent from the
+    /// start, `f` 4.2 s later (Chromium's bandwidth estimate). The tap waited
+    /// for `f` alone, so the recorder saw audio only, and its init segment
+    /// (after its 3 s grace) left the video out of the whole class. Now the
+    /// tap starts on the first layer, moves up at `h`'s and `f`'s key frames,
+    /// down when `f` stops, in one numbering with a hole at each move.
+    #[test]
+    fn the_tap_records_the_best_simulcast_layer_that_sends() {
+        let metrics = MediaMetrics::register(&prometheus::Registry::new()).unwrap();
+        let registry = Registry::new(MediaConfig::default(), 5000, 1, metrics, Arc::new(Quiet));
+        let stream = StreamShared::new(1, Arc::from("live"), 1);
+        let t0 = Instant::now();
+        let mut p = publisher(t0);
+        p.tap_encoding = 2; // q, h, f: f preferred
+        p.video_codecs[96] = Some(VideoCodec::Vp8);
+        for e in 0..3 {
+            p.encodings[e] = Some(PublisherEncoding {
+                ssrc: e as u32 + 1,
+                receiver: Default::default(),
+                rate: RateMeter::new(t0),
+                last_packet: t0,
+                keyframes: Default::default(),
+            });
+        }
+        let tap = Arc::new(Numbers::default());
+        registry.set_tap("live", "recording", tap.clone());
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let send = |p: &mut Publisher, ssrc: u32, seq: u16, ts: u32, key: bool, ms: u64| {
+            let packet = vp8(ssrc, seq, ts, key);
+            forward_packet(&registry, p, &stream, MediaKind::Video, packet, at(ms)).is_some()
+        };
+        // q's key frame first: the tap starts on q.
+        assert!(send(&mut p, 1, 100, 1000, true, 0));
+        // h's key frame: better, the tap moves up; q is no longer tapped.
+        assert!(send(&mut p, 2, 500, 7000, true, 10));
+        assert!(send(&mut p, 1, 101, 4000, false, 40));
+        assert!(send(&mut p, 2, 501, 10_000, false, 40));
+        // f opens 4.2 s later: a delta frame does not move the tap (a key frame is
+        // asked for), its key frame does.
+        assert!(send(&mut p, 3, 900, 50, false, 4200));
+        assert!(stream.encodings[2].keyframe_wanted.load(Ordering::Acquire));
+        assert!(send(&mut p, 3, 901, 3050, true, 4230));
+        assert!(send(&mut p, 2, 502, 13_000, false, 4240));
+        assert!(send(&mut p, 3, 902, 6050, false, 4260));
+        // f stops (the browser paused it): after a second the tap takes h back at
+        // its next key frame.
+        assert!(send(&mut p, 2, 503, 200_000, false, 5300));
+        assert!(stream.encodings[1].keyframe_wanted.load(Ordering::Acquire));
+        assert!(send(&mut p, 2, 504, 203_000, true, 5330));
+        let seen = tap.0.lock().unwrap().clone();
+        let frames: Vec<u8> = seen.iter().map(|s| s.2).collect();
+        // 0x00 is a key frame's tag, 0x01 a delta frame's.
+        assert_eq!(frames, vec![0x00, 0x00, 0x01, 0x00, 0x01, 0x00], "{seen:?}");
+        let seqs: Vec<u16> = seen.iter().map(|s| s.0).collect();
+        assert_eq!(
+            seqs,
+            vec![100, 102, 103, 105, 106, 108],
+            "a hole at each move: {seen:?}"
+        );
+        // Timestamps run on by the wall time at each move, then by the layer's own.
+        let ts: Vec<u32> = seen.iter().map(|s| s.1).collect();
+        assert_eq!(ts[1], 1000 + 900, "10 ms after q's frame");
+        assert_eq!(ts[2], ts[1] + 3000);
+        assert_eq!(
+            ts[3],
+            ts[2] + 4190 * 90,
+            "f's key frame 4.19 s after h's frame"
+        );
+        assert_eq!(ts[4], ts[3] + 3000);
+        assert_eq!(ts[5], ts[4] + 1070 * 90);
     }
 
     #[test]
