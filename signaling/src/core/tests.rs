@@ -670,3 +670,122 @@ fn call_mute_of_an_unknown_kind_is_a_bad_request_and_changes_nothing() {
         "s was not muted"
     );
 }
+
+/// Several nodes: another node takes the room over from its snapshot and its log
+/// (as the broker keeps them, bytes and JSON). Every member is disconnected with
+/// its grace period; one that resumes with `last_seq` gets `resumed` and exactly
+/// the broadcasts it missed; the host keeps the role and the state its playback.
+#[test]
+fn a_room_taken_over_from_its_snapshot_and_log_resumes_its_members() {
+    let mut h = harness(RoomsConfig::default());
+    let w_host = h.join(1, "hugo");
+    h.join(2, "bea");
+    h.msg(
+        1,
+        json!({"type":"playback.command","action":"pause","position":42.0,"at":h.now}),
+    );
+    let snapshot = serde_json::to_vec(&h.room.snapshot()).unwrap();
+    // bea saw up to here; two more broadcasts follow before the owner dies.
+    let bea_seq = h.room.seq;
+    h.advance(10.0);
+    let mut log_after = Vec::new();
+    for emoji in ["🎉", "👏"] {
+        let fx = h.msg(1, json!({"type":"reaction","emoji":emoji}));
+        for e in fx {
+            if let Effect::Broadcast { seq, text, .. } = e {
+                log_after.push((seq, text));
+            }
+        }
+    }
+    let last = h.room.seq;
+    let log: Vec<_> = h.room.log.iter().cloned().collect();
+
+    // The new owner.
+    let metrics = Metrics::register(&prometheus::Registry::new()).unwrap();
+    let mut t = Harness {
+        room: Room::new("r1", Arc::new(RoomsConfig::default()), metrics, h.now),
+        now: h.now + 2000.0,
+        cfg: RoomsConfig::default(),
+    };
+    let snapshot = serde_json::from_slice(&snapshot).unwrap();
+    t.input(Input::Restore {
+        snapshot: Some(snapshot),
+        log,
+    });
+    t.input(Input::Loaded {
+        bans: Vec::new(),
+        mutes: Vec::new(),
+        chat: Vec::new(),
+    });
+    assert_eq!(t.room.seq, last, "numbering goes on after the log");
+    assert!(t.room.members.iter().all(|m| m.conn.is_none()));
+
+    let fx = t.input(Input::Join {
+        conn: 7,
+        ident: ident("bea"),
+        resume: Some(Resume {
+            session: h.room.members[1].session.clone(),
+            last_seq: bea_seq,
+            resume_token: Some(h.room.members[1].resume_token.clone()),
+        }),
+        user: UserInfo::default(),
+    });
+    let got = sent(&fx, 7);
+    assert_eq!(got[0]["type"], "resumed", "{got:?}");
+    assert_eq!(got[0]["seq"].as_u64(), Some(last));
+    let replayed: Vec<u64> = got[1..]
+        .iter()
+        .map(|v| v["seq"].as_u64().unwrap())
+        .collect();
+    let missed: Vec<u64> = log_after.iter().map(|(s, _)| *s).collect();
+    assert_eq!(replayed, missed, "exactly what bea missed");
+
+    // The host resumes as the host; a newcomer's welcome shows the paused state.
+    let fx = t.input(Input::Join {
+        conn: 8,
+        ident: ident("hugo"),
+        resume: Some(Resume {
+            session: w_host["session"].as_str().unwrap().into(),
+            last_seq: last,
+            resume_token: w_host["resume_token"].as_str().map(String::from),
+        }),
+        user: UserInfo::default(),
+    });
+    assert_eq!(sent(&fx, 8)[0]["you"]["role"], "host");
+    let w = t.join(9, "cleo");
+    assert_eq!(w["room"]["host"], "hugo");
+    assert_eq!(w["room"]["playback"]["paused"], true);
+    assert_eq!(w["room"]["playback"]["position"], 42.0);
+    assert_eq!(w["room"]["member_count"], 3);
+}
+
+/// A member that does not come back within its grace period after a take-over
+/// is removed like any disconnected member.
+#[test]
+fn a_restored_member_that_never_resumes_leaves_after_its_grace() {
+    let mut h = harness(RoomsConfig::default());
+    h.join(1, "hugo");
+    h.join(2, "bea");
+    let snapshot =
+        serde_json::from_slice(&serde_json::to_vec(&h.room.snapshot()).unwrap()).unwrap();
+    let cfg = RoomsConfig::default();
+    let metrics = Metrics::register(&prometheus::Registry::new()).unwrap();
+    let mut t = Harness {
+        room: Room::new("r1", Arc::new(cfg.clone()), metrics, h.now),
+        now: h.now,
+        cfg,
+    };
+    t.input(Input::Restore {
+        snapshot: Some(snapshot),
+        log: Vec::new(),
+    });
+    t.join(3, "cleo");
+    t.advance(t.cfg.grace_period_ms as f64 + t.cfg.tick_ms as f64);
+    let fx = t.tick();
+    let left: Vec<String> = of_type(&broadcasts(&fx), "presence.leave")
+        .iter()
+        .map(|v| v["member"]["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert_eq!(t.room.members.len(), 1);
+}
