@@ -157,6 +157,7 @@ pub struct Running {
     jobs: crate::api::jobs::JobsHandle,
     discord: crate::discord::guild::GuildWorker,
     heartbeat: crate::cluster::nodes::Heartbeat,
+    edges: crate::cluster::edge::Reconciler,
     recorder: crate::whip::SessionRecorder,
 }
 
@@ -168,6 +169,8 @@ impl Running {
         self.discord.stop().await;
         // Out of the registry first: the other nodes stop sending here.
         self.heartbeat.stop(&self.state).await;
+        // Pulls from other nodes' streams end (their origins' sessions DELETEd).
+        self.edges.stop(&self.state).await;
         let grace = Duration::from_secs(self.state.config.shutdown_grace_seconds.max(1));
         self.state.rooms.shutdown(grace).await;
         // Restream children are killed (and waited for) before the media stops.
@@ -323,6 +326,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         &public_url,
     )
     .map_err(StartError::Cluster)?;
+    let pulls = crate::cluster::pulls::Pulls::new(&registry)?;
     let state = AppState {
         identity: IdentityVerifier::new(&config.jwt_secret),
         config: config.clone(),
@@ -339,12 +343,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         keyring,
         discord,
         cluster,
+        pulls,
     };
     let (stop, stopped) = watch::channel(false);
     let router = app(state.clone());
     let jobs = crate::api::jobs::spawn(&state);
     let discord = crate::discord::guild::spawn(&state, discord_jobs);
     let heartbeat = crate::cluster::nodes::spawn(&state);
+    let edges = crate::cluster::edge::spawn(&state);
     // Classes still live when the process stopped push to their destinations
     // again (beside serving: resolving a destination may call its platform).
     let resumed = state.clone();
@@ -367,6 +373,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         jobs,
         discord,
         heartbeat,
+        edges,
         recorder,
     })
 }

@@ -33,7 +33,8 @@ pub fn record(state: &AppState) -> NodeRecord {
     let streams = state.sfu.streams();
     let origin_of: Vec<String> = streams
         .iter()
-        .filter(|s| s.publisher.is_some())
+        // A stream this node pulls as an edge has a local publisher too: not an origin.
+        .filter(|s| s.publisher.is_some() && !state.pulls.is_pulling(&s.name))
         .map(|s| s.name.clone())
         .collect();
     NodeRecord {
@@ -167,6 +168,8 @@ pub fn spawn(state: &AppState) -> Heartbeat {
     let task = tokio::spawn(async move {
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The streams whose origin keys the last tick refreshed.
+        let mut origins: Vec<String> = Vec::new();
         loop {
             tokio::select! {
                 _ = stopped.changed() => break,
@@ -174,7 +177,16 @@ pub fn spawn(state: &AppState) -> Heartbeat {
             }
             // Failures are logged by the registry on each change and shown by
             // /readyz; the next tick retries.
-            let _ = state.cluster.heartbeat(&record(&state)).await;
+            let record = record(&state);
+            let _ = state.cluster.heartbeat(&record).await;
+            // Origin keys (cluster::edge) live as long as the node record and
+            // are refreshed with it; a stream no longer published here loses
+            // its key (if still ours) at once rather than by its TTL.
+            let _ = state.cluster.refresh_origins(&record.origin_of).await;
+            for gone in origins.iter().filter(|s| !record.origin_of.contains(s)) {
+                let _ = state.cluster.release_origin(gone).await;
+            }
+            origins = record.origin_of;
         }
     });
     Heartbeat {

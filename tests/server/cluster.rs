@@ -27,6 +27,7 @@ fn cluster_cfg(prefix: &str, node: &str) -> ClusterConfig {
         key_prefix: prefix.into(),
         heartbeat_ms: 100,
         node_ttl_ms: 1500,
+        ..ClusterConfig::default()
     }
 }
 
