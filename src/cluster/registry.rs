@@ -281,20 +281,19 @@ impl Cluster {
         if streams.is_empty() {
             return Ok(());
         }
-        let script = redis::Script::new(
-            "local v = redis.call('GET', KEYS[1]) \
+        // EVAL, not EVALSHA: a pipeline cannot load a script Redis lacks.
+        const REFRESH: &str = "local v = redis.call('GET', KEYS[1]) \
              if (not v) or v == ARGV[1] then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end \
-             return 1",
-        );
+             return 1";
         let mut pipe = redis::pipe();
         for s in streams {
-            pipe.invoke_script(
-                script
-                    .key(Self::origin_key(i, s))
-                    .arg(&i.node_id)
-                    .arg(i.ttl_ms),
-            )
-            .ignore();
+            pipe.cmd("EVAL")
+                .arg(REFRESH)
+                .arg(1)
+                .arg(Self::origin_key(i, s))
+                .arg(&i.node_id)
+                .arg(i.ttl_ms)
+                .ignore();
         }
         let mut conn = i.conn.clone();
         let r = pipe.query_async::<()>(&mut conn).await;

@@ -37,6 +37,7 @@ async fn node(prefix: &str, id: &str, db: Option<&str>, redirect: bool) -> TestA
         .config(move |c| {
             c.cluster = cluster;
             c.media_token_secret = SECRET.into();
+            c.service_key = SERVICE_KEY.into();
             if let Some(url) = db {
                 c.database_url = url;
             }
