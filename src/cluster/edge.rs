@@ -37,6 +37,8 @@ pub const NODE_ROLE: &str = "node";
 /// The user of an edge's local publisher session: the same for every pull, so
 /// a re-pull's session takes over the previous one (numbering continuity).
 pub const EDGE_USER: &str = "cluster-edge";
+/// The user of an edge's pull as the origin sees it: `node.{node id}`.
+pub const NODE_USER_PREFIX: &str = "node.";
 const TOKEN_TTL_SECS: u64 = 60;
 /// How often pulls are checked (linger, origin moves, failures).
 pub const TICK: Duration = Duration::from_millis(500);
@@ -226,7 +228,7 @@ fn answer_media(sdp: &str) -> (VideoCodec, bool) {
 /// here, joined by a relay.
 async fn start_pull(state: &AppState, stream: &str, node: &str, url: &str) -> Result<Pull, String> {
     let (token, _) = state.tokens.mint(&TokenRequest {
-        user: format!("node.{}", state.cluster.node_id()),
+        user: format!("{NODE_USER_PREFIX}{}", state.cluster.node_id()),
         stream: Some(stream.to_string()),
         grants: Grants {
             subscribe: true,
@@ -434,6 +436,7 @@ async fn reconcile(state: &AppState) {
             || s.publisher.is_some()
             || state.pulls.is_pulling(&s.name)
             || crate::api::calls::parse_stream(&s.name).is_some()
+            || !has_end_viewers(state, &s.name)
         {
             continue;
         }
@@ -441,6 +444,16 @@ async fn reconcile(state: &AppState) {
             ensure_pull(state, &s.name, &node, &url).await;
         }
     }
+}
+
+/// Viewers of `stream` here other than other nodes' edges (an old origin
+/// whose only viewers are edges does not pull: the edges re-pull themselves).
+fn has_end_viewers(state: &AppState, stream: &str) -> bool {
+    state.sfu.sessions().iter().any(|s| {
+        &*s.stream == stream
+            && s.kind == tandem_media::SessionKind::Viewer
+            && !s.user.starts_with(NODE_USER_PREFIX)
+    })
 }
 
 #[cfg(test)]

@@ -273,3 +273,104 @@ async fn redirect_mode_answers_307_to_the_origin() {
     b.shutdown().await;
     a.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_edge_repulls_within_3_s_when_the_publisher_moves_and_its_viewer_decodes_on() {
+    let _media = media_lock().await;
+    let p = prefix();
+    let a = node(&p, "node-a", None, false).await;
+    let b = node(&p, "node-b", None, false).await;
+    let c = node(&p, "node-c", None, false).await;
+    let stream = "moving-cam";
+    let first = PyPeer::publisher(&a, stream, &[]);
+    let mut first = first;
+    first.wait_event("connected", Duration::from_secs(30)).await;
+    wait_origin(&c, stream, "node-a").await;
+
+    // The viewer runs 8 s from its first frame: the move happens in them.
+    let mut viewer = PyPeer::viewer(
+        &c,
+        "viewer-c",
+        stream,
+        &[
+            "--frames",
+            "60",
+            "--audio-frames",
+            "10",
+            "--min-seconds",
+            "8",
+            "--duration",
+            "60",
+        ],
+    );
+    viewer
+        .wait_event("first_frame", Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        c.metric("tandem_cluster_edge_pulls_started_total", &[])
+            .await,
+        1.0
+    );
+
+    // The broadcaster reconnects on B: the origin moves there.
+    let done = first.stop(Duration::from_secs(20)).await;
+    assert_eq!(done["delete_status"], 200, "{done}");
+    let mut second = PyPeer::publisher(&b, stream, &[]);
+    second
+        .wait_event("connected", Duration::from_secs(30))
+        .await;
+    let moved = std::time::Instant::now();
+    wait_metric(
+        &c,
+        "tandem_cluster_edge_pulls_started_total",
+        2.0,
+        Duration::from_secs(10),
+    )
+    .await;
+    let took = moved.elapsed();
+    println!("cluster edge: re-pulled from the new origin {took:?} after its publisher connected");
+    assert!(took <= Duration::from_secs(3), "re-pull took {took:?}");
+    assert_eq!(
+        b.metric("tandem_cluster_origin_pulls_total", &[]).await,
+        1.0
+    );
+    // The old origin did not pull the stream for the edge's session it held.
+    assert_eq!(
+        a.metric("tandem_cluster_edge_pulls_started_total", &[])
+            .await,
+        0.0
+    );
+
+    let done = viewer.done(Duration::from_secs(60)).await;
+    assert_eq!(
+        done["ok"],
+        true,
+        "the viewer decoded on: {done}\n{}",
+        viewer.stderr_tail(30)
+    );
+    assert!(done["video_frames"].as_u64().unwrap_or(0) >= 60, "{done}");
+    // Frames kept coming after the move (the last whole second had some) and
+    // the longest gap between two decoded frames was the move's, under 3 s.
+    let per_second = done["frames_per_second"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let last_full = per_second.len().saturating_sub(2);
+    assert!(
+        per_second
+            .get(last_full)
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0)
+            > 0,
+        "frames after the move: {done}"
+    );
+    assert!(done["max_gap_s"].as_f64().unwrap_or(99.0) < 3.0, "{done}");
+    // One pull at a time on C, and the old origin's session ended.
+    assert_eq!(c.metric("tandem_cluster_edge_pulls", &[]).await, 1.0);
+    a.wait_sessions(0, Duration::from_secs(10)).await;
+
+    second.stop(Duration::from_secs(20)).await;
+    c.shutdown().await;
+    b.shutdown().await;
+    a.shutdown().await;
+}
