@@ -496,10 +496,10 @@ async fn session_delete(
     session_for(&state, &headers, &stream, &session, kind).await?;
     state.sfu.end(&session).await.map_err(media_error)?;
     if kind == SessionKind::Publisher
-        && !state
+        && state
             .sfu
             .stream(&stream)
-            .is_some_and(|s| s.publisher.is_some())
+            .is_none_or(|s| s.publisher.is_none())
     {
         // Not published here any more: edges stop looking here at once.
         let _ = state.cluster.release_origin(&stream).await;
