@@ -165,6 +165,11 @@ fn run(mut poll: Poll, mut up: Peer, mut down: Peer, stop: &AtomicBool, stats: &
                         }
                     }
                     stats.packets.fetch_add(sent, Ordering::Relaxed);
+                    // Out now: written packets wait in the peer connection until
+                    // flushed, and the downstream's own timers may be far off.
+                    if sent > 0 {
+                        down.flush();
+                    }
                 }
                 up.service(now, &up_c, &mut latency);
             } else {
