@@ -311,6 +311,11 @@ pub struct ClusterConfig {
     /// A room's lease (its owner renews it every third of this): how long a room
     /// whose node died waits before another node takes it over.
     pub room_lease_ms: u64,
+    /// WHEP for a stream published to another node: answer 307 to the origin's
+    /// WHEP endpoint instead of pulling the stream here (docs/CLUSTER.md).
+    pub media_redirect: bool,
+    /// How long an edge keeps pulling a stream after its last local viewer left.
+    pub edge_linger_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -323,6 +328,8 @@ impl Default for ClusterConfig {
             heartbeat_ms: 1000,
             node_ttl_ms: 5000,
             room_lease_ms: 3000,
+            media_redirect: false,
+            edge_linger_ms: 5000,
         }
     }
 }
@@ -344,6 +351,8 @@ impl std::fmt::Debug for ClusterConfig {
             .field("key_prefix", &self.key_prefix)
             .field("heartbeat_ms", &self.heartbeat_ms)
             .field("node_ttl_ms", &self.node_ttl_ms)
+            .field("media_redirect", &self.media_redirect)
+            .field("edge_linger_ms", &self.edge_linger_ms)
             .finish()
     }
 }

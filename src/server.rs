@@ -159,6 +159,7 @@ pub struct Running {
     heartbeat: crate::cluster::nodes::Heartbeat,
     /// Several nodes: what other nodes send this node's rooms.
     subscriber: Option<tokio::task::JoinHandle<()>>,
+    edges: crate::cluster::edge::Reconciler,
     recorder: crate::whip::SessionRecorder,
 }
 
@@ -170,6 +171,8 @@ impl Running {
         self.discord.stop().await;
         // Out of the registry first: the other nodes stop sending here.
         self.heartbeat.stop(&self.state).await;
+        // Pulls from other nodes' streams end (their origins' sessions DELETEd).
+        self.edges.stop(&self.state).await;
         let grace = Duration::from_secs(self.state.config.shutdown_grace_seconds.max(1));
         self.state.rooms.shutdown(grace).await;
         if let Some(s) = self.subscriber {
@@ -352,6 +355,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         (Some(b), Some((_, client, _))) => Some(b.subscribe(client, rooms.clone())),
         _ => None,
     };
+    let pulls = crate::cluster::pulls::Pulls::new(&registry)?;
     let state = AppState {
         identity: IdentityVerifier::new(&config.jwt_secret),
         config: config.clone(),
@@ -368,12 +372,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         keyring,
         discord,
         cluster,
+        pulls,
     };
     let (stop, stopped) = watch::channel(false);
     let router = app(state.clone());
     let jobs = crate::api::jobs::spawn(&state);
     let discord = crate::discord::guild::spawn(&state, discord_jobs);
     let heartbeat = crate::cluster::nodes::spawn(&state);
+    let edges = crate::cluster::edge::spawn(&state);
     // Classes still live when the process stopped push to their destinations
     // again (beside serving: resolving a destination may call its platform).
     let resumed = state.clone();
@@ -397,6 +403,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         discord,
         heartbeat,
         subscriber,
+        edges,
         recorder,
     })
 }

@@ -39,6 +39,8 @@ pub struct AppState {
     pub discord: crate::discord::queue::Guilds,
     /// The node registry of a cluster (src/cluster; empty on a single node).
     pub cluster: crate::cluster::registry::Cluster,
+    /// Streams this node pulls from their origin as an edge (src/cluster/edge.rs).
+    pub pulls: crate::cluster::pulls::Pulls,
 }
 
 /// How long one `/readyz` verdict is reused: the write probe is one committed

@@ -207,20 +207,39 @@ async fn create_session(
     // the content rules, not the capacity or its limits), and no body is read.
     let claims = authorize(&state, &headers, &stream, kind).await?;
     require_content_type(&headers, SDP)?;
+    // Several nodes: a stream published to another node is answered 307 to its
+    // origin when `cluster.media_redirect` is set (docs/CLUSTER.md).
+    if kind == SessionKind::Viewer
+        && let crate::cluster::edge::Route::Redirect(to) =
+            crate::cluster::edge::route_viewer(&state, &stream, &claims).await
+    {
+        let mut resp = StatusCode::TEMPORARY_REDIRECT.into_response();
+        resp.headers_mut()
+            .insert(header::LOCATION, header_value(&to));
+        return Ok(resp);
+    }
     let offer = read_body(body, state.config.media.max_sdp_bytes).await?;
     crate::api::access::check_session(&state, &claims, &stream, kind).await?;
+    let from_edge = claims.role.as_deref() == Some(crate::cluster::edge::NODE_ROLE);
     let holder = SessionHolder {
         user: &claims.sub,
         token: &claims.jti,
         // Tokens the API mints for platform users carry their `role`; tokens
         // without one were minted by the operator with the server's key (`tandem
         // token`, the demo links): they are not held to the per-token and
-        // per-user limits (docs/MEDIA.md, "Limits and lifecycle").
-        limited: claims.role.is_some(),
+        // per-user limits (docs/MEDIA.md, "Limits and lifecycle"). Nor is another
+        // node's edge pulling a stream from this one (a node-minted token).
+        limited: claims.role.is_some() && !from_edge,
     };
     if kind == SessionKind::Publisher {
+        // This node becomes the stream's origin: a pull of it from elsewhere stops.
+        crate::cluster::edge::yield_to_publisher(&state, &stream).await;
         // Before the session exists: its first packet already goes to the recorder.
         state.recordings.publisher_starting(&stream).await;
+    } else {
+        // Published to another node: this node becomes an edge (one pull,
+        // shared by its viewers) before the viewer's session is made.
+        crate::cluster::edge::before_subscribe(&state, &stream, &claims).await;
     }
     let answer = match kind {
         SessionKind::Publisher => state.sfu.publish(&stream, &offer, &holder).await,
@@ -240,6 +259,13 @@ async fn create_session(
         }
     }
     crate::api::access::session_started(&state, &claims, &stream, kind).await;
+    if kind == SessionKind::Publisher {
+        // The origin moves here now (edges re-pull from here within a tick);
+        // Redis away: the heartbeat claims it when it answers again.
+        let _ = state.cluster.claim_origin(&stream).await;
+    } else if from_edge {
+        state.pulls.metrics.origin_pulls.inc();
+    }
 
     let location = format!("{}/{}/{}", path_prefix(kind), stream, answer.session_id);
     let mut resp = (StatusCode::CREATED, answer.sdp).into_response();
@@ -469,6 +495,15 @@ async fn session_delete(
 ) -> AppResult<StatusCode> {
     session_for(&state, &headers, &stream, &session, kind).await?;
     state.sfu.end(&session).await.map_err(media_error)?;
+    if kind == SessionKind::Publisher
+        && state
+            .sfu
+            .stream(&stream)
+            .is_none_or(|s| s.publisher.is_none())
+    {
+        // Not published here any more: edges stop looking here at once.
+        let _ = state.cluster.release_origin(&stream).await;
+    }
     Ok(StatusCode::OK)
 }
 
@@ -553,12 +588,18 @@ impl SessionRecorder {
     }
 }
 
+/// An edge's local publisher (`cluster::edge`) is plumbing, not a session of a
+/// user: the origin records the real publisher once.
 impl tandem_media::sfu::SessionObserver for SessionRecorder {
     fn session_started(&self, session: &SessionSummary) {
-        let _ = self.tx.send(SessionEvent::Started(session.clone()));
+        if &*session.user != crate::cluster::edge::EDGE_USER {
+            let _ = self.tx.send(SessionEvent::Started(session.clone()));
+        }
     }
     fn session_ended(&self, session: &SessionSummary) {
-        let _ = self.tx.send(SessionEvent::Ended(session.clone()));
+        if &*session.user != crate::cluster::edge::EDGE_USER {
+            let _ = self.tx.send(SessionEvent::Ended(session.clone()));
+        }
     }
 }
 

@@ -1,20 +1,20 @@
-//! tandem-loadtest as a library: the WHIP/WHEP client, the load modes and their report,
-//! so integration tests can drive the same code the binary runs.
+//! tandem-loadtest as a library: the load modes and their report, so integration
+//! tests can drive the same code the binary runs. The WHIP/WHEP client lives in
+//! the `tandem-client` crate (the server's cluster edge uses it too); its modules
+//! are re-exported here under their old paths.
 
 pub mod bare;
 pub mod call;
-pub mod client;
 pub mod delay;
 pub mod enroll;
-pub mod media;
 pub mod netns;
 pub mod procstat;
 pub mod report;
-pub mod rxtime;
 pub mod server;
-pub mod stats;
 pub mod sync;
 pub mod whep;
+
+pub use tandem_client::{client, media, rxtime, stats};
 
 /// Prints webrtc-rs's own `log` records to stderr when `TANDEM_LOADTEST_RTC_LOG` names
 /// a level (`debug`, `trace`, …): the way to see why a peer does not connect.

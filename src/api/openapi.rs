@@ -172,13 +172,24 @@ impl Modify for Extras {
                 media_codes,
             ),
         );
+        // Several nodes with `cluster.media_redirect`: a stream published to
+        // another node is answered 307 to the origin's WHEP endpoint.
+        let whep_codes: Vec<(&str, &str)> = media_codes
+            .iter()
+            .copied()
+            .chain([(
+                "307",
+                "cluster.media_redirect: the stream is published to another node; \
+                 Location is the origin's WHEP endpoint (POST the offer there with the token)",
+            )])
+            .collect();
         paths.add_path_operation(
             "/v1/whep/{stream}",
             vec![HttpMethod::Post],
             op(
                 "media",
                 "WHEP egress: SDP offer in, answer out (viewer token)",
-                media_codes,
+                &whep_codes,
             ),
         );
         for prefix in ["/v1/whip/{stream}/{session}", "/v1/whep/{stream}/{session}"] {

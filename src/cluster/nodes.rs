@@ -35,7 +35,8 @@ pub fn record(state: &AppState) -> NodeRecord {
     let streams = state.sfu.streams();
     let origin_of: Vec<String> = streams
         .iter()
-        .filter(|s| s.publisher.is_some())
+        // A stream this node pulls as an edge has a local publisher too: not an origin.
+        .filter(|s| s.publisher.is_some() && !state.pulls.is_pulling(&s.name))
         .map(|s| s.name.clone())
         .collect();
     NodeRecord {
@@ -208,6 +209,8 @@ pub fn spawn(state: &AppState) -> Heartbeat {
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut seen: HashSet<String> = HashSet::new();
+        // The streams whose origin keys the last tick refreshed.
+        let mut origins: Vec<String> = Vec::new();
         loop {
             tokio::select! {
                 _ = stopped.changed() => break,
@@ -215,7 +218,10 @@ pub fn spawn(state: &AppState) -> Heartbeat {
             }
             // Failures are logged by the registry on each change and shown by
             // /readyz; the next tick retries.
-            if state.cluster.heartbeat(&record(&state)).await.is_ok()
+            let record = record(&state);
+            // Failures are logged by the registry on each change and shown by
+            // /readyz; the next tick retries.
+            if state.cluster.heartbeat(&record).await.is_ok()
                 && let Ok(nodes) = state.cluster.nodes().await
             {
                 // Two short reads per heartbeat (ZRANGE, MGET): what the route
@@ -230,6 +236,14 @@ pub fn spawn(state: &AppState) -> Heartbeat {
                 }
                 seen = now;
             }
+            // Origin keys (cluster::edge) live as long as the node record and
+            // are refreshed with it; a stream no longer published here loses
+            // its key (if still ours) at once rather than by its TTL.
+            let _ = state.cluster.refresh_origins(&record.origin_of).await;
+            for gone in origins.iter().filter(|s| !record.origin_of.contains(s)) {
+                let _ = state.cluster.release_origin(gone).await;
+            }
+            origins = record.origin_of;
         }
     });
     Heartbeat {

@@ -288,6 +288,97 @@ impl Cluster {
         }
     }
 
+    fn origin_key(i: &Inner, stream: &str) -> String {
+        format!("{}origin:{stream}", i.prefix)
+    }
+
+    /// A publisher's WHIP session went live here: this node is the stream's
+    /// origin now, whoever was before (the latest publisher wins: a broadcaster
+    /// that reconnected on this node moves the origin here at once).
+    pub async fn claim_origin(&self, stream: &str) -> redis::RedisResult<()> {
+        let Some(i) = &self.inner else { return Ok(()) };
+        let mut conn = i.conn.clone();
+        let r = redis::cmd("SET")
+            .arg(Self::origin_key(i, stream))
+            .arg(&i.node_id)
+            .arg("PX")
+            .arg(i.ttl_ms)
+            .query_async::<()>(&mut conn)
+            .await;
+        Self::outcome(i, r)
+    }
+
+    /// Refreshes the origin keys of the streams published here (each heartbeat),
+    /// each only if it is missing or still this node's: a stale session left
+    /// behind here must not take back a stream that moved to another node.
+    pub async fn refresh_origins(&self, streams: &[String]) -> redis::RedisResult<()> {
+        let Some(i) = &self.inner else { return Ok(()) };
+        if streams.is_empty() {
+            return Ok(());
+        }
+        // EVAL, not EVALSHA: a pipeline cannot load a script Redis lacks.
+        const REFRESH: &str = "local v = redis.call('GET', KEYS[1]) \
+             if (not v) or v == ARGV[1] then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end \
+             return 1";
+        let mut pipe = redis::pipe();
+        for s in streams {
+            pipe.cmd("EVAL")
+                .arg(REFRESH)
+                .arg(1)
+                .arg(Self::origin_key(i, s))
+                .arg(&i.node_id)
+                .arg(i.ttl_ms)
+                .ignore();
+        }
+        let mut conn = i.conn.clone();
+        let r = pipe.query_async::<()>(&mut conn).await;
+        Self::outcome(i, r)
+    }
+
+    /// The stream is no longer published here: its origin key goes, if it is
+    /// still this node's.
+    pub async fn release_origin(&self, stream: &str) -> redis::RedisResult<()> {
+        let Some(i) = &self.inner else { return Ok(()) };
+        let script = redis::Script::new(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end \
+             return 0",
+        );
+        let mut conn = i.conn.clone();
+        let r = script
+            .key(Self::origin_key(i, stream))
+            .arg(&i.node_id)
+            .invoke_async::<()>(&mut conn)
+            .await;
+        Self::outcome(i, r)
+    }
+
+    /// The node a stream is published to and its advertised URL; `None` when no
+    /// live node is its origin (never published, ended, or its node is gone:
+    /// the key outlives a killed node by at most `node_ttl_ms`, and a node
+    /// without a live record does not count).
+    pub async fn origin_of(&self, stream: &str) -> redis::RedisResult<Option<(String, String)>> {
+        let Some(i) = &self.inner else {
+            return Ok(None);
+        };
+        let mut conn = i.conn.clone();
+        let r: redis::RedisResult<Option<String>> = redis::cmd("GET")
+            .arg(Self::origin_key(i, stream))
+            .query_async(&mut conn)
+            .await;
+        let Some(node) = Self::outcome(i, r)? else {
+            return Ok(None);
+        };
+        if node == i.node_id {
+            return Ok(Some((node, i.advertise_url.clone())));
+        }
+        let r: redis::RedisResult<Option<String>> = redis::cmd("GET")
+            .arg(Self::key(i, &node))
+            .query_async(&mut conn)
+            .await;
+        let record = Self::outcome(i, r)?.and_then(|v| serde_json::from_str::<NodeRecord>(&v).ok());
+        Ok(record.map(|r| (node, r.advertise_url.trim_end_matches('/').to_string())))
+    }
+
     /// Removes this node from the registry (a clean stop): the others see it
     /// gone at once instead of after the TTL.
     pub async fn leave(&self) {

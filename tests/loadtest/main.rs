@@ -4,6 +4,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod edge_hop;
 mod enroll;
 mod sync;
 mod whep;

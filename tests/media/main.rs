@@ -12,6 +12,7 @@ mod support;
 mod aiortc;
 mod browser;
 mod calls;
+mod cluster_edge;
 mod codecs;
 mod config;
 mod continuity;

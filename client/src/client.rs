@@ -193,6 +193,8 @@ enum Role {
 }
 
 struct Publisher {
+    /// False for a relaying publisher: its packets come from [`Peer::forward`].
+    synthetic: bool,
     opts: PublishOptions,
     /// One per encoding (one without simulcast), lowest first.
     video: Vec<VideoOut>,
@@ -370,20 +372,12 @@ impl Peer {
         publish: Option<PublishOptions>,
         layer: Option<Arc<LayerCtl>>,
     ) -> Result<Peer, String> {
-        let (mut pc, socket, local, senders) = Self::prepare(publish.as_ref())?;
-        let offer = pc.create_offer(None).map_err(err("create offer"))?;
-        pc.set_local_description(Instant::now(), offer)
-            .map_err(err("local description"))?;
-        let sdp = pc
-            .local_description()
-            .map(|d| d.sdp)
-            .ok_or("no local description")?;
-        let mid = video_mid(&sdp).unwrap_or_default();
+        let offer = Peer::offer(publish, layer)?;
         let resp = http
             .post(url)
             .header("Content-Type", "application/sdp")
             .header("Authorization", format!("Bearer {token}"))
-            .body(sdp)
+            .body(offer.sdp.clone())
             .send()
             .await
             .map_err(err("POST offer"))?;
@@ -398,7 +392,90 @@ impl Peer {
             return Err(format!("POST {url}: {status}: {body}"));
         }
         let session_url = location.ok_or("201 without Location")?;
-        let answer = RTCSessionDescription::answer(body).map_err(err("answer"))?;
+        offer.accept(body, session_url)
+    }
+
+    /// A peer with its offer made (`Offer::sdp`), for a caller that delivers the
+    /// offer itself (the cluster edge hands its re-publishing offer to its own SFU,
+    /// not over HTTP); [`Offer::accept`] applies the answer.
+    pub fn offer(
+        publish: Option<PublishOptions>,
+        layer: Option<Arc<LayerCtl>>,
+    ) -> Result<Offer, String> {
+        Self::offer_on(std::net::Ipv4Addr::LOCALHOST.into(), publish, layer)
+    }
+
+    /// [`Peer::offer`] from a socket on `ip` (see [`Peer::prepare`]).
+    pub fn offer_on(
+        ip: std::net::IpAddr,
+        publish: Option<PublishOptions>,
+        layer: Option<Arc<LayerCtl>>,
+    ) -> Result<Offer, String> {
+        let (mut pc, socket, local, senders) = Self::prepare(publish.as_ref(), ip)?;
+        let offer = pc.create_offer(None).map_err(err("create offer"))?;
+        pc.set_local_description(Instant::now(), offer)
+            .map_err(err("local description"))?;
+        let sdp = pc
+            .local_description()
+            .map(|d| d.sdp)
+            .ok_or("no local description")?;
+        let mid = video_mid(&sdp).unwrap_or_default();
+        Ok(Offer {
+            sdp,
+            pc,
+            socket,
+            local,
+            senders,
+            mid,
+            publish,
+            layer,
+            synthetic: true,
+        })
+    }
+}
+
+/// What the two halves of a video and an audio sender are: the sender and its SSRCs.
+type Senders = (
+    Option<(RTCRtpSenderId, Vec<u32>)>,
+    Option<(RTCRtpSenderId, u32)>,
+);
+
+/// A peer whose offer is made and whose answer is awaited ([`Peer::offer`]).
+pub struct Offer {
+    /// The SDP offer to send.
+    pub sdp: String,
+    pc: RTCPeerConnection,
+    socket: UdpSocket,
+    local: SocketAddr,
+    senders: Senders,
+    mid: String,
+    publish: Option<PublishOptions>,
+    layer: Option<Arc<LayerCtl>>,
+    synthetic: bool,
+}
+
+impl Offer {
+    /// A publisher that sends no media of its own: the caller writes each packet
+    /// with [`Peer::forward`] (the cluster edge re-publishing what it pulls).
+    pub fn relayed(mut self) -> Self {
+        self.synthetic = false;
+        self
+    }
+
+    /// Applies the answer; `session_url` is the session's (absolute) URL.
+    pub fn accept(self, answer: String, session_url: String) -> Result<Peer, String> {
+        let Offer {
+            mut pc,
+            socket,
+            local,
+            senders,
+            mid,
+            publish,
+            layer,
+            synthetic,
+            ..
+        } = self;
+        let answer = RTCSessionDescription::answer(answer).map_err(err("answer"))?;
         pc.set_remote_description(Instant::now(), answer)
             .map_err(err("remote description"))?;
         let role = match publish {
@@ -470,6 +547,7 @@ impl Peer {
                     .1
                     .and_then(|(sender, ssrc)| out(RtpCodecKind::Audio, sender, ssrc, ""));
                 Role::Publisher(Box::new(Publisher {
+                    synthetic,
                     audio_src: AudioSource::default(),
                     opts,
                     video,
@@ -497,25 +575,19 @@ impl Peer {
             role,
         })
     }
+}
 
-    #[allow(clippy::type_complexity)]
+impl Peer {
+    /// The peer's socket is bound to `ip` (port 0) and offered as its host
+    /// candidate: loopback for the load generator; the address that routes to
+    /// the server for the cluster edge.
     fn prepare(
         publish: Option<&PublishOptions>,
-    ) -> Result<
-        (
-            RTCPeerConnection,
-            UdpSocket,
-            SocketAddr,
-            (
-                Option<(RTCRtpSenderId, Vec<u32>)>,
-                Option<(RTCRtpSenderId, u32)>,
-            ),
-        ),
-        String,
-    > {
+        ip: std::net::IpAddr,
+    ) -> Result<(RTCPeerConnection, UdpSocket, SocketAddr, Senders), String> {
         let simulcast = publish.is_some_and(|o| !o.rids().is_empty());
         let mut pc = build_pc(publish.map(|o| o.codec), simulcast)?;
-        let std_socket = std::net::UdpSocket::bind("127.0.0.1:0").map_err(err("bind"))?;
+        let std_socket = std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).map_err(err("bind"))?;
         std_socket.set_nonblocking(true).map_err(err("socket"))?;
         rxtime::enable(std_socket.as_raw_fd()).map_err(err("SO_TIMESTAMPNS"))?;
         let local = std_socket.local_addr().map_err(err("socket"))?;
@@ -575,7 +647,7 @@ impl Peer {
         Ok((pc, UdpSocket::from_std(std_socket), local, senders))
     }
 
-    fn handle_datagram(
+    pub(crate) fn handle_datagram(
         &mut self,
         from: SocketAddr,
         data: &[u8],
@@ -623,7 +695,7 @@ impl Peer {
         }
     }
 
-    fn flush(&mut self) {
+    pub(crate) fn flush(&mut self) {
         while let Some(msg) = self.pc.poll_write() {
             // A full socket buffer drops the datagram, as a network would.
             let _ = self.socket.send_to(&msg.message, msg.transport.peer_addr);
@@ -631,7 +703,7 @@ impl Peer {
     }
 
     /// Drains events, received media and outgoing datagrams after anything happened.
-    fn service(&mut self, now: Instant, c: &Counters, latency: &mut Latencies) {
+    pub(crate) fn service(&mut self, now: Instant, c: &Counters, latency: &mut Latencies) {
         self.flush();
         while let Some(event) = self.pc.poll_event() {
             if let RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) = event {
@@ -656,8 +728,10 @@ impl Peer {
                                 });
                             }
                             Role::Publisher(p) => {
-                                p.next_video = Some(now);
-                                p.next_audio = p.audio.as_ref().map(|_| now);
+                                if p.synthetic {
+                                    p.next_video = Some(now);
+                                    p.next_audio = p.audio.as_ref().map(|_| now);
+                                }
                                 p.srtcp_in = self.pc.remote_srtp_keying().and_then(|k| {
                                     let provider = rtc::crypto::default_provider().ok()?;
                                     rtc::srtp::context::Context::new(
@@ -736,7 +810,7 @@ impl Peer {
     }
 
     /// The earliest instant this peer needs attention without input.
-    fn due(&self) -> Option<Instant> {
+    pub(crate) fn due(&self) -> Option<Instant> {
         let media = match &self.role {
             Role::Publisher(p) => [
                 p.next_video,
@@ -754,7 +828,7 @@ impl Peer {
         }
     }
 
-    fn on_due(&mut self, now: Instant, c: &Counters, latency: &mut Latencies) {
+    pub(crate) fn on_due(&mut self, now: Instant, c: &Counters, latency: &mut Latencies) {
         if self.next_timeout.is_some_and(|t| t <= now) {
             let _ = self.pc.handle_timeout(now);
         }
@@ -762,6 +836,101 @@ impl Peer {
             send_media(&mut self.pc, p, now, c);
         }
         self.service(now, c, latency);
+    }
+}
+
+/// What the cluster edge's relay (`crate::relay`) needs of a peer: its socket,
+/// the RTP it decrypted, its state, and writing or asking for media by hand.
+impl Peer {
+    pub(crate) fn socket_mut(&mut self) -> &mut UdpSocket {
+        &mut self.socket
+    }
+
+    pub(crate) fn fd(&self) -> std::os::fd::RawFd {
+        self.socket.as_raw_fd()
+    }
+
+    /// Moves the RTP decrypted so far into `into` (emptied first): a relay
+    /// takes the packets before [`Peer::service`] would count them. The two
+    /// buffers swap, so neither allocates once warm.
+    pub(crate) fn take_inbox(
+        &mut self,
+        into: &mut Vec<(rtc::rtp::Header, bytes::Bytes, Option<u64>)>,
+    ) {
+        into.clear();
+        std::mem::swap(into, &mut self.inbox);
+    }
+
+    /// ICE and DTLS are done.
+    pub fn is_connected(&self) -> bool {
+        self.connected
+    }
+
+    /// The connection failed or was closed.
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Closes the peer connection (DTLS close_notify goes out at once).
+    pub fn close(&mut self) {
+        let _ = self.pc.close();
+        self.flush();
+    }
+
+    /// A relaying publisher ([`Offer::relayed`]) sends one RTP packet received
+    /// on another leg as its own: Opus on its audio sender, anything else on its
+    /// (first) video sender, with that sender's SSRC and payload type and the
+    /// packet's own sequence number, timestamp and marker. Header extensions are
+    /// dropped: their ids belong to the other leg.
+    pub fn forward(
+        &mut self,
+        header: &rtc::rtp::Header,
+        payload: &bytes::Bytes,
+        now: Instant,
+    ) -> bool {
+        let Role::Publisher(p) = &mut self.role else {
+            return false;
+        };
+        let out = if header.payload_type == PT_OPUS {
+            p.audio.as_mut()
+        } else {
+            p.video.first_mut().map(|v| &mut v.out)
+        };
+        let Some(out) = out else { return false };
+        let packet = rtc::rtp::Packet {
+            header: rtc::rtp::header::Header {
+                version: 2,
+                marker: header.marker,
+                payload_type: out.pt,
+                sequence_number: header.sequence_number,
+                timestamp: header.timestamp,
+                ssrc: out.ssrc,
+                ..Default::default()
+            },
+            payload: payload.clone(),
+        };
+        match self.pc.rtp_sender(out.sender) {
+            Some(mut s) => s.write_rtp(now, packet).is_ok(),
+            None => false,
+        }
+    }
+
+    /// A viewer asks the sender of `media_ssrc` for a key frame (RTCP PLI).
+    pub fn request_keyframe(&mut self, media_ssrc: u32, now: Instant) -> bool {
+        let receivers: Vec<_> = self.pc.get_receivers().collect();
+        for id in receivers {
+            if let Some(mut r) = self.pc.rtp_receiver(id) {
+                let pli = PictureLossIndication {
+                    sender_ssrc: 0,
+                    media_ssrc,
+                };
+                if r.write_rtcp(now, vec![Box::new(pli)]).is_ok() {
+                    self.flush();
+                    return true;
+                }
+            }
+        }
+        false
     }
 }
 
