@@ -53,3 +53,20 @@ pub(crate) enum RoomEvent {
     NodeGone(String),
     Shutdown(oneshot::Sender<()>),
 }
+
+impl RoomEvent {
+    /// Answers an event that reached a room (or relay) after it ended: a join is
+    /// handed back to be tried on a new one, a shutdown is told it is done, the
+    /// rest is dropped (its connection is gone with the room).
+    pub fn refuse_after_end(self) {
+        match self {
+            RoomEvent::Join(req, reply) => {
+                let _ = reply.send(JoinReply::Retry(req));
+            }
+            RoomEvent::Shutdown(reply) => {
+                let _ = reply.send(());
+            }
+            _ => {}
+        }
+    }
+}

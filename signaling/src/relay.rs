@@ -114,15 +114,7 @@ impl Relay {
             .remove_if(&*self.id, |_, h| h.generation == generation);
         rx.close();
         while let Some(ev) = rx.recv().await {
-            match ev {
-                RoomEvent::Join(req, reply) => {
-                    let _ = reply.send(JoinReply::Retry(req));
-                }
-                RoomEvent::Shutdown(reply) => {
-                    let _ = reply.send(());
-                }
-                _ => {}
-            }
+            ev.refuse_after_end();
         }
         self.inner.metrics.relays.dec();
         if let Some(r) = shutdown_reply {

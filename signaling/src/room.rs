@@ -261,15 +261,7 @@ impl Shell {
             Some(ev) => Some(ev),
             None => rx.recv().await,
         } {
-            match ev {
-                RoomEvent::Join(req, reply) => {
-                    let _ = reply.send(JoinReply::Retry(req));
-                }
-                RoomEvent::Shutdown(reply) => {
-                    let _ = reply.send(());
-                }
-                _ => {}
-            }
+            ev.refuse_after_end();
         }
         self.inner.metrics.rooms.dec();
         if let Some(r) = shutdown_reply {

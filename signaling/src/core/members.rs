@@ -5,8 +5,6 @@
 use std::collections::HashSet;
 
 use super::{Close, Effect, Member, Presence, Room, Status};
-use crate::chat::TokenBucket;
-use crate::clock::ClockFilter;
 use crate::identity::Identity;
 use crate::server_msg::{ChatMessage, MemberInfo, RoomInfo, ServerMsg, Welcome};
 use crate::wire::{Resume, UserInfo};
@@ -78,30 +76,16 @@ impl Room {
             a.len() <= 2048
                 && (a.starts_with("https://") || a.starts_with("http://") || a.starts_with("/"))
         });
-        let member = Member {
-            session: random_hex(12),
-            resume_token: random_hex(16),
-            user_id: ident.user_id,
+        let member = Member::new(
+            now,
+            &self.cfg,
+            random_hex(12),
+            random_hex(16),
+            ident.user_id,
             name,
             avatar,
-            moderator: ident.moderator,
-            can_chat: ident.can_chat,
-            conn: None,
-            disconnected_at: None,
-            status: Status::Active,
-            hidden: false,
-            buffering: false,
-            last_report: now,
-            clock: ClockFilter::default(),
-            reported_offset: None,
-            pings_sent: 0,
-            next_ping: now,
-            bucket: TokenBucket::new(self.cfg.messages_burst, now),
-            last_hint: None,
-            media: None,
-            media_sent: None,
-            media_sent_at: f64::NEG_INFINITY,
-        };
+            (ident.moderator, ident.can_chat),
+        );
         if self.host.is_none() {
             self.host = Some(member.session.clone());
             self.state_gen += 1;

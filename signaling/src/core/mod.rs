@@ -255,6 +255,47 @@ struct Member {
     media_sent_at: f64,
 }
 
+impl Member {
+    /// A member as it joins (or is restored by a take-over): who it is, and a
+    /// connection state that starts over at `now`.
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        now: f64,
+        cfg: &RoomsConfig,
+        session: String,
+        resume_token: String,
+        user_id: String,
+        name: String,
+        avatar: Option<String>,
+        (moderator, can_chat): (bool, bool),
+    ) -> Member {
+        Member {
+            session,
+            resume_token,
+            user_id,
+            name,
+            avatar,
+            moderator,
+            can_chat,
+            conn: None,
+            disconnected_at: None,
+            status: Status::Active,
+            hidden: false,
+            buffering: false,
+            last_report: now,
+            clock: ClockFilter::default(),
+            reported_offset: None,
+            pings_sent: 0,
+            next_ping: now,
+            bucket: TokenBucket::new(cfg.messages_burst, now),
+            last_hint: None,
+            media: None,
+            media_sent: None,
+            media_sent_at: f64::NEG_INFINITY,
+        }
+    }
+}
+
 /// Presence changes of a large room gathered between two `presence.batch`es.
 #[derive(Default)]
 struct PresenceBatch {

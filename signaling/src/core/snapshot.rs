@@ -13,8 +13,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{Member, Room, Status};
-use crate::chat::TokenBucket;
-use crate::clock::ClockFilter;
 use crate::server_msg::MediaState;
 use crate::wire::Control;
 
@@ -115,29 +113,22 @@ impl Room {
             self.members = s
                 .members
                 .into_iter()
-                .map(|m| Member {
-                    session: m.session,
-                    resume_token: m.resume_token,
-                    user_id: m.user_id,
-                    name: m.name,
-                    avatar: m.avatar,
-                    moderator: m.moderator,
-                    can_chat: m.can_chat,
-                    conn: None,
-                    disconnected_at: Some(now),
-                    status: Status::Away,
-                    hidden: false,
-                    buffering: false,
-                    last_report: now,
-                    clock: ClockFilter::default(),
-                    reported_offset: None,
-                    pings_sent: 0,
-                    next_ping: now,
-                    bucket: TokenBucket::new(self.cfg.messages_burst, now),
-                    last_hint: None,
-                    media: m.media,
-                    media_sent: m.media,
-                    media_sent_at: f64::NEG_INFINITY,
+                .map(|m| {
+                    let mut member = Member::new(
+                        now,
+                        &self.cfg,
+                        m.session,
+                        m.resume_token,
+                        m.user_id,
+                        m.name,
+                        m.avatar,
+                        (m.moderator, m.can_chat),
+                    );
+                    member.disconnected_at = Some(now);
+                    member.status = Status::Away;
+                    member.media = m.media;
+                    member.media_sent = m.media;
+                    member
                 })
                 .collect();
             self.reindex();
