@@ -127,6 +127,19 @@ fn published_size(app: &TestApp, stream: &str) -> (u64, u64) {
         .unwrap_or_default()
 }
 
+/// Every simulcast layer's size the SFU read from the publisher's key frames. A
+/// restream starts on the first layer that sends and moves up at key frames
+/// (Chromium opens its top layer seconds late, when its estimate allows); a
+/// transcode keeps the size it started with (ffmpeg scales what comes later).
+fn published_sizes(app: &TestApp, stream: &str) -> Vec<(u64, u64)> {
+    app.state()
+        .sfu
+        .layers(stream)
+        .iter()
+        .map(|l| (l.width as u64, l.height as u64))
+        .collect()
+}
+
 fn assert_h264_aac(probe: &Value, sizes: &[(u64, u64)]) {
     let video = stream_of(probe, "video");
     assert_eq!(video["codec_name"], "h264", "{probe}");
@@ -346,13 +359,14 @@ async fn a_chromium_vp8_class_is_transcoded_to_h264_with_two_second_key_frames()
             num(&s["video"]["frameHeight"]) as u64,
         )
     };
-    let mut sizes = vec![sent(&stats), published_size(&app, stream)];
+    let mut sizes = vec![sent(&stats)];
+    sizes.extend(published_sizes(&app, stream));
 
     let restreams = app.state().restreams.clone();
     let mut events = restreams.subscribe(stream);
     restreams.set(stream, vec![dest("yt", nginx.url("vp8-class"))]);
     wait_status(&mut events, "yt", Status::Live, Duration::from_secs(30)).await;
-    sizes.push(published_size(&app, stream));
+    sizes.extend(published_sizes(&app, stream));
     let probed = probe_rtmp(nginx.url("vp8-class")).await;
     sizes.push(sent(&browser.stats("pub").await));
     assert_h264_aac(&probed, &sizes);
